@@ -1,0 +1,28 @@
+"""tensorfact: compiled tensor and matrix factorizations in JAX.
+
+Every decomposition is a pure function that compiles with ``jax.jit``, maps over batches with
+``jax.vmap`` and (with a fixed iteration count) differentiates with ``jax.grad``::
+
+    import jax, tensorfact as tfa
+    x = tfa.random_cp(jax.random.key(0), (30, 40, 50), rank=5).to_dense()
+    cp = tfa.cp(x, 5)                    # CPTensor
+    tk = tfa.tucker(x, (5, 5, 5))        # TuckerTensor
+    print(tfa.relative_error(x, cp.to_dense()), tk.n_params, tk.norm())
+"""
+
+from tensorfact import algebra, decomposition, metrics, random, tensors
+from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
+                                partial_mttkrp, unfold)
+from tensorfact.decomposition import FitInfo, cp, tucker
+from tensorfact.metrics import fit, relative_error
+from tensorfact.random import noisy, random_cp, random_tucker
+from tensorfact.tensors import CPTensor, FactorizedTensor, TuckerTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CPTensor", "FactorizedTensor", "FitInfo", "TuckerTensor",
+    "algebra", "cp", "decomposition", "fit", "fold", "khatri_rao", "kronecker", "metrics",
+    "mode_dot", "mttkrp", "multi_mode_dot", "noisy", "partial_mttkrp", "random", "random_cp",
+    "random_tucker", "relative_error", "tensors", "tucker", "unfold",
+]

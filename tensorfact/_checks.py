@@ -1,0 +1,142 @@
+"""Argument checks shared by every public function.
+
+All checks run at trace time on static information (shapes, dtypes, Python values), so they
+raise the same clear error eagerly and under ``jax.jit``. The one data-dependent check (NaN or
+Inf in the input) runs only on concrete arrays, i.e. in eager calls.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(x) -> bool:
+    """True when ``x`` is an abstract value inside a JAX transformation (jit, vmap, grad, ...)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(x, name: str, *, min_ndim: int = 0) -> jax.Array:
+    """Converts ``x`` to a real floating JAX array (integers and low floats become float32)."""
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    dtype = jnp.result_type(x)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {dtype}.")
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+            or dtype == jnp.bool_):
+        raise TypeError(f"{name} must be a numeric array, got dtype {dtype}.")
+    if dtype not in (jnp.float32, jnp.float64):
+        dtype = jnp.float32 if dtype != jnp.float64 else dtype
+    x = jnp.asarray(x, dtype=dtype)
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}."
+        )
+    return x
+
+
+def check_finite(x, name: str, where=None) -> None:
+    """Raises ``ValueError`` if a concrete ``x`` holds NaN or Inf (at ``where``, if given).
+
+    Under a transformation the values are unknown and the check is skipped; see the
+    "Non-finite input" note in the docs for ``jax.experimental.checkify``.
+    """
+    if is_traced(x) or (where is not None and is_traced(where)):
+        return
+    finite = jnp.isfinite(x)
+    if where is not None:
+        finite = finite | ~where
+    if not bool(jnp.all(finite)):
+        bad = int(jnp.size(x) - jnp.sum(finite))
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); decompositions need finite "
+                         "input (mark missing entries with `mask` instead).")
+
+
+def check_positive_int(value, name: str) -> int:
+    """Returns ``value`` as an int, or raises if it is not a positive integer."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def check_modes(modes, ndim: int, name: str = "modes") -> tuple[int, ...]:
+    """Normalises a sequence of (possibly negative) mode indices, rejecting repeats."""
+    if isinstance(modes, numbers.Integral):
+        modes = (modes,)
+    out = []
+    for m in modes:
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not -ndim <= m < ndim:
+            raise ValueError(f"{name} must hold mode indices in [-{ndim}, {ndim}), got {modes!r}.")
+        out.append(int(m) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat a mode, got {modes!r}.")
+    if not out:
+        raise ValueError(f"{name} must name at least one mode, got {modes!r}.")
+    return tuple(out)
+
+
+def check_ranks(ranks, shape: Sequence[int], name: str = "ranks") -> tuple[int, ...]:
+    """Validates one rank per mode of ``shape`` (an int means the same rank for every mode)."""
+    if isinstance(ranks, numbers.Integral) and not isinstance(ranks, bool):
+        ranks = (ranks,) * len(shape)
+    if not isinstance(ranks, Sequence) and not isinstance(ranks, np.ndarray):
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {ranks!r}.")
+    ranks = tuple(ranks)
+    if len(ranks) != len(shape):
+        raise ValueError(
+            f"{name} must have one entry per mode ({len(shape)} for shape {tuple(shape)}), "
+            f"got {len(ranks)}: {ranks!r}."
+        )
+    out = []
+    for i, (r, n) in enumerate(zip(ranks, shape)):
+        r = check_positive_int(r, f"{name}[{i}]")
+        if r > n:
+            raise ValueError(
+                f"{name}[{i}] = {r} is larger than mode {i} of size {n} (shape {tuple(shape)})."
+            )
+        out.append(r)
+    return tuple(out)
+
+
+def check_mask(mask, shape, name: str = "mask"):
+    """Returns ``mask`` as a boolean array of ``shape`` (1/True = observed), or None."""
+    if mask is None:
+        return None
+    if not hasattr(mask, "shape"):
+        mask = np.asarray(mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have the shape of the data {tuple(shape)}, "
+                         f"got {tuple(mask.shape)}.")
+    return jnp.asarray(mask).astype(bool)
+
+
+def check_choice(value, choices, name: str):
+    """Raises unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}.")
+    return value
+
+
+def check_nonneg_number(value, name: str):
+    """Checks a Python scalar hyper-parameter is >= 0 (traced values pass through)."""
+    if is_traced(value):
+        return value
+    if not np.isscalar(value) and np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got {value!r}.")
+    if not float(value) >= 0:  # also catches NaN
+        raise ValueError(f"{name} must be >= 0, got {value!r}.")
+    return value
+
+
+def require_key(key, why: str):
+    """Raises when a random key is needed but missing."""
+    if key is None:
+        raise ValueError(f"key is required {why}: pass key=jax.random.key(seed).")
+    return key

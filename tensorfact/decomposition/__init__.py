@@ -1,0 +1,7 @@
+"""Decompositions: one module per family, each a pure function returning a factorized type."""
+
+from tensorfact.decomposition._loop import FitInfo
+from tensorfact.decomposition.cp import cp
+from tensorfact.decomposition.tucker import tucker
+
+__all__ = ["FitInfo", "cp", "tucker"]

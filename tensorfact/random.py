@@ -1,0 +1,54 @@
+"""Random factorized tensors, for tests, demos and benchmarks (planted low-rank data)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from tensorfact._checks import check_positive_int, check_ranks
+from tensorfact.tensors import CPTensor, TuckerTensor
+
+__all__ = ["random_cp", "random_tucker", "noisy"]
+
+
+def _check_shape(shape):
+    shape = tuple(shape)
+    if len(shape) < 1:
+        raise ValueError(f"shape must have at least one mode, got {shape}.")
+    return tuple(check_positive_int(s, f"shape[{i}]") for i, s in enumerate(shape))
+
+
+def random_cp(key, shape, rank: int, *, nonneg: bool = False, dtype=jnp.float32) -> CPTensor:
+    """A CP tensor with i.i.d. standard normal factors (uniform on [0, 1) if ``nonneg``),
+    scaled by ``1/sqrt(I_k)`` so that entries of the dense tensor are of order one."""
+    shape = _check_shape(shape)
+    rank = check_positive_int(rank, "rank")
+    draw = jax.random.uniform if nonneg else jax.random.normal
+    keys = jax.random.split(key, len(shape))
+    factors = [draw(k, (n, rank), dtype) for k, n in zip(keys, shape)]
+    scale = jnp.asarray(rank, dtype) ** (-0.5)
+    return CPTensor(jnp.full((rank,), scale, dtype), factors)
+
+
+def random_tucker(key, shape, ranks, *, orthonormal: bool = True, nonneg: bool = False,
+                  dtype=jnp.float32) -> TuckerTensor:
+    """A Tucker tensor with a standard normal core and orthonormal factors (or uniform
+    nonnegative core and factors with ``nonneg=True``)."""
+    shape = _check_shape(shape)
+    ranks = check_ranks(ranks, shape)
+    keys = jax.random.split(key, len(shape) + 1)
+    if nonneg:
+        core = jax.random.uniform(keys[0], ranks, dtype)
+        factors = [jax.random.uniform(k, (n, r), dtype) for k, n, r in zip(keys[1:], shape, ranks)]
+    else:
+        core = jax.random.normal(keys[0], ranks, dtype)
+        factors = [jax.random.normal(k, (n, r), dtype) for k, n, r in zip(keys[1:], shape, ranks)]
+        if orthonormal:
+            factors = [jnp.linalg.qr(u)[0] for u in factors]
+    return TuckerTensor(core, factors)
+
+
+def noisy(key, x, noise_level: float):
+    """``x + e`` with Gaussian ``e`` scaled so that ``‖e‖ = noise_level · ‖x‖``."""
+    e = jax.random.normal(key, x.shape, x.dtype)
+    return x + noise_level * jnp.linalg.norm(x) / jnp.linalg.norm(e) * e

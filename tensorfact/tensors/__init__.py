@@ -1,0 +1,7 @@
+"""Factorized tensor types (registered pytrees with ``to_dense``, ``norm``, ``n_params``)."""
+
+from tensorfact.tensors.base import FactorizedTensor
+from tensorfact.tensors.cp import CPTensor
+from tensorfact.tensors.tucker import TuckerTensor
+
+__all__ = ["FactorizedTensor", "CPTensor", "TuckerTensor"]

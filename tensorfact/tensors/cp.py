@@ -1,0 +1,87 @@
+"""CP (CANDECOMP/PARAFAC) tensors: ``x = Σ_r w_r · a_0[:, r] ∘ a_1[:, r] ∘ ... ∘ a_{N-1}[:, r]``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from tensorfact import algebra
+from tensorfact.tensors.base import FactorizedTensor, as_leaf
+
+
+@jax.tree_util.register_pytree_node_class
+class CPTensor(FactorizedTensor):
+    """A rank-``R`` CP tensor ``[[w; A_0, ..., A_{N-1}]]`` with factors ``A_k`` of shape ``(I_k, R)``.
+
+    Args:
+      weights: length-``R`` vector, or ``None`` for all ones.
+      factors: one ``(I_k, R)`` matrix per mode.
+
+    Unpacks like TensorLy's: ``weights, factors = cp``.
+    """
+
+    _leaves = ("weights", "factors")
+
+    def __init__(self, weights, factors: Sequence[jax.Array]):
+        if isinstance(factors, (jax.Array,)) or not isinstance(factors, Sequence) or not factors:
+            raise ValueError("factors must be a non-empty sequence of 2-D arrays, got "
+                             f"{type(factors).__name__}.")
+        factors = tuple(as_leaf(a, f"factors[{k}]") for k, a in enumerate(factors))
+        for k, a in enumerate(factors):
+            if a.ndim != 2:
+                raise ValueError(f"factors[{k}] must be 2-D (I_k, rank), got shape {tuple(a.shape)}.")
+        ranks = [a.shape[1] for a in factors]
+        if len(set(ranks)) != 1:
+            raise ValueError(f"factors must share their number of columns (the CP rank), got "
+                             f"shapes {[tuple(a.shape) for a in factors]}.")
+        rank = ranks[0]
+        if weights is None:
+            weights = jnp.ones((rank,), jnp.result_type(*factors))
+        weights = as_leaf(weights, "weights")
+        if weights.shape != (rank,):
+            raise ValueError(f"weights must have shape ({rank},) to match the factors' rank, got "
+                             f"{tuple(weights.shape)}.")
+        self._set(weights=weights, factors=factors)
+
+    def __iter__(self):
+        return iter((self.weights, self.factors))
+
+    @property
+    def shape(self):
+        return tuple(int(a.shape[0]) for a in self.factors)
+
+    @property
+    def rank(self) -> int:
+        """The CP rank ``R``."""
+        return int(self.weights.shape[0])
+
+    def to_dense(self, *, precision=None):
+        """``A_0 · diag(w) · khatri_rao(A_1, ..., A_{N-1})ᵀ``, refolded."""
+        a0, rest = self.factors[0], self.factors[1:]
+        if not rest:
+            return a0 @ self.weights
+        kr = algebra.khatri_rao(rest, weights=self.weights)
+        dense = jnp.matmul(a0, kr.T, precision=algebra.resolve_precision(precision))
+        return dense.reshape(self.shape)
+
+    def norm(self, *, precision=None):
+        """``sqrt(wᵀ (⊛_k A_kᵀ A_k) w)``: an ``R × R`` computation, no dense tensor."""
+        precision = algebra.resolve_precision(precision)
+        gram = 1.0
+        for a in self.factors:
+            gram = gram * jnp.matmul(a.T, a, precision=precision)
+        sq = jnp.einsum("r,rs,s->", self.weights, gram, self.weights, precision=precision)
+        return jnp.sqrt(jnp.maximum(sq, 0.0))
+
+    def normalize(self) -> "CPTensor":
+        """Returns the same tensor with unit-norm factor columns, the scales moved to weights."""
+        weights = self.weights
+        factors = []
+        for a in self.factors:
+            scale = jnp.linalg.norm(a, axis=0)
+            safe = jnp.where(scale == 0, 1.0, scale)
+            factors.append(a / safe)
+            weights = weights * scale
+        return CPTensor(weights, factors)

@@ -1,0 +1,71 @@
+"""Tucker tensors: ``x = G ×_{m_0} U_0 ×_{m_1} U_1 ...`` (a core times a factor per mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from tensorfact import algebra
+from tensorfact._checks import check_modes
+from tensorfact.tensors.base import FactorizedTensor, as_leaf
+
+
+@jax.tree_util.register_pytree_node_class
+class TuckerTensor(FactorizedTensor):
+    """A Tucker tensor ``[[G; U_0, ..., U_{N-1}]]``: core ``G`` and factors ``U_m`` of shape ``(I_m, r_m)``.
+
+    Args:
+      core: array of shape ``(r_0, ..., r_{N-1})`` (with ``modes``: the core's own size on the
+        modes that are not factorized).
+      factors: one ``(I_m, r_m)`` matrix per factorized mode.
+      modes: the factorized modes (default: all). A partial Tucker (e.g. Tucker-2 over the
+        channel modes of a convolution kernel) leaves the other modes of the core as they are.
+
+    Unpacks like TensorLy's: ``core, factors = tucker``.
+    """
+
+    _leaves = ("core", "factors")
+    _static = ("modes",)
+
+    def __init__(self, core, factors: Sequence[jax.Array], modes=None):
+        core = as_leaf(core, "core")
+        if isinstance(factors, jax.Array) or not isinstance(factors, Sequence):
+            raise ValueError(f"factors must be a sequence of 2-D arrays, got {type(factors).__name__}.")
+        factors = tuple(as_leaf(u, f"factors[{k}]") for k, u in enumerate(factors))
+        modes = tuple(range(core.ndim)) if modes is None else check_modes(modes, core.ndim)
+        if len(factors) != len(modes):
+            raise ValueError(f"factors must hold one matrix per factorized mode ({len(modes)} for "
+                             f"modes {modes}), got {len(factors)}.")
+        for k, (m, u) in enumerate(zip(modes, factors)):
+            if u.ndim != 2 or u.shape[1] != core.shape[m]:
+                raise ValueError(f"factors[{k}] must have shape (I, {core.shape[m]}) to match core "
+                                 f"mode {m} (core shape {tuple(core.shape)}), got {tuple(u.shape)}.")
+        self._set(core=core, factors=factors, modes=modes)
+
+    def __iter__(self):
+        return iter((self.core, self.factors))
+
+    @property
+    def shape(self):
+        shape = list(self.core.shape)
+        for m, u in zip(self.modes, self.factors):
+            shape[m] = u.shape[0]
+        return tuple(int(s) for s in shape)
+
+    @property
+    def rank(self) -> tuple[int, ...]:
+        """The multilinear ranks ``(r_m)`` of the factorized modes."""
+        return tuple(int(self.core.shape[m]) for m in self.modes)
+
+    def to_dense(self, *, precision=None):
+        """``G ×_{m} U_m`` over the factorized modes."""
+        return algebra.multi_mode_dot(self.core, self.factors, self.modes, precision=precision)
+
+    def norm(self, *, precision=None):
+        """``sqrt(⟨G, G ×_m U_mᵀU_m⟩)``: computed on the core, no dense tensor."""
+        precision = algebra.resolve_precision(precision)
+        grams = [jnp.matmul(u.T, u, precision=precision) for u in self.factors]
+        mixed = algebra.multi_mode_dot(self.core, grams, self.modes, precision=precision)
+        return jnp.sqrt(jnp.maximum(jnp.vdot(self.core, mixed, precision=precision), 0.0))
