@@ -114,8 +114,7 @@ def multi_mode_dot(x: jax.Array, matrices: Sequence[jax.Array], modes=None, *, s
 
 
 def _check_factor_columns(matrices, name="matrices"):
-    ranks = {int(a.shape[1]) for a in matrices}
-    if any(a.ndim != 2 for a in matrices) or len(ranks) != 1:
+    if any(a.ndim != 2 for a in matrices) or len({int(a.shape[1]) for a in matrices}) != 1:
         raise ValueError(f"{name} must be 2-D with a common number of columns, got shapes "
                          f"{[tuple(a.shape) for a in matrices]}.")
 
