@@ -206,7 +206,7 @@ def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision):
             if nonneg:
                 a_n = hals_columns(factors[n] * weights, m_n, gram_others, l2, precision)
             else:
-                a_n = _solve_normal_equations(m_n, gram_others, l2)
+                a_n = _solve_normal_equations(m_n, gram_others, l2, precision)
             if normalize:
                 scale = jnp.linalg.norm(a_n, axis=0)
                 weights = scale
@@ -249,14 +249,40 @@ def _weighted_sweep(x, maskf, weights, factors, *, l2, nonneg, normalize, precis
     return weights, tuple(factors)
 
 
-def _solve_normal_equations(m, gram, l2):
-    """``m · (gram + λI)⁻¹`` by Cholesky (``gram`` is ``R × R``, or ``I × R × R`` per row), with
-    a jitter of ``eps·tr(gram)/R`` so that rank-deficient Gram matrices stay solvable."""
+def _solve_normal_equations(m, gram, l2, precision=None):
+    """``m · (gram + λI)⁻¹`` (``gram`` is ``R × R``, or ``I × R × R`` per row), with a jitter of
+    ``eps·tr(gram)/R`` so that rank-deficient Gram matrices stay solvable.
+
+    For one small Gram matrix (the ALS case) the inverse comes from unrolled Gauss–Jordan
+    elimination: a chain of elementwise updates that XLA fuses, where a Cholesky factorisation
+    plus two triangular solves are three library calls whose launch latency dominates an ALS
+    sweep on a GPU (about 50 µs each on an H100 against 30 µs for a whole MTTKRP pass).
+    """
     r = gram.shape[-1]
     eye = jnp.eye(r, dtype=gram.dtype)
     trace = jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None]
     jitter = jnp.finfo(gram.dtype).eps * trace / r + jnp.finfo(gram.dtype).tiny
-    chol = jax.scipy.linalg.cho_factor(gram + (l2 + jitter) * eye)
+    regularized = gram + (l2 + jitter) * eye
+    if gram.ndim == 2 and r <= _UNROLLED_INVERSE_MAX_RANK:
+        inverse = _spd_inverse_unrolled(regularized)
+        return jnp.matmul(m, inverse, precision=algebra.resolve_precision(precision))
+    chol = jax.scipy.linalg.cho_factor(regularized)
     if gram.ndim == 2:
         return jax.scipy.linalg.cho_solve(chol, m.T).T
     return jax.vmap(lambda c, b: jax.scipy.linalg.cho_solve((c, chol[1]), b))(chol[0], m)
+
+
+_UNROLLED_INVERSE_MAX_RANK = 64
+
+
+def _spd_inverse_unrolled(v):
+    """Inverse of a small symmetric positive definite matrix by Gauss–Jordan elimination on
+    ``[V | I]``, unrolled over the ``R`` pivots. No pivoting is needed: elimination on an SPD
+    matrix is backward stable (it is Cholesky in disguise)."""
+    r = v.shape[0]
+    a = jnp.concatenate([v, jnp.eye(r, dtype=v.dtype)], axis=1)
+    for k in range(r):
+        row = a[k] / a[k, k]
+        a = (a - a[:, k:k + 1] * row[None, :]).at[k].set(row)
+    inverse = a[:, r:]
+    return (inverse + inverse.T) / 2
