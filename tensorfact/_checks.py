@@ -82,24 +82,30 @@ def check_modes(modes, ndim: int, name: str = "modes") -> tuple[int, ...]:
     return tuple(out)
 
 
-def check_ranks(ranks, shape: Sequence[int], name: str = "ranks") -> tuple[int, ...]:
-    """Validates one rank per mode of ``shape`` (an int means the same rank for every mode)."""
+def check_ranks(ranks, shape: Sequence[int], name: str = "ranks", modes=None) -> tuple[int, ...]:
+    """Validates one rank per decomposed mode (an int means the same rank for every one).
+
+    ``modes`` lists the decomposed modes of ``shape`` (default: all), so that messages name
+    the real mode and the full shape.
+    """
+    modes = tuple(range(len(shape))) if modes is None else tuple(modes)
     if isinstance(ranks, numbers.Integral) and not isinstance(ranks, bool):
-        ranks = (ranks,) * len(shape)
+        ranks = (ranks,) * len(modes)
     if not isinstance(ranks, Sequence) and not isinstance(ranks, np.ndarray):
         raise ValueError(f"{name} must be an int or a sequence of ints, got {ranks!r}.")
     ranks = tuple(ranks)
-    if len(ranks) != len(shape):
+    if len(ranks) != len(modes):
         raise ValueError(
-            f"{name} must have one entry per mode ({len(shape)} for shape {tuple(shape)}), "
-            f"got {len(ranks)}: {ranks!r}."
+            f"{name} must have one entry per decomposed mode ({len(modes)}: modes {modes} of "
+            f"shape {tuple(shape)}), got {len(ranks)}: {ranks!r}."
         )
     out = []
-    for i, (r, n) in enumerate(zip(ranks, shape)):
+    for i, (r, m) in enumerate(zip(ranks, modes)):
         r = check_positive_int(r, f"{name}[{i}]")
-        if r > n:
+        if r > shape[m]:
             raise ValueError(
-                f"{name}[{i}] = {r} is larger than mode {i} of size {n} (shape {tuple(shape)})."
+                f"{name}[{i}] = {r} is larger than mode {m} of size {shape[m]} "
+                f"(shape {tuple(shape)})."
             )
         out.append(r)
     return tuple(out)

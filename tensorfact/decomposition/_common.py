@@ -22,7 +22,9 @@ def leading_subspace(matrix, r: int, *, precision=None):
     """The ``r`` leading left singular vectors of ``matrix`` (``I × P``), as an ``I × r`` array.
 
     From the eigenvectors of the ``I × I`` Gram matrix when ``I ≤ P`` (a small symmetric
-    eigenproblem instead of an SVD of the wide unfolding), else from a thin SVD.
+    eigenproblem instead of an SVD of the wide unfolding), else from a thin SVD. When
+    ``P < r ≤ I`` the matrix has only ``P`` singular vectors; the basis is completed with
+    orthonormal directions (from the coordinate axes), so ``r`` columns are always returned.
     """
     rows, cols = matrix.shape
     if rows <= cols:
@@ -30,7 +32,10 @@ def leading_subspace(matrix, r: int, *, precision=None):
         _, vecs = jnp.linalg.eigh(gram)
         return vecs[:, ::-1][:, :r]
     u, _, _ = jnp.linalg.svd(matrix, full_matrices=False)
-    return u[:, :r]
+    if r <= cols:
+        return u[:, :r]
+    completed, _ = jnp.linalg.qr(jnp.concatenate([u, jnp.eye(rows, r, dtype=u.dtype)], axis=1))
+    return completed[:, :r]
 
 
 def check_iteration_args(n_iter, tol):
@@ -56,13 +61,17 @@ def random_orthonormal(key, rows: int, cols: int, dtype):
     return q
 
 
-def hals_columns(a, m, gram, l2, precision):
+HALS_INNER_SWEEPS = 5  # HALS passes per factor update: the subproblem is small, solve it well
+
+
+def hals_columns(a, m, gram, l2, precision, sweeps: int = HALS_INNER_SWEEPS):
     """HALS: for each column r, ``a_r ← max(0, (m_r − Σ_{s≠r} a_s g_sr) / (g_rr + λ))``.
 
     This is the exact minimiser over column r of ``‖M − A Gᵀ‖``-type least squares plus
     ``λ‖A‖²`` with the other columns fixed (Cichocki & Phan, IEICE Trans. 2009). ``gram`` is
     ``R × R``, or ``I × R × R`` for a separate Gram matrix per row (weighted/masked fits). A
-    column whose Gram diagonal is zero (``g_rr + λ = 0``) is left as it is.
+    column whose Gram diagonal is zero (``g_rr + λ = 0``) is left as it is. ``sweeps`` passes
+    over the columns are made (each pass can only lower the objective).
     """
     per_row = gram.ndim == 3
 
@@ -79,4 +88,4 @@ def hals_columns(a, m, gram, l2, precision):
         updated = jnp.maximum((m[:, r] - others) / jnp.where(denom > 0, denom, 1.0), 0.0)
         return a.at[:, r].set(jnp.where(denom > 0, updated, a_r))
 
-    return lax.fori_loop(0, a.shape[1], column, a)
+    return lax.fori_loop(0, sweeps * a.shape[1], lambda i, a: column(i % a.shape[1], a), a)

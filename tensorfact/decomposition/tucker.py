@@ -46,7 +46,6 @@ __all__ = ["tucker"]
 
 _METHODS = ("hooi", "hosvd", "st_hosvd")
 _INITS = ("svd", "random")
-_HALS_INNER = 5  # HALS sweeps per nonnegative factor update (as TensorLy's HALS Tucker)
 
 
 def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerTensor] = "svd",
@@ -56,8 +55,8 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
 
     Args:
       x: array with at least 2 dimensions.
-      ranks: the multilinear ranks, one per decomposed mode (an int means the same for all);
-        each at most the size of its mode.
+      ranks: the multilinear ranks, one per decomposed mode (``ranks[i]`` for ``modes[i]``; an
+        int means the same for all); each at most the size of its mode.
       method: ``"hooi"`` (iterative, default), ``"hosvd"`` or ``"st_hosvd"`` (one pass).
       key: ``jax.random`` key, needed for ``init="random"``.
       init: HOOI's start: ``"svd"`` (the HOSVD), ``"random"`` (random orthonormal factors), or
@@ -91,8 +90,9 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
         a mask or ``nonneg`` with a one-pass method, or NaN/Inf in an eager call.
     """
     x = as_float_array(x, "x", min_ndim=2)
-    modes = tuple(range(x.ndim)) if modes is None else tuple(sorted(check_modes(modes, x.ndim)))
-    ranks = check_ranks(ranks, [x.shape[m] for m in modes])
+    modes = tuple(range(x.ndim)) if modes is None else check_modes(modes, x.ndim)
+    ranks = check_ranks(ranks, x.shape, modes=modes)
+    modes, ranks = zip(*sorted(zip(modes, ranks)))  # ranks[i] belongs to modes[i]
     method = check_choice(method, _METHODS, "method")
     n_iter, tol = check_iteration_args(n_iter, tol)
     subspace_iter = check_positive_int(subspace_iter, "subspace_iter")
@@ -102,8 +102,7 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
         what = "mask" if mask is not None else "nonneg=True"
         raise ValueError(f"{what} needs the iterative method='hooi', got method={method!r}.")
     if isinstance(init, TuckerTensor):
-        _check_init(init, x.shape, ranks, modes)
-        init_tensor, init_kind = init, "given"
+        init_tensor, init_kind = _check_init(init, x.shape, ranks, modes), "given"
     else:
         init_kind = check_choice(init, _INITS, "init")
         init_tensor = None
@@ -117,11 +116,15 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
                        return_info=bool(return_info))
 
 
-def _check_init(init: TuckerTensor, shape, ranks, modes):
-    if init.shape != tuple(shape) or init.rank != tuple(ranks) or init.modes != modes:
-        raise ValueError(f"init must be a TuckerTensor of shape {tuple(shape)}, ranks {ranks} over "
-                         f"modes {modes}; got shape {init.shape}, ranks {init.rank}, modes "
-                         f"{init.modes}.")
+def _check_init(init: TuckerTensor, shape, ranks, modes) -> TuckerTensor:
+    """Checks a starting TuckerTensor and returns it with its factors in ascending mode order."""
+    if init.shape != tuple(shape) or sorted(init.modes) != list(modes) or dict(
+            zip(init.modes, init.rank)) != dict(zip(modes, ranks)):
+        raise ValueError(f"init must be a TuckerTensor of shape {tuple(shape)}, ranks {ranks} "
+                         f"over modes {modes}; got shape {init.shape}, ranks {init.rank} over "
+                         f"modes {init.modes}.")
+    by_mode = dict(zip(init.modes, init.factors))
+    return TuckerTensor(init.core, [by_mode[m] for m in modes], modes)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -258,9 +261,7 @@ def _nonneg_sweep(x, factors, core, *, modes, subspace_iter, precision, norm_x_s
         rest = [m for m in modes if m != n]
         mixed = algebra.multi_mode_dot(core, [grams[m] for m in rest], rest, precision=precision)
         gram_n = jnp.matmul(algebra.unfold(mixed, n), core_n.T, precision=prec)
-        u = current[n]
-        for _ in range(_HALS_INNER):  # the subproblem is small: solve it well
-            u = hals_columns(u, numer, gram_n, 0.0, precision)
+        u = hals_columns(current[n], numer, gram_n, 0.0, precision)
         grams[n] = jnp.matmul(u.T, u, precision=prec)
         return u
 
