@@ -29,7 +29,7 @@ from tensorfact._checks import check_modes
 
 __all__ = [
     "unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker",
-    "mttkrp", "partial_mttkrp", "contract_with_rank", "resolve_precision",
+    "mttkrp", "partial_mttkrp", "natural_rank_axis", "contract_with_rank", "resolve_precision",
 ]
 
 
@@ -79,8 +79,15 @@ def mode_dot(x: jax.Array, matrix_or_vector: jax.Array, mode: int, *,
             f"matrix of shape {tuple(m.shape)}{' (transposed)' if transpose else ''} does not "
             f"match mode {mode} of size {x.shape[mode]} (shape {tuple(x.shape)})."
         )
-    out = jnp.tensordot(x, m, axes=(mode, contract), precision=precision)
-    return jnp.moveaxis(out, -1, mode)
+    # outer modes contract in the layout the product arrives in (no transposition of x or of
+    # the result: XLA-CPU is several times slower on the transposed forms)
+    if mode == x.ndim - 1:
+        return jnp.tensordot(x, m, axes=(mode, contract), precision=precision)
+    # other modes: a batched product M · x[b] over x viewed as (before, I_mode, after)
+    before = math.prod(x.shape[:mode])
+    left = m.T if transpose else m
+    out = jnp.matmul(left, x.reshape(before, x.shape[mode], -1), precision=precision)
+    return out.reshape(x.shape[:mode] + (left.shape[0],) + x.shape[mode + 1:])
 
 
 def multi_mode_dot(x: jax.Array, matrices: Sequence[jax.Array], modes=None, *, skip=None,
@@ -149,17 +156,21 @@ def kronecker(matrices: Sequence[jax.Array], *, skip=None) -> jax.Array:
 
 
 def partial_mttkrp(x: jax.Array, factors: Sequence[jax.Array], modes: Sequence[int], *,
-                   precision=None) -> jax.Array:
+                   rank_axis: int = -1, precision=None) -> jax.Array:
     """Contracts ``modes`` of ``x`` against factor matrices that share one rank index.
 
-    Returns the array ``T`` with the remaining modes of ``x`` (in order) followed by the rank
-    axis: ``T[i_rest, r] = Σ_{i_modes} x[i] ∏_k factors[k][i_{modes[k]}, r]``. With every mode
-    but one this is the MTTKRP; with half the modes it is the shared intermediate of a
-    dimension tree (Phan, Tichavský & Cichocki, IEEE TSP 61(19), 2013).
+    Returns the array ``T`` with the remaining modes of ``x`` (in order) and the rank axis
+    (last, or first with ``rank_axis=0``):
+    ``T[i_rest, r] = Σ_{i_modes} x[i] ∏_k factors[k][i_{modes[k]}, r]``. With every mode but
+    one this is the MTTKRP; with half the modes it is the shared intermediate of a dimension
+    tree (Phan, Tichavský & Cichocki, IEEE TSP 61(19), 2013).
 
-    The first contraction is one matrix product over an outer axis of ``x`` (so ``x`` is read
-    once, with no transposition); the rest run on the smaller intermediate with the rank axis
-    batched. The Khatri–Rao product of the factors is never formed.
+    The first contraction is one matrix product over an outer axis of ``x``, so ``x`` is read
+    once and never transposed: over the last axis (``x·A``, rank axis last) when it is among
+    ``modes``, else over the first (``Aᵀx``, rank axis first). The rest run on the smaller
+    intermediate with the rank index batched; the Khatri–Rao product is never formed. Asking
+    for the rank axis where it arrives (see :func:`natural_rank_axis`) avoids one transpose of
+    the intermediate.
     """
     modes = check_modes(modes, x.ndim)
     if len(factors) != len(modes):
@@ -169,39 +180,53 @@ def partial_mttkrp(x: jax.Array, factors: Sequence[jax.Array], modes: Sequence[i
         if a.shape[0] != x.shape[m]:
             raise ValueError(f"factor for mode {m} has {a.shape[0]} rows; the tensor's mode {m} "
                              f"has size {x.shape[m]} (shape {tuple(x.shape)}).")
+    if rank_axis not in (0, -1):
+        raise ValueError(f"rank_axis must be 0 or -1, got {rank_axis!r}.")
     precision = resolve_precision(precision)
     by_mode = dict(zip(modes, factors))
-    # outermost axis first: the last axis if present, else the first, else the largest
-    if x.ndim - 1 in by_mode:
-        first = x.ndim - 1
-    elif 0 in by_mode:
-        first = 0
+    natural = natural_rank_axis(x.ndim, modes)
+    if natural == -1:
+        first = x.ndim - 1 if x.ndim - 1 in by_mode else max(by_mode, key=lambda m: x.shape[m])
+        out = jnp.tensordot(x, by_mode.pop(first), axes=(first, 0), precision=precision)
     else:
-        first = max(by_mode, key=lambda m: x.shape[m])
-    out = jnp.tensordot(x, by_mode.pop(first), axes=(first, 0), precision=precision)
+        first = 0
+        out = jnp.tensordot(by_mode.pop(first), x, axes=(0, 0), precision=precision)
     rest = tuple(m for m in range(x.ndim) if m != first)
-    return contract_with_rank(out, rest, list(by_mode.values()), list(by_mode),
-                              precision=precision)
+    out = contract_with_rank(out, rest, list(by_mode.values()), list(by_mode),
+                             rank_axis=natural, precision=precision)
+    return out if rank_axis == natural else jnp.moveaxis(out, natural, rank_axis)
+
+
+def natural_rank_axis(ndim: int, modes: Sequence[int]) -> int:
+    """Where :func:`partial_mttkrp` produces the rank axis without a transpose: first when
+    mode 0 is contracted and the last mode is not, last otherwise."""
+    modes = {m % ndim for m in modes}
+    return 0 if (0 in modes and ndim - 1 not in modes) else -1
 
 
 def contract_with_rank(t: jax.Array, t_modes: Sequence[int], factors: Sequence[jax.Array],
-                       modes: Sequence[int], *, precision=None) -> jax.Array:
-    """Contracts an intermediate that already carries a trailing rank axis.
+                       modes: Sequence[int], *, rank_axis: int = -1, precision=None) -> jax.Array:
+    """Contracts an intermediate that already carries a rank axis (last, or first with
+    ``rank_axis=0``).
 
-    ``t`` has one axis per entry of ``t_modes`` (their mode labels) plus a last axis of size
+    ``t`` has one axis per entry of ``t_modes`` (their mode labels) plus the rank axis of size
     ``R``; each ``factors[k]`` (shape ``(I, R)``) is contracted against the axis labelled
     ``modes[k]``, with the rank index shared (batched), largest mode first. Returns the
-    remaining labelled axes, in order, followed by the rank axis.
+    remaining labelled axes, in order, with the rank axis where it was.
     """
     precision = resolve_precision(precision)
     axes = list(t_modes)
-    sizes = dict(zip(axes, t.shape))
+    sizes = dict(zip(axes, t.shape[1:] if rank_axis == 0 else t.shape[:-1]))
     letters = string.ascii_letters
     for m, a in sorted(zip(modes, factors), key=lambda p: -sizes[p[0]]):
         pos = axes.index(m)
         src = letters[:len(axes)]
         dst = src[:pos] + src[pos + 1:]
-        t = jnp.einsum(f"{src}Z,{src[pos]}Z->{dst}Z", t, a, precision=precision)
+        if rank_axis == 0:
+            spec = f"Z{src},{src[pos]}Z->Z{dst}"
+        else:
+            spec = f"{src}Z,{src[pos]}Z->{dst}Z"
+        t = jnp.einsum(spec, t, a, precision=precision)
         axes.pop(pos)
     return t
 

@@ -480,7 +480,7 @@ def test_random_argument_errors(key):
         tfa.random_cp(key, (3, 0), 2)
     with pytest.raises(ValueError, match=r"ranks\[1\] = 5 is larger than mode 1 of size 4"):
         tfa.random_tucker(key, (3, 4), (2, 5))
-    with pytest.raises(ValueError, match=r"ranks must have one entry per mode"):
+    with pytest.raises(ValueError, match=r"ranks must have one entry per decomposed mode"):
         tfa.random_tucker(key, (3, 4), (2, 2, 2))
 
 

@@ -195,12 +195,15 @@ def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision):
     mttkrp_last = None
     for half, other in (split_halves(modes), split_halves(modes)[::-1]):
         # one read of x: contract the other half's factors; the rank axis is shared
+        rank_axis = algebra.natural_rank_axis(x.ndim, other)
         partial = algebra.partial_mttkrp(x, [factors[m] for m in other], other,
-                                         precision=precision)
+                                         rank_axis=rank_axis, precision=precision)
         for n in half:
             rest = [m for m in half if m != n]
             m_n = algebra.contract_with_rank(partial, half, [factors[m] for m in rest], rest,
-                                             precision=precision)
+                                             rank_axis=rank_axis, precision=precision)
+            if rank_axis == 0:
+                m_n = m_n.T
             gram_others = functools.reduce(lambda a, b: a * b,
                                            [grams[k] for k in modes if k != n])
             if nonneg:

@@ -1,0 +1,43 @@
+"""Smoke test of benchmarks/bench_decompositions.py: tiny sizes, every work, JSON output.
+
+The script runs in a subprocess: TensorLy's JAX backend changes process-wide JAX settings on
+import, which must not leak into the rest of the test session.
+"""
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_decompositions.py"
+
+
+def test_bench_decompositions_smoke(tmp_path):
+    path = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--small", "--repeats", "1", "--inner", "1",
+         "--shape", "12,12,12", "--rank", "3", "--n-iter", "3", "--data", "lowrank",
+         "--tensorly-jax", "--quiet", "--json", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(path.read_text())
+    assert out["environment"]["jax_enable_x64_after_run"] is False  # float32 contenders stayed so
+
+    rows = {(r["work"], r["backend"]): r for r in out["results"]}
+    for work in ("cp-als", "tucker", "mttkrp[0]", "mttkrp[1]", "mttkrp[2]"):
+        row = rows[(work, "tensorfact")]
+        assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
+        assert math.isfinite(row["compile_s"]) and row["compile_s"] > 0
+        assert row["ratio"] == 1.0
+    for work in ("cp-als", "tucker"):
+        assert (work, "tensorly-numpy") in rows and (work, "tensorly-jax (unjitted)") in rows
+    for (work, backend), row in rows.items():
+        if work in ("cp-als", "tucker"):
+            assert 0 < row["fit"] <= 1, (work, backend, row["fit"])
+            assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        if work.startswith("mttkrp"):
+            assert row["extra"]["rel_err_vs_f64"] < 1e-5
+    table = run.stdout
+    assert "| cp-als" in table and "| tensorfact" in table and "tensorly-numpy" in table
