@@ -1,0 +1,111 @@
+"""Inverse of a small symmetric positive definite matrix, in one kernel launch.
+
+ALS solves an ``R × R`` system (the Hadamard product of factor Gram matrices) per mode per
+sweep. On a GPU the library route (Cholesky, then two triangular solves) costs three calls of
+~50 µs latency each, and the same elimination written in XLA ops becomes about 3 kernels per
+pivot; either way the small solves, not the MTTKRPs, dominated a CP-ALS sweep at 256³, R=32 on
+an H100. Here the whole Gauss–Jordan elimination of ``[V | I]`` runs in one Pallas program with
+the matrix held on chip.
+
+No pivoting is needed: Gaussian elimination on a symmetric positive definite matrix is backward
+stable (Wilkinson; it is Cholesky in disguise). Callers regularise ``V`` first.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from tensorfact._checks import check_choice
+
+__all__ = ["spd_inverse", "MAX_SIZE"]
+
+MAX_SIZE = 64  # the matrix is unrolled pivot by pivot; beyond this use a Cholesky solve
+_IMPLS = ("auto", "pallas", "xla")
+
+
+def spd_inverse(v: jax.Array, *, impl: str = "auto") -> jax.Array:
+    """Inverse of symmetric positive definite matrices of size ``n ≤ 64`` (leading batch axes ok).
+
+    Args:
+      v: array of shape ``(..., n, n)``, float32 or float64, symmetric positive definite.
+      impl: ``"pallas"`` (one kernel; interpret mode off GPUs), ``"xla"`` (unrolled
+        Gauss–Jordan in XLA ops: the reference), or ``"auto"`` (Pallas for float32 on GPU,
+        XLA elsewhere).
+
+    Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``.
+    """
+    check_choice(impl, _IMPLS, "impl")
+    if v.ndim < 2 or v.shape[-1] != v.shape[-2]:
+        raise ValueError(f"v must be a (batch of) square matrices, got shape {tuple(v.shape)}.")
+    if v.shape[-1] > MAX_SIZE:
+        raise ValueError(f"v must be at most {MAX_SIZE} × {MAX_SIZE} for spd_inverse, got "
+                         f"{v.shape[-1]} × {v.shape[-1]}; use a Cholesky solve instead.")
+    if impl == "auto":
+        on_gpu = jax.default_backend() == "gpu"
+        impl = "pallas" if on_gpu and v.dtype == jnp.float32 else "xla"
+    return _inverse(v, impl)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _inverse(v, impl):
+    if impl == "xla":
+        return _gauss_jordan_xla(v)
+    batch = v.shape[:-2]
+    flat = v.reshape((-1,) + v.shape[-2:])
+    return jax.vmap(_gauss_jordan_pallas)(flat).reshape(v.shape) if batch else \
+        _gauss_jordan_pallas(v)
+
+
+@_inverse.defjvp
+def _inverse_jvp(impl, primals, tangents):
+    (v,), (dv,) = primals, tangents
+    inv = _inverse(v, impl)
+    return inv, -inv @ dv @ inv
+
+
+def _gauss_jordan_xla(v):
+    """Reference: Gauss–Jordan on ``[V | I]`` with one XLA update per pivot."""
+    n = v.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=v.dtype), v.shape)
+    a = jnp.concatenate([v, eye], axis=-1)
+    for k in range(n):
+        row = a[..., k:k + 1, :] / a[..., k:k + 1, k:k + 1]
+        a = (a - a[..., :, k:k + 1] * row).at[..., k:k + 1, :].set(row)
+    inverse = a[..., n:]
+    return (inverse + jnp.swapaxes(inverse, -1, -2)) / 2
+
+
+def _gauss_jordan_pallas(v):
+    """One Pallas program: ``v`` (padded to a power of two with an identity block) on chip."""
+    n = v.shape[-1]
+    size = max(16, pl.next_power_of_2(n))
+    padded = jnp.eye(size, dtype=v.dtype).at[:n, :n].set(v)
+    inverse = pl.pallas_call(
+        _gauss_jordan_kernel,
+        out_shape=jax.ShapeDtypeStruct((size, size), v.dtype),
+        interpret=jax.default_backend() != "gpu",
+    )(padded)[:n, :n]
+    return (inverse + inverse.T) / 2
+
+
+def _gauss_jordan_kernel(v_ref, out_ref):
+    a = v_ref[...]
+    size = a.shape[0]
+    rows = lax.broadcasted_iota(jnp.int32, (size, size), 0)
+    cols = lax.broadcasted_iota(jnp.int32, (size, size), 1)
+    zero = jnp.zeros((), a.dtype)
+    inv = jnp.where(rows == cols, jnp.ones((), a.dtype), zero)
+    for k in range(size):  # registers cannot be indexed: extract rows/columns by masked sums
+        a_row = jnp.sum(jnp.where(rows == k, a, zero), axis=0, keepdims=True)
+        inv_row = jnp.sum(jnp.where(rows == k, inv, zero), axis=0, keepdims=True)
+        pivot = jnp.sum(jnp.where((rows == k) & (cols == k), a, zero))
+        a_row, inv_row = a_row / pivot, inv_row / pivot
+        col = jnp.sum(jnp.where(cols == k, a, zero), axis=1, keepdims=True)
+        a = jnp.where(rows == k, a_row, a - col * a_row)
+        inv = jnp.where(rows == k, inv_row, inv - col * inv_row)
+    out_ref[...] = inv

@@ -1,0 +1,76 @@
+"""Kernels: the Pallas code (interpret mode on CPU) against its XLA reference and NumPy."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+from tensorfact.kernels import SPD_INVERSE_MAX_SIZE, spd_inverse
+
+
+def _spd(rng, n, batch=(), cond=1e2):
+    q, _ = np.linalg.qr(rng.standard_normal(batch + (n, n)))
+    eig = np.geomspace(1.0, 1.0 / cond, n)
+    return (q * eig[..., None, :]) @ np.swapaxes(q, -1, -2)
+
+
+@pytest.mark.parametrize("impl", ["pallas", "xla", "auto"])
+@pytest.mark.parametrize("n", [1, 3, 16, 31, 32, pytest.param(64, marks=pytest.mark.slow)])
+def test_spd_inverse_matches_numpy(impl, n):
+    v = _spd(np.random.default_rng(n), n)
+    inverse = jax.jit(functools.partial(spd_inverse, impl=impl))
+    inv = np.asarray(inverse(jnp.asarray(v, jnp.float32)), np.float64)
+    expected = np.linalg.inv(v)
+    assert np.linalg.norm(inv - expected) / np.linalg.norm(expected) < 1e-4
+    assert np.allclose(inv, inv.T)
+
+
+_PALLAS = jax.jit(functools.partial(spd_inverse, impl="pallas"))
+_XLA = jax.jit(functools.partial(spd_inverse, impl="xla"))
+
+
+@settings(max_examples=8, deadline=None)
+@given(n=st.sampled_from([2, 5, 13]), seed=st.integers(0, 2**16), log_cond=st.floats(0, 3))
+def test_pallas_kernel_agrees_with_xla_reference(n, seed, log_cond):
+    v = jnp.asarray(_spd(np.random.default_rng(seed), n, cond=10**log_cond), jnp.float32)
+    pallas = _PALLAS(v)
+    xla = _XLA(v)
+    scale = float(jnp.max(jnp.abs(xla)))
+    assert float(jnp.max(jnp.abs(pallas - xla))) <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("impl", ["pallas", "xla"])
+def test_batched_and_vmapped(impl):
+    v = jnp.asarray(_spd(np.random.default_rng(0), 8, batch=(3,)), jnp.float32)
+    expected = np.linalg.inv(np.asarray(v, np.float64))
+    for inv in (spd_inverse(v, impl=impl), jax.vmap(lambda m: spd_inverse(m, impl=impl))(v)):
+        assert inv.shape == (3, 8, 8)
+        np.testing.assert_allclose(np.asarray(inv), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["pallas", "xla"])
+def test_gradient(impl):
+    with jax.enable_x64(True):
+        v = jnp.asarray(_spd(np.random.default_rng(1), 4, cond=10.0))
+        check_grads(lambda m: spd_inverse((m + m.T) / 2, impl=impl), (v,), order=1,
+                    modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_jit():
+    v = jnp.asarray(_spd(np.random.default_rng(2), 5), jnp.float32)
+    np.testing.assert_allclose(jax.jit(spd_inverse)(v), spd_inverse(v, impl="xla"), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"v must be a \(batch of\) square matrices, got shape"):
+        spd_inverse(jnp.ones((3, 4)))
+    with pytest.raises(ValueError, match=rf"at most {SPD_INVERSE_MAX_SIZE}"):
+        spd_inverse(jnp.eye(SPD_INVERSE_MAX_SIZE + 1))
+    with pytest.raises(ValueError, match=r"impl must be one of"):
+        spd_inverse(jnp.eye(2), impl="cuda")
