@@ -40,21 +40,37 @@ def as_float_array(x, name: str, *, min_ndim: int = 0) -> jax.Array:
     return x
 
 
-def check_finite(x, name: str, where=None) -> None:
-    """Raises ``ValueError`` if a concrete ``x`` holds NaN or Inf (at ``where``, if given).
+def count_nonfinite(x, where=None) -> jax.Array:
+    """Number of NaN/Inf entries of ``x`` (among those where ``where`` is True); traceable.
 
-    Under a transformation the values are unknown and the check is skipped; see the
-    "Non-finite input" note in the docs for ``jax.experimental.checkify``.
+    Fits compute this inside their compiled program, where XLA fuses it with the first pass
+    over the data, and report it with :func:`report_nonfinite` after the call.
     """
-    if is_traced(x) or (where is not None and is_traced(where)):
-        return
-    finite = jnp.isfinite(x)
+    bad = ~jnp.isfinite(x)
     if where is not None:
-        finite = finite | ~where
-    if not bool(jnp.all(finite)):
-        bad = int(jnp.size(x) - jnp.sum(finite))
+        bad = bad & where
+    return jnp.sum(bad, dtype=jnp.int32)
+
+
+def report_nonfinite(count, name: str) -> None:
+    """Raises ``ValueError`` for a concrete non-zero :func:`count_nonfinite` result.
+
+    Under a transformation the count is abstract and nothing is checked; see the README's
+    note on ``jax.experimental.checkify``.
+    """
+    if is_traced(count):
+        return
+    bad = int(count)
+    if bad:
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); decompositions need finite "
                          "input (mark missing entries with `mask` instead).")
+
+
+def check_finite(x, name: str, where=None) -> None:
+    """Raises ``ValueError`` if a concrete ``x`` holds NaN or Inf (at ``where``, if given)."""
+    if is_traced(x) or (where is not None and is_traced(where)):
+        return
+    report_nonfinite(count_nonfinite(x, where), name)
 
 
 def check_positive_int(value, name: str) -> int:

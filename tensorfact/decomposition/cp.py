@@ -29,8 +29,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from tensorfact import algebra, kernels
-from tensorfact._checks import (as_float_array, check_choice, check_finite, check_mask,
-                                check_nonneg_number, check_positive_int, require_key)
+from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
+                                check_nonneg_number, check_positive_int, report_nonfinite,
+                                require_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, leading_subspace, split_halves)
 from tensorfact.decomposition._loop import (FitInfo, error_from_norms, is_fixed_length, iterate,
@@ -90,7 +91,6 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
     n_iter, tol = check_iteration_args(n_iter, tol)
     check_nonneg_number(l2, "l2")
     mask = check_mask(mask, x.shape)
-    check_finite(x, "x", where=mask)
     if isinstance(init, CPTensor):
         _check_init(init, x.shape, rank)
         init_tensor, init_kind = init, "given"
@@ -104,10 +104,12 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
                         f"(shape {tuple(x.shape)})")
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
-    return _cp_fit(x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank,
-                   n_iter=n_iter, fixed=fixed, init=init_kind, nonneg=bool(nonneg),
-                   normalize=bool(normalize), precision=precision,
-                   return_info=bool(return_info))
+    result, n_nonfinite = _cp_fit(
+        x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank, n_iter=n_iter,
+        fixed=fixed, init=init_kind, nonneg=bool(nonneg), normalize=bool(normalize),
+        precision=precision, return_info=bool(return_info))
+    report_nonfinite(n_nonfinite, "x")  # counted inside the fit: no extra pass
+    return result
 
 
 def _check_init(init: CPTensor, shape, rank):
@@ -121,6 +123,7 @@ def _check_init(init: CPTensor, shape, rank):
 def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, nonneg, normalize,
             precision, return_info):
     dtype = x.dtype
+    n_nonfinite = count_nonfinite(x, mask)  # fused with the first pass over x
     if mask is not None:
         x = jnp.where(mask, x, 0)
     if init == "given":
@@ -161,9 +164,9 @@ def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, no
                                                tol=0 if fixed else tol)
     result = CPTensor(state[0], state[1])
     if not return_info:
-        return result
+        return result, n_nonfinite
     rel = relative_error(x, result.to_dense(precision=precision), mask)
-    return result, FitInfo(n_done, errors, rel, converged)
+    return (result, FitInfo(n_done, errors, rel, converged)), n_nonfinite
 
 
 def _initial_factors(x, rank, key, init, nonneg, precision):

@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact._checks import (as_float_array, check_choice, check_finite, check_mask,
-                                check_modes, check_positive_int, check_ranks, require_key)
+from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
+                                check_modes, check_positive_int, check_ranks, report_nonfinite,
+                                require_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, leading_subspace, positive_floor,
                                               random_orthonormal, split_halves)
@@ -97,7 +98,6 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
     n_iter, tol = check_iteration_args(n_iter, tol)
     subspace_iter = check_positive_int(subspace_iter, "subspace_iter")
     mask = check_mask(mask, x.shape)
-    check_finite(x, "x", where=mask)
     if method != "hooi" and (mask is not None or nonneg):
         what = "mask" if mask is not None else "nonneg=True"
         raise ValueError(f"{what} needs the iterative method='hooi', got method={method!r}.")
@@ -110,10 +110,12 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
             require_key(key, 'for init="random"')
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
-    return _tucker_fit(x, mask, key, init_tensor, tol, ranks=ranks, modes=modes, method=method,
-                       n_iter=n_iter, fixed=fixed, init=init_kind, nonneg=bool(nonneg),
-                       subspace_iter=subspace_iter, precision=precision,
-                       return_info=bool(return_info))
+    result, n_nonfinite = _tucker_fit(
+        x, mask, key, init_tensor, tol, ranks=ranks, modes=modes, method=method, n_iter=n_iter,
+        fixed=fixed, init=init_kind, nonneg=bool(nonneg), subspace_iter=subspace_iter,
+        precision=precision, return_info=bool(return_info))
+    report_nonfinite(n_nonfinite, "x")  # counted inside the fit: no extra pass
+    return result
 
 
 def _check_init(init: TuckerTensor, shape, ranks, modes) -> TuckerTensor:
@@ -132,6 +134,7 @@ def _check_init(init: TuckerTensor, shape, ranks, modes) -> TuckerTensor:
     "precision", "return_info"))
 def _tucker_fit(x, mask, key, init_tensor, tol, *, ranks, modes, method, n_iter, fixed, init,
                 nonneg, subspace_iter, precision, return_info):
+    n_nonfinite = count_nonfinite(x, mask)  # fused with the first pass over x
     if mask is not None:
         x = jnp.where(mask, x, 0)
     mmd = functools.partial(algebra.multi_mode_dot, precision=precision)
@@ -140,10 +143,11 @@ def _tucker_fit(x, mask, key, init_tensor, tol, *, ranks, modes, method, n_iter,
         factors = (_st_hosvd if method == "st_hosvd" else _hosvd)(x, ranks, modes, precision)
         result = TuckerTensor(mmd(x, factors, modes, transpose=True), factors, modes)
         if not return_info:
-            return result
+            return result, n_nonfinite
         rel = relative_error(x, result.to_dense(precision=precision))
         empty = jnp.zeros((0,), x.dtype)
-        return result, FitInfo(jnp.asarray(0, jnp.int32), empty, rel, jnp.ones((), bool))
+        info = FitInfo(jnp.asarray(0, jnp.int32), empty, rel, jnp.ones((), bool))
+        return (result, info), n_nonfinite
 
     if init == "given":
         factors = tuple(u.astype(x.dtype) for u in init_tensor.factors)
@@ -189,9 +193,9 @@ def _tucker_fit(x, mask, key, init_tensor, tol, *, ranks, modes, method, n_iter,
                                                tol=0 if fixed else tol)
     result = TuckerTensor(state[1], state[0], modes)
     if not return_info:
-        return result
+        return result, n_nonfinite
     rel = relative_error(x, result.to_dense(precision=precision), mask)
-    return result, FitInfo(n_done, errors, rel, converged)
+    return (result, FitInfo(n_done, errors, rel, converged)), n_nonfinite
 
 
 def _hosvd(x, ranks, modes, precision):
