@@ -2,7 +2,7 @@
 
 All checks run at trace time on static information (shapes, dtypes, Python values), so they
 raise the same clear error eagerly and under ``jax.jit``. The one data-dependent check (NaN or
-Inf in the input) runs only on concrete arrays, i.e. in eager calls.
+Inf in the input) is counted inside the compiled fit and reported after an eager call.
 """
 
 from __future__ import annotations
@@ -64,13 +64,6 @@ def report_nonfinite(count, name: str) -> None:
     if bad:
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); decompositions need finite "
                          "input (mark missing entries with `mask` instead).")
-
-
-def check_finite(x, name: str, where=None) -> None:
-    """Raises ``ValueError`` if a concrete ``x`` holds NaN or Inf (at ``where``, if given)."""
-    if is_traced(x) or (where is not None and is_traced(where)):
-        return
-    report_nonfinite(count_nonfinite(x, where), name)
 
 
 def check_positive_int(value, name: str) -> int:

@@ -26,7 +26,6 @@ from typing import Union
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from tensorfact import algebra, kernels
 from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
