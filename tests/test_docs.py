@@ -1,0 +1,41 @@
+"""The README's example and the CLI demo run as documented."""
+
+import pathlib
+import re
+
+import tensorfact as tfa
+from tensorfact import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_readme_python_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "README has no python example"
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102
+    assert isinstance(namespace["cp"], tfa.CPTensor)
+    assert isinstance(namespace["tk2"], tfa.TuckerTensor) and namespace["tk2"].modes == (0, 2)
+    assert float(tfa.fit(namespace["x"], namespace["tk"].to_dense())) > 0.9
+    assert namespace["grad"].shape == namespace["x"].shape
+
+
+def test_readme_quick_start_has_exactly_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", quick, flags=re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2
+    assert "python -m tensorfact demo" in commands[0] and "pytest" in commands[1]
+
+
+def test_cli_demo_prints_a_table(capsys):
+    assert cli.main(["demo", "--shape", "12,13,14", "--rank", "2", "--n-iter", "10",
+                     "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for method in ("CP-ALS", "Tucker HOOI", "Tucker HOSVD", "Tucker ST-HOSVD"):
+        assert method in out
+    fits = [float(line.split()[-6]) for line in out.splitlines() if "rank" in line and "(" in line
+            and line[0] in "CT"]
+    assert len(fits) == 4 and all(0.9 < f <= 1.0 for f in fits)
