@@ -1,6 +1,16 @@
+"""Shared fixtures, and the hypothesis profile for CI."""
+
+import os
+
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI draws the same hypothesis examples on every run (CI=true); locally they vary.
+if os.environ.get("CI"):
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    settings.load_profile("ci")
 
 
 @pytest.fixture
