@@ -16,12 +16,12 @@ from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, m
 from tensorfact.decomposition import FitInfo, cp, tucker
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
-from tensorfact.tensors import CPTensor, FactorizedTensor, TuckerTensor
+from tensorfact.tensors import CPTensor, FactorizedTensor, LowRankMatrix, TuckerTensor
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CPTensor", "FactorizedTensor", "FitInfo", "TuckerTensor",
+    "CPTensor", "FactorizedTensor", "FitInfo", "LowRankMatrix", "TuckerTensor",
     "algebra", "cp", "decomposition", "fit", "fold", "khatri_rao", "kronecker", "metrics",
     "mode_dot", "mttkrp", "multi_mode_dot", "noisy", "partial_mttkrp", "random", "random_cp",
     "random_tucker", "relative_error", "tensors", "tucker", "unfold",

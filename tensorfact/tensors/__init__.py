@@ -2,6 +2,7 @@
 
 from tensorfact.tensors.base import FactorizedTensor
 from tensorfact.tensors.cp import CPTensor
+from tensorfact.tensors.lowrank import LowRankMatrix
 from tensorfact.tensors.tucker import TuckerTensor
 
-__all__ = ["FactorizedTensor", "CPTensor", "TuckerTensor"]
+__all__ = ["FactorizedTensor", "CPTensor", "LowRankMatrix", "TuckerTensor"]
