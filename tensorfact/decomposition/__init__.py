@@ -2,6 +2,7 @@
 
 from tensorfact.decomposition._loop import FitInfo
 from tensorfact.decomposition.cp import cp
+from tensorfact.decomposition.svd import svd
 from tensorfact.decomposition.tucker import tucker
 
-__all__ = ["FitInfo", "cp", "tucker"]
+__all__ = ["FitInfo", "cp", "svd", "tucker"]
