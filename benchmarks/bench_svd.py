@@ -1,0 +1,118 @@
+"""Time tensorfact's truncated SVD (exact and randomized) against PyTorch and NumPy.
+
+Protocol (the project's BENCHMARKS.md): same matrix, same rank, one process; compile (first
+call) apart; median of ``--repeats`` timed calls with ``jax.block_until_ready`` /
+``torch.cuda.synchronize``; each row carries its relative error ‖M − M_r‖_F / ‖M‖_F and that
+error over the optimal (exact truncated SVD) error, so a fast but worse answer cannot pass.
+
+    python benchmarks/bench_svd.py --small          # CPU smoke
+    python benchmarks/bench_svd.py                  # 4096 × 4096, rank 64 (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:
+    import tensorfact as tfa
+except ImportError:  # run from a checkout without installing: use the repository's package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tensorfact as tfa
+
+
+def _median_ms(fn, sync, repeats):
+    start = time.perf_counter()
+    out = fn()
+    sync(out)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return out, 1e3 * statistics.median(times), first
+
+
+def _matrix(n, spectrum, seed):
+    """A test matrix with a chosen spectrum: 'decay' (s_i = (1 + i)^-1/2, weight-like) or 'flat'
+    (i.i.d. Gaussian)."""
+    key = jax.random.key(seed)
+    if spectrum == "flat":
+        return jax.random.normal(key, (n, n), jnp.float32) / np.sqrt(n)
+    ku, kv = jax.random.split(key)
+    u, _ = jnp.linalg.qr(jax.random.normal(ku, (n, n), jnp.float32))
+    v, _ = jnp.linalg.qr(jax.random.normal(kv, (n, n), jnp.float32))
+    s = (1.0 + jnp.arange(n, dtype=jnp.float32)) ** -0.5
+    return (u * s) @ v.T
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--spectrum", choices=["decay", "flat"], default="decay")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--small", action="store_true", help="CPU smoke: 256 × 256, rank 16")
+    args = parser.parse_args(argv)
+    n, rank = (256, 16) if args.small else (args.size, args.rank)
+    m = jax.block_until_ready(_matrix(n, args.spectrum, 0))
+    m64 = np.asarray(m, np.float64)
+    s_all = np.linalg.svd(m64, compute_uv=False) if n <= 4096 else None
+    optimal = np.sqrt(np.sum(s_all[rank:] ** 2)) / np.linalg.norm(s_all)
+    rows = []
+
+    def err(dense):
+        return np.linalg.norm(m64 - np.asarray(dense, np.float64)) / np.linalg.norm(m64)
+
+    sync = jax.block_until_ready
+    key = jax.random.key(1)
+    for name, fn in {
+        "tensorfact exact": jax.jit(lambda m: tfa.svd(m, rank)),
+        "tensorfact randomized q=2": jax.jit(lambda m: tfa.svd(m, rank, method="randomized",
+                                                                key=key)),
+        "tensorfact randomized q=4": jax.jit(lambda m: tfa.svd(m, rank, method="randomized",
+                                                                key=key, n_power_iter=4)),
+    }.items():
+        out, ms, first = _median_ms(lambda: fn(m), sync, args.repeats)
+        rows.append((name, ms, first, err(out.to_dense())))
+    try:
+        import torch
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        mt = torch.tensor(np.asarray(m), device=dev)
+
+        def tsync(_):
+            if dev == "cuda":
+                torch.cuda.synchronize()
+
+        for name, fn in {
+            f"torch.svd_lowrank q={rank}, niter=4": lambda: torch.svd_lowrank(mt, q=rank, niter=4),
+            f"torch.svd_lowrank q={rank + 10}, niter=4": lambda: torch.svd_lowrank(
+                mt, q=rank + 10, niter=4),
+            "torch.linalg.svd": lambda: torch.linalg.svd(mt, full_matrices=False),
+        }.items():
+            (u, s, v), ms, first = _median_ms(fn, tsync, args.repeats)
+            vt = v.mT if "lowrank" in name else v
+            dense = (u[:, :rank] * s[:rank]) @ vt[:rank]
+            rows.append((name + f" ({dev})", ms, first, err(dense.cpu().numpy())))
+    except ImportError:
+        pass
+    print(f"# jax {jax.__version__} on {jax.devices()[0].device_kind}; {n}×{n} float32, "
+          f"{args.spectrum} spectrum, rank {rank}; optimal rel. error {optimal:.6f}")
+    print("| method | median ms | first call s | rel. error | error / optimal |")
+    print("|---|---|---|---|---|")
+    for name, ms, first, e in rows:
+        print(f"| {name} | {ms:.2f} | {first:.2f} | {e:.6f} | {e / optimal:.4f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
