@@ -41,3 +41,19 @@ def test_bench_decompositions_smoke(tmp_path):
             assert row["extra"]["rel_err_vs_f64"] < 1e-5
     table = run.stdout
     assert "| cp-als" in table and "| tensorfact" in table and "tensorly-numpy" in table
+
+
+def test_bench_svd_smoke():
+    """The SVD benchmark runs on the CPU and its randomized rows are near the optimal error."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_svd.py"
+    spec = importlib.util.spec_from_file_location("bench_svd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--small", "--repeats", "1"])
+    by_name = {name: (ms, err) for name, ms, _, err in rows}
+    assert by_name["tensorfact exact"][0] > 0
+    exact_err = by_name["tensorfact exact"][1]
+    assert by_name["tensorfact randomized q=4"][1] <= 1.01 * exact_err

@@ -2,7 +2,8 @@
 
 from tensorfact.decomposition._loop import FitInfo
 from tensorfact.decomposition.cp import cp
+from tensorfact.decomposition.nmf import nmf
 from tensorfact.decomposition.svd import svd
 from tensorfact.decomposition.tucker import tucker
 
-__all__ = ["FitInfo", "cp", "svd", "tucker"]
+__all__ = ["FitInfo", "cp", "nmf", "svd", "tucker"]

@@ -1,0 +1,304 @@
+"""Nonnegative matrix factorization (NMF) ``M ≈ W H`` with ``W ≥ 0`` and ``H ≥ 0``.
+
+Minimises, over ``W`` (``I × R``) and ``H`` (``R × J``), both elementwise nonnegative,
+
+    ½‖Ω ⊙ (M − W H)‖²_F + l1 (‖W‖₁ + ‖H‖₁) + ½ l2 (‖W‖²_F + ‖H‖²_F),
+
+where ``Ω`` is the observation mask (all ones without ``mask``). Two algorithms:
+
+* ``"hals"`` (hierarchical ALS; Cichocki & Phan 2009): each column ``w_r`` of ``W`` (and, by
+  transposition, each row of ``H``) is replaced by the exact minimiser with the others fixed,
+
+      w_r ← max(0, ((M Hᵀ)_r − Σ_{s≠r} w_s (H Hᵀ)_sr − l1) / ((H Hᵀ)_rr + l2)).
+
+  ``M Hᵀ`` and ``H Hᵀ`` cost ``O(IJR)`` and are reused for several cheap passes over the
+  columns (the accelerated HALS of Gillis & Glineur 2012, with a fixed number of inner
+  passes), so every step can only lower the objective. With a mask every row of ``W`` has its
+  own Gram matrix ``Σ_j Ω_ij h_j h_jᵀ`` (and every column of ``H`` likewise), which makes each
+  update exact on the observed entries.
+* ``"mu"`` (multiplicative updates; Lee & Seung 2001):
+
+      H ← H ⊙ (Wᵀ(Ω⊙M)) / max(Wᵀ(Ω⊙WH) + l1 + l2 H, ε),
+      W ← W ⊙ ((Ω⊙M)Hᵀ) / max((Ω⊙WH)Hᵀ + l1 + l2 W, ε),
+
+  with ``ε`` the smallest positive normal number of the dtype. MU is simple but converges much
+  more slowly than HALS, and an entry that reaches zero stays zero.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Union
+
+import jax
+import jax.numpy as jnp
+
+from tensorfact import algebra
+from tensorfact._checks import (as_float_array, check_choice, check_mask, check_nonneg_number,
+                                check_positive_int, count_nonfinite, is_traced,
+                                report_nonfinite, require_key)
+from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
+                                              hals_columns, positive_floor)
+from tensorfact.decomposition._loop import (FitInfo, error_from_norms, is_fixed_length, iterate,
+                                            refine_error, relative_error)
+from tensorfact.tensors import LowRankMatrix
+
+__all__ = ["nmf"]
+
+_INITS = ("nndsvd", "nndsvda", "random")
+_METHODS = ("hals", "mu")
+
+
+def nmf(m, rank: int, *, key=None, init: Union[str, LowRankMatrix, None] = None,
+        method: str = "hals", n_iter: int = 200, tol: float = 1e-6, mask=None,
+        l1: float = 0.0, l2: float = 0.0, precision=None, return_info: bool = False):
+    """Nonnegative matrix factorization ``m ≈ W H`` by HALS or multiplicative updates.
+
+    Minimises ``½‖Ω ⊙ (m − W H)‖² + l1 (‖W‖₁ + ‖H‖₁) + ½ l2 (‖W‖² + ‖H‖²)`` over
+    ``W ≥ 0`` (``I × R``) and ``H ≥ 0`` (``R × J``), ``Ω`` being the mask (all ones by
+    default).
+
+    ``method="hals"`` (Cichocki & Phan, IEICE Trans. Fundamentals 2009) updates one column of
+    ``W`` at a time with its exact nonnegative minimiser,
+    ``w_r ← max(0, ((m Hᵀ)_r − Σ_{s≠r} w_s (H Hᵀ)_sr − l1) / ((H Hᵀ)_rr + l2))``, and the rows
+    of ``H`` likewise; each factor update makes several passes over the columns from one
+    product with ``m`` (Gillis & Glineur, Neural Computation 2012). It never increases the
+    objective. ``method="mu"`` uses the multiplicative updates of Lee & Seung (NIPS 2001),
+    ``H ← H ⊙ Wᵀm / max(WᵀWH + l1 + l2 H, ε)`` and ``W ← W ⊙ m Hᵀ / max(WHHᵀ + l1 + l2 W, ε)``
+    (``ε`` = the dtype's smallest normal number), with ``m`` and ``WH`` restricted to the
+    observed entries when a mask is given.
+
+    Args:
+      m: nonnegative 2-D array (float32 or float64; other real dtypes are cast to float32).
+        Negative or NaN/Inf observed entries raise in an eager call; under ``jax.jit`` /
+        ``jax.vmap`` the data are abstract and are *not* checked (negative data then give
+        a meaningless, though still nonnegative, fit).
+      rank: number of components ``R`` (a positive int). It may exceed ``min(I, J)`` except
+        with ``init="nndsvd"``, which needs ``R`` singular vectors.
+      key: ``jax.random`` key; needed for ``init="random"``.
+      init: ``"nndsvd"`` (default; Boutsidis & Gallopoulos, Pattern Recognition 2008):
+        deterministic, from the ``R`` leading singular triplets, the first as ``|u₁|, |v₁|``
+        and each other one replaced by the larger (in ``‖x₊‖‖y₊‖`` vs ``‖x₋‖‖y₋‖``) of its
+        positive or negative parts; the zeros this leaves are kept as zeros (plain NNDSVD,
+        not the NNDSVDa/ar variants that fill them). Missing entries count as 0 in that SVD.
+        ``"nndsvda"``: the same with its zeros filled by the mean of the (observed) data, as
+        multiplicative updates can never move an entry away from zero. The default
+        (``None``) is ``"nndsvd"`` for HALS and ``"nndsvda"`` for MU.
+        ``"random"``: entries uniform on ``[0, 2·sqrt(mean(m)/R))`` (so that ``W H`` has the
+        data's mean on average; the mean is over the observed entries).
+        A :class:`LowRankMatrix` of shape ``m.shape`` and rank ``R``: starts from
+        ``W, H = init.factors()``, with negative entries clipped to 0.
+      method: ``"hals"`` (default) or ``"mu"``.
+      n_iter: maximum number of iterations, each updating ``W`` then ``H`` (static: it sizes
+        ``info.errors``).
+      tol: stop when the relative error changes by less than ``tol`` between iterations. A
+        literal ``0`` runs exactly ``n_iter`` iterations as a ``lax.scan`` (differentiable);
+        otherwise a ``lax.while_loop`` tests it on the device.
+      mask: optional boolean array of ``m.shape``, True (1) where ``m`` is observed. Missing
+        entries may hold anything (NaN included) and are ignored by the fit (weighted HALS with
+        per-row Gram matrices, or masked MU).
+      l1: sparsity penalty ``l1 (‖W‖₁ + ‖H‖₁)`` (>= 0); larger values give more exact zeros.
+      l2: ridge penalty ``½ l2 (‖W‖² + ‖H‖²)`` (>= 0).
+      precision: XLA precision of the matrix products; ``None`` means full float32
+        (``HIGHEST``). Pass ``"default"`` to allow TF32/bfloat16 passes on GPUs and TPUs.
+      return_info: also return a :class:`FitInfo`. Its ``errors`` are the relative errors
+        ``‖Ω⊙(m − WH)‖/‖Ω⊙m‖`` of the data term only: with ``l1 = l2 = 0`` HALS makes them
+        non-increasing (up to rounding); with penalties the penalised objective decreases
+        instead.
+
+    Returns:
+      ``LowRankMatrix(W, ones(R), H)`` (so ``.to_dense()`` is ``W H`` and
+      ``w, h = result.factors()``), or ``(LowRankMatrix, FitInfo)`` with ``return_info=True``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from tensorfact.decomposition.nmf import nmf
+      >>> kw, kh = jax.random.split(jax.random.key(0))
+      >>> m = jax.random.uniform(kw, (30, 4)) @ jax.random.uniform(kh, (4, 20))
+      >>> approx = nmf(m, 4, n_iter=500, tol=0)
+      >>> w, h = approx.factors()
+      >>> bool((w >= 0).all() and (h >= 0).all())
+      True
+      >>> bool(jnp.linalg.norm(m - approx.to_dense()) / jnp.linalg.norm(m) < 1e-2)
+      True
+
+    Raises:
+      ValueError: for ``m`` not 2-D, a non-positive or non-integer rank, a rank above
+        ``min(m.shape)`` with ``init="nndsvd"``, an unknown ``method`` or ``init``, an ``init``
+        or mask of the wrong shape, negative (or NaN) ``tol``/``l1``/``l2``, a missing key for
+        ``init="random"``, or (eager calls only) negative or NaN/Inf observed entries of ``m``.
+    """
+    m = as_float_array(m, "m")
+    if m.ndim != 2:
+        raise ValueError(f"m must be a 2-D matrix, got shape {tuple(m.shape)}.")
+    rank = check_positive_int(rank, "rank")
+    n_iter, tol = check_iteration_args(n_iter, tol)
+    check_nonneg_number(l1, "l1")
+    check_nonneg_number(l2, "l2")
+    method = check_choice(method, _METHODS, "method")
+    mask = check_mask(mask, m.shape)
+    if isinstance(init, LowRankMatrix):
+        if init.shape != tuple(m.shape) or init.rank != rank:
+            raise ValueError(f"init must be a LowRankMatrix of shape {tuple(m.shape)} and rank "
+                             f"{rank}, got shape {init.shape} and rank {init.rank}.")
+        init_matrix, init_kind = init, "given"
+    else:
+        if init is None:
+            init = "nndsvda" if method == "mu" else "nndsvd"
+        init_kind = check_choice(init, _INITS, "init")
+        init_matrix = None
+        if init_kind == "random":
+            require_key(key, 'for init="random"')
+        elif rank > min(m.shape):
+            raise ValueError(f'rank ({rank}) must be at most min(m.shape) = {min(m.shape)} '
+                             f'(shape {tuple(m.shape)}) for init="{init_kind}", which needs that many '
+                             'singular vectors; use init="random" for a larger rank.')
+    fixed = is_fixed_length(tol)
+    tol = 0.0 if fixed else concrete_or_traced(tol)
+    result, (n_nonfinite, n_negative, smallest) = _nmf_fit(
+        m, mask, key, init_matrix, concrete_or_traced(l1), concrete_or_traced(l2), tol,
+        rank=rank, n_iter=n_iter, fixed=fixed, init=init_kind, method=method,
+        precision=precision, return_info=bool(return_info))
+    report_nonfinite(n_nonfinite, "m")  # counted inside the fit: no extra pass
+    if not is_traced(n_negative) and int(n_negative):
+        raise ValueError(f"m must be nonnegative: it has {int(n_negative)} negative observed "
+                         f"value(s), the smallest {float(smallest)!r}.")
+    return result
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "rank", "n_iter", "fixed", "init", "method", "precision", "return_info"))
+def _nmf_fit(m, mask, key, init_matrix, l1, l2, tol, *, rank, n_iter, fixed, init, method,
+             precision, return_info):
+    dtype = m.dtype
+    hi = algebra.resolve_precision(precision)
+    n_nonfinite = count_nonfinite(m, mask)
+    observed = jnp.ones(m.shape, bool) if mask is None else mask
+    n_negative = jnp.sum(observed & (m < 0), dtype=jnp.int32)
+    smallest = jnp.min(jnp.where(observed, m, jnp.inf))
+    if mask is not None:
+        m = jnp.where(mask, m, 0)
+    maskf = None if mask is None else mask.astype(dtype)
+
+    if init == "given":
+        w, h = init_matrix.factors()
+        w, h = jnp.maximum(w.astype(dtype), 0), jnp.maximum(h.astype(dtype), 0)
+    elif init == "random":
+        n_obs = m.size if mask is None else jnp.maximum(jnp.sum(maskf), 1)
+        scale = 2 * jnp.sqrt(jnp.maximum(jnp.sum(m) / n_obs, 0) / rank)
+        kw, kh = jax.random.split(key)
+        w = scale * jax.random.uniform(kw, (m.shape[0], rank), dtype)
+        h = scale * jax.random.uniform(kh, (rank, m.shape[1]), dtype)
+    else:
+        w, h = _nndsvd(m, rank)
+        if init == "nndsvda":
+            n_obs = m.size if mask is None else jnp.maximum(jnp.sum(maskf), 1)
+            mean = jnp.sum(m) / n_obs
+            w, h = jnp.where(w == 0, mean, w), jnp.where(h == 0, mean, h)
+
+    if method == "hals":
+        update = functools.partial(_hals_step, l1=l1, l2=l2, precision=precision)
+    else:
+        update = functools.partial(_mu_step, l1=l1, l2=l2, precision=precision)
+
+    if mask is None:
+        norm_m_sq = jnp.vdot(m, m, precision=hi)
+
+        def step(state):
+            w, h, (inner, approx_sq) = update(m, None, *state)
+            estimate = error_from_norms(norm_m_sq, inner, approx_sq)
+            err = refine_error(estimate, lambda: relative_error(m, jnp.matmul(w, h, precision=hi)))
+            return (w, h), err
+    else:
+        def step(state):
+            w, h, _ = update(m, maskf, *state)
+            return (w, h), relative_error(m, jnp.matmul(w, h, precision=hi), mask)
+
+    state, n_done, errors, converged = iterate(step, (w, h), n_iter=n_iter,
+                                               tol=0 if fixed else tol)
+    w, h = state
+    result = LowRankMatrix(w, jnp.ones((rank,), dtype), h)
+    checks = (n_nonfinite, n_negative, smallest)
+    if not return_info:
+        return result, checks
+    rel = relative_error(m, jnp.matmul(w, h, precision=hi), mask)
+    return (result, FitInfo(n_done, errors, rel, converged)), checks
+
+
+def _nndsvd(m, rank):
+    """NNDSVD (Boutsidis & Gallopoulos 2008), zeros left as zeros."""
+    u, s, vt = jnp.linalg.svd(m, full_matrices=False)
+    u, s, v = u[:, :rank], s[:rank], vt[:rank].T
+    up, un = jnp.maximum(u, 0), jnp.maximum(-u, 0)
+    vp, vn = jnp.maximum(v, 0), jnp.maximum(-v, 0)
+    nup, nun = jnp.linalg.norm(up, axis=0), jnp.linalg.norm(un, axis=0)
+    nvp, nvn = jnp.linalg.norm(vp, axis=0), jnp.linalg.norm(vn, axis=0)
+    mp, mn = nup * nvp, nun * nvn
+    use_pos = mp >= mn
+    x = jnp.where(use_pos, up, un)
+    y = jnp.where(use_pos, vp, vn)
+    nx, ny = jnp.where(use_pos, nup, nun), jnp.where(use_pos, nvp, nvn)
+    sigma = jnp.where(use_pos, mp, mn)
+    tiny = jnp.finfo(m.dtype).tiny
+    x = x / jnp.maximum(nx, tiny)
+    y = y / jnp.maximum(ny, tiny)
+    # the leading pair of a nonnegative matrix has one sign: |u₁|, |v₁| with weight 1
+    x = x.at[:, 0].set(jnp.abs(u[:, 0]))
+    y = y.at[:, 0].set(jnp.abs(v[:, 0]))
+    sigma = sigma.at[0].set(1.0)
+    scale = jnp.sqrt(s * sigma)
+    return x * scale, (y * scale).T
+
+
+def _hals_step(m, maskf, w, h, *, l1, l2, precision):
+    """One HALS iteration (``W`` then ``H``). Returns ``w, h, (⟨m, WH⟩, ‖WH‖²)`` (the error
+    terms are only meaningful without a mask)."""
+    hi = algebra.resolve_precision(precision)
+    # W: columns solve  min ½‖m − W H‖² + l1‖W‖₁ + ½ l2‖W‖²; l1 enters as m Hᵀ − l1 (exact)
+    numer = jnp.matmul(m, h.T, precision=hi)
+    if maskf is None:
+        gram = jnp.matmul(h, h.T, precision=hi)
+    else:
+        gram = jnp.einsum("ij,rj,sj->irs", maskf, h, h, precision=hi)
+    w = hals_columns(w, numer - l1, gram, l2, precision)
+    # H, by transposition
+    numer = jnp.matmul(m.T, w, precision=hi)
+    if maskf is None:
+        gram_w = jnp.matmul(w.T, w, precision=hi)
+    else:
+        gram_w = jnp.einsum("ij,ir,is->jrs", maskf, w, w, precision=hi)
+    ht = hals_columns(h.T, numer - l1, gram_w, l2, precision)
+    if maskf is None:
+        inner = jnp.sum(numer * ht)
+        approx_sq = jnp.sum(gram_w * jnp.matmul(ht.T, ht, precision=hi))
+    else:
+        inner = approx_sq = jnp.zeros((), m.dtype)
+    return w, ht.T, (inner, approx_sq)
+
+
+def _mu_step(m, maskf, w, h, *, l1, l2, precision):
+    """One multiplicative-update iteration (``W`` then ``H``), Lee & Seung 2001."""
+    hi = algebra.resolve_precision(precision)
+    floor = positive_floor(m.dtype)
+    if maskf is None:
+        numer = jnp.matmul(m, h.T, precision=hi)
+        denom = jnp.matmul(w, jnp.matmul(h, h.T, precision=hi), precision=hi)
+    else:
+        numer = jnp.matmul(m, h.T, precision=hi)  # m is zero off the mask
+        approx = maskf * jnp.matmul(w, h, precision=hi)
+        denom = jnp.matmul(approx, h.T, precision=hi)
+    w = w * numer / jnp.maximum(denom + l1 + l2 * w, floor)
+    numer = jnp.matmul(w.T, m, precision=hi)
+    if maskf is None:
+        gram_w = jnp.matmul(w.T, w, precision=hi)
+        denom = jnp.matmul(gram_w, h, precision=hi)
+    else:
+        approx = maskf * jnp.matmul(w, h, precision=hi)
+        denom = jnp.matmul(w.T, approx, precision=hi)
+    h = h * numer / jnp.maximum(denom + l1 + l2 * h, floor)
+    if maskf is None:
+        inner = jnp.sum(numer * h)
+        approx_sq = jnp.sum(gram_w * jnp.matmul(h, h.T, precision=hi))
+    else:
+        inner = approx_sq = jnp.zeros((), m.dtype)
+    return w, h, (inner, approx_sq)
