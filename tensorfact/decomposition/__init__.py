@@ -2,8 +2,9 @@
 
 from tensorfact.decomposition._loop import FitInfo
 from tensorfact.decomposition.cp import cp
+from tensorfact.decomposition.cur import cur
 from tensorfact.decomposition.nmf import nmf
 from tensorfact.decomposition.svd import svd
 from tensorfact.decomposition.tucker import tucker
 
-__all__ = ["FitInfo", "cp", "nmf", "svd", "tucker"]
+__all__ = ["FitInfo", "cp", "cur", "nmf", "svd", "tucker"]

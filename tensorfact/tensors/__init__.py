@@ -2,7 +2,8 @@
 
 from tensorfact.tensors.base import FactorizedTensor
 from tensorfact.tensors.cp import CPTensor
+from tensorfact.tensors.cur import CURMatrix
 from tensorfact.tensors.lowrank import LowRankMatrix
 from tensorfact.tensors.tucker import TuckerTensor
 
-__all__ = ["FactorizedTensor", "CPTensor", "LowRankMatrix", "TuckerTensor"]
+__all__ = ["FactorizedTensor", "CPTensor", "CURMatrix", "LowRankMatrix", "TuckerTensor"]
