@@ -13,7 +13,8 @@ Every decomposition is a pure function that compiles with ``jax.jit``, maps over
 from tensorfact import algebra, decomposition, kernels, metrics, random, ranks, tensors
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
-from tensorfact.decomposition import FitInfo, complete, cp, cur, nmf, rpca, svd, tucker
+from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur, factorize_gd,
+                                      gaussian_measurements, measure, nmf, rpca, svd, tucker)
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
@@ -22,7 +23,8 @@ from tensorfact.tensors import CPTensor, CURMatrix, FactorizedTensor, LowRankMat
 __version__ = "0.1.0"
 
 __all__ = [
-    "CPTensor", "CURMatrix", "FactorizedTensor", "FitInfo", "LowRankMatrix", "TuckerTensor",
+    "CPTensor", "CURMatrix", "FactorizedTensor", "FitInfo", "LowRankMatrix", "SensingHistory",
+    "TuckerTensor", "factorize_gd", "gaussian_measurements", "measure",
     "algebra", "complete", "cp", "cur", "decomposition", "effective_rank", "fit", "fold", "kernels", "khatri_rao",
     "kronecker", "metrics", "mode_dot", "mttkrp", "multi_mode_dot", "nmf", "noisy", "partial_mttkrp",
     "random", "random_cp", "random_tucker", "rank_for_energy", "rank_for_params", "ranks",
