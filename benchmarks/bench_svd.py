@@ -12,33 +12,14 @@ error over the optimal (exact truncated SVD) error, so a fast but worse answer c
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-try:
-    import tensorfact as tfa
-except ImportError:  # run from a checkout without installing: use the repository's package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import tensorfact as tfa
+from _harness import median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
 
-
-def _median_ms(fn, sync, repeats):
-    start = time.perf_counter()
-    out = fn()
-    sync(out)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - start)
-    return out, 1e3 * statistics.median(times), first
+import tensorfact as tfa  # noqa: E402
 
 
 def _matrix(n, spectrum, seed):
@@ -81,7 +62,7 @@ def main(argv=None):
         "tensorfact randomized q=4": jax.jit(lambda m: tfa.svd(m, rank, method="randomized",
                                                                 key=key, n_power_iter=4)),
     }.items():
-        out, ms, first = _median_ms(lambda: fn(m), sync, args.repeats)
+        out, ms, first = median_ms(lambda: fn(m), sync, args.repeats)
         rows.append((name, ms, first, err(out.to_dense())))
     try:
         import torch
@@ -99,7 +80,7 @@ def main(argv=None):
                 mt, q=rank + 10, niter=4),
             "torch.linalg.svd": lambda: torch.linalg.svd(mt, full_matrices=False),
         }.items():
-            (u, s, v), ms, first = _median_ms(fn, tsync, args.repeats)
+            (u, s, v), ms, first = median_ms(fn, tsync, args.repeats)
             vt = v.mT if "lowrank" in name else v
             dense = (u[:, :rank] * s[:rank]) @ vt[:rank]
             rows.append((name + f" ({dev})", ms, first, err(dense.cpu().numpy())))

@@ -43,17 +43,38 @@ def test_bench_decompositions_smoke(tmp_path):
     assert "| cp-als" in table and "| tensorfact" in table and "tensorly-numpy" in table
 
 
-def test_bench_svd_smoke():
-    """The SVD benchmark runs on the CPU and its randomized rows are near the optimal error."""
+def _load_script(name, monkeypatch):
+    """Imports benchmarks/<name>.py as a module (its folder on the path, for _harness)."""
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_svd.py"
-    spec = importlib.util.spec_from_file_location("bench_svd", path)
+    folder = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rows = module.main(["--small", "--repeats", "1"])
+    return module
+
+
+def test_bench_svd_smoke(monkeypatch):
+    """The SVD benchmark runs on the CPU and its randomized rows are near the optimal error."""
+    rows = _load_script("bench_svd", monkeypatch).main(["--small", "--repeats", "1"])
     by_name = {name: (ms, err) for name, ms, _, err in rows}
     assert by_name["tensorfact exact"][0] > 0
     exact_err = by_name["tensorfact exact"][1]
     assert by_name["tensorfact randomized q=4"][1] <= 1.01 * exact_err
+
+
+def test_bench_nmf_smoke(monkeypatch):
+    """The NMF benchmark runs against scikit-learn; both tensorfact methods give sane rows."""
+    import math
+
+    rows = _load_script("bench_nmf", monkeypatch).main(["--small", "--repeats", "1"])
+    assert {r["backend"] for r in rows} == {"tensorfact", "sklearn"}
+    tfa_rows = [r for r in rows if r["backend"] == "tensorfact"]
+    assert {r["method"] for r in tfa_rows} == {"hals", "mu"}
+    for r in tfa_rows:
+        assert math.isfinite(r["median_ms"]) and r["median_ms"] > 0, r
+        assert math.isfinite(r["first_s"]) and r["first_s"] > 0, r
+        assert math.isfinite(r["rel_error"]) and 0 <= r["rel_error"] <= 1, r
+        assert math.isfinite(r["ratio"]) and r["ratio"] > 0, r
