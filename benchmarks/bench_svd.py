@@ -42,6 +42,8 @@ def main(argv=None):
     parser.add_argument("--spectrum", choices=["decay", "flat"], default="decay")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="CPU smoke: 256 × 256, rank 16")
+    parser.add_argument("--no-numpy", dest="numpy", action="store_false",
+                        help="skip the NumPy rows (slow at 4096²)")
     args = parser.parse_args(argv)
     n, rank = (256, 16) if args.small else (args.size, args.rank)
     m = jax.block_until_ready(_matrix(n, args.spectrum, 0))
@@ -64,6 +66,27 @@ def main(argv=None):
     }.items():
         out, ms, first = median_ms(lambda: fn(m), sync, args.repeats)
         rows.append((name, ms, first, err(out.to_dense())))
+    if args.numpy:
+        m_np = np.asarray(m)
+        rng = np.random.default_rng(1)
+
+        def numpy_randomized(q=2, oversample=10):
+            # the same range finder as tensorfact's, in NumPy (QR after every product)
+            y, _ = np.linalg.qr(m_np @ rng.standard_normal((n, rank + oversample), np.float32))
+            for _ in range(q):
+                z, _ = np.linalg.qr(m_np.T @ y)
+                y, _ = np.linalg.qr(m_np @ z)
+            u, s, vt = np.linalg.svd(y.T @ m_np, full_matrices=False)
+            return (y @ u[:, :rank]) * s[:rank] @ vt[:rank]
+
+        def numpy_exact():
+            u, s, vt = np.linalg.svd(m_np, full_matrices=False)
+            return (u[:, :rank] * s[:rank]) @ vt[:rank]
+
+        for name, fn in {"numpy randomized q=2 (cpu)": numpy_randomized,
+                         "numpy.linalg.svd (cpu)": numpy_exact}.items():
+            dense, ms, first = median_ms(fn, lambda _: None, args.repeats)
+            rows.append((name, ms, first, err(dense)))
     try:
         import torch
         dev = "cuda" if torch.cuda.is_available() else "cpu"
