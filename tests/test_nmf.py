@@ -18,23 +18,11 @@ import pytest
 from tensorfact.decomposition._loop import FitInfo
 from tensorfact.decomposition.nmf import nmf
 from tensorfact.tensors import LowRankMatrix
+from _helpers import x64, rel
 
 SHAPE = (60, 50)
 RANK = 4
 KEY = jax.random.key(42)
-
-
-def x64():
-    """A context in which JAX creates float64 arrays (without touching the global config)."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # older JAX
-    return enable_x64()
-
-
-def rel(x, y):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return float(np.linalg.norm(x - y) / np.linalg.norm(x))
 
 
 def planted(seed, shape=SHAPE, rank=RANK, dtype=jnp.float32):

@@ -20,25 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorfact as tfa
+from _helpers import x64, rel
 
 SHAPE = (8, 9, 10)
 RANKS = (2, 3, 4)
 NOISE = 0.1
 METHODS = ("hooi", "hosvd", "st_hosvd")
 KEY = jax.random.key(7)
-
-
-def x64():
-    """A context in which JAX creates float64 arrays (without touching the global config)."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # older JAX
-    return enable_x64()
-
-
-def rel(x, y):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return float(np.linalg.norm(x - y) / np.linalg.norm(x))
 
 
 def planted(seed, shape=SHAPE, ranks=RANKS, dtype=jnp.float32, nonneg=False):
