@@ -25,8 +25,9 @@ __version__ = "0.1.0"
 __all__ = [
     "CPTensor", "CURMatrix", "FactorizedTensor", "FitInfo", "LowRankMatrix", "SensingHistory",
     "TuckerTensor", "factorize_gd", "gaussian_measurements", "measure",
-    "algebra", "complete", "cp", "cur", "decomposition", "effective_rank", "fit", "fold", "kernels", "khatri_rao",
-    "kronecker", "metrics", "mode_dot", "mttkrp", "multi_mode_dot", "nmf", "noisy", "partial_mttkrp",
+    "algebra", "complete", "cp", "cur", "decomposition", "effective_rank", "fit", "fold",
+    "kernels", "khatri_rao", "kronecker", "metrics", "mode_dot", "mttkrp", "multi_mode_dot",
+    "nmf", "noisy", "partial_mttkrp",
     "random", "random_cp", "random_tucker", "rank_for_energy", "rank_for_params", "ranks",
     "relative_error", "rpca", "stable_rank", "svd", "tensors", "tucker", "unfold",
 ]

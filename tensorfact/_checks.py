@@ -40,6 +40,15 @@ def as_float_array(x, name: str, *, min_ndim: int = 0) -> jax.Array:
     return x
 
 
+def as_matrix(m, name: str = "m") -> jax.Array:
+    """``m`` as a real floating 2-D array, or a ``ValueError`` naming its shape."""
+    m = as_float_array(m, name)
+    if m.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(m.shape)} (use jax.vmap "
+                         "for a batch of matrices).")
+    return m
+
+
 def count_nonfinite(x, where=None) -> jax.Array:
     """Number of NaN/Inf entries of ``x`` (among those where ``where`` is True); traceable.
 

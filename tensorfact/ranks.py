@@ -7,23 +7,16 @@ import numbers
 
 import jax.numpy as jnp
 
-from tensorfact._checks import as_float_array, check_positive_int, is_traced
+from tensorfact._checks import as_float_array, as_matrix, check_positive_int, is_traced
 
 __all__ = ["stable_rank", "effective_rank", "rank_for_energy", "rank_for_params"]
-
-
-def _matrix(m, name="m"):
-    m = as_float_array(m, name)
-    if m.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(m.shape)}.")
-    return m
 
 
 def stable_rank(m) -> jnp.ndarray:
     """``‖M‖_F² / ‖M‖_2²``: a continuous, perturbation-robust lower bound on the rank
     (Rudelson & Vershynin 2007); Cuttlefish (Wang et al. 2023) tracks it to decide when and at
     what rank to factorize a layer."""
-    s = jnp.linalg.svd(_matrix(m), compute_uv=False)
+    s = jnp.linalg.svd(as_matrix(m), compute_uv=False)
     return jnp.sum(s * s) / jnp.maximum(s[0] * s[0], jnp.finfo(s.dtype).tiny)
 
 

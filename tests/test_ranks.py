@@ -16,6 +16,14 @@ def test_stable_rank_closed_forms():
     assert float(tfa.stable_rank(m)) == pytest.approx(11 / 9, rel=1e-6)
 
 
+def test_rank_measures_under_jit():
+    m = np.diag([3.0, 1.0, 1.0])
+    assert float(jax.jit(tfa.stable_rank)(m)) == pytest.approx(11 / 9, rel=1e-6)
+    assert float(jax.jit(tfa.effective_rank)(np.eye(4))) == pytest.approx(4.0, rel=1e-5)
+    with pytest.raises(ValueError, match=r"m must be a 2-D matrix, got shape \(3,\)"):
+        tfa.stable_rank(np.ones(3))
+
+
 def test_effective_rank_closed_forms():
     assert float(tfa.effective_rank(np.eye(5))) == pytest.approx(5.0, rel=1e-5)
     assert float(tfa.effective_rank(np.array([2.0, 0.0, 0.0]))) == pytest.approx(1.0, rel=1e-6)

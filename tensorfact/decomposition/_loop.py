@@ -35,8 +35,11 @@ def is_fixed_length(tol) -> bool:
     return isinstance(tol, (int, float)) and tol == 0
 
 
-def iterate(step: Callable[[Any], tuple[Any, jax.Array]], state, *, n_iter: int, tol):
-    """Runs ``state, err = step(state)`` until ``n_iter`` steps or ``|Δerr| < tol``.
+def iterate(step: Callable[[Any], tuple[Any, jax.Array]], state, *, n_iter: int, tol,
+            stop: str = "change"):
+    """Runs ``state, err = step(state)`` until ``n_iter`` steps or the stopping rule holds:
+    ``|Δerr| < tol`` (``stop="change"``, for an objective) or ``err < tol`` (``stop="below"``, for
+    a residual that must vanish, as in augmented-Lagrangian methods).
 
     With a literal ``tol == 0`` the loop is a ``lax.scan`` of fixed length, which reverse-mode
     autodiff can traverse; otherwise it is a ``lax.while_loop`` whose stopping test runs on
@@ -59,7 +62,7 @@ def iterate(step: Callable[[Any], tuple[Any, jax.Array]], state, *, n_iter: int,
     def body(carry):
         state, i, errors, prev, _ = carry
         state, err = step(state)
-        done = jnp.abs(prev - err) < tol
+        done = (err < tol) if stop == "below" else (jnp.abs(prev - err) < tol)
         return state, i + 1, errors.at[i].set(err), err, done
 
     carry = (state, jnp.zeros((), jnp.int32), errors0, jnp.asarray(jnp.inf, probe.dtype),

@@ -32,11 +32,11 @@ import numpy as np
 from jax import lax
 
 from tensorfact import algebra
-from tensorfact._checks import (as_float_array, check_choice, check_mask, check_nonneg_number,
+from tensorfact._checks import (as_matrix, check_choice, check_mask, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced,
                                 report_nonfinite, require_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
-                                              random_orthonormal)
+                                              random_orthonormal, solve_normal_equations)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate, relative_error
 from tensorfact.tensors import LowRankMatrix
 
@@ -52,13 +52,6 @@ SOFT_IMPUTE_DEFAULT_LAM = 1e-4
 #: IALM: growth factor of the penalty ``μ`` and its cap relative to the initial ``μ``.
 RPCA_RHO = 1.5
 RPCA_MU_CAP = 1e7
-
-
-def _check_matrix(m, name="m"):
-    m = as_float_array(m, name, min_ndim=2)
-    if m.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(m.shape)}.")
-    return m
 
 
 def complete(m, mask, rank: int, *, method: str = "als", key=None, init: str = "svd",
@@ -141,7 +134,7 @@ def complete(m, mask, rank: int, *, method: str = "als", key=None, init: str = "
         negative, ``lam`` is given with ALS or a nonzero ``l2`` with Soft-Impute, ``key`` is
         missing for ``init="random"``, or (eager calls) an observed entry is NaN or Inf.
     """
-    m = _check_matrix(m)
+    m = as_matrix(m)
     mask = check_mask(mask, m.shape)
     rank = check_positive_int(rank, "rank")
     if rank > min(m.shape):
@@ -244,12 +237,7 @@ def _als_half(m0, maskf, b, l2, precision):
     tiny = jnp.finfo(b.dtype).tiny
     default = ALS_DEFAULT_RIDGE * jnp.sum(b * b) / cols
     ridge = jnp.where(l2 > 0, l2, default) + tiny
-    regularized = gram + ridge * jnp.eye(r, dtype=b.dtype)
-
-    def solve(g, y):
-        return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(g, lower=True), y)
-
-    return jax.vmap(solve)(regularized, numer)
+    return solve_normal_equations(numer, gram, ridge, precision)
 
 
 def _svd_of_product(a, b):
@@ -324,7 +312,7 @@ def rpca(m, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, precisio
       ValueError: if ``m`` is not 2-D, ``lam``/``tol`` is negative, ``mu`` is not positive,
         ``n_iter`` is not a positive int, or (eager calls) ``m`` holds NaN or Inf.
     """
-    m = _check_matrix(m)
+    m = as_matrix(m)
     n_iter, tol = check_iteration_args(n_iter, tol)
     if lam is not None:
         check_nonneg_number(lam, "lam")
@@ -368,33 +356,11 @@ def _rpca_fit(m, lam, mu, tol, *, n_iter, fixed, precision, return_info):
         return (low, sparse, y, mu), jnp.linalg.norm(resid) / norm_fro
 
     state = (jnp.zeros_like(m), jnp.zeros_like(m), y, jnp.asarray(mu0, dtype))
-    if fixed:
-        state, n_done, errors, _ = iterate(step, state, n_iter=n_iter, tol=0)
-    else:
-        state, n_done, errors = _iterate_below(step, state, n_iter=n_iter, tol=tol)
+    state, n_done, errors, _ = iterate(step, state, n_iter=n_iter, tol=0 if fixed else tol,
+                                       stop="below")
     low, sparse = state[0], state[1]
     if not return_info:
         return (low, sparse), n_nonfinite
     rel = jnp.linalg.norm(m - low - sparse) / norm_fro
     converged = rel < tol
     return (low, sparse, FitInfo(n_done, errors, rel, converged)), n_nonfinite
-
-
-def _iterate_below(step, state, *, n_iter, tol):
-    """Like :func:`iterate`, but stops once the step's error itself falls below ``tol`` (a
-    feasibility residual, rather than a change in the objective)."""
-    probe = jax.eval_shape(step, state)[1]
-    errors0 = jnp.full((n_iter,), jnp.nan, probe.dtype)
-
-    def cond(carry):
-        _, i, _, err = carry
-        return (i < n_iter) & ~(err < tol)
-
-    def body(carry):
-        state, i, errors, _ = carry
-        state, err = step(state)
-        return state, i + 1, errors.at[i].set(err), err
-
-    carry = (state, jnp.zeros((), jnp.int32), errors0, jnp.asarray(jnp.inf, probe.dtype))
-    state, n_done, errors, _ = lax.while_loop(cond, body, carry)
-    return state, n_done, errors

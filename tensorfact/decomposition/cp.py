@@ -27,12 +27,13 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
-from tensorfact import algebra, kernels
+from tensorfact import algebra
 from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
                                 check_nonneg_number, check_positive_int, report_nonfinite,
                                 require_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
-                                              hals_columns, leading_subspace, split_halves)
+                                              hals_columns, leading_subspace,
+                                              solve_normal_equations, split_halves)
 from tensorfact.decomposition._loop import (FitInfo, error_from_norms, is_fixed_length, iterate,
                                             refine_error, relative_error)
 from tensorfact.tensors import CPTensor
@@ -211,7 +212,7 @@ def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision):
             if nonneg:
                 a_n = hals_columns(factors[n] * weights, m_n, gram_others, l2, precision)
             else:
-                a_n = _solve_normal_equations(m_n, gram_others, l2, precision)
+                a_n = solve_normal_equations(m_n, gram_others, l2, precision)
             if normalize:
                 scale = jnp.linalg.norm(a_n, axis=0)
                 weights = scale
@@ -246,31 +247,9 @@ def _weighted_sweep(x, maskf, weights, factors, *, l2, nonneg, normalize, precis
         if nonneg:
             a_n = hals_columns(factors[n] * weights, numer, gram, l2, precision)
         else:
-            a_n = _solve_normal_equations(numer, gram, l2)
+            a_n = solve_normal_equations(numer, gram, l2)
         if normalize:
             weights = jnp.linalg.norm(a_n, axis=0)
             a_n = a_n / jnp.where(weights == 0, 1.0, weights)
         factors[n] = a_n
     return weights, tuple(factors)
-
-
-def _solve_normal_equations(m, gram, l2, precision=None):
-    """``m · (gram + λI)⁻¹`` (``gram`` is ``R × R``, or ``I × R × R`` per row), with a jitter of
-    ``eps·tr(gram)/R`` so that rank-deficient Gram matrices stay solvable.
-
-    One small Gram matrix (the ALS case) is inverted in a single kernel
-    (:func:`tensorfact.kernels.spd_inverse`): on a GPU the launch latency of a library Cholesky
-    solve dominated an ALS sweep. Larger or per-row systems use Cholesky.
-    """
-    r = gram.shape[-1]
-    eye = jnp.eye(r, dtype=gram.dtype)
-    trace = jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None]
-    jitter = jnp.finfo(gram.dtype).eps * trace / r + jnp.finfo(gram.dtype).tiny
-    regularized = gram + (l2 + jitter) * eye
-    if gram.ndim == 2 and r <= kernels.SPD_INVERSE_MAX_SIZE:
-        return jnp.matmul(m, kernels.spd_inverse(regularized),
-                          precision=algebra.resolve_precision(precision))
-    chol = jax.scipy.linalg.cho_factor(regularized)
-    if gram.ndim == 2:
-        return jax.scipy.linalg.cho_solve(chol, m.T).T
-    return jax.vmap(lambda c, b: jax.scipy.linalg.cho_solve((c, chol[1]), b))(chol[0], m)

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact._checks import (as_float_array, check_choice, check_positive_int,
+from tensorfact._checks import (as_matrix, check_choice, check_positive_int,
                                 count_nonfinite, report_nonfinite, require_key)
 from tensorfact.tensors.cur import CURMatrix
 
@@ -118,9 +118,7 @@ def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows
         ``[rank, n]`` / ``[rank, m]``; ``method`` is unknown; ``key`` is missing for
         ``method="leverage"``; or (in an eager call) ``m`` holds NaN or Inf.
     """
-    m = as_float_array(m, "m")
-    if m.ndim != 2:
-        raise ValueError(f"m must be a 2-D matrix, got shape {tuple(m.shape)}.")
+    m = as_matrix(m)
     rows, cols = (int(s) for s in m.shape)
     rank = check_positive_int(rank, "rank")
     if rank > min(rows, cols):

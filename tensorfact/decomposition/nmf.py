@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact._checks import (as_float_array, check_choice, check_mask, check_nonneg_number,
+from tensorfact._checks import (as_matrix, check_choice, check_mask, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced,
                                 report_nonfinite, require_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
@@ -128,9 +128,7 @@ def nmf(m, rank: int, *, key=None, init: Union[str, LowRankMatrix, None] = None,
         or mask of the wrong shape, negative (or NaN) ``tol``/``l1``/``l2``, a missing key for
         ``init="random"``, or (eager calls only) negative or NaN/Inf observed entries of ``m``.
     """
-    m = as_float_array(m, "m")
-    if m.ndim != 2:
-        raise ValueError(f"m must be a 2-D matrix, got shape {tuple(m.shape)}.")
+    m = as_matrix(m)
     rank = check_positive_int(rank, "rank")
     n_iter, tol = check_iteration_args(n_iter, tol)
     check_nonneg_number(l1, "l1")
@@ -151,8 +149,8 @@ def nmf(m, rank: int, *, key=None, init: Union[str, LowRankMatrix, None] = None,
             require_key(key, 'for init="random"')
         elif rank > min(m.shape):
             raise ValueError(f'rank ({rank}) must be at most min(m.shape) = {min(m.shape)} '
-                             f'(shape {tuple(m.shape)}) for init="{init_kind}", which needs that many '
-                             'singular vectors; use init="random" for a larger rank.')
+                             f'(shape {tuple(m.shape)}) for init="{init_kind}", which needs that '
+                             'many singular vectors; use init="random" for a larger rank.')
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
     result, (n_nonfinite, n_negative, smallest) = _nmf_fit(

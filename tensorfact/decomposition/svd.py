@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact._checks import (as_float_array, check_choice, check_positive_int,
+from tensorfact._checks import (as_matrix, check_choice, check_positive_int,
                                 count_nonfinite, report_nonfinite, require_key)
 from tensorfact.tensors import LowRankMatrix
 
@@ -58,10 +58,7 @@ def svd(m, rank: int, *, method: str = "exact", key=None, oversample: int = 10,
       >>> lr.shape, lr.rank
       ((512, 256), 32)
     """
-    m = as_float_array(m, "m")
-    if m.ndim != 2:
-        raise ValueError(f"m must be a 2-D matrix, got shape {tuple(m.shape)} (use jax.vmap for "
-                         "batches).")
+    m = as_matrix(m)
     rank = check_positive_int(rank, "rank")
     if rank > min(m.shape):
         raise ValueError(f"rank = {rank} is larger than min(m.shape) = {min(m.shape)} "

@@ -173,8 +173,9 @@ def _tucker_fit(x, mask, key, init_tensor, tol, *, ranks, modes, method, n_iter,
     if mask is None:
         def step(state):
             factors, core, err_sq = sweep(x, *state, norm_x_sq=norm_x_sq)
-            err = refine_error(jnp.sqrt(err_sq / jnp.maximum(norm_x_sq, tiny)), lambda: (
-                relative_error(x, TuckerTensor(core, factors, modes).to_dense(precision=precision))))
+            dense = lambda: TuckerTensor(core, factors, modes).to_dense(precision=precision)  # noqa: E731
+            err = refine_error(jnp.sqrt(err_sq / jnp.maximum(norm_x_sq, tiny)),
+                               lambda: relative_error(x, dense()))
             return (factors, core), err
 
         state = (factors, core)

@@ -13,7 +13,7 @@ from tensorfact.tensors.base import FactorizedTensor, as_leaf
 
 @jax.tree_util.register_pytree_node_class
 class CPTensor(FactorizedTensor):
-    """A rank-``R`` CP tensor ``[[w; A_0, ..., A_{N-1}]]`` with factors ``A_k`` of shape ``(I_k, R)``.
+    """A rank-``R`` CP tensor ``[[w; A_0, ..., A_{N-1}]]``, factors ``A_k`` of shape ``(I_k, R)``.
 
     Args:
       weights: length-``R`` vector, or ``None`` for all ones.
@@ -31,7 +31,8 @@ class CPTensor(FactorizedTensor):
         factors = tuple(as_leaf(a, f"factors[{k}]") for k, a in enumerate(factors))
         for k, a in enumerate(factors):
             if a.ndim != 2:
-                raise ValueError(f"factors[{k}] must be 2-D (I_k, rank), got shape {tuple(a.shape)}.")
+                raise ValueError(f"factors[{k}] must be 2-D (I_k, rank), got shape "
+                                 f"{tuple(a.shape)}.")
         ranks = [a.shape[1] for a in factors]
         if len(set(ranks)) != 1:
             raise ValueError(f"factors must share their number of columns (the CP rank), got "

@@ -14,7 +14,7 @@ from tensorfact.tensors.base import FactorizedTensor, as_leaf
 
 @jax.tree_util.register_pytree_node_class
 class TuckerTensor(FactorizedTensor):
-    """A Tucker tensor ``[[G; U_0, ..., U_{N-1}]]``: core ``G`` and factors ``U_m`` of shape ``(I_m, r_m)``.
+    """A Tucker tensor ``[[G; U_0, ..., U_{N-1}]]``: core ``G``, factors ``U_m`` of ``(I_m, r_m)``.
 
     Args:
       core: array of shape ``(r_0, ..., r_{N-1})`` (with ``modes``: the core's own size on the
@@ -32,7 +32,8 @@ class TuckerTensor(FactorizedTensor):
     def __init__(self, core, factors: Sequence[jax.Array], modes=None):
         core = as_leaf(core, "core")
         if isinstance(factors, jax.Array) or not isinstance(factors, Sequence):
-            raise ValueError(f"factors must be a sequence of 2-D arrays, got {type(factors).__name__}.")
+            raise ValueError(f"factors must be a sequence of 2-D arrays, got "
+                             f"{type(factors).__name__}.")
         factors = tuple(as_leaf(u, f"factors[{k}]") for k, u in enumerate(factors))
         modes = tuple(range(core.ndim)) if modes is None else check_modes(modes, core.ndim)
         if len(factors) != len(modes):
@@ -41,7 +42,8 @@ class TuckerTensor(FactorizedTensor):
         for k, (m, u) in enumerate(zip(modes, factors)):
             if u.ndim != 2 or u.shape[1] != core.shape[m]:
                 raise ValueError(f"factors[{k}] must have shape (I, {core.shape[m]}) to match core "
-                                 f"mode {m} (core shape {tuple(core.shape)}), got {tuple(u.shape)}.")
+                                 f"mode {m} (core shape {tuple(core.shape)}), got "
+                                 f"{tuple(u.shape)}.")
         self._set(core=core, factors=factors, modes=modes)
 
     def __iter__(self):
