@@ -10,7 +10,8 @@ Every decomposition is a pure function that compiles with ``jax.jit``, maps over
     print(tfa.relative_error(x, cp.to_dense()), tk.n_params, tk.norm())
 """
 
-from tensorfact import algebra, decomposition, kernels, metrics, random, ranks, tensors
+from tensorfact import (algebra, decomposition, kernels, metrics, random, ranks, tensors,
+                        tproduct)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
 from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur, factorize_gd,
@@ -18,6 +19,7 @@ from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
+from tensorfact.tproduct import tidentity, tinv, tnorm, tprod, ttranspose
 from tensorfact.tensors import CPTensor, CURMatrix, FactorizedTensor, LowRankMatrix, TuckerTensor
 
 __version__ = "0.1.0"
@@ -30,4 +32,5 @@ __all__ = [
     "nmf", "noisy", "partial_mttkrp",
     "random", "random_cp", "random_tucker", "rank_for_energy", "rank_for_params", "ranks",
     "relative_error", "rpca", "stable_rank", "svd", "tensors", "tucker", "unfold",
+    "tproduct", "tprod", "ttranspose", "tidentity", "tinv", "tnorm",
 ]
