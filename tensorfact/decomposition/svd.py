@@ -8,7 +8,9 @@ fraction of the cost for large matrices:
 2. sharpen it by ``n_power_iter`` power iterations ``Y ← M (Mᵀ Q)``, re-orthonormalising by QR
    after every product (Halko et al., Algorithm 4.4), which makes the error decay like the
    singular values raised to ``2q + 1``;
-3. ``Q = qr(Y)``, ``B = Qᵀ M`` (small), ``B = Ũ Σ Vᵀ``, ``U = Q Ũ`` (Algorithm 5.1).
+3. ``Q = qr(Y)``; the projection ``B = Qᵀ M`` is factored without an SVD of the wide ``B``:
+   ``Mᵀ Q = Z R`` (QR), so ``B = Rᵀ Zᵀ``; the SVD of the small square ``Rᵀ = Ũ Σ Ṽᵀ`` gives
+   ``U = Q Ũ`` and ``V = Z Ṽ`` (Algorithm 5.1 with the SVD moved to a ``k × k`` matrix).
 
 Reference: N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness:
 probabilistic algorithms for constructing approximate matrix decompositions", SIAM Review
@@ -90,6 +92,10 @@ def _svd(m, key, *, rank, method, oversample, n_power_iter, precision):
     for _ in range(n_power_iter):
         z, _ = jnp.linalg.qr(jnp.matmul(m.T, q, precision=prec))
         q, _ = jnp.linalg.qr(jnp.matmul(m, z, precision=prec))
-    u_small, s, vt = jnp.linalg.svd(jnp.matmul(q.T, m, precision=prec), full_matrices=False)
+    # M ≈ Q Qᵀ M = Q (MᵀQ)ᵀ = Q Rᵀ Zᵀ with MᵀQ = Z R: the SVD of the small square Rᵀ gives the
+    # factors, instead of an SVD of the wide B = QᵀM (a slow, bidiagonalising call on GPUs).
+    z, r = jnp.linalg.qr(jnp.matmul(m.T, q, precision=prec))
+    u_small, s, vt_small = jnp.linalg.svd(r.T)
     u = jnp.matmul(q, u_small[:, :rank], precision=prec)
-    return LowRankMatrix(u, s[:rank], vt[:rank]), n_nonfinite
+    vt = jnp.matmul(vt_small[:rank], z.T, precision=prec)
+    return LowRankMatrix(u, s[:rank], vt), n_nonfinite
