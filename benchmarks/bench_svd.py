@@ -7,6 +7,7 @@ error over the optimal (exact truncated SVD) error, so a fast but worse answer c
 
     python benchmarks/bench_svd.py --small          # CPU smoke
     python benchmarks/bench_svd.py                  # 4096 × 4096, rank 64 (GPU)
+    python benchmarks/bench_svd.py --stages         # + the building blocks, JAX vs PyTorch
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(argv=None):
     parser.add_argument("--spectrum", choices=["decay", "flat"], default="decay")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="CPU smoke: 256 × 256, rank 16")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the building blocks (matmul, QR, SVDs) in JAX and torch")
     parser.add_argument("--no-numpy", dest="numpy", action="store_false",
                         help="skip the NumPy rows (slow at 4096²)")
     args = parser.parse_args(argv)
@@ -115,7 +118,44 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for name, ms, first, e in rows:
         print(f"| {name} | {ms:.2f} | {first:.2f} | {e:.6f} | {e / optimal:.4f} |")
+    if args.stages:
+        _time_stages(m, rank + 10, args.repeats)
     return rows
+
+
+def _time_stages(m, width, repeats):
+    """Times the pieces of a randomized SVD at sketch width ``width`` in JAX and in torch, to
+    show where a gap between the two comes from."""
+    n = m.shape[0]
+    y = jnp.asarray(m[:, :width])
+    r = jnp.linalg.qr(y)[1]
+    prec = jax.lax.Precision.HIGHEST
+    jax_ops = {
+        f"matmul {n}×{n} · {n}×{width}": (jax.jit(lambda a, b: jnp.matmul(a, b, precision=prec)),
+                                         (m, y)),
+        f"qr {n}×{width}": (jax.jit(lambda a: jnp.linalg.qr(a)), (y,)),
+        f"svd {width}×{n}": (jax.jit(lambda a: jnp.linalg.svd(a, full_matrices=False)), (y.T,)),
+        f"svd {width}×{width}": (jax.jit(lambda a: jnp.linalg.svd(a)), (r,)),
+    }
+    print(f"| stage ({width} columns) | jax ms | torch ms |")
+    print("|---|---|---|")
+    try:
+        import torch
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        mt, yt, rt = (torch.tensor(np.asarray(a), device=dev) for a in (m, y, r))
+        torch_ops = [lambda: mt @ yt, lambda: torch.linalg.qr(yt),
+                     lambda: torch.linalg.svd(yt.T, full_matrices=False),
+                     lambda: torch.linalg.svd(rt)]
+
+        def tsync(_):
+            if dev == "cuda":
+                torch.cuda.synchronize()
+    except ImportError:
+        torch_ops = [None] * len(jax_ops)
+    for (name, (fn, args)), top in zip(jax_ops.items(), torch_ops):
+        _, ms, _ = median_ms(lambda: fn(*args), jax.block_until_ready, repeats)
+        tms = f"{median_ms(top, tsync, repeats)[1]:.3f}" if top is not None else "–"
+        print(f"| {name} | {ms:.3f} | {tms} |")
 
 
 if __name__ == "__main__":
