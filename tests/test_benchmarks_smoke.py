@@ -78,3 +78,12 @@ def test_bench_nmf_smoke(monkeypatch):
         assert math.isfinite(r["first_s"]) and r["first_s"] > 0, r
         assert math.isfinite(r["rel_error"]) and 0 <= r["rel_error"] <= 1, r
         assert math.isfinite(r["ratio"]) and r["ratio"] > 0, r
+
+
+def test_bench_batched_cp_smoke(monkeypatch):
+    """The batched-CP benchmark runs one vmap call and a TensorLy loop on the same data."""
+    rows = _load_script("bench_batched_cp", monkeypatch).main(["--small", "--repeats", "1"])
+    assert rows[0]["backend"].startswith("tensorfact") and rows[0]["ratio"] == 1.0
+    assert any(r["backend"].startswith("tensorly-numpy") for r in rows)
+    for r in rows:
+        assert r["median_ms"] > 0 and 0.5 < r["fit"] <= 1, r
