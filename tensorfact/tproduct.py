@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -84,6 +85,37 @@ def resolve_transform(transform, n3: int) -> Transform:
     return Transform("matrix", m)
 
 
+def _along_tubes(fn, x, *args, **kwargs):
+    """``fn`` (an FFT or DCT) along the last axis of ``x``, viewed as a 2-D ``(rows, n)`` array
+    with at least two rows.
+
+    XLA's CPU FFT requires a row-major operand. On arrays with size-1 axes (e.g. ``(1, 1, n3)``)
+    several layouts are equivalent, and when the result feeds a LAPACK call (SVD, inverse) under
+    ``jit`` layout assignment can pick one the FFT rejects at run time (``fft_thunk.cc``:
+    "IsMonotonicWithDim0Major"). A 2-D view with two or more rows has no such ambiguity (the
+    callers skip the transform when ``n == 1``); a single row is padded with a zero row.
+    """
+    n = x.shape[-1]
+    flat = x.reshape(-1, n)
+    rows = flat.shape[0]
+    if rows == 1:
+        flat = jnp.concatenate([flat, jnp.zeros_like(flat)])
+    out = fn(flat, *args, axis=-1, **kwargs)[:rows]
+    return out.reshape(x.shape[:-1] + out.shape[-1:])
+
+
+# One compiled program each: jax.scipy.fft's DCT is a dozen primitives, which called eagerly
+# would each be compiled on their own (seconds on the first call of every shape).
+@jax.jit
+def _dct(x):
+    return _along_tubes(jax.scipy.fft.dct, x, type=2, norm="ortho")
+
+
+@jax.jit
+def _idct(x):
+    return _along_tubes(jax.scipy.fft.idct, x, type=2, norm="ortho")
+
+
 def _check_tensor(x, name: str) -> jax.Array:
     x = as_float_array(x, name)
     if x.ndim < 3:
@@ -92,21 +124,26 @@ def _check_tensor(x, name: str) -> jax.Array:
     return x
 
 
-def to_transform_domain(x: jax.Array, transform="fft") -> jax.Array:
+def to_transform_domain(x: jax.Array, transform="fft", *, precision=None) -> jax.Array:
     """``L(x)`` with the tube axis moved in front: ``(..., n1, n2, n3) → (..., k, n1, n2)``.
 
     For the FFT, ``k = n3 // 2 + 1`` complex slices (the real FFT's non-redundant half); for the
-    DCT or a matrix, ``k = n3`` real slices.
+    DCT or a matrix, ``k = n3`` real slices. ``precision`` is that of the product with a
+    transform matrix (``None``: full float32); the FFT and DCT do not use it.
     """
     x = _check_tensor(x, "x")
     t = resolve_transform(transform, x.shape[-1])
-    if t.kind == "fft":
-        hat = jnp.fft.rfft(x, axis=-1)
+    if x.shape[-1] == 1 and t.kind != "matrix":
+        # Tubes of length 1: both transforms are the identity (and skipping them avoids the
+        # degenerate FFT layouts of _along_tubes).
+        hat = x.astype(jnp.result_type(x, jnp.complex64)) if t.kind == "fft" else x
+    elif t.kind == "fft":
+        hat = _along_tubes(jnp.fft.rfft, x)
     elif t.kind == "dct":
-        hat = jax.scipy.fft.dct(x, type=2, norm="ortho", axis=-1)
+        hat = _dct(x)
     else:
         hat = jnp.einsum("kj,...j->...k", t.matrix.astype(x.dtype), x,
-                         precision=resolve_precision(None))
+                         precision=resolve_precision(precision))
     return jnp.moveaxis(hat, -1, -3)
 
 
@@ -119,11 +156,11 @@ def from_transform_domain(hat: jax.Array, n3: int, transform="fft") -> jax.Array
         if hat.shape[-1] != n3 // 2 + 1:
             raise ValueError(f"hat must hold n3 // 2 + 1 = {n3 // 2 + 1} frequencies for n3 = "
                              f"{n3}, got {hat.shape[-1]}.")
-        return jnp.fft.irfft(hat, n=n3, axis=-1)
+        return jnp.real(hat) if n3 == 1 else _along_tubes(jnp.fft.irfft, hat, n=n3)
     if hat.shape[-1] != n3:
         raise ValueError(f"hat must hold n3 = {n3} transformed slices, got {hat.shape[-1]}.")
     if t.kind == "dct":
-        return jax.scipy.fft.idct(hat, type=2, norm="ortho", axis=-1)
+        return hat if n3 == 1 else _idct(hat)
     # Solve instead of forming M⁻¹: L⁻¹(ĥ)[..., j] = Σ_k (M⁻¹)[j, k] ĥ[..., k].
     m = t.matrix.astype(hat.dtype)
     flat = hat.reshape(-1, n3).T
@@ -179,11 +216,20 @@ def tprod(a: jax.Array, b: jax.Array, *, transform="fft", precision=None) -> jax
         raise ValueError(f"inner sizes must match for a * b: a is (..., n1, {a.shape[-2]}, n3) "
                          f"but b is (..., {b.shape[-3]}, n4, n3); got shapes {tuple(a.shape)} "
                          f"and {tuple(b.shape)}.")
-    n3 = a.shape[-1]
+    t = resolve_transform(transform, a.shape[-1])
     dtype = jnp.result_type(a, b)
-    c_hat = facewise(to_transform_domain(a.astype(dtype), transform),
-                     to_transform_domain(b.astype(dtype), transform), precision=precision)
-    return from_transform_domain(c_hat, n3, transform).astype(dtype)
+    return _tprod(a.astype(dtype), b.astype(dtype), t.matrix, kind=t.kind, precision=precision)
+
+
+# The t-product, t-inverse and spectral norm are each one compiled program (an eager call would
+# otherwise dispatch, and the first time compile, every primitive on its own); under a user's
+# jit they are inlined. The transform's kind is static, its matrix (if any) an argument.
+@functools.partial(jax.jit, static_argnames=("kind", "precision"))
+def _tprod(a, b, matrix, *, kind, precision):
+    t = Transform(kind, matrix)
+    c_hat = facewise(to_transform_domain(a, t, precision=precision),
+                     to_transform_domain(b, t, precision=precision), precision=precision)
+    return from_transform_domain(c_hat, a.shape[-1], t).astype(a.dtype)
 
 
 def ttranspose(a: jax.Array, *, transform="fft") -> jax.Array:
@@ -227,8 +273,15 @@ def tinv(a: jax.Array, *, transform="fft") -> jax.Array:
     if a.shape[-3] != a.shape[-2]:
         raise ValueError(f"a must have square frontal slices (n, n, n3) to be inverted, got "
                          f"shape {tuple(a.shape)}.")
-    hat = jnp.linalg.inv(to_transform_domain(a, transform))
-    return from_transform_domain(hat, a.shape[-1], transform).astype(a.dtype)
+    t = resolve_transform(transform, a.shape[-1])
+    return _tinv(a, t.matrix, kind=t.kind)
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _tinv(a, matrix, *, kind):
+    t = Transform(kind, matrix)
+    hat = jnp.linalg.inv(to_transform_domain(a, t))
+    return from_transform_domain(hat, a.shape[-1], t).astype(a.dtype)
 
 
 def tnorm(a: jax.Array, ord: str = "fro", *, transform="fft") -> jax.Array:
@@ -242,6 +295,12 @@ def tnorm(a: jax.Array, ord: str = "fro", *, transform="fft") -> jax.Array:
     if ord == "fro":
         return jnp.sqrt(jnp.sum(jnp.square(a), axis=(-3, -2, -1)))
     if ord == "spectral":
-        s = jnp.linalg.svd(to_transform_domain(a, transform), compute_uv=False)
-        return jnp.max(s, axis=(-2, -1)).astype(a.dtype)
+        t = resolve_transform(transform, a.shape[-1])
+        return _spectral_norm(a, t.matrix, kind=t.kind)
     raise ValueError(f"ord must be 'fro' or 'spectral', got {ord!r}.")
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _spectral_norm(a, matrix, *, kind):
+    s = jnp.linalg.svd(to_transform_domain(a, Transform(kind, matrix)), compute_uv=False)
+    return jnp.max(s, axis=(-2, -1)).astype(a.dtype)

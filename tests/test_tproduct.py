@@ -1,0 +1,365 @@
+"""Tests of ``tensorfact.tproduct`` (the t-product algebra) against an independent NumPy float64
+implementation written here: the block-circulant matrix ``bcirc(A)`` for the FFT product (no
+FFT at all), and the explicit transform matrices (orthonormal DCT-II, a random invertible
+matrix) applied along the tubes for the other transforms.
+
+Covers ``tprod``, ``ttranspose`` (with ``(A * B)ᵀ = Bᵀ * Aᵀ``), ``tidentity``, ``tinv``,
+``tnorm`` (Frobenius, and spectral = ``‖bcirc(A)‖₂``), the transform-domain helpers, batch
+axes, odd/even ``n3`` and ``n3 = 1``, ``jit``/``vmap``/``grad``, and the argument errors.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import tensorfact as tfa
+from tensorfact import tproduct
+from _helpers import rel, x64
+
+
+
+# ---------------------------------------------------------------------------------------------
+# the NumPy reference
+# ---------------------------------------------------------------------------------------------
+
+def dct_matrix(n):
+    """Orthonormal DCT-II: ``C[k, j] = α_k cos(π (2j + 1) k / (2n))``."""
+    k, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * j + 1) * k / (2 * n))
+    c[0] /= np.sqrt(2.0)
+    return c
+
+
+def invertible_matrix(n, seed=3):
+    """A random, well-conditioned, non-orthogonal ``n × n`` matrix."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n)) + 3.0 * np.eye(n)
+
+
+def transform_arg(name, n3):
+    """The ``transform=`` argument for tensorfact and the matrix for the reference."""
+    if name == "fft":
+        return "fft", None
+    if name == "dct":
+        return "dct", dct_matrix(n3)
+    m = invertible_matrix(n3)
+    return jnp.asarray(m, jnp.float32), m
+
+
+def bcirc(a):
+    """Block-circulant matrix of ``a`` (n1, n2, n3): block (i, j) is the frontal slice
+    ``a[:, :, (i − j) mod n3]`` (Kilmer & Martin 2011)."""
+    n1, n2, n3 = a.shape
+    out = np.zeros((n1 * n3, n2 * n3))
+    for i in range(n3):
+        for j in range(n3):
+            out[i * n1:(i + 1) * n1, j * n2:(j + 1) * n2] = a[:, :, (i - j) % n3]
+    return out
+
+
+def unfold_slices(b):
+    """Frontal slices stacked vertically: ``(n2 · n3) × n4``."""
+    return np.concatenate([b[:, :, k] for k in range(b.shape[2])], axis=0)
+
+
+def fold_slices(m, n1, n3):
+    return np.stack([m[k * n1:(k + 1) * n1] for k in range(n3)], axis=2)
+
+
+def ref_tprod(a, b, mat=None):
+    """``A * B``: ``fold(bcirc(A) · unfold(B))`` (FFT), else ``M⁻¹ ((M A) △ (M B))``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if mat is None:
+        return fold_slices(bcirc(a) @ unfold_slices(b), a.shape[0], a.shape[2])
+    ah = np.einsum("kj,abj->abk", mat, a)
+    bh = np.einsum("kj,abj->abk", mat, b)
+    ch = np.einsum("ilk,ljk->ijk", ah, bh)
+    return np.einsum("jk,abk->abj", np.linalg.inv(mat), ch)
+
+
+def ref_ttranspose(a, mat=None):
+    """FFT: transpose every slice and reverse slices 2 … n3; otherwise the slice-wise
+    transpose (the transform of a real matrix commutes with it)."""
+    a = np.asarray(a, np.float64)
+    at = np.transpose(a, (1, 0, 2))
+    if mat is None:
+        at = at[:, :, (-np.arange(a.shape[2])) % a.shape[2]]
+    return at
+
+
+def ref_identity(n, n3, mat=None):
+    """The tensor whose transformed slices are all ``I``: ``e_1`` tubes (FFT) or ``M⁻¹ 1``."""
+    tube = np.zeros(n3)
+    if mat is None:
+        tube[0] = 1.0
+    else:
+        tube = np.linalg.solve(mat, np.ones(n3))
+    return np.eye(n)[:, :, None] * tube
+
+
+def ref_spectral(a, mat=None):
+    """``‖bcirc(A)‖₂`` (FFT), else the largest singular value over the transformed slices."""
+    a = np.asarray(a, np.float64)
+    if mat is None:
+        return np.linalg.norm(bcirc(a), 2)
+    ah = np.einsum("kj,abj->abk", mat, a)
+    return max(np.linalg.norm(ah[:, :, k], 2) for k in range(a.shape[2]))
+
+
+def randn(rng, *shape):
+    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference itself (so that a wrong reference cannot pass a wrong implementation)
+# ---------------------------------------------------------------------------------------------
+
+def test_reference_fft_is_circular_convolution_of_tubes(rng):
+    a, b = rng.standard_normal((2, 3, 5)), rng.standard_normal((3, 2, 5))
+    c = ref_tprod(a, b)
+    i, j, t = 1, 0, 3
+    expected = sum(a[i, l, (t - s) % 5] * b[l, j, s] for l in range(3) for s in range(5))
+    assert c[i, j, t] == pytest.approx(expected)
+    np.testing.assert_allclose(dct_matrix(6) @ dct_matrix(6).T, np.eye(6), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# tprod, ttranspose, tidentity, tinv, tnorm against the reference
+# ---------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames="kind")
+def all_ops(a, b, sq, matrix, kind):
+    """Every operation on one set of inputs, in one compiled program (compiling is what costs
+    time in these small tests). ``matrix`` is traced: no invertibility check is made on it."""
+    tr = matrix if kind == "matrix" else kind
+    c = tfa.tprod(a, b, transform=tr)
+    at = tfa.ttranspose(a, transform=tr)
+    return dict(
+        c=c, at=at,
+        ct=tfa.ttranspose(c, transform=tr),
+        bt_at=tfa.tprod(tfa.ttranspose(b, transform=tr), at, transform=tr),
+        att=tfa.ttranspose(at, transform=tr),
+        eye=tfa.tidentity(sq.shape[0], a.shape[-1], transform=tr),
+        inv=tfa.tinv(sq, transform=tr),
+        fro=tfa.tnorm(a),
+        spectral=tfa.tnorm(a, "spectral", transform=tr),
+    )
+
+
+@pytest.mark.parametrize("name, n3", (("fft", 1), ("fft", 4), ("fft", 5), ("dct", 1), ("dct", 4),
+                                      ("matrix", 5)))
+def test_ops_match_reference(rng, name, n3):
+    transform, mat = transform_arg(name, n3)
+    a, b, sq = randn(rng, 4, 3, n3), randn(rng, 3, 2, n3), randn(rng, 3, 3, n3)
+    out = all_ops(a, b, sq, transform if name == "matrix" else None, name)
+    # tprod
+    assert out["c"].shape == (4, 2, n3) and out["c"].dtype == jnp.float32
+    assert rel(ref_tprod(a, b, mat), out["c"]) < 1e-5
+    # ttranspose, exactly; (A * B)ᵀ = Bᵀ * Aᵀ in tensorfact and in the reference; involution
+    np.testing.assert_array_equal(np.asarray(out["at"]), ref_ttranspose(a, mat).astype(np.float32))
+    assert rel(out["ct"], out["bt_at"]) < 1e-5
+    assert rel(ref_tprod(ref_ttranspose(b, mat), ref_ttranspose(a, mat), mat), out["ct"]) < 1e-5
+    np.testing.assert_array_equal(np.asarray(out["att"]), np.asarray(a))
+    # tidentity: I * A = A * I = A in the reference product
+    ref_eye = ref_identity(3, n3, mat)
+    np.testing.assert_allclose(np.asarray(out["eye"]), ref_eye, atol=1e-6)
+    np.testing.assert_allclose(ref_tprod(out["eye"], sq, mat), np.asarray(sq), atol=1e-5)
+    np.testing.assert_allclose(ref_tprod(sq, out["eye"], mat), np.asarray(sq), atol=1e-5)
+    # tinv: A * A⁻¹ = A⁻¹ * A = I in the reference product
+    np.testing.assert_allclose(ref_tprod(sq, out["inv"], mat), ref_eye, atol=1e-4)
+    np.testing.assert_allclose(ref_tprod(out["inv"], sq, mat), ref_eye, atol=1e-4)
+    # tnorm
+    assert float(out["fro"]) == pytest.approx(np.linalg.norm(np.asarray(a, np.float64)), rel=1e-6)
+    assert float(out["spectral"]) == pytest.approx(ref_spectral(a, mat), rel=1e-5)
+
+
+def test_eager_calls_and_matrix_check(rng):
+    """The eager path (with the invertibility check of a concrete matrix) gives the same."""
+    a, b = randn(rng, 4, 3, 5), randn(rng, 3, 2, 5)
+    m = invertible_matrix(5)
+    assert rel(ref_tprod(a, b, m), tfa.tprod(a, b, transform=m)) < 1e-5
+    assert rel(ref_tprod(a, b), tfa.tprod(a, b)) < 1e-5
+    t = tproduct.resolve_transform(m, 5)
+    assert t.kind == "matrix" and tproduct.resolve_transform(t, 5).kind == "matrix"
+
+
+def test_tidentity_fft_is_identity_in_first_slice():
+    eye = np.asarray(tfa.tidentity(4, 6, dtype=jnp.float32))
+    np.testing.assert_allclose(eye[:, :, 0], np.eye(4), atol=1e-7)
+    np.testing.assert_allclose(eye[:, :, 1:], 0.0, atol=1e-7)
+
+
+def test_tnorm_spectral_is_operator_norm(rng):
+    """``‖A‖ = max ‖A * B‖_F / ‖B‖_F`` over B, attained at the leading right singular vector of
+    ``bcirc(A)`` folded into a lateral slice (``n4 = 1``)."""
+    a = randn(rng, 5, 4, 6)
+    spectral = float(tfa.tnorm(a, "spectral"))
+    bs = randn(rng, 4, 3, 6)  # three lateral slices at once
+    for j in range(3):
+        b = np.asarray(bs[:, j:j + 1], np.float64)
+        assert np.linalg.norm(ref_tprod(a, b)) <= spectral * np.linalg.norm(b) * (1 + 1e-5)
+    _, _, vt = np.linalg.svd(bcirc(np.asarray(a, np.float64)))
+    b = fold_slices(vt[0][:, None], 4, 6)
+    assert np.linalg.norm(ref_tprod(a, b)) == pytest.approx(spectral, rel=1e-5)
+
+
+@functools.partial(jax.jit, static_argnames=("n3", "kind"))
+def roundtrip(x, n3, kind):
+    hat = tproduct.to_transform_domain(x, kind)
+    w = tproduct.frequency_weights(n3, kind)
+    sq = jnp.sum(w * jnp.sum(jnp.abs(hat) ** 2, axis=(-2, -1)))
+    return hat, sq, tproduct.from_transform_domain(hat, n3, kind)
+
+
+@pytest.mark.parametrize("kind", ("fft", "dct"))
+def test_frequency_weights_give_parseval(rng, kind):
+    for n3 in (1, 2, 5):
+        x = randn(rng, 3, 2, n3)
+        hat, sq, back = roundtrip(x, n3, kind)
+        assert hat.shape == ((n3 // 2 + 1) if kind == "fft" else n3, 3, 2)
+        mat = np.fft.fft(np.eye(n3))[: n3 // 2 + 1] if kind == "fft" else dct_matrix(n3)
+        np.testing.assert_allclose(np.asarray(hat),
+                                   np.einsum("kj,abj->kab", mat, np.asarray(x, np.float64)),
+                                   atol=1e-5)
+        assert float(sq) == pytest.approx(float(np.sum(np.asarray(x, np.float64) ** 2)),
+                                          rel=1e-5)
+        assert rel(x, back) < 1e-6
+
+
+def test_facewise(rng):
+    a, b = randn(rng, 4, 3, 5), randn(rng, 3, 2, 5)
+    ah, bh = tproduct.to_transform_domain(a), tproduct.to_transform_domain(b)
+    c = tproduct.from_transform_domain(tproduct.facewise(ah, bh), 5)
+    assert rel(ref_tprod(a, b), c) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# batches, float64, transformations
+# ---------------------------------------------------------------------------------------------
+
+def test_batch_axes_and_vmap(rng):
+    """Leading batch axes broadcast as in matmul, and agree with vmap and the reference."""
+    a, b, sq = randn(rng, 2, 4, 3, 5), randn(rng, 3, 2, 5), randn(rng, 2, 3, 3, 5)
+
+    @jax.jit
+    def batched(a, b, sq):
+        return (tfa.tprod(a, b), tfa.ttranspose(a), tfa.tinv(sq), tfa.tnorm(a, "spectral"),
+                tfa.tnorm(a))
+
+    @jax.jit
+    def mapped(a, b, sq):
+        return jax.vmap(lambda a, sq: (tfa.tprod(a, b), tfa.ttranspose(a), tfa.tinv(sq),
+                                       tfa.tnorm(a, "spectral"), tfa.tnorm(a)))(a, sq)
+
+    c, at, inv, spectral, fro = batched(a, b, sq)
+    assert c.shape == (2, 4, 2, 5) and spectral.shape == (2,) and fro.shape == (2,)
+    for x, y in zip((c, at, inv, spectral, fro), mapped(a, b, sq)):
+        assert rel(x, y) < 1e-6
+    for i in range(2):
+        assert rel(ref_tprod(a[i], b), c[i]) < 1e-5
+        np.testing.assert_array_equal(np.asarray(at[i]), ref_ttranspose(a[i]).astype(np.float32))
+        np.testing.assert_allclose(ref_tprod(sq[i], inv[i]), ref_identity(3, 5), atol=1e-4)
+        assert float(spectral[i]) == pytest.approx(ref_spectral(a[i]), rel=1e-5)
+        assert float(fro[i]) == pytest.approx(np.linalg.norm(np.asarray(a[i], np.float64)),
+                                              rel=1e-6)
+    with pytest.raises(ValueError, match="inner sizes must match"):
+        tfa.tprod(a, a)
+
+
+def test_float64(rng):
+    with x64():
+        a = jnp.asarray(rng.standard_normal((4, 3, 6)))
+        b = jnp.asarray(rng.standard_normal((3, 5, 6)))
+        sq = jnp.asarray(rng.standard_normal((3, 3, 6)))
+        for kind, mat in (("fft", None), ("dct", dct_matrix(6))):
+            c, inv = jax.jit(lambda a, b, sq: (tfa.tprod(a, b, transform=kind),
+                                               tfa.tinv(sq, transform=kind)))(a, b, sq)
+            assert c.dtype == jnp.float64 and inv.dtype == jnp.float64
+            assert rel(ref_tprod(a, b, mat), c) < 1e-13
+            np.testing.assert_allclose(ref_tprod(sq, inv, mat), ref_identity(3, 6, mat),
+                                       atol=1e-10)
+        assert tfa.tidentity(2, 3, dtype=jnp.float64).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("kind", ("fft", "dct"))
+def test_grad_tprod(rng, kind):
+    with x64():
+        a = jnp.asarray(rng.standard_normal((3, 2, 4)))
+        b = jnp.asarray(rng.standard_normal((2, 3, 4)))
+        prod = jax.jit(lambda a, b: tfa.tprod(a, b, transform=kind))
+        check_grads(prod, (a, b), order=1, modes=("fwd", "rev"))
+        # the adjoint of B ↦ A * B is C ↦ Aᵀ * C: ⟨A * B, C⟩ = ⟨B, Aᵀ * C⟩
+        c = jnp.asarray(rng.standard_normal((3, 3, 4)))
+        grad_b = jax.jit(jax.grad(lambda b: jnp.vdot(prod(a, b), c)))(b)
+        mat = None if kind == "fft" else dct_matrix(4)
+        assert rel(ref_tprod(ref_ttranspose(a, mat), c, mat), grad_b) < 1e-12
+
+
+def test_grad_tinv_and_tnorm(rng):
+    with x64():
+        a = jnp.asarray(rng.standard_normal((3, 3, 5)) + 3 * ref_identity(3, 5))
+        check_grads(jax.jit(tfa.tinv), (a,), order=1, modes=("rev",))
+        check_grads(jax.jit(lambda x: tfa.tnorm(x, "spectral")), (a,), order=1, modes=("rev",))
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def prop_ops(a, b, kind):
+    return (tfa.tprod(a, b, transform=kind), tfa.ttranspose(a, transform=kind),
+            tfa.tnorm(a, "spectral", transform=kind))
+
+
+@settings(max_examples=10, deadline=None)
+@given(n1=st.integers(1, 4), n2=st.integers(1, 4), n4=st.integers(1, 3), n3=st.integers(1, 6),
+       kind=st.sampled_from(("fft", "dct")), seed=st.integers(0, 2**16))
+def test_property_tprod_and_transpose(n1, n2, n4, n3, kind, seed):
+    rng = np.random.default_rng(seed)
+    a, b = randn(rng, n1, n2, n3), randn(rng, n2, n4, n3)
+    mat = None if kind == "fft" else dct_matrix(n3)
+    c, at, spectral = prop_ops(a, b, kind)
+    ref = ref_tprod(a, b, mat)
+    scale = np.linalg.norm(np.asarray(a, np.float64)) * np.linalg.norm(np.asarray(b, np.float64))
+    assert np.linalg.norm(ref - np.asarray(c, np.float64)) <= 1e-5 * scale
+    np.testing.assert_array_equal(np.asarray(at), ref_ttranspose(a, mat).astype(np.float32))
+    assert float(spectral) == pytest.approx(ref_spectral(a, mat), rel=1e-5, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+def test_errors(rng):
+    a, b = randn(rng, 4, 3, 5), randn(rng, 3, 2, 5)
+    with pytest.raises(ValueError, match=r"a must be a third-order tensor .* got shape \(4, 3\)"):
+        tfa.tprod(a[:, :, 0], b)
+    with pytest.raises(ValueError, match=r"b must be a third-order tensor"):
+        tfa.tprod(a, b[0])
+    with pytest.raises(ValueError, match=r"inner sizes must match .* \(4, 3, 5\) and \(2, 2, 5\)"):
+        tfa.tprod(a, b[:2])
+    with pytest.raises(ValueError, match=r"tubes of the same length .* \(4, 3, 5\) and \(3, 2, 4\)"):
+        tfa.tprod(a, b[:, :, :4])
+    with pytest.raises(ValueError, match=r"transform must be 'fft', 'dct' or .* got 'dft'"):
+        tfa.tprod(a, b, transform="dft")
+    with pytest.raises(ValueError, match=r"transform must be 'fft', 'dct' or .* got list"):
+        tfa.ttranspose(a, transform=[1, 2])
+    with pytest.raises(ValueError, match=r"transform matrix must have shape \(5, 5\) .* got \(4, 4\)"):
+        tfa.tprod(a, b, transform=np.eye(4))
+    with pytest.raises(ValueError, match=r"transform matrix must be invertible"):
+        tfa.tprod(a, b, transform=np.ones((5, 5)))
+    with pytest.raises(ValueError, match=r"a must have square frontal slices .* \(4, 3, 5\)"):
+        tfa.tinv(a)
+    with pytest.raises(ValueError, match=r"ord must be 'fro' or 'spectral', got 'nuc'"):
+        tfa.tnorm(a, "nuc")
+    with pytest.raises(ValueError, match=r"n must be a positive integer, got 0"):
+        tfa.tidentity(0, 3)
+    with pytest.raises(ValueError, match=r"hat must hold n3 // 2 \+ 1 = 4 frequencies .* got 3"):
+        tproduct.from_transform_domain(tproduct.to_transform_domain(a), 6)
+    with pytest.raises(TypeError, match=r"a must be real, got dtype complex64"):
+        tfa.tprod(a.astype(jnp.complex64), b)
