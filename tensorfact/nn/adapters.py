@@ -1,0 +1,471 @@
+"""LoRA-family adapters around a frozen ``nnx.Linear``: LoRA (Gaussian, PiSSA, OLoRA), DoRA,
+LoKr and LoHa.
+
+Flax stores a dense kernel as ``W`` of shape ``(in, out)`` and computes ``y = x W + b``; every
+adapter here learns a change of that kernel, ``W' = W + ΔW`` (DoRA: a rescaled ``W + ΔW``), with
+a small number of parameters:
+
+* **LoRA** (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022):
+  ``ΔW = s · A B`` with ``A`` of shape ``(in, r)``, ``B`` of ``(r, out)`` and
+  ``s = alpha / r`` (``alpha / √r`` with ``use_rslora``: Kalajdzievski, "A Rank Stabilization
+  Scaling Factor for Fine-Tuning with LoRA", 2023). ``init="gaussian"``: ``A`` lecun-normal,
+  ``B = 0``. ``init="pissa"`` (Meng, Wang & Zhang, "PiSSA: Principal Singular Values and
+  Singular Vectors Adaptation of Large Language Models", NeurIPS 2024): from the truncated SVD
+  ``W ≈ U_r S_r V_rᵀ`` (randomized by default, :func:`tensorfact.svd`), ``A = U_r S_r^{1/2}/√s``,
+  ``B = S_r^{1/2} V_rᵀ/√s``, and the frozen kernel becomes the residual ``W − s A B``: the
+  principal part trains, the rest stays. ``init="olora"`` (Büyükakyüz, "OLoRA: Orthonormal
+  Low-Rank Adaptation of Large Language Models", 2024): from the QR factorization of the
+  ``(out, in)`` weight ``Wᵀ = Q R``, ``A = R_{:r}ᵀ``, ``B = Q_{:, :r}ᵀ`` (orthonormal rows) and
+  the residual ``W − s A B``.
+* **DoRA** (Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation", ICML 2024):
+  ``W' = m ⊙ (W + s A B) / ‖W + s A B‖_c`` with ``‖·‖_c`` the norm of each column of the
+  ``(in, out)`` kernel (one per output feature, as in the reference implementation) and a
+  trainable magnitude ``m`` initialised to ``‖W‖_c``. As in the paper (§4.3) the norm is
+  treated as a constant in the backward pass by default (``detach_norm=True``), which saves
+  the memory of its gradient at a negligible cost in accuracy.
+* **LoKr** (LyCORIS: Yeh et al., "Navigating Text-To-Image Customization: From LyCORIS
+  Fine-Tuning to Model Evaluation", ICLR 2024; KronA, Edalati et al. 2022): with
+  ``in = i_1 i_2`` and ``out = o_1 o_2``, ``ΔW = s · C ⊗ (A B)`` for a small dense ``C`` of shape
+  ``(i_1, o_1)`` and a low-rank ``A B`` of shape ``(i_2, o_2)``; ``C = 0`` at the start.
+* **LoHa** (FedPara: Hyeon-Woo, Ye-Bin & Oh, "FedPara: Low-Rank Hadamard Product for
+  Communication-Efficient Federated Learning", ICLR 2022; LyCORIS):
+  ``ΔW = s · (A_1 B_1) ⊙ (A_2 B_2)``, a matrix of rank up to ``r²`` from ``2 r (in + out)``
+  parameters; ``B_2 = 0`` at the start.
+
+Every adapter computes ``base(x) + (the change)``, and the change is exactly zero at the start
+(one factor is zero; DoRA's ``m / ‖W‖_c`` is exactly one), so a fresh adapter returns the base
+layer's output bit for bit. PiSSA and OLoRA move the principal part out of the kernel, so they
+start at the base output up to the rounding of ``(W − s A B) + s A B``.
+
+The adapter's parameters are ``nnx.LoRAParam`` (a subclass of ``nnx.Param``); the base layer's
+are left as ``nnx.Param`` and are frozen by training with a filter::
+
+    model = ...                                      # holds LoRA(...) / DoRA(...) layers
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.LoRAParam)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        grad_fn = nnx.grad(loss_fn, argnums=nnx.DiffState(0, nnx.LoRAParam))
+        optimizer.update(model, grad_fn(model, x, y))
+
+``merge()`` returns a plain ``nnx.Linear`` (a copy of the base with the adapted kernel and the
+base's bias), for serving without the adapter's overhead. The adapters own their base: PiSSA
+and OLoRA keep a copy of it with the residual kernel and never modify the layer passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
+
+from tensorfact._checks import check_choice, check_positive_int
+from tensorfact.decomposition import svd
+from tensorfact.nn.dense import balanced_factors
+
+__all__ = ["LoRA", "DoRA", "LoKr", "LoHa", "LoRAParam"]
+
+if hasattr(nnx, "LoRAParam"):
+    LoRAParam = nnx.LoRAParam
+else:  # pragma: no cover - older flax
+    class LoRAParam(nnx.Param):
+        """The parameters of an adapter (train them with ``wrt=LoRAParam``)."""
+
+_INITS = ("gaussian", "pissa", "olora")
+_SVD_METHODS = ("randomized", "exact")
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _check_base(base) -> tuple[int, int]:
+    if not isinstance(base, nnx.Linear):
+        raise TypeError(f"base must be an nnx.Linear, got {type(base).__name__}.")
+    return int(base.in_features), int(base.out_features)
+
+
+def _check_rank(rank, limit: int, what: str) -> int:
+    rank = check_positive_int(rank, "rank")
+    if rank > limit:
+        raise ValueError(f"rank = {rank} is larger than {what} = {limit}.")
+    return rank
+
+
+def _scale(alpha, rank: int, use_rslora: bool) -> float:
+    if alpha is None:
+        return 1.0
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+        raise ValueError(f"alpha must be a positive number or None, got {alpha!r}.")
+    return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+def _require_rngs(rngs, why: str):
+    if rngs is None:
+        raise ValueError(f"rngs is required {why}: pass rngs=nnx.Rngs(seed).")
+    return rngs
+
+
+def _normal(rngs, shape, variance, dtype):
+    return math.sqrt(variance) * jax.random.normal(rngs.params(), shape, dtype)
+
+
+def _lecun(rngs, shape, dtype):
+    """Flax's dense default (truncated normal with variance ``1 / shape[0]``)."""
+    return nnx.initializers.lecun_normal()(rngs.params(), shape, dtype)
+
+
+class _Adapter(nnx.Module):
+    """What every adapter shares: the base layer, the forward as ``base(x) + change`` and
+    ``merge()``. Subclasses define ``_change(x, y)`` and ``adapted_kernel()``."""
+
+    def _set_base(self, base, param_dtype):
+        self.in_features, self.out_features = _check_base(base)
+        self.base = base
+        self.param_dtype = base.kernel[...].dtype if param_dtype is None else param_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``base(x)`` plus the adapter's change of the output."""
+        x = jnp.asarray(x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., {self.in_features}), got "
+                             f"{tuple(x.shape)}.")
+        y = self.base(x)
+        return y + self._change(x, y).astype(y.dtype)
+
+    def _promote(self, *arrays):
+        return promote_dtype(arrays, dtype=self.base.dtype)
+
+    def adapted_kernel(self) -> jax.Array:
+        """The ``(in, out)`` kernel the adapted layer applies (what :meth:`merge` stores)."""
+        raise NotImplementedError
+
+    def merge(self) -> nnx.Linear:
+        """A plain ``nnx.Linear``: a copy of the base layer with the adapted kernel (and the
+        base's bias). The adapter and its base are left as they are."""
+        merged = nnx.clone(self.base)
+        kernel = merged.kernel[...]
+        merged.kernel[...] = self.adapted_kernel().astype(kernel.dtype)
+        return merged
+
+
+class LoRA(_Adapter):
+    """Low-rank adaptation of an ``nnx.Linear``: ``y = base(x) + s · (x A) B``.
+
+    Args:
+      base: the ``nnx.Linear`` to adapt (kernel ``(in, out)``).
+      rank: ``r``, at most ``min(in, out)``.
+      init: ``"gaussian"`` (``A`` lecun-normal, ``B = 0``; Hu et al. 2022), ``"pissa"``
+        (principal singular part trainable, residual frozen; Meng et al. 2024) or ``"olora"``
+        (QR; Büyükakyüz 2024). See the module docstring.
+      alpha: the scale is ``s = alpha / r`` (``alpha / √r`` with ``use_rslora``); ``None``
+        means ``s = 1``.
+      use_rslora: rank-stabilized scaling ``alpha / √r``.
+      svd_method: ``"randomized"`` (default: Halko et al., a fraction of the cost of an exact
+        SVD on large kernels, as in the PiSSA paper's fast initialisation) or ``"exact"``, for
+        ``init="pissa"``.
+      param_dtype: dtype of ``A`` and ``B`` (default: the base kernel's).
+      rngs: ``nnx.Rngs``; needed for ``"gaussian"`` and for the randomized SVD.
+
+    Attributes:
+      lora_a, lora_b: the ``nnx.LoRAParam`` factors. base: the (frozen) base layer, a copy
+      with the residual kernel for PiSSA and OLoRA.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from tensorfact.nn import LoRA
+      >>> base = nnx.Linear(32, 16, rngs=nnx.Rngs(0))
+      >>> x = jax.random.normal(jax.random.key(1), (4, 32))
+      >>> lora = LoRA(base, 4, init="pissa", rngs=nnx.Rngs(2))
+      >>> bool(jnp.allclose(lora(x), base(x), atol=1e-5))
+      True
+      >>> lora.lora_a.shape, lora.lora_b.shape
+      ((32, 4), (4, 16))
+      >>> bool(jnp.allclose(lora.merge()(x), lora(x), atol=1e-5))
+      True
+    """
+
+    def __init__(self, base: nnx.Linear, rank: int, *, init: str = "gaussian", alpha=None,
+                 use_rslora: bool = False, svd_method: str = "randomized", param_dtype=None,
+                 rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype)
+        self.rank = _check_rank(rank, min(self.in_features, self.out_features),
+                                "min(in_features, out_features)")
+        self.init = check_choice(init, _INITS, "init")
+        svd_method = check_choice(svd_method, _SVD_METHODS, "svd_method")
+        self.scale = _scale(alpha, self.rank, bool(use_rslora))
+        dtype = self.param_dtype
+        if init == "gaussian":
+            _require_rngs(rngs, 'for init="gaussian"')
+            a = _lecun(rngs, (self.in_features, self.rank), dtype)
+            b = jnp.zeros((self.rank, self.out_features), dtype)
+        else:
+            kernel = base.kernel[...]
+            w = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
+            if init == "pissa":
+                key = None
+                if svd_method == "randomized":
+                    key = _require_rngs(rngs, 'for init="pissa" with the randomized SVD').params()
+                lr = svd(w, self.rank, method=svd_method, key=key)
+                root = jnp.sqrt(lr.s / self.scale)
+                a, b = lr.u * root, root[:, None] * lr.vt
+            else:
+                q, r = jnp.linalg.qr(w.T)
+                a, b = r[:self.rank].T, q[:, :self.rank].T
+            a, b = a.astype(dtype), b.astype(dtype)
+            # the residual uses the rounded A and B, so that base + s A B reproduces W
+            residual = w - self.scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype),
+                                                   precision=_HIGHEST)
+            self.base = nnx.clone(base)
+            self.base.kernel[...] = residual.astype(kernel.dtype)
+        self.lora_a = LoRAParam(a)
+        self.lora_b = LoRAParam(b)
+
+    def _change(self, x, y):
+        x, a, b = self._promote(x, self.lora_a[...], self.lora_b[...])
+        prec = self.base.precision
+        return self.scale * jnp.matmul(jnp.matmul(x, a, precision=prec), b, precision=prec)
+
+    def adapted_kernel(self):
+        """``W + s A B`` (``W`` the base's kernel: the residual for PiSSA and OLoRA)."""
+        w = self.base.kernel[...]
+        delta = jnp.matmul(self.lora_a[...], self.lora_b[...], precision=_HIGHEST)
+        return w + self.scale * delta.astype(w.dtype)
+
+
+class DoRA(_Adapter):
+    """Weight-decomposed low-rank adaptation: ``W' = m ⊙ (W + s A B) / ‖W + s A B‖_c``.
+
+    The forward never forms ``x W'`` from scratch: with ``ρ = m / ‖W + s A B‖_c`` (one factor
+    per output feature) it returns ``base(x) + (ρ − 1) ⊙ (x W) + ρ ⊙ s (x A) B``, where
+    ``x W = base(x) − b`` is reused from the base's output. The column norms do need
+    ``W + s A B`` (an ``in × out`` matrix) at every call, as in the paper.
+
+    Args:
+      base: the ``nnx.Linear`` to adapt.
+      rank: ``r``, at most ``min(in, out)``.
+      alpha, use_rslora: the scale ``s`` of ``A B``, as in :class:`LoRA`.
+      detach_norm: treat ``‖W + s A B‖_c`` as a constant in the backward pass (default, as
+        recommended in the paper, §4.3); ``False`` differentiates through it.
+      param_dtype: dtype of ``A``, ``B`` and ``m`` (default: the base kernel's).
+      rngs: ``nnx.Rngs`` for ``A`` (lecun-normal; ``B = 0``).
+
+    Attributes:
+      lora_a, lora_b, magnitude: the ``nnx.LoRAParam``s (``magnitude`` has shape ``(out,)``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from tensorfact.nn import DoRA
+      >>> base = nnx.Linear(32, 16, rngs=nnx.Rngs(0))
+      >>> x = jax.random.normal(jax.random.key(1), (4, 32))
+      >>> dora = DoRA(base, 4, rngs=nnx.Rngs(2))
+      >>> bool((dora(x) == base(x)).all())
+      True
+      >>> dora.magnitude.shape
+      (16,)
+    """
+
+    def __init__(self, base: nnx.Linear, rank: int, *, alpha=None, use_rslora: bool = False,
+                 detach_norm: bool = True, param_dtype=None, rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype)
+        self.rank = _check_rank(rank, min(self.in_features, self.out_features),
+                                "min(in_features, out_features)")
+        self.scale = _scale(alpha, self.rank, bool(use_rslora))
+        self.detach_norm = bool(detach_norm)
+        _require_rngs(rngs, "for DoRA's random A")
+        dtype = self.param_dtype
+        self.lora_a = LoRAParam(_lecun(rngs, (self.in_features, self.rank), dtype))
+        self.lora_b = LoRAParam(jnp.zeros((self.rank, self.out_features), dtype))
+        # computed exactly as in the forward (same function, same input W + s·A·0 = W), so the
+        # ratio m / ‖W‖_c is exactly one at the start
+        w = base.kernel[...]
+        self.magnitude = LoRAParam(_column_norms(self._direction(w, self.lora_a[...],
+                                                                 self.lora_b[...])).astype(dtype))
+
+    def _direction(self, w, a, b):
+        """``V = W + s A B``, the unnormalised direction."""
+        return w + self.scale * jnp.matmul(a, b, precision=self.base.precision).astype(w.dtype)
+
+    def _ratio(self, w, a, b, m):
+        norms = _column_norms(self._direction(w, a, b))
+        if self.detach_norm:
+            norms = jax.lax.stop_gradient(norms)
+        return m / jnp.where(norms == 0, 1, norms)
+
+    def _change(self, x, y):
+        # the ratio in the parameters' own dtypes, exactly as m was computed at the start
+        ratio = self._ratio(self.base.kernel[...], self.lora_a[...], self.lora_b[...],
+                            self.magnitude[...])
+        x, a, b, ratio = self._promote(x, self.lora_a[...], self.lora_b[...], ratio)
+        prec = self.base.precision
+        xw = y if self.base.bias is None else y - self.base.bias[...].astype(y.dtype)
+        lora = self.scale * jnp.matmul(jnp.matmul(x, a, precision=prec), b, precision=prec)
+        return (ratio - 1).astype(y.dtype) * xw + ratio * lora
+
+    def adapted_kernel(self):
+        """``m ⊙ (W + s A B) / ‖W + s A B‖_c``."""
+        w = self.base.kernel[...]
+        a, b = self.lora_a[...].astype(w.dtype), self.lora_b[...].astype(w.dtype)
+        m = self.magnitude[...].astype(w.dtype)
+        direction = w + self.scale * jnp.matmul(a, b, precision=_HIGHEST)
+        norms = _column_norms(direction)
+        return direction * (m / jnp.where(norms == 0, 1, norms))
+
+
+@jax.jit
+def _column_norms(v):
+    """Euclidean norm of each column of an ``(in, out)`` kernel (one per output feature)."""
+    return jnp.sqrt(jnp.sum(v * v, axis=0))
+
+
+class LoKr(_Adapter):
+    """Kronecker-product adaptation: ``ΔW = s · C ⊗ (A B)`` (LyCORIS's LoKr).
+
+    With ``in_shape = (i_1, i_2)`` and ``out_shape = (o_1, o_2)``, ``C`` is a dense
+    ``(i_1, o_1)`` matrix (zero at the start) and ``A B`` a rank-``r`` ``(i_2, o_2)`` matrix,
+    ``r (i_2 + o_2) + i_1 o_1`` parameters in all; ``ΔW[(a, b), (c, d)] = s C[a, c] (AB)[b, d]``
+    with row-major multi-indices. The forward reshapes ``x`` to ``(…, i_1, i_2)`` and contracts
+    it with ``A``, ``C`` and ``B`` in turn, never forming ``ΔW``.
+
+    Args:
+      base: the ``nnx.Linear`` to adapt.
+      rank: ``r``, at most ``min(i_2, o_2)``.
+      in_shape, out_shape: the splits ``(i_1, i_2)`` of ``in`` and ``(o_1, o_2)`` of ``out``;
+        by default the most balanced, smaller factor first (``C`` is the smaller matrix).
+      alpha, use_rslora: the scale ``s = alpha / r`` (``None``: 1), as in :class:`LoRA`.
+      param_dtype: dtype of the factors (default: the base kernel's).
+      rngs: ``nnx.Rngs`` for ``A`` (lecun-normal) and ``B`` (variance ``1/r``).
+
+    Attributes:
+      lokr_c, lokr_a, lokr_b: the ``nnx.LoRAParam`` factors.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from tensorfact.nn import LoKr
+      >>> base = nnx.Linear(64, 48, rngs=nnx.Rngs(0))
+      >>> lokr = LoKr(base, 2, rngs=nnx.Rngs(1))
+      >>> lokr.in_shape, lokr.out_shape, lokr.lokr_c.shape
+      ((8, 8), (6, 8), (8, 6))
+      >>> x = jnp.ones((3, 64))
+      >>> bool((lokr(x) == base(x)).all())
+      True
+    """
+
+    def __init__(self, base: nnx.Linear, rank: int, *, in_shape=None, out_shape=None,
+                 alpha=None, use_rslora: bool = False, param_dtype=None,
+                 rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype)
+        self.in_shape = _split(in_shape, self.in_features, "in_shape", "in_features")
+        self.out_shape = _split(out_shape, self.out_features, "out_shape", "out_features")
+        (i1, i2), (o1, o2) = self.in_shape, self.out_shape
+        self.rank = _check_rank(rank, min(i2, o2), "min(in_shape[1], out_shape[1])")
+        self.scale = _scale(alpha, self.rank, bool(use_rslora))
+        _require_rngs(rngs, "for LoKr's random A and B")
+        dtype = self.param_dtype
+        self.lokr_c = LoRAParam(jnp.zeros((i1, o1), dtype))
+        self.lokr_a = LoRAParam(_lecun(rngs, (i2, self.rank), dtype))
+        self.lokr_b = LoRAParam(_normal(rngs, (self.rank, o2), 1.0 / self.rank, dtype))
+
+    def _change(self, x, y):
+        x, c, a, b = self._promote(x, self.lokr_c[...], self.lokr_a[...], self.lokr_b[...])
+        prec = self.base.precision
+        lead = x.shape[:-1]
+        t = x.reshape((-1,) + self.in_shape)                       # (N, i1, i2)
+        t = jnp.einsum("npq,qr->npr", t, a, precision=prec)         # (N, i1, r)
+        t = jnp.einsum("npr,pj->njr", t, c, precision=prec)         # (N, o1, r)
+        t = jnp.einsum("njr,rk->njk", t, b, precision=prec)         # (N, o1, o2)
+        return self.scale * t.reshape(lead + (self.out_features,))
+
+    def adapted_kernel(self):
+        """``W + s · C ⊗ (A B)``."""
+        w = self.base.kernel[...]
+        c, a, b = (p[...].astype(w.dtype) for p in (self.lokr_c, self.lokr_a, self.lokr_b))
+        return w + self.scale * jnp.kron(c, jnp.matmul(a, b, precision=_HIGHEST))
+
+
+def _split(shape, features, name, features_name):
+    if shape is None:
+        return tuple(sorted(balanced_factors(features, 2)))
+    if isinstance(shape, (str, numbers.Integral)) or len(shape) != 2:
+        raise ValueError(f"{name} must be a pair (a, b) with a * b = {features_name}, got "
+                         f"{shape!r}.")
+    shape = tuple(check_positive_int(s, f"{name}[{k}]") for k, s in enumerate(shape))
+    if shape[0] * shape[1] != features:
+        raise ValueError(f"{name} = {shape} has product {shape[0] * shape[1]}, which must equal "
+                         f"{features_name} = {features}.")
+    return shape
+
+
+class LoHa(_Adapter):
+    """Low-rank Hadamard-product adaptation: ``ΔW = s · (A_1 B_1) ⊙ (A_2 B_2)`` (FedPara,
+    LyCORIS's LoHa).
+
+    Two rank-``r`` pairs give an update of rank up to ``r²``. The forward takes whichever of
+    two exact forms costs fewer FLOPs for the batch at hand: forming ``ΔW`` (``4 r·in·out``
+    plus ``2 N in·out`` to apply), or the rank-``r²`` factorization
+    ``ΔW = P Q`` with ``P[i, (a, b)] = A_1[i, a] A_2[i, b]`` and
+    ``Q[(a, b), j] = B_1[a, j] B_2[b, j]`` (``2 N r² (in + out)``).
+
+    Args:
+      base: the ``nnx.Linear`` to adapt.
+      rank: ``r`` of each pair, at most ``min(in, out)``.
+      alpha, use_rslora: the scale ``s = alpha / r`` (``None``: 1), as in :class:`LoRA`.
+      param_dtype: dtype of the factors (default: the base kernel's).
+      rngs: ``nnx.Rngs`` for ``A_1``, ``A_2`` (lecun-normal) and ``B_1`` (variance ``1/r``);
+        ``B_2 = 0``.
+
+    Attributes:
+      hada_a1, hada_b1, hada_a2, hada_b2: the ``nnx.LoRAParam`` factors.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from tensorfact.nn import LoHa
+      >>> base = nnx.Linear(32, 16, rngs=nnx.Rngs(0))
+      >>> loha = LoHa(base, 4, rngs=nnx.Rngs(1))
+      >>> x = jnp.ones((3, 32))
+      >>> bool((loha(x) == base(x)).all()), loha.hada_a1.shape
+      (True, (32, 4))
+    """
+
+    def __init__(self, base: nnx.Linear, rank: int, *, alpha=None, use_rslora: bool = False,
+                 param_dtype=None, rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype)
+        self.rank = _check_rank(rank, min(self.in_features, self.out_features),
+                                "min(in_features, out_features)")
+        self.scale = _scale(alpha, self.rank, bool(use_rslora))
+        _require_rngs(rngs, "for LoHa's random factors")
+        dtype, n_in, n_out, r = self.param_dtype, self.in_features, self.out_features, self.rank
+        self.hada_a1 = LoRAParam(_lecun(rngs, (n_in, r), dtype))
+        self.hada_b1 = LoRAParam(_normal(rngs, (r, n_out), 1.0 / r, dtype))
+        self.hada_a2 = LoRAParam(_lecun(rngs, (n_in, r), dtype))
+        self.hada_b2 = LoRAParam(jnp.zeros((r, n_out), dtype))
+
+    def _factors(self):
+        return self.hada_a1[...], self.hada_b1[...], self.hada_a2[...], self.hada_b2[...]
+
+    def _change(self, x, y):
+        x, a1, b1, a2, b2 = self._promote(x, *self._factors())
+        prec = self.base.precision
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        n, r, n_in, n_out = x2.shape[0], self.rank, self.in_features, self.out_features
+        if 2 * n * r * r * (n_in + n_out) <= 4 * r * n_in * n_out + 2 * n * n_in * n_out:
+            p = (a1[:, :, None] * a2[:, None, :]).reshape(n_in, r * r)
+            q = (b1[:, None, :] * b2[None, :, :]).reshape(r * r, n_out)
+            out = jnp.matmul(jnp.matmul(x2, p, precision=prec), q, precision=prec)
+        else:
+            delta = (jnp.matmul(a1, b1, precision=prec) * jnp.matmul(a2, b2, precision=prec))
+            out = jnp.matmul(x2, delta, precision=prec)
+        return self.scale * out.reshape(lead + (n_out,))
+
+    def adapted_kernel(self):
+        """``W + s (A_1 B_1) ⊙ (A_2 B_2)``."""
+        w = self.base.kernel[...]
+        a1, b1, a2, b2 = (f.astype(w.dtype) for f in self._factors())
+        delta = (jnp.matmul(a1, b1, precision=_HIGHEST) * jnp.matmul(a2, b2, precision=_HIGHEST))
+        return w + self.scale * delta
