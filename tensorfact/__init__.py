@@ -15,14 +15,36 @@ from tensorfact import (algebra, decomposition, kernels, metrics, random, ranks,
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
 from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur, factorize_gd,
-                                      gaussian_measurements, measure, nmf, rpca, svd, tucker)
+                                      gaussian_measurements, measure, nmf, prox_tnn, rpca, svd,
+                                      tnn, trpca, tsvd, tubal_complete, tubal_rank, tucker)
+from tensorfact.decomposition.tt import tt, tt_matrix, tt_round
+from tensorfact.decomposition.tensor_ring import tensor_ring
+from tensorfact.decomposition.tt_cross import tt_cross, tt_cross_n_evals
+from tensorfact.decomposition.tubal_factorization import (TubalFactors, TubalHistory,
+                                                           effective_tubal_rank,
+                                                           singular_tube_norms,
+                                                           tubal_factorize_gd,
+                                                           tubal_gaussian_measurements,
+                                                           tubal_loss, tubal_measure)
+from tensorfact.tensors.tr import TRTensor
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
+from tensorfact.tensors.tt import (TTMatrix, TTTensor, tt_add, tt_gather, tt_hadamard, tt_inner,
+                                   tt_matmul, tt_orthogonalize, tt_scale)
 from tensorfact.tproduct import tidentity, tinv, tnorm, tprod, ttranspose
-from tensorfact.tensors import CPTensor, CURMatrix, FactorizedTensor, LowRankMatrix, TuckerTensor
+from tensorfact.tensors import (CPTensor, CURMatrix, FactorizedTensor, LowRankMatrix, TSVDTensor,
+                                TuckerTensor)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # tensorfact.nn (Flax NNX layers and adapters) loads Flax: import it on first use only
+    if name == "nn":
+        import importlib
+        return importlib.import_module("tensorfact.nn")
+    raise AttributeError(f"module 'tensorfact' has no attribute {name!r}")
 
 __all__ = [
     "CPTensor", "CURMatrix", "FactorizedTensor", "FitInfo", "LowRankMatrix", "SensingHistory",
@@ -33,4 +55,11 @@ __all__ = [
     "random", "random_cp", "random_tucker", "rank_for_energy", "rank_for_params", "ranks",
     "relative_error", "rpca", "stable_rank", "svd", "tensors", "tucker", "unfold",
     "tproduct", "tprod", "ttranspose", "tidentity", "tinv", "tnorm",
+    "TSVDTensor", "tsvd", "tubal_rank", "tnn", "prox_tnn", "trpca", "tubal_complete",
+    "TTTensor", "TTMatrix", "tt", "tt_matrix", "tt_round", "tt_add", "tt_scale", "tt_hadamard",
+    "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
+    "TRTensor", "tensor_ring", "tt_cross", "tt_cross_n_evals",
+    "TubalFactors", "TubalHistory", "effective_tubal_rank", "singular_tube_norms",
+    "tubal_factorize_gd", "tubal_gaussian_measurements", "tubal_loss", "tubal_measure",
+    "nn",
 ]
