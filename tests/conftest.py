@@ -2,10 +2,15 @@
 
 import os
 
-import jax
-import numpy as np
-import pytest
-from hypothesis import settings
+# The suite runs one pytest-xdist worker per core (`-n auto`); a BLAS thread pool per worker on
+# top would oversubscribe the cores, and OpenBLAS's spinning threads then slow LAPACK calls (in
+# NumPy references and in XLA:CPU's decompositions) by orders of magnitude. Set before NumPy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402  (after the environment is set)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 # CI draws the same hypothesis examples on every run (CI=true); locally they vary.
 if os.environ.get("CI"):

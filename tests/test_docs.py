@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import jax
+
 import tensorfact as tfa
 from tensorfact import cli
 
@@ -19,6 +21,24 @@ def test_readme_python_example_runs():
     assert isinstance(namespace["tk2"], tfa.TuckerTensor) and namespace["tk2"].modes == (0, 2)
     assert float(tfa.fit(namespace["x"], namespace["tk"].to_dense())) > 0.9
     assert namespace["grad"].shape == namespace["x"].shape
+    assert isinstance(namespace["t"], tfa.TTTensor) and namespace["t"].rank == (1, 5, 5, 1)
+    assert isinstance(namespace["tr"], tfa.TRTensor) and isinstance(namespace["ts"], tfa.TSVDTensor)
+    grid, idx = namespace["grid"], jax.numpy.array([[0] * 10, [9] * 10, list(range(10))])
+    assert abs(grid.gather(idx) - 1.0 / (1.0 + idx.sum(-1))).max() < 1e-3
+
+
+def test_readme_nnx_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[1]
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    from flax import nnx
+
+    lora, merged = namespace["lora"], namespace["merged"]
+    x = jax.numpy.ones((2, 768))
+    assert isinstance(merged, nnx.Linear)
+    assert abs(merged(x) - lora(x)).max() < 1e-4
+    assert namespace["layer"].n_params <= 0.1 * 1024 * 1024 + 1024
 
 
 def test_readme_quick_start_has_exactly_two_commands():
