@@ -1,0 +1,204 @@
+"""A TT-matrix embedding table for Flax NNX whose lookup never forms the table.
+
+:class:`TTEmbed` holds the ``(num_embeddings, features)`` table ``E`` as a
+:class:`~tensorfact.tensors.TTMatrix` with ``num_embeddings = ∏ m_k`` (``in_shape``) and
+``features = ∏ n_k`` (``out_shape``), cores ``G_k`` of shape ``(r_{k-1}, m_k, n_k, r_k)``:
+
+    E[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] ⋯ G_d[:, i_d, j_d, :].
+
+The row of id ``i`` is found from the mixed-radix digits ``(i_1, ..., i_d)`` of ``i`` (C order,
+``i_1`` slowest): slice each core at its digit, ``G_k[:, i_k] ∈ R^{r_{k-1} × n_k × r_k}``, and
+chain the slices left to right, ``(n_1⋯n_{k-1}, r_{k-1}) → (n_1⋯n_k, r_k)``. That costs
+``Σ_k 2 (n_1⋯n_k) r_{k-1} r_k`` FLOPs per id (at most ``2 d r² · features``; the output row
+alone has ``features`` entries) and memory for the slices, never ``num_embeddings · features``
+(Hrinchuk, Khrulkov, Mirvakhabova, Orlova & Oseledets, "Tensorized Embedding Layers", Findings
+of EMNLP 2020; Novikov, Podoprikhin, Osokin & Vetrov, "Tensorizing Neural Networks", NeurIPS
+2015).
+
+**Initialisation.** Core ``k`` is drawn from ``N(0, 1 / (r_{k-1} n_k))``. An entry of ``E`` is a
+sum of ``r_1 ⋯ r_{d-1}`` products of independent zero-mean core entries, so its variance is
+``∏ r_k · ∏ 1/(r_{k-1} n_k) = 1 / features``: that of Flax's default ``nnx.Embed`` table
+(``variance_scaling(1.0, "fan_in", "normal", out_axis=0)`` on ``(num_embeddings, features)``
+has fan-in ``features``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
+
+from tensorfact._checks import as_matrix, check_positive_int
+from tensorfact.decomposition.tt import tt_matrix
+from tensorfact.nn.dense import _List, _resolve_rank, _tensorize, _type_precision
+from tensorfact.tensors.tt import TTMatrix
+
+__all__ = ["TTEmbed"]
+
+
+@functools.partial(jax.jit, static_argnames=("specs", "dtype"))
+def _draw(key, specs, dtype):
+    """All cores from one key (one program per configuration): ``specs`` holds each core's
+    shape and standard deviation."""
+    keys = jax.random.split(key, len(specs))
+    return [std * jax.random.normal(k, shape, dtype) for k, (shape, std) in zip(keys, specs)]
+
+
+def _lookup(ids, cores, in_shape, precision):
+    """Rows of the TT-matrix at integer ``ids`` (flat, shape ``(B,)``): ``(B, features)``."""
+    strides = [math.prod(in_shape[k + 1:]) for k in range(len(in_shape))]
+    t = None
+    for g, m, stride in zip(cores, in_shape, strides):
+        digit = (ids // stride) % m
+        piece = jnp.take(g, digit, axis=1)             # (r, B, n, r'): this core's slices
+        if t is None:
+            t = piece[0]                               # r_0 = 1: (B, n_1, r_1)
+        else:
+            t = jnp.einsum("bpa,abnc->bpnc", t, piece, precision=precision)
+            t = t.reshape(t.shape[0], -1, t.shape[-1])
+    return t[..., 0]                                   # r_d = 1
+
+
+class TTEmbed(nnx.Module):
+    """An embedding table held as a TT-matrix; ``layer(ids)`` returns ``(..., features)``.
+
+    See the module docstring for the format, the lookup and its cost, and the initialisation.
+
+    Args:
+      num_embeddings, features: the table's shape ``(num_embeddings, features)``.
+      rank: the maximal TT rank (an int, capped bond by bond at the lossless ranks), the full
+        rank tuple ``(1, r_1, ..., r_{d-1}, 1)``, a float in ``(0, 1]`` (the largest rank whose
+        cores hold at most that fraction of the ``num_embeddings · features`` table entries) or
+        ``"full"`` (lossless).
+      in_shape, out_shape: the factorisations ``(m_1..m_d)`` of ``num_embeddings`` and
+        ``(n_1..n_d)`` of ``features`` (same length, exact products). By default
+        :func:`~tensorfact.nn.balanced_factors` with ``d = 3`` (or the given one's length).
+        A prime ``num_embeddings`` gives ``(p, 1, 1)``: pick a padded vocabulary size instead.
+      dtype: the dtype of the lookup (None: the parameters' and the promotion of JAX).
+      param_dtype: the cores' dtype.
+      precision: of the core contractions (None: JAX's default, as in ``nnx.Embed``'s
+        neighbours; pass ``jax.lax.Precision.HIGHEST`` for full float32).
+      rngs: ``nnx.Rngs`` with a ``params`` stream.
+
+    Ids outside ``[0, num_embeddings)`` give rows of NaN, as ``nnx.Embed`` (``jnp.take``'s fill
+    mode) does; the check is on the values, so it works under ``jit``.
+
+    Attributes:
+      cores: the ``nnx.Param`` cores ``(r_{k-1}, m_k, n_k, r_k)``; ``weight`` is the
+      :class:`~tensorfact.tensors.TTMatrix`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from tensorfact.nn import TTEmbed
+      >>> emb = TTEmbed(1000, 64, rank=8, rngs=nnx.Rngs(0))
+      >>> emb.in_shape, emb.out_shape, emb.rank
+      ((10, 10, 10), (4, 4, 4), (1, 8, 8, 1))
+      >>> emb(jnp.array([[1, 2, 3], [4, 5, 999]])).shape
+      (2, 3, 64)
+      >>> emb.n_params, 1000 * 64
+      (3200, 64000)
+    """
+
+    def __init__(self, num_embeddings: int, features: int, *, rank, in_shape=None,
+                 out_shape=None, dtype=None, param_dtype=jnp.float32, precision=None,
+                 rngs: nnx.Rngs, _cores=None):
+        num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
+        features = check_positive_int(features, "features")
+        in_shape, out_shape = _tensorize("tt", num_embeddings, features, in_shape, out_shape)
+        rank = _resolve_rank("tt", rank, in_shape, out_shape)
+        self.num_embeddings, self.features = num_embeddings, features
+        self.in_shape, self.out_shape, self.rank = in_shape, out_shape, rank
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        shapes = tuple((rank[k], m, n, rank[k + 1])
+                       for k, (m, n) in enumerate(zip(in_shape, out_shape)))
+        if _cores is None:
+            specs = tuple((s, 1.0 / math.sqrt(rank[k] * s[2])) for k, s in enumerate(shapes))
+            cores = _draw(rngs.params(), specs, jnp.dtype(param_dtype))
+        else:  # from_dense: the TT-SVD's cores
+            cores = _cores
+        self.cores = _List([nnx.Param(jnp.asarray(g, param_dtype).reshape(s))
+                            for g, s in zip(cores, shapes)])
+
+    @property
+    def weight(self) -> TTMatrix:
+        """The table as a :class:`~tensorfact.tensors.TTMatrix` of shape
+        ``(num_embeddings, features)``."""
+        return TTMatrix([g[...] for g in self.cores])
+
+    @property
+    def n_params(self) -> int:
+        """Number of trainable scalars (the cores)."""
+        return sum(int(g[...].size) for g in self.cores)
+
+    def dense_table(self) -> jax.Array:
+        """The ``(num_embeddings, features)`` table, formed (for export or inspection)."""
+        return self.weight.to_dense(precision=_type_precision(self.precision))
+
+    def to_embed(self) -> nnx.Embed:
+        """An ``nnx.Embed`` holding the formed table."""
+        layer = nnx.Embed(self.num_embeddings, self.features, dtype=self.dtype,
+                          param_dtype=self.param_dtype,
+                          embedding_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
+        layer.embedding[...] = self.dense_table().astype(layer.embedding[...].dtype)
+        return layer
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """The rows of the table at the integer ``ids`` (any shape): ``ids.shape + (features,)``.
+        """
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}.")
+        cores = [g[...] for g in self.cores]
+        cores = promote_dtype(tuple(cores), dtype=self.dtype)
+        flat = ids.reshape(-1)
+        if flat.shape[0] == 0:
+            out = jnp.zeros((0, self.features), cores[0].dtype)
+        else:
+            out = _lookup(flat, cores, self.in_shape, self.precision)
+            valid = (flat >= 0) & (flat < self.num_embeddings)
+            out = jnp.where(valid[:, None], out, jnp.nan)
+        return out.reshape(ids.shape + (self.features,))
+
+    @classmethod
+    def from_dense(cls, table_or_embed, rank, *, in_shape=None, out_shape=None, dtype=None,
+                   param_dtype=None, precision=None):
+        """A TT embedding fitted to a table by TT-SVD (:func:`tensorfact.tt_matrix`); exact up to
+        rounding at ``rank="full"``.
+
+        Args:
+          table_or_embed: an ``nnx.Embed`` (its table and dtype are used) or a
+            ``(num_embeddings, features)`` array.
+          rank, in_shape, out_shape, dtype, precision: as in the constructor.
+          param_dtype: the cores' dtype; by default the table's.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> from tensorfact.nn import TTEmbed
+          >>> dense = nnx.Embed(60, 12, rngs=nnx.Rngs(0))
+          >>> tt = TTEmbed.from_dense(dense, "full")
+          >>> ids = jnp.array([0, 7, 59])
+          >>> bool(jnp.allclose(tt(ids), dense(ids), atol=1e-5))
+          True
+        """
+        if isinstance(table_or_embed, nnx.Embed):
+            table = as_matrix(table_or_embed.embedding[...], "table_or_embed.embedding")
+            dtype = table_or_embed.dtype if dtype is None else dtype
+        elif isinstance(table_or_embed, nnx.Module):
+            raise TypeError(f"table_or_embed must be an nnx.Embed or a table array, got "
+                            f"{type(table_or_embed).__name__}.")
+        else:
+            table = as_matrix(table_or_embed, "table_or_embed")
+        num_embeddings, features = table.shape
+        in_shape, out_shape = _tensorize("tt", num_embeddings, features, in_shape, out_shape)
+        resolved = _resolve_rank("tt", rank, in_shape, out_shape)
+        cores = tt_matrix(table, in_shape, out_shape, resolved).cores
+        param_dtype = table.dtype if param_dtype is None else param_dtype
+        return cls(num_embeddings, features, rank=resolved, in_shape=in_shape,
+                   out_shape=out_shape, dtype=dtype, param_dtype=param_dtype,
+                   precision=precision, rngs=None, _cores=cores)
