@@ -1,0 +1,312 @@
+"""Optax transforms and regularisers for low-rank and sparse training.
+
+* :func:`proximal_nuclear` and :func:`proximal_l1`: Optax ``GradientTransformation`` s that turn
+  a gradient step into a proximal-gradient step (Parikh & Boyd, "Proximal Algorithms",
+  Foundations and Trends in Optimization 1(3), 2014, §4.2) for the nuclear norm (singular value
+  thresholding; Cai, Candès & Shen, "A singular value thresholding algorithm for matrix
+  completion", SIAM J. Optim. 20(4), 2010) and the ℓ1 norm (soft thresholding; e.g. the tensor
+  lasso on CP weights). Chain them *last*, after the optimizer that produces the step::
+
+      tx = optax.chain(optax.sgd(lr), tfa.optim.proximal_nuclear(lam, lr))
+
+* :func:`nuclear_norm` and :func:`l1_penalty`: the same penalties as loss terms (subgradient
+  training instead of proximal steps).
+* :func:`tensor_dropout`: randomised rank dropout of CP, Tucker and TT tensors (Kolbeinsson et
+  al., "Tensor dropout for robust learning", IEEE J. Sel. Topics Signal Process. 15(3), 2021).
+* :func:`layer_stable_ranks`: stable ranks of every 2-D leaf of a parameter tree, the signal
+  Cuttlefish (Wang et al., "Cuttlefish: Low-rank model training without all the tuning", MLSys
+  2023) watches to decide when and at what rank to factorize dense layers.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tensorfact import algebra
+from tensorfact._checks import is_traced, require_key
+from tensorfact.ranks import stable_rank
+from tensorfact.tensors.cp import CPTensor
+from tensorfact.tensors.tt import TTMatrix, TTTensor
+from tensorfact.tensors.tucker import TuckerTensor
+
+__all__ = ["ProximalState", "proximal_nuclear", "proximal_l1", "nuclear_norm", "l1_penalty",
+           "tensor_dropout", "layer_stable_ranks"]
+
+
+class ProximalState(NamedTuple):
+    """State of the proximal transforms: the step count (indexes a learning-rate schedule)."""
+
+    count: jax.Array
+
+
+def _check_scalar(value, name, *, positive=False, schedule=False):
+    """A non-negative (or positive) Python/NumPy scalar (or an Optax schedule where allowed);
+    traced values pass through."""
+    if is_traced(value) or (schedule and callable(value)):
+        return value
+    real = isinstance(value, numbers.Real) or (
+        hasattr(value, "dtype") and jnp.ndim(value) == 0
+        and (jnp.issubdtype(value.dtype, jnp.floating)
+             or jnp.issubdtype(value.dtype, jnp.integer)))
+    if isinstance(value, bool) or not real:
+        raise ValueError(f"{name} must be a real scalar, got {value!r}.")
+    v = float(value)
+    if not (v > 0 if positive else v >= 0):  # also catches NaN
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}.")
+    return value
+
+
+def _default_mask(ndim_ok):
+    return lambda params: jax.tree_util.tree_map(lambda p: ndim_ok(jnp.ndim(p)), params)
+
+
+def _proximal(prox, lam, learning_rate, mask, name):
+    """A transform mapping ``u`` to ``prox_{η λ}(p + u) − p`` on the leaves selected by mask."""
+    lam = _check_scalar(lam, "lam")
+    learning_rate = _check_scalar(learning_rate, "learning_rate", positive=True, schedule=True)
+
+    def init_fn(params):
+        del params
+        return ProximalState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(f"{name} needs the parameters: call "
+                             "update(updates, state, params) (optax.apply_updates of a "
+                             "proximal step depends on where the step starts).")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def one(u, p):
+            p = jnp.asarray(p)
+            moved = p + u.astype(p.dtype)
+            return (prox(moved, jnp.asarray(lr * lam, p.dtype)) - p).astype(u.dtype)
+
+        new = jax.tree_util.tree_map(one, updates, params)
+        return new, ProximalState(count=optax.safe_increment(state.count))
+
+    return optax.masked(optax.GradientTransformation(init_fn, update_fn), mask)
+
+
+def proximal_nuclear(lam, learning_rate, *, mask=None, precision=None
+                     ) -> optax.GradientTransformationExtraArgs:
+    """Proximal step of ``λ Σ_W ‖W‖_*`` (nuclear norms of the selected matrices), as an Optax
+    transform chained after the gradient step.
+
+    With the incoming update ``u`` (e.g. ``−η ∇f(W)`` from ``optax.sgd(η)``) the transform
+    returns ``u' = SVT_{ηλ}(W + u) − W``, so ``optax.apply_updates`` lands on the
+    proximal-gradient iterate (Parikh & Boyd, "Proximal Algorithms", Found. Trends Optim.
+    2014, §4.2)
+
+        W⁺ = SVT_{ηλ}(W − η ∇f(W)),   SVT_τ(X) = U max(Σ − τ, 0) Vᵀ   for X = U Σ Vᵀ,
+
+    the singular value thresholding operator, proximal map of ``τ‖·‖_*`` (Cai, Candès & Shen,
+    "A singular value thresholding algorithm for matrix completion", SIAM J. Optim. 2010).
+    Chain it **last** (after momentum, Adam, clipping, ...): it must see the final step.
+
+    Args:
+      lam: the penalty weight ``λ ≥ 0``.
+      learning_rate: the step size ``η > 0`` of the preceding optimizer (a float or an Optax
+        schedule; the transform counts steps itself, in sync with ``optax.sgd``'s schedule).
+      mask: which leaves to threshold, as in ``optax.masked`` (a pytree of bools or a callable
+        of the params). Default: every 2-D leaf; other leaves pass through unchanged. Selected
+        leaves must be 2-D.
+      precision: matmul precision of the reconstruction (None: full float32).
+
+    ``update`` needs ``params`` and raises ``ValueError`` without them. State:
+    :class:`ProximalState` (wrapped by ``optax.masked``).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = optax.chain(optax.sgd(0.1), proximal_nuclear(1.0, 0.1))
+      >>> w = jnp.diag(jnp.array([3.0, 0.05]))
+      >>> state = tx.init(w)
+      >>> u, state = tx.update(jnp.zeros_like(w), state, w)
+      >>> [round(float(v), 4) for v in jnp.diag(optax.apply_updates(w, u))]  # SVT, τ = 0.1
+      [2.9, 0.0]
+    """
+    hp = algebra.resolve_precision(precision)
+
+    def svt(x, tau):
+        if x.ndim != 2:
+            raise ValueError(f"proximal_nuclear thresholds 2-D leaves; a leaf selected by mask "
+                             f"has shape {tuple(x.shape)}.")
+        u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+        return jnp.matmul(u * jnp.maximum(s - tau, 0), vt, precision=hp)
+
+    mask = _default_mask(lambda n: n == 2) if mask is None else mask
+    return _proximal(svt, lam, learning_rate, mask, "proximal_nuclear")
+
+
+def proximal_l1(lam, learning_rate, *, mask=None) -> optax.GradientTransformationExtraArgs:
+    """Proximal step of ``λ ‖θ‖₁`` (lasso; on CP weight vectors, the tensor lasso that prunes
+    rank-1 components), chained after the gradient step.
+
+    Returns ``u' = S_{ηλ}(θ + u) − θ`` so that the new parameters are the ISTA iterate
+    (Parikh & Boyd, "Proximal Algorithms", Found. Trends Optim. 2014, §6.5.2)
+
+        θ⁺ = S_{ηλ}(θ − η ∇f(θ)),   S_τ(x) = sign(x) max(|x| − τ, 0)   (entrywise).
+
+    Args:
+      lam: the penalty weight ``λ ≥ 0``.
+      learning_rate: the step size ``η > 0`` of the preceding optimizer (float or schedule).
+      mask: which leaves to threshold, as in ``optax.masked`` (default: all). For the tensor
+        lasso select the CP weight vectors, e.g.
+        ``mask=lambda p: jax.tree.map(lambda x: x.ndim == 1, p)``.
+
+    ``update`` needs ``params`` and raises ``ValueError`` without them.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = optax.chain(optax.sgd(1.0), proximal_l1(0.5, 1.0))
+      >>> w = jnp.array([2.0, -0.3, 0.0])
+      >>> u, _ = tx.update(jnp.zeros(3), tx.init(w), w)
+      >>> optax.apply_updates(w, u).tolist()
+      [1.5, 0.0, 0.0]
+    """
+    def shrink(x, tau):
+        return jnp.sign(x) * jnp.maximum(jnp.abs(x) - tau, 0)
+
+    mask = _default_mask(lambda n: True) if mask is None else mask
+    return _proximal(shrink, lam, learning_rate, mask, "proximal_l1")
+
+
+def nuclear_norm(tree) -> jax.Array:
+    """``Σ_W ‖W‖_* = Σ_W Σ_i σ_i(W)`` over the 2-D leaves of ``tree`` (other leaves ignored): a
+    loss term whose (sub)gradient ``U Vᵀ`` pushes the matrices towards low rank.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(nuclear_norm({"w": jnp.diag(jnp.array([3.0, -1.0])), "b": jnp.ones(4)}))
+      4.0
+    """
+    total = jnp.zeros([], jnp.float32)
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if jnp.ndim(leaf) == 2:
+            total = total + jnp.sum(jnp.linalg.svd(leaf, compute_uv=False))
+    return total
+
+
+def l1_penalty(tree) -> jax.Array:
+    """``Σ |θ|`` over all entries of all leaves of ``tree``: a lasso loss term.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(l1_penalty({"a": jnp.array([1.0, -2.0]), "b": jnp.array([[-0.5]])}))
+      3.5
+    """
+    total = jnp.zeros([], jnp.float32)
+    for leaf in jax.tree_util.tree_leaves(tree):
+        total = total + jnp.sum(jnp.abs(leaf))
+    return total
+
+
+def _check_rate(rate):
+    if is_traced(rate):
+        return rate
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}.")
+    return float(rate)
+
+
+def _keep(key, n, rate, dtype):
+    """Bernoulli(1 − rate) mask of length ``n`` scaled by ``1 / (1 − rate)``."""
+    keep = jax.random.bernoulli(key, 1 - rate, (n,))
+    return keep.astype(dtype) / jnp.asarray(1 - rate, dtype)
+
+
+def tensor_dropout(key, factorized, rate):
+    """Tensor dropout (Kolbeinsson, Kossaifi, Panagakis, Bulat, Anandkumar, Tzoulaki &
+    Matthews, "Tensor dropout for robust learning", IEEE J. Sel. Topics Signal Process. 2021):
+    drops rank components of a factorized tensor with probability ``rate`` and rescales the
+    kept ones by ``1 / (1 − rate)``, so the result equals ``factorized`` in expectation.
+
+    * :class:`~tensorfact.CPTensor`: each rank-1 term ``w_r a_0r ∘ ⋯`` is kept with
+      probability ``1 − rate``: ``w ← w ⊙ d / (1 − rate)``, ``d_r ~ Bernoulli(1 − rate)``.
+    * :class:`~tensorfact.TuckerTensor`: for every factorized mode ``m`` the core slices
+      ``G[..., i_m, ...]`` are dropped independently: ``G ← G ×_m diag(d_m / (1 − rate))``.
+    * :class:`~tensorfact.TTTensor` / :class:`~tensorfact.TTMatrix`: every internal bond index
+      ``α_k`` (``k = 1..d−1``) is dropped independently: core ``k``'s last axis is scaled by
+      ``d_k / (1 − rate)``.
+
+    The masks of different modes/bonds are independent, so ``E[result] = factorized`` entry by
+    entry (the dense tensor is multilinear in them). Pure: same key, same mask; returns the same
+    type and shapes (dropped components become zeros, ranks stay static).
+
+    Args:
+      key: a ``jax.random`` key.
+      factorized: a ``CPTensor``, ``TuckerTensor``, ``TTTensor`` or ``TTMatrix``.
+      rate: the drop probability in ``[0, 1)``; ``0`` returns ``factorized`` unchanged.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> cp = CPTensor(jnp.ones(4), [jnp.ones((3, 4)), jnp.ones((5, 4))])
+      >>> out = tensor_dropout(jax.random.key(0), cp, 0.5)
+      >>> type(out).__name__, sorted(set(out.weights.tolist())) <= [0.0, 2.0]
+      ('CPTensor', True)
+    """
+    require_key(key, "for tensor_dropout")
+    rate = _check_rate(rate)
+    if not isinstance(factorized, (CPTensor, TuckerTensor, TTTensor, TTMatrix)):
+        raise TypeError(f"tensor_dropout takes a CPTensor, TuckerTensor, TTTensor or TTMatrix, "
+                        f"got {type(factorized).__name__}.")
+    if not is_traced(rate) and rate == 0:
+        return factorized
+    if isinstance(factorized, CPTensor):
+        w = factorized.weights
+        return CPTensor(w * _keep(key, w.shape[0], rate, w.dtype), factorized.factors)
+    if isinstance(factorized, TuckerTensor):
+        core = factorized.core
+        keys = jax.random.split(key, len(factorized.modes))
+        for k, m in zip(keys, factorized.modes):
+            d = _keep(k, core.shape[m], rate, core.dtype)
+            core = core * d.reshape((-1,) + (1,) * (core.ndim - m - 1))
+        return TuckerTensor(core, factorized.factors, factorized.modes)
+    cores = list(factorized.cores)
+    keys = jax.random.split(key, max(len(cores) - 1, 1))
+    for k in range(len(cores) - 1):  # bond k+1 sits between cores k and k+1
+        cores[k] = cores[k] * _keep(keys[k], cores[k].shape[-1], rate, cores[k].dtype)
+    return type(factorized)(cores)
+
+
+def layer_stable_ranks(params, select=None):
+    """Stable ranks ``‖W‖_F² / ‖W‖_2²`` of the matrices in a parameter tree (the quantity
+    Cuttlefish — Wang, Agarwal, Bhatt, Papailiopoulos & Krishna, "Cuttlefish: Low-rank model
+    training without all the tuning", MLSys 2023 — tracks to decide when the ranks of dense
+    layers have settled and at what rank to factorize them).
+
+    Args:
+      params: a pytree of arrays.
+      select: which leaves to measure: a pytree of bools of the same structure, or a callable
+        ``leaf -> bool`` (default: every 2-D leaf). Selected leaves must be 2-D.
+
+    Returns:
+      A pytree of ``params``' structure holding a scalar stable rank for each selected leaf and
+      ``None`` for the others. Compiles under ``jax.jit``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> out = layer_stable_ranks({"w": jnp.diag(jnp.array([2.0, 1.0])), "b": jnp.ones(3)})
+      >>> out["b"] is None, float(out["w"])
+      (True, 1.25)
+    """
+    if select is None:
+        select = lambda leaf: jnp.ndim(leaf) == 2  # noqa: E731
+    if callable(select):
+        flags = jax.tree_util.tree_map(lambda p: bool(select(p)), params)
+    else:
+        flags = select
+
+    def one(flag, p):
+        if not flag:
+            return None
+        if jnp.ndim(p) != 2:
+            raise ValueError(f"layer_stable_ranks measures 2-D leaves; a selected leaf has shape "
+                             f"{tuple(jnp.shape(p))}.")
+        return stable_rank(p)
+
+    return jax.tree_util.tree_map(one, flags, params)
