@@ -6,15 +6,25 @@
   :class:`LoHa`: adapters around a frozen ``nnx.Linear`` whose trainable parameters are
   ``nnx.LoRAParam``, so ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains only them; each
   starts at the base layer's output and ``merge()`` folds it into a plain ``nnx.Linear``.
+* :class:`TTAdapter` (LoRETTA: a TT-matrix update of an ``nnx.Linear``) and
+  :class:`TuckerAdapter` (FLoRA: a Tucker update over all modes of an ``nnx.Conv`` kernel).
+* :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.
 * :class:`TTEmbed`: an embedding table held as a TT-matrix, looked up without forming it.
 * :func:`compress`: replaces a model's ``nnx.Linear`` layers by factorized ones fitted to them,
   with a :class:`CompressionReport` of parameters and errors.
+* :class:`FactorizedConv`: ``nnx.Conv`` with a Tucker-2 or CP kernel, run as a chain of small
+  convolutions, trained from scratch or fitted to a trained layer by
+  :meth:`FactorizedConv.from_conv`.
 """
 
 from tensorfact.nn.adapters import DoRA, LoHa, LoKr, LoRA, LoRAParam
 from tensorfact.nn.compress import CompressionReport, LayerReport, compress
+from tensorfact.nn.conv import FactorizedConv
 from tensorfact.nn.dense import FactorizedDense, balanced_factors
 from tensorfact.nn.embed import TTEmbed
+from tensorfact.nn.tensor_adapters import TTAdapter, TuckerAdapter
+from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
-__all__ = ["FactorizedDense", "balanced_factors", "LoRA", "DoRA", "LoKr", "LoHa", "LoRAParam",
-           "TTEmbed", "compress", "CompressionReport", "LayerReport"]
+__all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
+           "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
+           "compress", "CompressionReport", "LayerReport"]
