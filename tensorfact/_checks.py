@@ -159,6 +159,15 @@ def check_nonneg_number(value, name: str):
     return value
 
 
+def check_optimizer_args(optimizer, learning_rate):
+    """Gradient-descent fits take an Optax ``optimizer`` or a ``learning_rate``, never both."""
+    if optimizer is not None and learning_rate is not None:
+        raise ValueError("pass either optimizer or learning_rate, not both (got "
+                         f"learning_rate={learning_rate!r}).")
+    if learning_rate is not None:
+        check_nonneg_number(learning_rate, "learning_rate")
+
+
 def require_key(key, why: str):
     """Raises when a random key is needed but missing."""
     if key is None:

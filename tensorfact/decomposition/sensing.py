@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tensorfact._checks import (as_float_array, check_nonneg_number, check_positive_int,
-                                require_key)
+from tensorfact._checks import (as_float_array, check_nonneg_number, check_optimizer_args,
+                                check_positive_int, require_key)
 from tensorfact.tensors import LowRankMatrix
 
 __all__ = ["gaussian_measurements", "measure", "factorize_gd", "SensingHistory",
@@ -178,11 +178,7 @@ def factorize_gd(y, a, rank: int, *, key=None, symmetric: bool = False,
                          f"{tuple(a.shape)}.")
     require_key(key, "for the random initialisation")
     check_nonneg_number(init_scale, "init_scale")
-    if optimizer is not None and learning_rate is not None:
-        raise ValueError("pass either optimizer or learning_rate, not both (got "
-                         f"learning_rate={learning_rate!r}).")
-    if learning_rate is not None:
-        check_nonneg_number(learning_rate, "learning_rate")
+    check_optimizer_args(optimizer, learning_rate)
     if x_true is not None:
         if isinstance(x_true, LowRankMatrix):
             x_true = x_true.to_dense()

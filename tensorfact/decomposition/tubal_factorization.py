@@ -71,8 +71,8 @@ import jax.numpy as jnp
 import optax
 
 from tensorfact._checks import (as_float_array, check_mask, check_nonneg_number,
-                                check_positive_int, count_nonfinite, is_traced,
-                                report_nonfinite, require_key)
+                                check_optimizer_args, check_positive_int, count_nonfinite,
+                                is_traced, report_nonfinite, require_key)
 from tensorfact.algebra import resolve_precision
 from tensorfact.tensors.base import FactorizedTensor, as_leaf
 from tensorfact.tproduct import (Transform, frequency_weights, from_transform_domain,
@@ -507,11 +507,7 @@ def tubal_factorize_gd(y, a, inner_size: int, *, key=None, symmetric: bool = Fal
                          f"shape {shape}.")
     require_key(key, "for the random initialisation")
     check_nonneg_number(init_scale, "init_scale")
-    if optimizer is not None and learning_rate is not None:
-        raise ValueError("pass either optimizer or learning_rate, not both (got "
-                         f"learning_rate={learning_rate!r}).")
-    if learning_rate is not None:
-        check_nonneg_number(learning_rate, "learning_rate")
+    check_optimizer_args(optimizer, learning_rate)
     rank_tol = _check_tol(rank_tol)
     kind, t_matrix = _split_transform(transform, shape[2])
     if x_true is not None:
