@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import sys
 import time
@@ -27,3 +28,15 @@ def median_ms(fn, sync, repeats):
         sync(fn())
         times.append(time.perf_counter() - start)
     return out, 1e3 * statistics.median(times), first
+
+
+def cpu_name():
+    """The processor's model name (from /proc/cpuinfo on Linux), for the tables' headers."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -30,7 +30,7 @@ import warnings
 import jax
 import numpy as np
 
-from _harness import median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import cpu_name, median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
 
 import tensorfact as tfa  # noqa: E402
 
@@ -44,17 +44,6 @@ def _matrix(rows, cols, rank, noise, seed):
     m = w0 @ h0
     m += noise * m.mean() * rng.uniform(size=m.shape)
     return m.astype(np.float32)
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):
@@ -82,7 +71,7 @@ def main(argv=None):
     print(f"# tensorfact {getattr(tfa, '__version__', '?')}, jax {jax.__version__} "
           f"({jax.devices()[0].platform}), scikit-learn {sklearn.__version__}, "
           f"numpy {np.__version__}, Python {platform.python_version()}")
-    print(f"# machine: {_cpu_name()}, {ncpu} logical cores, {platform.system()} "
+    print(f"# machine: {cpu_name()}, {ncpu} logical cores, {platform.system()} "
           f"{platform.release()}; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     if load[0] > 0.5:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _harness import median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import cpu_name, median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
 
 import tensorfact as tfa  # noqa: E402
 
@@ -92,17 +92,6 @@ def _sync_torch(_out):
 
 def _sync_nothing(_out):
     return None
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv=None):
@@ -183,7 +172,7 @@ def main(argv=None):
           f" tensorly {tl.__version__}, numpy {np.__version__}, torch "
           f"{torch.__version__ if torch is not None else 'not installed'}, Python "
           f"{platform.python_version()}")
-    print(f"# machine: {_cpu_name()}, {os.cpu_count()} logical cores, load average {load:.2f};"
+    print(f"# machine: {cpu_name()}, {os.cpu_count()} logical cores, load average {load:.2f};"
           f" OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     print(f"# data: planted float32 tensor ring, shape {shape}, ranks {ranks}, noise "
           f"{args.noise:g}; ALS: {it} sweeps, tol=0 on every side; median of {args.repeats}")
@@ -208,7 +197,7 @@ def main(argv=None):
         config = dict(shape=list(shape), ranks=list(ranks), n_iter=it, noise=args.noise,
                       repeats=args.repeats, seed=args.seed, preset=args.preset)
         env = dict(jax=jax.__version__, tensorly=tl.__version__, numpy=np.__version__,
-                   torch=None if torch is None else torch.__version__, cpu=_cpu_name(),
+                   torch=None if torch is None else torch.__version__, cpu=cpu_name(),
                    cpus=os.cpu_count(), load_average_1min=load,
                    device=str(jax.devices()[0].platform))
         with open(args.json, "w") as f:

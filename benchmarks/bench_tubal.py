@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _harness import median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import cpu_name, median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
 
 import tensorfact as tfa  # noqa: E402
 
@@ -162,17 +162,6 @@ def rel_error(ref, approx) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="256,256,256", help="n1,n2,n3 (default 256,256,256)")
@@ -260,7 +249,7 @@ def main(argv=None):
         "tensorfact": getattr(tfa, "__version__", "?"), "jax": jax.__version__,
         "device": str(jax.devices()[0].device_kind), "numpy": np.__version__,
         "torch": getattr(torch, "__version__", None), "torch_device": dev if use_torch else None,
-        "python": platform.python_version(), "cpu": _cpu_name(), "cores": ncpu,
+        "python": platform.python_version(), "cpu": cpu_name(), "cores": ncpu,
         "load_average": os.getloadavg(), "shape": shape, "repeats": args.repeats,
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
     }

@@ -99,6 +99,20 @@ class FactorizedTensor:
         return f"{type(self).__name__}({leaves}{static})"
 
 
+class CoreSequence:
+    """Mixin for formats held as a chain of ``cores`` (TT, TT-matrix, tensor ring): iterates,
+    indexes and measures like the tuple of cores."""
+
+    def __iter__(self):
+        return iter(self.cores)
+
+    def __len__(self):
+        return len(self.cores)
+
+    def __getitem__(self, k):
+        return self.cores[k]
+
+
 def _describe(value):
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_describe(v) for v in value) + "]"

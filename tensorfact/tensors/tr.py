@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact.tensors.base import FactorizedTensor, as_leaf
+from tensorfact.tensors.base import CoreSequence, FactorizedTensor, as_leaf
 
 __all__ = ["TRTensor", "chain", "transfer_chain"]
 
 
 @jax.tree_util.register_pytree_node_class
-class TRTensor(FactorizedTensor):
+class TRTensor(CoreSequence, FactorizedTensor):
     """A tensor ring ``x[i_0, ..., i_{d-1}] = Tr(∏_k G_k[:, i_k, :])``.
 
     Args:
@@ -66,15 +66,6 @@ class TRTensor(FactorizedTensor):
                     f"{tuple(cores[nxt].shape)}: cores[{k}].shape[2] must equal "
                     f"cores[{nxt}].shape[0], got {cores[k].shape[2]} and {cores[nxt].shape[0]}.")
         self._set(cores=cores)
-
-    def __iter__(self):
-        return iter(self.cores)
-
-    def __len__(self):
-        return len(self.cores)
-
-    def __getitem__(self, k):
-        return self.cores[k]
 
     @property
     def shape(self):

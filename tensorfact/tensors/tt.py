@@ -34,7 +34,7 @@ import numpy as np
 
 from tensorfact import algebra
 from tensorfact._checks import check_choice, is_traced
-from tensorfact.tensors.base import FactorizedTensor, as_leaf
+from tensorfact.tensors.base import CoreSequence, FactorizedTensor, as_leaf
 
 __all__ = ["TTTensor", "TTMatrix", "tt_add", "tt_scale", "tt_hadamard", "tt_inner",
            "tt_orthogonalize", "tt_gather", "tt_matmul"]
@@ -62,20 +62,11 @@ def _as_cores(cores, ndim: int, kind: str) -> tuple[jax.Array, ...]:
     return cores
 
 
-class _TrainBase(FactorizedTensor):
+class _TrainBase(CoreSequence, FactorizedTensor):
     """What TT tensors and TT-matrices share: cores, ranks, operators, norm."""
 
     _leaves = ("cores",)
     __array_ufunc__ = None  # NumPy scalars and arrays defer to the operators below
-
-    def __iter__(self):
-        return iter(self.cores)
-
-    def __len__(self):
-        return len(self.cores)
-
-    def __getitem__(self, k):
-        return self.cores[k]
 
     @property
     def rank(self) -> tuple[int, ...]:
