@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from tensorfact._checks import check_modes
+from tensorfact import kernels
+from tensorfact._checks import check_choice, check_modes
 
 __all__ = [
     "unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker",
@@ -231,15 +232,30 @@ def contract_with_rank(t: jax.Array, t_modes: Sequence[int], factors: Sequence[j
     return t
 
 
-def mttkrp(x: jax.Array, factors: Sequence[jax.Array], mode: int, *, precision=None) -> jax.Array:
+def mttkrp(x: jax.Array, factors: Sequence[jax.Array], mode: int, *, impl: str = "auto",
+           precision=None) -> jax.Array:
     """Matricised tensor times Khatri–Rao product for ``mode``.
 
     ``mttkrp(x, factors, n) = unfold(x, n) · khatri_rao(factors, skip=n)``, shape ``(I_n, R)``;
-    ``factors[n]`` is ignored. Computed by :func:`partial_mttkrp` without forming the
-    Khatri–Rao product, reading ``x`` once.
+    ``factors[n]`` is ignored. The XLA path is :func:`partial_mttkrp`: no Khatri–Rao product,
+    ``x`` read once.
+
+    ``impl``: ``"xla"`` (that path), ``"pallas"`` (the kernel of :mod:`tensorfact.kernels.mttkrp`,
+    in interpret mode off GPUs) or ``"auto"`` (the kernel on a GPU where dtype, size and rank
+    suit it, else XLA; ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it fell back).
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> x = jnp.arange(24.0).reshape(2, 3, 4)
+      >>> fs = [jnp.ones((2, 2)), jnp.ones((3, 2)), jnp.ones((4, 2))]
+      >>> tfa.mttkrp(x, fs, 0)[:, 0]          # sums of the two slices
+      Array([ 66., 210.], dtype=float32)
     """
+    check_choice(impl, ("auto", "pallas", "xla"), "impl")
     if len(factors) != x.ndim:
         raise ValueError(f"factors must hold one matrix per mode ({x.ndim}), got {len(factors)}.")
     (mode,) = check_modes(mode, x.ndim, "mode")
+    if kernels.resolve_mttkrp_impl(x, factors[0].shape[1], impl) == "pallas":
+        return kernels.mttkrp(x, factors, mode, impl="pallas", precision=precision)
     others = [m for m in range(x.ndim) if m != mode]
     return partial_mttkrp(x, [factors[m] for m in others], others, precision=precision)

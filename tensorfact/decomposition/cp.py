@@ -27,7 +27,7 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
-from tensorfact import algebra
+from tensorfact import algebra, kernels
 from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
                                 check_nonneg_number, check_positive_int, report_nonfinite,
                                 require_key)
@@ -45,7 +45,7 @@ _INITS = ("svd", "random")
 
 def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: int = 100,
        tol: float = 1e-8, mask=None, nonneg: bool = False, l2: float = 0.0,
-       normalize: bool = True, precision=None, return_info: bool = False):
+       normalize: bool = True, precision=None, impl: str = "auto", return_info: bool = False):
     """CP decomposition of an N-way array by ALS (or HALS when ``nonneg=True``).
 
     Args:
@@ -69,6 +69,11 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
         weights are ones and the factors carry the scale.
       precision: XLA precision of the contractions; ``None`` means full float32 (``HIGHEST``).
         Pass ``"default"`` to allow TF32/bfloat16 passes on GPUs and TPUs.
+      impl: MTTKRP implementation. ``"xla"``: the dimension tree (two reads of ``x`` per
+        sweep); ``"pallas"``: one MTTKRP per mode with the kernel of
+        :mod:`tensorfact.kernels.mttkrp` (``N`` reads of ``x`` per sweep, each at close to the
+        memory bandwidth; interpret mode off GPUs); ``"auto"``: the kernel on a GPU where it
+        suits ``x`` and ``rank``, else XLA. Results agree to float tolerance.
       return_info: also return a :class:`FitInfo`.
 
     Returns:
@@ -90,6 +95,7 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
     rank = check_positive_int(rank, "rank")
     n_iter, tol = check_iteration_args(n_iter, tol)
     check_nonneg_number(l2, "l2")
+    mttkrp_impl = kernels.resolve_mttkrp_impl(x, rank, impl)
     mask = check_mask(mask, x.shape)
     if isinstance(init, CPTensor):
         _check_init(init, x.shape, rank)
@@ -107,7 +113,7 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
     result, n_nonfinite = _cp_fit(
         x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank, n_iter=n_iter,
         fixed=fixed, init=init_kind, nonneg=bool(nonneg), normalize=bool(normalize),
-        precision=precision, return_info=bool(return_info))
+        precision=precision, impl=mttkrp_impl, return_info=bool(return_info))
     report_nonfinite(n_nonfinite, "x")  # counted inside the fit: no extra pass
     return result
 
@@ -119,9 +125,10 @@ def _check_init(init: CPTensor, shape, rank):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "rank", "n_iter", "fixed", "init", "nonneg", "normalize", "precision", "return_info"))
+    "rank", "n_iter", "fixed", "init", "nonneg", "normalize", "precision", "impl",
+    "return_info"))
 def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, nonneg, normalize,
-            precision, return_info):
+            precision, return_info, impl="xla"):
     dtype = x.dtype
     n_nonfinite = count_nonfinite(x, mask)  # fused with the first pass over x
     if mask is not None:
@@ -136,7 +143,7 @@ def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, no
         weights = jnp.ones_like(weights)
 
     sweep = functools.partial(_sweep, l2=l2, nonneg=nonneg, normalize=normalize,
-                              precision=precision)
+                              precision=precision, impl=impl)
     if mask is None:
         norm_x_sq = jnp.vdot(x, x, precision=algebra.resolve_precision(precision))
 
@@ -154,7 +161,8 @@ def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, no
         def step(state):
             weights, factors = state
             weights, factors = _weighted_sweep(x, maskf, weights, factors, l2=l2, nonneg=nonneg,
-                                               normalize=normalize, precision=precision)
+                                               normalize=normalize, precision=precision,
+                                               impl=impl)
             approx = CPTensor(weights, factors).to_dense(precision=precision)
             return (weights, factors), relative_error(x, approx, mask)
 
@@ -187,8 +195,9 @@ def _initial_factors(x, rank, key, init, nonneg, precision):
     return jnp.ones((rank,), x.dtype), factors
 
 
-def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision):
-    """One ALS (or HALS) pass over all modes through a two-level dimension tree.
+def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla"):
+    """One ALS (or HALS) pass over all modes through a two-level dimension tree (``impl="xla"``)
+    or one MTTKRP kernel per mode (``impl="pallas"``).
 
     Returns the new weights and factors and ``(⟨x, x̂⟩, ‖x̂‖²)`` for the error.
     """
@@ -196,6 +205,13 @@ def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision):
     grams = [jnp.matmul(a.T, a, precision=algebra.resolve_precision(precision)) for a in factors]
     modes = tuple(range(x.ndim))
     mttkrp_last = None
+    if impl == "pallas":  # the kernel reads x at full bandwidth: one read per mode is cheaper
+        for n in modes:      # than the tree's two reads plus its HBM intermediates
+            m_n = kernels.mttkrp(x, factors, n, impl="pallas", precision=precision)
+            weights = _update_factor(n, m_n, weights, factors, grams, l2=l2, nonneg=nonneg,
+                                     normalize=normalize, precision=precision)
+            mttkrp_last = m_n
+        return _sweep_result(weights, factors, grams, mttkrp_last, precision)
     for half, other in (split_halves(modes), split_halves(modes)[::-1]):
         # one read of x: contract the other half's factors; the rank axis is shared
         rank_axis = algebra.natural_rank_axis(x.ndim, other)
@@ -207,19 +223,31 @@ def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision):
                                              rank_axis=rank_axis, precision=precision)
             if rank_axis == 0:
                 m_n = m_n.T
-            gram_others = functools.reduce(lambda a, b: a * b,
-                                           [grams[k] for k in modes if k != n])
-            if nonneg:
-                a_n = hals_columns(factors[n] * weights, m_n, gram_others, l2, precision)
-            else:
-                a_n = solve_normal_equations(m_n, gram_others, l2, precision)
-            if normalize:
-                scale = jnp.linalg.norm(a_n, axis=0)
-                weights = scale
-                a_n = a_n / jnp.where(scale == 0, 1.0, scale)
-            factors[n] = a_n
-            grams[n] = jnp.matmul(a_n.T, a_n, precision=algebra.resolve_precision(precision))
+            weights = _update_factor(n, m_n, weights, factors, grams, l2=l2, nonneg=nonneg,
+                                     normalize=normalize, precision=precision)
             mttkrp_last = m_n
+    return _sweep_result(weights, factors, grams, mttkrp_last, precision)
+
+
+def _update_factor(n, m_n, weights, factors, grams, *, l2, nonneg, normalize, precision):
+    """Solves for ``A_n`` from its MTTKRP ``m_n``; updates ``factors``/``grams`` in place and
+    returns the new weights."""
+    gram_others = functools.reduce(lambda a, b: a * b,
+                                   [grams[k] for k in range(len(factors)) if k != n])
+    if nonneg:
+        a_n = hals_columns(factors[n] * weights, m_n, gram_others, l2, precision)
+    else:
+        a_n = solve_normal_equations(m_n, gram_others, l2, precision)
+    if normalize:
+        scale = jnp.linalg.norm(a_n, axis=0)
+        weights = scale
+        a_n = a_n / jnp.where(scale == 0, 1.0, scale)
+    factors[n] = a_n
+    grams[n] = jnp.matmul(a_n.T, a_n, precision=algebra.resolve_precision(precision))
+    return weights
+
+
+def _sweep_result(weights, factors, grams, mttkrp_last, precision):
     # error terms from the last mode's MTTKRP (computed with all other factors current)
     inner = jnp.sum(weights * jnp.sum(factors[-1] * mttkrp_last, axis=0))
     gram_all = functools.reduce(lambda a, b: a * b, grams)
@@ -228,7 +256,8 @@ def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision):
     return weights, tuple(factors), (inner, approx_sq)
 
 
-def _weighted_sweep(x, maskf, weights, factors, *, l2, nonneg, normalize, precision):
+def _weighted_sweep(x, maskf, weights, factors, *, l2, nonneg, normalize, precision,
+                    impl="xla"):
     """One weighted-ALS pass for missing data: each row of ``A_n`` solves its own normal
     equations over the observed entries only,
 
@@ -240,10 +269,11 @@ def _weighted_sweep(x, maskf, weights, factors, *, l2, nonneg, normalize, precis
     factors = list(factors)
     rank = weights.shape[0]
     for n in range(x.ndim):
-        numer = algebra.mttkrp(x, factors, n, precision=precision)
+        numer = algebra.mttkrp(x, factors, n, impl=impl, precision=precision)
         squares = [(a[:, :, None] * a[:, None, :]).reshape(a.shape[0], rank * rank)
                    for a in factors]
-        gram = algebra.mttkrp(maskf, squares, n, precision=precision).reshape(-1, rank, rank)
+        gram = algebra.mttkrp(maskf, squares, n, impl=impl,
+                              precision=precision).reshape(-1, rank, rank)
         if nonneg:
             a_n = hals_columns(factors[n] * weights, numer, gram, l2, precision)
         else:

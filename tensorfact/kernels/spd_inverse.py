@@ -20,15 +20,14 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from tensorfact._checks import check_choice
+from tensorfact.kernels import _pallas
 
 __all__ = ["spd_inverse", "MAX_SIZE"]
 
 MAX_SIZE = 64  # the matrix is unrolled pivot by pivot; beyond this use a Cholesky solve
-_IMPLS = ("auto", "pallas", "xla")
 
 
-def spd_inverse(v: jax.Array, *, impl: str = "auto") -> jax.Array:
+def spd_inverse(v: jax.Array, *, impl: str = "auto", _target=None) -> jax.Array:
     """Inverse of symmetric positive definite matrices of size ``n ≤ 64`` (leading batch axes ok).
 
     Args:
@@ -37,34 +36,49 @@ def spd_inverse(v: jax.Array, *, impl: str = "auto") -> jax.Array:
         Gauss–Jordan in XLA ops: the reference), or ``"auto"`` (Pallas for float32 on GPU,
         XLA elsewhere).
 
-    Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``.
+    Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``. ``_target`` forces the kernel's lowering
+    (``"gpu"``: Triton, ``"interpret"``); by default it follows the backend.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import spd_inverse
+      >>> v = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+      >>> bool(jnp.allclose(spd_inverse(v, impl="pallas") @ v, jnp.eye(2), atol=1e-5))
+      True
     """
-    check_choice(impl, _IMPLS, "impl")
+    impl = _pallas.check_impl(impl)
     if v.ndim < 2 or v.shape[-1] != v.shape[-2]:
         raise ValueError(f"v must be a (batch of) square matrices, got shape {tuple(v.shape)}.")
     if v.shape[-1] > MAX_SIZE:
         raise ValueError(f"v must be at most {MAX_SIZE} × {MAX_SIZE} for spd_inverse, got "
                          f"{v.shape[-1]} × {v.shape[-1]}; use a Cholesky solve instead.")
     if impl == "auto":
-        on_gpu = jax.default_backend() == "gpu"
-        impl = "pallas" if on_gpu and v.dtype == jnp.float32 else "xla"
-    return _inverse(v, impl)
+        if not _pallas.on_gpu():
+            _pallas.explain_fallback("spd_inverse", f"the default backend is "
+                                     f"{jax.default_backend()!r}, not a GPU")
+            impl = "xla"
+        elif v.dtype != jnp.float32:
+            _pallas.explain_fallback("spd_inverse", f"v has dtype {v.dtype}, not float32")
+            impl = "xla"
+        else:
+            impl = "pallas"
+    return _inverse(v, impl, _pallas.resolve_target(_target))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _inverse(v, impl):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _inverse(v, impl, target):
     if impl == "xla":
         return _gauss_jordan_xla(v)
     batch = v.shape[:-2]
     flat = v.reshape((-1,) + v.shape[-2:])
-    return jax.vmap(_gauss_jordan_pallas)(flat).reshape(v.shape) if batch else \
-        _gauss_jordan_pallas(v)
+    inverse = functools.partial(_gauss_jordan_pallas, target=target)
+    return jax.vmap(inverse)(flat).reshape(v.shape) if batch else inverse(v)
 
 
 @_inverse.defjvp
-def _inverse_jvp(impl, primals, tangents):
+def _inverse_jvp(impl, target, primals, tangents):
     (v,), (dv,) = primals, tangents
-    inv = _inverse(v, impl)
+    inv = _inverse(v, impl, target)
     return inv, -inv @ dv @ inv
 
 
@@ -80,15 +94,14 @@ def _gauss_jordan_xla(v):
     return (inverse + jnp.swapaxes(inverse, -1, -2)) / 2
 
 
-def _gauss_jordan_pallas(v):
+def _gauss_jordan_pallas(v, target):
     """One Pallas program: ``v`` (padded to a power of two with an identity block) on chip."""
     n = v.shape[-1]
     size = max(16, pl.next_power_of_2(n))
     padded = jnp.eye(size, dtype=v.dtype).at[:n, :n].set(v)
-    inverse = pl.pallas_call(
-        _gauss_jordan_kernel,
+    inverse = _pallas.call(
+        _gauss_jordan_kernel, target=target, num_warps=4, num_stages=1,
         out_shape=jax.ShapeDtypeStruct((size, size), v.dtype),
-        interpret=jax.default_backend() != "gpu",
     )(padded)[:n, :n]
     return (inverse + inverse.T) / 2
 

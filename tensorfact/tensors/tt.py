@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact import algebra
+from tensorfact import algebra, kernels
 from tensorfact._checks import check_choice, is_traced
 from tensorfact.tensors.base import CoreSequence, FactorizedTensor, as_leaf
 
@@ -512,7 +512,7 @@ def _gather_cores(cores, indices, precision=None):
 # TT-matrix products
 
 
-def tt_matmul(a, b, *, precision=None):
+def tt_matmul(a, b, *, impl: str = "auto", precision=None):
     """Matrix products with a :class:`TTMatrix`; the result's type depends on the operands.
 
     * ``tt_matmul(W, v)`` (``W @ v``), ``v`` dense of shape ``(N,)`` or ``(N, K)`` → dense
@@ -531,6 +531,12 @@ def tt_matmul(a, b, *, precision=None):
     ``2 B r_{k-1} r_k (m_k ⋯ m_d)(n_1 ⋯ n_k)`` FLOPs for ``B`` input rows, against ``2 B M N``
     for the dense product. Differentiable in ``W`` and ``x``.
 
+    ``impl`` applies to the dense ``x @ W`` case (the TT layer's forward): ``"xla"`` runs the
+    einsum chain above, ``"pallas"`` the fused kernel :func:`tensorfact.kernels.tt_chain_matmul`
+    (intermediates kept on chip; interpret mode off GPUs; backward through the XLA chain), and
+    ``"auto"`` the kernel on a GPU where it fits on chip, XLA elsewhere. The other cases have no
+    kernel: they ignore ``"auto"``/``"xla"`` and reject ``"pallas"``.
+
     References: A. Novikov, D. Podoprikhin, A. Osokin and D. Vetrov, "Tensorizing Neural
     Networks", NeurIPS 2015; I. V. Oseledets, SIAM J. Sci. Comput. 33(5), 2011, §4.3.
 
@@ -542,7 +548,11 @@ def tt_matmul(a, b, *, precision=None):
       >>> bool(jnp.allclose(x @ tm, x @ w, atol=1e-4))
       True
     """
+    check_choice(impl, ("auto", "pallas", "xla"), "impl")
     a_tm, b_tm = isinstance(a, TTMatrix), isinstance(b, TTMatrix)
+    if impl == "pallas" and (a_tm or not b_tm or isinstance(a, FactorizedTensor)):
+        raise ValueError("impl='pallas' applies to the dense product x @ W only (x an array, W a "
+                         f"TTMatrix), got {type(a).__name__} @ {type(b).__name__}.")
     if not (a_tm or b_tm):
         raise TypeError(f"tt_matmul needs a TTMatrix on at least one side, got "
                         f"{type(a).__name__} and {type(b).__name__}.")
@@ -569,8 +579,13 @@ def tt_matmul(a, b, *, precision=None):
         raise ValueError(f"x @ W needs x of shape (..., {b.shape[0]}) for a TTMatrix of shape "
                          f"{b.shape}, got {tuple(x.shape)}.")
     lead = x.shape[:-1]
-    return _apply_right(x.reshape(-1, x.shape[-1]), b.cores, precision=precision).reshape(
-        lead + (b.shape[1],))
+    flat = x.reshape(-1, x.shape[-1])
+    if kernels.resolve_tt_chain_impl(flat, b.cores, impl) == "xla":
+        out = _apply_right(flat, b.cores, precision=precision)
+    else:  # the kernel takes floating input: promote as the einsum chain would
+        flat = flat.astype(jnp.result_type(flat, *b.cores))
+        out = kernels.tt_chain_pallas(flat, b.cores, precision=precision)
+    return out.reshape(lead + (b.shape[1],))
 
 
 def _as_dense_operand(v, name):

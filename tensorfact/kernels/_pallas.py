@@ -1,0 +1,74 @@
+"""What every Pallas kernel of the package shares: where it runs, how it is launched, and how a
+dispatcher explains a fallback.
+
+On a GPU the kernels are lowered through Triton. JAX 0.10 lowers a ``pallas_call`` without
+compiler parameters through Mosaic GPU instead, which rejects the kernels written here, so
+:func:`call` always passes :class:`~jax.experimental.pallas.triton.CompilerParams` on the GPU
+path. Elsewhere (CPU) the same kernel runs in interpret mode, so tests exercise its own code.
+
+The target is a *static* argument (``"gpu"`` or ``"interpret"``), resolved from the default
+backend unless forced: the tests export the kernels for CUDA from a CPU machine
+(``jax.export`` with ``platforms=("cuda",)``), which runs the Pallas → Triton lowering and
+catches unsupported operations and block shapes without a GPU.
+
+Dispatch logging: set the environment variable ``TENSORFACT_DEBUG_DISPATCH=1`` (read at each
+call) and every ``impl="auto"`` dispatcher logs, on the ``tensorfact.kernels`` logger at
+WARNING level, why it chose the XLA path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from tensorfact._checks import check_choice
+
+__all__ = ["IMPLS", "TARGETS", "on_gpu", "resolve_target", "call", "check_impl", "debug_enabled",
+           "explain_fallback", "logger"]
+
+IMPLS = ("auto", "pallas", "xla")
+TARGETS = ("gpu", "interpret")
+DEBUG_ENV = "TENSORFACT_DEBUG_DISPATCH"
+
+logger = logging.getLogger("tensorfact.kernels")
+
+
+def on_gpu() -> bool:
+    """Whether JAX's default backend is a GPU (CUDA or ROCm), where the Triton path runs."""
+    return jax.default_backend() == "gpu"
+
+
+def resolve_target(target) -> str:
+    """``None`` → ``"gpu"`` on a GPU backend, else ``"interpret"``; a given target is checked."""
+    if target is None:
+        return "gpu" if on_gpu() else "interpret"
+    return check_choice(target, TARGETS, "_target")
+
+
+def call(kernel, *, target: str, num_warps: int = 4, num_stages: int = 2, **kwargs):
+    """``pl.pallas_call`` with the launch settings of ``target``: Triton compiler parameters
+    on ``"gpu"``, ``interpret=True`` on ``"interpret"``."""
+    if target == "gpu":
+        params = pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+        return pl.pallas_call(kernel, compiler_params=params, **kwargs)
+    return pl.pallas_call(kernel, interpret=True, **kwargs)
+
+
+def check_impl(impl) -> str:
+    """Raises ``ValueError`` naming ``impl`` unless it is ``"auto"``, ``"pallas"`` or ``"xla"``."""
+    return check_choice(impl, IMPLS, "impl")
+
+
+def debug_enabled() -> bool:
+    """Whether ``TENSORFACT_DEBUG_DISPATCH`` asks for dispatch logging."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def explain_fallback(name: str, reason: str) -> None:
+    """Logs why the ``impl="auto"`` dispatcher of ``name`` took the XLA path (debug flag only)."""
+    if debug_enabled():
+        logger.warning("%s: impl='auto' uses the XLA path: %s", name, reason)
