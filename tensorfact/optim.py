@@ -16,26 +16,31 @@
 * :func:`layer_stable_ranks`: stable ranks of every 2-D leaf of a parameter tree, the signal
   Cuttlefish (Wang et al., "Cuttlefish: Low-rank model training without all the tuning", MLSys
   2023) watches to decide when and at what rank to factorize dense layers.
+* :func:`stable_rank_monitor`: an Optax transform that passes updates through and keeps those
+  stable ranks (and their relative change) in its state during training;
+  :func:`suggest_factorization` reads Cuttlefish's decision from that state: whether every
+  layer's stable rank has settled, and the rank to factorize each layer at.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from tensorfact import algebra
-from tensorfact._checks import is_traced, require_key
+from tensorfact._checks import check_positive_int, is_traced, require_key
 from tensorfact.ranks import stable_rank
 from tensorfact.tensors.cp import CPTensor
 from tensorfact.tensors.tt import TTMatrix, TTTensor
 from tensorfact.tensors.tucker import TuckerTensor
 
 __all__ = ["ProximalState", "proximal_nuclear", "proximal_l1", "nuclear_norm", "l1_penalty",
-           "tensor_dropout", "layer_stable_ranks"]
+           "tensor_dropout", "layer_stable_ranks", "StableRankState", "stable_rank_monitor",
+           "FactorizationSuggestion", "suggest_factorization"]
 
 
 class ProximalState(NamedTuple):
@@ -275,9 +280,10 @@ def tensor_dropout(key, factorized, rate):
 
 def layer_stable_ranks(params, select=None):
     """Stable ranks ``‖W‖_F² / ‖W‖_2²`` of the matrices in a parameter tree (the quantity
-    Cuttlefish — Wang, Agarwal, Bhatt, Papailiopoulos & Krishna, "Cuttlefish: Low-rank model
-    training without all the tuning", MLSys 2023 — tracks to decide when the ranks of dense
-    layers have settled and at what rank to factorize them).
+    Cuttlefish — Wang, Agarwal, U-chupala, Tanaka, Xing & Papailiopoulos, "Cuttlefish: Low-rank
+    model training without all the tuning", MLSys 2023 — tracks to decide when the ranks of dense
+    layers have settled and at what rank to factorize them). To track them during training,
+    see :func:`stable_rank_monitor`.
 
     Args:
       params: a pytree of arrays.
@@ -310,3 +316,232 @@ def layer_stable_ranks(params, select=None):
         return stable_rank(p)
 
     return jax.tree_util.tree_map(one, flags, params)
+
+
+# -- stable-rank monitor (Cuttlefish) ---------------------------------------------------------
+
+
+class StableRankState(NamedTuple):
+    """State of :func:`stable_rank_monitor`. The per-layer fields are pytrees of the params'
+    structure with a scalar for each monitored leaf and ``None`` for the others.
+
+    Attributes:
+      count: the number of ``update`` calls so far (int32).
+      n_measurements: how many times the stable ranks were measured (int32).
+      stable_ranks: the latest measurement ``srank(W) = ‖W‖_F² / ‖W‖_2²`` (float32; 0 before
+        the first).
+      initial_stable_ranks: the first measurement, Cuttlefish's ``srank(W_0)`` (float32).
+      relative_change: ``|srank_t − srank_{t−1}| / srank_{t−1}`` between the last two
+        measurements (float32; ``inf`` before the second).
+      full_ranks: ``min(m, n)`` of each monitored ``(m, n)`` matrix (int32).
+    """
+
+    count: jax.Array
+    n_measurements: jax.Array
+    stable_ranks: Any
+    initial_stable_ranks: Any
+    relative_change: Any
+    full_ranks: Any
+
+
+def _as_layer_matrix(p):
+    """A ``≥ 2``-D parameter as the matrix ``(prod(all axes but the last), last)``: Flax's dense
+    ``(in, out)`` kernel itself, a conv kernel ``(spatial..., c_in, c_out)`` unfolded along its
+    output channels (Cuttlefish's reshape of a conv layer)."""
+    p = jnp.asarray(p)
+    return p.reshape(-1, p.shape[-1])
+
+
+def _monitor_flags(select, params):
+    if select is None:
+        return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
+    if callable(select):
+        return jax.tree_util.tree_map(lambda p: bool(select(p)), params)
+    return select
+
+
+def _per_layer(fn, flags, params):
+    """``fn(matrix)`` for each selected leaf, ``None`` for the others."""
+    def one(flag, p):
+        if not flag:
+            return None
+        if jnp.ndim(p) < 2:
+            raise ValueError(f"stable_rank_monitor measures leaves with at least 2 axes; a leaf "
+                             f"selected by select has shape {tuple(jnp.shape(p))}.")
+        return fn(_as_layer_matrix(p))
+
+    return jax.tree_util.tree_map(one, flags, params)
+
+
+def _stable_rank32(m):
+    m = m.astype(jnp.promote_types(m.dtype, jnp.float32))
+    return stable_rank(m).astype(jnp.float32)
+
+
+def stable_rank_monitor(*, select=None, every: int = 1) -> optax.GradientTransformation:
+    """An Optax transform that watches the stable ranks of the weight matrices during training,
+    as Cuttlefish does (Wang, Agarwal, U-chupala, Tanaka, Xing & Papailiopoulos, "Cuttlefish:
+    Low-rank model training without all the tuning", MLSys 2023), and passes the updates through
+    unchanged (the same objects, bit for bit).
+
+    At update calls ``t = 0, every, 2·every, ...`` it measures, for each selected parameter
+    ``W`` (seen as the matrix ``(prod(all axes but the last), last)``: dense kernels as they are,
+    conv kernels unfolded along their output channels),
+
+        srank_t(W) = ‖W‖_F² / ‖W‖_2²,     δ_t(W) = |srank_t − srank_{t−1}| / srank_{t−1},
+
+    from the parameters passed to ``update`` (those the step starts from, so measurement 0 is
+    the initial weights). Between measurements the state is left as it is (``lax.cond``: the
+    singular values are only computed at measurement steps; under ``vmap`` both branches run).
+    :func:`suggest_factorization` turns the state into Cuttlefish's decision.
+
+    ``‖W‖_2`` comes with the whole spectrum from an SVD of singular values only
+    (:func:`tensorfact.ranks.stable_rank`), not the power method: measurements are rare (once
+    per epoch in the paper, set ``every`` to the steps per epoch), and the power method
+    converges at the rate ``σ_2 / σ_1``, which is close to one for trained layers with a flat top
+    of the spectrum; an underestimated ``‖W‖_2`` would overestimate the stable rank.
+
+    Args:
+      select: which leaves to monitor: a callable ``leaf -> bool`` or a pytree of bools of the
+        params' structure (default: every leaf with at least 2 axes). Selected leaves need at
+        least 2 axes.
+      every: measure every ``every`` update calls (a positive int, static).
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`StableRankState`. ``update``
+      needs ``params`` (``ValueError`` otherwise). Read the state with
+      ``optax.tree_utils.tree_get(opt_state, "stable_ranks")`` (also ``"relative_change"``,
+      ...) or :func:`suggest_factorization`, which finds it inside a chain.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = optax.chain(optax.sgd(0.1), stable_rank_monitor(every=10))
+      >>> params = {"w": jnp.diag(jnp.array([2.0, 1.0])), "b": jnp.ones(2)}
+      >>> state = tx.init(params)
+      >>> grads = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
+      >>> updates, state = tx.update(grads, state, params)
+      >>> float(optax.tree_utils.tree_get(state, "stable_ranks")["w"])   # (4 + 1) / 4
+      1.25
+      >>> optax.tree_utils.tree_get(state, "stable_ranks")["b"] is None
+      True
+    """
+    every = check_positive_int(every, "every")
+
+    def init_fn(params):
+        flags = _monitor_flags(select, params)
+        zeros = _per_layer(lambda m: jnp.zeros([], jnp.float32), flags, params)
+        return StableRankState(
+            count=jnp.zeros([], jnp.int32), n_measurements=jnp.zeros([], jnp.int32),
+            stable_ranks=zeros, initial_stable_ranks=zeros,
+            relative_change=_per_layer(lambda m: jnp.full([], jnp.inf, jnp.float32), flags,
+                                       params),
+            full_ranks=_per_layer(lambda m: jnp.asarray(min(m.shape), jnp.int32), flags, params))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("stable_rank_monitor needs the parameters: call "
+                             "update(updates, state, params).")
+        flags = _monitor_flags(select, params)
+
+        def measure(state):
+            new = _per_layer(_stable_rank32, flags, params)
+            first = state.n_measurements == 0
+            tiny = jnp.finfo(jnp.float32).tiny
+            change = jax.tree_util.tree_map(
+                lambda n, o: jnp.where(first, jnp.inf, jnp.abs(n - o) / jnp.maximum(o, tiny)),
+                new, state.stable_ranks)
+            initial = jax.tree_util.tree_map(lambda n, i: jnp.where(first, n, i), new,
+                                             state.initial_stable_ranks)
+            return state._replace(n_measurements=state.n_measurements + 1, stable_ranks=new,
+                                  initial_stable_ranks=initial, relative_change=change)
+
+        state = jax.lax.cond(state.count % every == 0, measure, lambda s: s, state)
+        return updates, state._replace(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class FactorizationSuggestion(NamedTuple):
+    """What :func:`suggest_factorization` returns.
+
+    Attributes:
+      ready: a bool scalar, True once every monitored layer is ``stable`` (switch now).
+      stable: per layer, True where the stable rank has settled.
+      ranks: per layer, the rank to factorize at (int32, in ``[1, min(m, n)]``).
+    """
+
+    ready: jax.Array
+    stable: Any
+    ranks: Any
+
+
+def _find_monitor_state(opt_state) -> StableRankState:
+    if isinstance(opt_state, StableRankState):
+        return opt_state
+    found = [s for s in jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda s: isinstance(s, StableRankState))
+        if isinstance(s, StableRankState)]
+    if len(found) != 1:
+        raise ValueError(f"suggest_factorization needs an optimizer state holding exactly one "
+                         f"StableRankState (from stable_rank_monitor), found {len(found)}.")
+    return found[0]
+
+
+def suggest_factorization(opt_state, *, threshold=0.01, scaled: bool = True
+                          ) -> FactorizationSuggestion:
+    """Cuttlefish's switch rule (Wang et al., "Cuttlefish: Low-rank model training without all
+    the tuning", MLSys 2023, §3) on the state of :func:`stable_rank_monitor`: when to switch
+    from full-rank to factorized training, and at what rank.
+
+    * A layer is **stable** once its stable rank has settled: at least two measurements and a
+      relative change ``δ = |srank_t − srank_{t−1}| / srank_{t−1} ≤ threshold`` at the last
+      one. Training should switch (``ready``) when every monitored layer is stable. (The paper
+      thresholds the per-epoch derivative of each layer's smoothed stable-rank curve; the
+      relative change is that derivative made independent of the layer's width. Measure once per
+      epoch with ``every`` and use a moving average of ``ready`` if the curves are noisy.)
+    * The rank of each layer ``W`` (an ``m × n`` matrix) is its **scaled stable rank**
+      (``scaled=True``, the paper's default)
+
+          r = min(⌈srank_t(W) · min(m, n) / srank_0(W)⌉, min(m, n)),
+
+      the stable rank rescaled so that the initial weights count as full rank (a random
+      Gaussian matrix has a stable rank well below ``min(m, n)``), or the plain
+      ``min(⌈srank_t(W)⌉, min(m, n))`` with ``scaled=False``; at least 1.
+
+    Args:
+      opt_state: a :class:`StableRankState` or an optimizer state (e.g. of ``optax.chain``)
+        holding exactly one.
+      threshold: the largest relative change of a stable layer (a number ``≥ 0``).
+      scaled: use the scaled stable rank (default) or the plain one.
+
+    Returns:
+      A :class:`FactorizationSuggestion` ``(ready, stable, ranks)``; ``stable`` and ``ranks`` have
+      the params' structure (``None`` for unmonitored leaves). Compiles under ``jax.jit``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> state = StableRankState(
+      ...     count=jnp.array(20), n_measurements=jnp.array(3),
+      ...     stable_ranks={"w": jnp.array(6.2)}, initial_stable_ranks={"w": jnp.array(16.0)},
+      ...     relative_change={"w": jnp.array(0.004)}, full_ranks={"w": jnp.array(64)})
+      >>> out = suggest_factorization(state)
+      >>> bool(out.ready), int(out.ranks["w"])       # ⌈6.2 · 64 / 16⌉ = 25
+      (True, 25)
+      >>> int(suggest_factorization(state, scaled=False).ranks["w"])
+      7
+    """
+    threshold = _check_scalar(threshold, "threshold")
+    state = _find_monitor_state(opt_state)
+    measured = state.n_measurements >= 2
+    stable = jax.tree_util.tree_map(lambda c: measured & (c <= threshold),
+                                    state.relative_change)
+
+    def rank(s, s0, full):
+        estimate = s * full / jnp.maximum(s0, jnp.finfo(jnp.float32).tiny) if scaled else s
+        return jnp.clip(jnp.ceil(estimate), 1, full).astype(jnp.int32)
+
+    ranks = jax.tree_util.tree_map(rank, state.stable_ranks, state.initial_stable_ranks,
+                                   state.full_ranks)
+    flags = jax.tree_util.tree_leaves(stable)
+    ready = measured & jnp.all(jnp.stack(flags)) if flags else jnp.zeros([], bool)
+    return FactorizationSuggestion(ready=ready, stable=stable, ranks=ranks)

@@ -3,9 +3,10 @@
 * :class:`FactorizedDense`: ``nnx.Linear`` with a low-rank, CP, Tucker or TT kernel, trained
   from scratch or initialised from a trained layer by :meth:`FactorizedDense.from_dense`.
 * :class:`LoRA` (Gaussian, PiSSA, OLoRA initialisations), :class:`DoRA`, :class:`LoKr`,
-  :class:`LoHa`: adapters around a frozen ``nnx.Linear`` whose trainable parameters are
-  ``nnx.LoRAParam``, so ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains only them; each
-  starts at the base layer's output and ``merge()`` folds it into a plain ``nnx.Linear``.
+  :class:`LoHa`: adapters around a frozen ``nnx.Linear`` or ``nnx.Conv`` whose trainable
+  parameters are ``nnx.LoRAParam``, so ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains
+  only them; each starts at the base layer's output and ``merge()`` folds it into a plain
+  ``nnx.Linear`` / ``nnx.Conv``.
 * :class:`TTAdapter` (LoRETTA: a TT-matrix update of an ``nnx.Linear``) and
   :class:`TuckerAdapter` (FLoRA: a Tucker update over all modes of an ``nnx.Conv`` kernel).
 * :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.

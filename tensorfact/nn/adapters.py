@@ -1,5 +1,5 @@
-"""LoRA-family adapters around a frozen ``nnx.Linear``: LoRA (Gaussian, PiSSA, OLoRA), DoRA,
-LoKr and LoHa.
+"""LoRA-family adapters around a frozen ``nnx.Linear`` or ``nnx.Conv``: LoRA (Gaussian, PiSSA,
+OLoRA), DoRA, LoKr and LoHa.
 
 Flax stores a dense kernel as ``W`` of shape ``(in, out)`` and computes ``y = x W + b``; every
 adapter here learns a change of that kernel, ``W' = W + ΔW`` (DoRA: a rescaled ``W + ΔW``), with
@@ -32,6 +32,22 @@ a small number of parameters:
   ``ΔW = s · (A_1 B_1) ⊙ (A_2 B_2)``, a matrix of rank up to ``r²`` from ``2 r (in + out)``
   parameters; ``B_2 = 0`` at the start.
 
+**Convolutions.** Every adapter also takes an ``nnx.Conv`` (1-D, 2-D or 3-D, with
+``feature_group_count == 1`` and no ``mask``). Its kernel ``K`` of shape
+``(k_1, ..., k_s, c_in, c_out)`` is treated as the matrix ``W = reshape(K, (k_1⋯k_s c_in,
+c_out))`` (``in = k_1⋯k_s c_in`` above), ``ΔW`` is reshaped back to the kernel's shape, and
+convolution being linear in the kernel, ``conv(x, K + ΔK) = base(x) + conv(x, ΔK)``:
+
+* LoRA runs as in PEFT, never forming ``ΔW``: ``A`` (stored as the ``(k⋯ c_in, r)`` matrix) is
+  a convolution ``c_in → r`` with the base's kernel size, strides, padding and dilations, and
+  ``B`` a 1×1 convolution ``r → c_out`` (a matmul over the channel axis). DoRA reuses it.
+* LoKr and LoHa form ``ΔK`` (the size of the kernel, cheap next to the convolution) and add
+  ``conv(x, ΔK)``: one extra convolution in the forward, chosen over a single convolution with
+  ``K + ΔK`` because it leaves ``base(x)`` untouched (the start is exact bit for bit) and shares
+  the Linear path's structure. For serving, :meth:`merge` folds ``ΔK`` into one convolution.
+* DoRA's magnitude is per output channel, the norm over ``(k_1, ..., k_s, c_in)`` (the columns
+  of ``W``); PiSSA and OLoRA take the SVD / QR of ``W``.
+
 Every adapter computes ``base(x) + (the change)``, and the change is exactly zero at the start
 (one factor is zero; DoRA's ``m / ‖W‖_c`` is exactly one), so a fresh adapter returns the base
 layer's output bit for bit. PiSSA and OLoRA move the principal part out of the kernel, so they
@@ -48,9 +64,10 @@ are left as ``nnx.Param`` and are frozen by training with a filter::
         grad_fn = nnx.grad(loss_fn, argnums=nnx.DiffState(0, nnx.LoRAParam))
         optimizer.update(model, grad_fn(model, x, y))
 
-``merge()`` returns a plain ``nnx.Linear`` (a copy of the base with the adapted kernel and the
-base's bias), for serving without the adapter's overhead. The adapters own their base: PiSSA
-and OLoRA keep a copy of it with the residual kernel and never modify the layer passed in.
+``merge()`` returns a plain ``nnx.Linear`` / ``nnx.Conv`` (a copy of the base with the adapted
+kernel and the base's bias), for serving without the adapter's overhead. The adapters own their
+base: PiSSA and OLoRA keep a copy of it with the residual kernel and never modify the layer
+passed in.
 """
 
 from __future__ import annotations
@@ -62,6 +79,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
+from flax.nnx.nn.linear import canonicalize_padding
 
 from tensorfact._checks import check_choice, check_positive_int
 from tensorfact.decomposition import svd
@@ -80,10 +98,18 @@ _SVD_METHODS = ("randomized", "exact")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _check_base(base) -> tuple[int, int]:
-    if not isinstance(base, nnx.Linear):
-        raise TypeError(f"base must be an nnx.Linear, got {type(base).__name__}.")
-    return int(base.in_features), int(base.out_features)
+def _check_base(base, allow_conv: bool) -> None:
+    if isinstance(base, nnx.Linear):
+        return
+    if not (allow_conv and isinstance(base, nnx.Conv)):
+        raise TypeError(f"base must be an nnx.Linear, got {type(base).__name__}"
+                        + (" (an nnx.Conv is accepted too)." if allow_conv else "."))
+    if base.feature_group_count != 1:
+        raise ValueError(f"base.feature_group_count = {base.feature_group_count}: the adapters "
+                         "take an nnx.Conv with feature_group_count == 1 only.")
+    if base.mask is not None:
+        raise ValueError("base.mask is set: the adapters take an nnx.Conv without a kernel "
+                         "mask.")
 
 
 def _check_rank(rank, limit: int, what: str) -> int:
@@ -116,19 +142,71 @@ def _lecun(rngs, shape, dtype):
     return nnx.initializers.lecun_normal()(rngs.params(), shape, dtype)
 
 
-class _Adapter(nnx.Module):
-    """What every adapter shares: the base layer, the forward as ``base(x) + change`` and
-    ``merge()``. Subclasses define ``_change(x, y)`` and ``adapted_kernel()``."""
+def _broadcast(value, n):
+    if value is None:
+        return (1,) * n
+    if isinstance(value, int):
+        return (value,) * n
+    return tuple(value)
 
-    def _set_base(self, base, param_dtype):
-        self.in_features, self.out_features = _check_base(base)
+
+def _conv(base: nnx.Conv, x, kernel):
+    """``x`` convolved with ``kernel`` (layout ``(spatial..., c_in, c)``) exactly as ``base``
+    convolves with its own kernel (batch flattening, padding modes, strides, dilations,
+    precision), without the bias."""
+    n = len(base.kernel_size)
+    lead = x.shape[:x.ndim - (n + 1)]
+    x = x.reshape((-1,) + x.shape[x.ndim - (n + 1):])
+    dilation = _broadcast(base.kernel_dilation, n)
+    padding = canonicalize_padding(base.padding, n)
+    if isinstance(padding, str) and padding.upper() in ("CIRCULAR", "REFLECT"):
+        dilated = [(k - 1) * d + 1 for k, d in zip(base.kernel_size, dilation)]
+        pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
+        x = jnp.pad(x, pads, mode="wrap" if padding.upper() == "CIRCULAR" else "reflect")
+        padding = "VALID"
+    elif isinstance(padding, str) and padding.upper() == "CAUSAL":
+        x = jnp.pad(x, [(0, 0), (dilation[0] * (base.kernel_size[0] - 1), 0), (0, 0)])
+        padding = "VALID"
+    spatial = tuple(range(1, n + 1))
+    dims = jax.lax.ConvDimensionNumbers(lhs_spec=(0, n + 1) + spatial,
+                                        rhs_spec=(n + 1, n) + tuple(range(n)),
+                                        out_spec=(0, n + 1) + spatial)
+    out = jax.lax.conv_general_dilated(
+        x, kernel, _broadcast(base.strides, n), padding,
+        lhs_dilation=_broadcast(base.input_dilation, n), rhs_dilation=dilation,
+        dimension_numbers=dims, precision=base.precision)
+    return out.reshape(lead + out.shape[1:])
+
+
+class _Adapter(nnx.Module):
+    """What every adapter shares: the base layer, its kernel as a matrix, the forward as
+    ``base(x) + change`` and ``merge()``. Subclasses define ``_change(x, y)`` and
+    ``adapted_kernel()``.
+
+    The kernel of the base is seen as the matrix ``W`` of shape ``matrix_shape = (rows, out)``
+    (a Linear's own kernel; a Conv's ``(k_1⋯k_s c_in, c_out)`` reshape); the two forward
+    hooks :meth:`_lowrank` and :meth:`_apply` are the only places a Conv differs."""
+
+    def _set_base(self, base, param_dtype, *, allow_conv: bool = False):
+        _check_base(base, allow_conv)
         self.base = base
-        self.param_dtype = base.kernel[...].dtype if param_dtype is None else param_dtype
+        self.in_features, self.out_features = int(base.in_features), int(base.out_features)
+        kernel = base.kernel[...]
+        self.kernel_shape = tuple(int(d) for d in kernel.shape)
+        self.is_conv = isinstance(base, nnx.Conv)
+        self.matrix_shape = (math.prod(self.kernel_shape[:-1]), self.kernel_shape[-1])
+        self._rows_name = "prod(kernel_size) * in_features" if self.is_conv else "in_features"
+        self.param_dtype = kernel.dtype if param_dtype is None else param_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``base(x)`` plus the adapter's change of the output."""
         x = jnp.asarray(x)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
+        if self.is_conv:
+            n = len(self.kernel_shape) - 2
+            if x.ndim < n + 1 or x.shape[-1] != self.in_features:
+                raise ValueError(f"x must have shape (..., {n} spatial dims, {self.in_features})"
+                                 f", got {tuple(x.shape)}.")
+        elif x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}), got "
                              f"{tuple(x.shape)}.")
         y = self.base(x)
@@ -137,13 +215,39 @@ class _Adapter(nnx.Module):
     def _promote(self, *arrays):
         return promote_dtype(arrays, dtype=self.base.dtype)
 
+    def _w(self) -> jax.Array:
+        """The base kernel as the ``matrix_shape`` matrix ``W``."""
+        return self.base.kernel[...].reshape(self.matrix_shape)
+
+    def _as_kernel(self, matrix) -> jax.Array:
+        return matrix.reshape(self.kernel_shape)
+
+    def _lowrank(self, x, a, b):
+        """``x (A B)`` without forming ``A B``: two matmuls, or on a Conv the convolution
+        ``c_in → r`` with kernel ``A`` and the base's geometry, then the 1×1 convolution ``B``."""
+        prec = self.base.precision
+        if self.is_conv:
+            h = _conv(self.base, x, a.reshape(self.kernel_shape[:-1] + (a.shape[-1],)))
+        else:
+            h = jnp.matmul(x, a, precision=prec)
+        return jnp.matmul(h, b, precision=prec)
+
+    def _apply(self, x, delta):
+        """``x ΔW`` for a formed ``matrix_shape`` ``ΔW``: a matmul, or on a Conv the convolution
+        with ``ΔW`` reshaped to the kernel."""
+        if self.is_conv:
+            return _conv(self.base, x, self._as_kernel(delta))
+        return jnp.matmul(x, delta, precision=self.base.precision)
+
     def adapted_kernel(self) -> jax.Array:
-        """The ``(in, out)`` kernel the adapted layer applies (what :meth:`merge` stores)."""
+        """The kernel the adapted layer applies (what :meth:`merge` stores), in the base
+        kernel's shape: ``(in, out)`` for a Linear, ``(spatial..., c_in, c_out)`` for a Conv."""
         raise NotImplementedError
 
-    def merge(self) -> nnx.Linear:
-        """A plain ``nnx.Linear``: a copy of the base layer with the adapted kernel (and the
-        base's bias). The adapter and its base are left as they are."""
+    def merge(self) -> nnx.Linear | nnx.Conv:
+        """A plain ``nnx.Linear`` / ``nnx.Conv``: a copy of the base layer with the adapted
+        kernel (and the base's bias, strides, padding, ...). The adapter and its base are left
+        as they are."""
         merged = nnx.clone(self.base)
         kernel = merged.kernel[...]
         merged.kernel[...] = self.adapted_kernel().astype(kernel.dtype)
@@ -151,11 +255,17 @@ class _Adapter(nnx.Module):
 
 
 class LoRA(_Adapter):
-    """Low-rank adaptation of an ``nnx.Linear``: ``y = base(x) + s · (x A) B``.
+    """Low-rank adaptation of an ``nnx.Linear`` or ``nnx.Conv``: ``y = base(x) + s · (x A) B``.
+
+    On a Conv, ``x A`` is the convolution ``c_in → r`` whose kernel is ``A`` reshaped to
+    ``(spatial..., c_in, r)`` (with the base's strides, padding and dilations) and ``· B`` the
+    1×1 convolution ``r → c_out``, as in PEFT; see the module docstring.
 
     Args:
-      base: the ``nnx.Linear`` to adapt (kernel ``(in, out)``).
-      rank: ``r``, at most ``min(in, out)``.
+      base: the ``nnx.Linear`` (kernel ``(in, out)``) or ``nnx.Conv`` (kernel
+        ``(spatial..., c_in, c_out)``, seen as the matrix ``(prod(spatial) c_in, c_out)``) to
+        adapt.
+      rank: ``r``, at most ``min(in, out)`` of the kernel matrix.
       init: ``"gaussian"`` (``A`` lecun-normal, ``B = 0``; Hu et al. 2022), ``"pissa"``
         (principal singular part trainable, residual frozen; Meng et al. 2024) or ``"olora"``
         (QR; Büyükakyüz 2024). See the module docstring.
@@ -169,8 +279,9 @@ class LoRA(_Adapter):
       rngs: ``nnx.Rngs``; needed for ``"gaussian"`` and for the randomized SVD.
 
     Attributes:
-      lora_a, lora_b: the ``nnx.LoRAParam`` factors. base: the (frozen) base layer, a copy
-      with the residual kernel for PiSSA and OLoRA.
+      lora_a, lora_b: the ``nnx.LoRAParam`` factors, ``(in, r)`` and ``(r, out)`` (on a Conv
+      ``in = prod(spatial) c_in``). base: the (frozen) base layer, a copy with the residual
+      kernel for PiSSA and OLoRA.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -185,25 +296,32 @@ class LoRA(_Adapter):
       ((32, 4), (4, 16))
       >>> bool(jnp.allclose(lora.merge()(x), lora(x), atol=1e-5))
       True
+      >>> conv = nnx.Conv(8, 16, (3, 3), rngs=nnx.Rngs(0))
+      >>> lora = LoRA(conv, 4, rngs=nnx.Rngs(1))
+      >>> lora.lora_a.shape, lora.lora_b.shape
+      ((72, 4), (4, 16))
+      >>> xc = jnp.ones((2, 6, 6, 8))
+      >>> bool((lora(xc) == conv(xc)).all()), type(lora.merge()).__name__
+      (True, 'Conv')
     """
 
-    def __init__(self, base: nnx.Linear, rank: int, *, init: str = "gaussian", alpha=None,
-                 use_rslora: bool = False, svd_method: str = "randomized", param_dtype=None,
-                 rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype)
-        self.rank = _check_rank(rank, min(self.in_features, self.out_features),
-                                "min(in_features, out_features)")
+    def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, init: str = "gaussian",
+                 alpha=None, use_rslora: bool = False, svd_method: str = "randomized",
+                 param_dtype=None, rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype, allow_conv=True)
+        n_in, n_out = self.matrix_shape
+        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
         self.init = check_choice(init, _INITS, "init")
         svd_method = check_choice(svd_method, _SVD_METHODS, "svd_method")
         self.scale = _scale(alpha, self.rank, bool(use_rslora))
         dtype = self.param_dtype
         if init == "gaussian":
             _require_rngs(rngs, 'for init="gaussian"')
-            a = _lecun(rngs, (self.in_features, self.rank), dtype)
-            b = jnp.zeros((self.rank, self.out_features), dtype)
+            a = _lecun(rngs, (n_in, self.rank), dtype)
+            b = jnp.zeros((self.rank, n_out), dtype)
         else:
             kernel = base.kernel[...]
-            w = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
+            w = self._w().astype(jnp.promote_types(kernel.dtype, jnp.float32))
             if init == "pissa":
                 key = None
                 if svd_method == "randomized":
@@ -219,20 +337,20 @@ class LoRA(_Adapter):
             residual = w - self.scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype),
                                                    precision=_HIGHEST)
             self.base = nnx.clone(base)
-            self.base.kernel[...] = residual.astype(kernel.dtype)
+            self.base.kernel[...] = self._as_kernel(residual).astype(kernel.dtype)
         self.lora_a = LoRAParam(a)
         self.lora_b = LoRAParam(b)
 
     def _change(self, x, y):
         x, a, b = self._promote(x, self.lora_a[...], self.lora_b[...])
-        prec = self.base.precision
-        return self.scale * jnp.matmul(jnp.matmul(x, a, precision=prec), b, precision=prec)
+        return self.scale * self._lowrank(x, a, b)
 
     def adapted_kernel(self):
-        """``W + s A B`` (``W`` the base's kernel: the residual for PiSSA and OLoRA)."""
-        w = self.base.kernel[...]
+        """``W + s A B`` (``W`` the base's kernel: the residual for PiSSA and OLoRA), in the
+        base kernel's shape."""
+        w = self._w()
         delta = jnp.matmul(self.lora_a[...], self.lora_b[...], precision=_HIGHEST)
-        return w + self.scale * delta.astype(w.dtype)
+        return self._as_kernel(w + self.scale * delta.astype(w.dtype))
 
 
 class DoRA(_Adapter):
@@ -243,9 +361,13 @@ class DoRA(_Adapter):
     ``x W = base(x) − b`` is reused from the base's output. The column norms do need
     ``W + s A B`` (an ``in × out`` matrix) at every call, as in the paper.
 
+    On an ``nnx.Conv`` the kernel is the matrix ``(prod(spatial) c_in, c_out)``: the magnitude
+    is one per output channel, the norm over ``(spatial..., c_in)``, and ``(x A) B`` runs as in
+    :class:`LoRA` (a convolution to ``r`` channels, then a 1×1 one).
+
     Args:
-      base: the ``nnx.Linear`` to adapt.
-      rank: ``r``, at most ``min(in, out)``.
+      base: the ``nnx.Linear`` or ``nnx.Conv`` to adapt.
+      rank: ``r``, at most ``min(in, out)`` of the kernel matrix.
       alpha, use_rslora: the scale ``s`` of ``A B``, as in :class:`LoRA`.
       detach_norm: treat ``‖W + s A B‖_c`` as a constant in the backward pass (default, as
         recommended in the paper, §4.3); ``False`` differentiates through it.
@@ -268,20 +390,21 @@ class DoRA(_Adapter):
       (16,)
     """
 
-    def __init__(self, base: nnx.Linear, rank: int, *, alpha=None, use_rslora: bool = False,
-                 detach_norm: bool = True, param_dtype=None, rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype)
-        self.rank = _check_rank(rank, min(self.in_features, self.out_features),
-                                "min(in_features, out_features)")
+    def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, alpha=None,
+                 use_rslora: bool = False, detach_norm: bool = True, param_dtype=None,
+                 rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype, allow_conv=True)
+        n_in, n_out = self.matrix_shape
+        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
         self.scale = _scale(alpha, self.rank, bool(use_rslora))
         self.detach_norm = bool(detach_norm)
         _require_rngs(rngs, "for DoRA's random A")
         dtype = self.param_dtype
-        self.lora_a = LoRAParam(_lecun(rngs, (self.in_features, self.rank), dtype))
-        self.lora_b = LoRAParam(jnp.zeros((self.rank, self.out_features), dtype))
+        self.lora_a = LoRAParam(_lecun(rngs, (n_in, self.rank), dtype))
+        self.lora_b = LoRAParam(jnp.zeros((self.rank, n_out), dtype))
         # computed exactly as in the forward (same function, same input W + s·A·0 = W), so the
         # ratio m / ‖W‖_c is exactly one at the start
-        w = base.kernel[...]
+        w = self._w()
         self.magnitude = LoRAParam(_column_norms(self._direction(w, self.lora_a[...],
                                                                  self.lora_b[...])).astype(dtype))
 
@@ -297,22 +420,21 @@ class DoRA(_Adapter):
 
     def _change(self, x, y):
         # the ratio in the parameters' own dtypes, exactly as m was computed at the start
-        ratio = self._ratio(self.base.kernel[...], self.lora_a[...], self.lora_b[...],
+        ratio = self._ratio(self._w(), self.lora_a[...], self.lora_b[...],
                             self.magnitude[...])
         x, a, b, ratio = self._promote(x, self.lora_a[...], self.lora_b[...], ratio)
-        prec = self.base.precision
         xw = y if self.base.bias is None else y - self.base.bias[...].astype(y.dtype)
-        lora = self.scale * jnp.matmul(jnp.matmul(x, a, precision=prec), b, precision=prec)
+        lora = self.scale * self._lowrank(x, a, b)
         return (ratio - 1).astype(y.dtype) * xw + ratio * lora
 
     def adapted_kernel(self):
-        """``m ⊙ (W + s A B) / ‖W + s A B‖_c``."""
-        w = self.base.kernel[...]
+        """``m ⊙ (W + s A B) / ‖W + s A B‖_c``, in the base kernel's shape."""
+        w = self._w()
         a, b = self.lora_a[...].astype(w.dtype), self.lora_b[...].astype(w.dtype)
         m = self.magnitude[...].astype(w.dtype)
         direction = w + self.scale * jnp.matmul(a, b, precision=_HIGHEST)
         norms = _column_norms(direction)
-        return direction * (m / jnp.where(norms == 0, 1, norms))
+        return self._as_kernel(direction * (m / jnp.where(norms == 0, 1, norms)))
 
 
 @jax.jit
@@ -328,10 +450,12 @@ class LoKr(_Adapter):
     ``(i_1, o_1)`` matrix (zero at the start) and ``A B`` a rank-``r`` ``(i_2, o_2)`` matrix,
     ``r (i_2 + o_2) + i_1 o_1`` parameters in all; ``ΔW[(a, b), (c, d)] = s C[a, c] (AB)[b, d]``
     with row-major multi-indices. The forward reshapes ``x`` to ``(…, i_1, i_2)`` and contracts
-    it with ``A``, ``C`` and ``B`` in turn, never forming ``ΔW``.
+    it with ``A``, ``C`` and ``B`` in turn, never forming ``ΔW``. On an ``nnx.Conv``,
+    ``in = prod(spatial) c_in`` (the rows of the kernel matrix) and the forward forms ``ΔW``
+    (the kernel's size) and adds one convolution with it (see the module docstring).
 
     Args:
-      base: the ``nnx.Linear`` to adapt.
+      base: the ``nnx.Linear`` or ``nnx.Conv`` to adapt.
       rank: ``r``, at most ``min(i_2, o_2)``.
       in_shape, out_shape: the splits ``(i_1, i_2)`` of ``in`` and ``(o_1, o_2)`` of ``out``;
         by default the most balanced, smaller factor first (``C`` is the smaller matrix).
@@ -355,12 +479,13 @@ class LoKr(_Adapter):
       True
     """
 
-    def __init__(self, base: nnx.Linear, rank: int, *, in_shape=None, out_shape=None,
-                 alpha=None, use_rslora: bool = False, param_dtype=None,
+    def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, in_shape=None,
+                 out_shape=None, alpha=None, use_rslora: bool = False, param_dtype=None,
                  rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype)
-        self.in_shape = _split(in_shape, self.in_features, "in_shape", "in_features")
-        self.out_shape = _split(out_shape, self.out_features, "out_shape", "out_features")
+        self._set_base(base, param_dtype, allow_conv=True)
+        n_in, n_out = self.matrix_shape
+        self.in_shape = _split(in_shape, n_in, "in_shape", self._rows_name)
+        self.out_shape = _split(out_shape, n_out, "out_shape", "out_features")
         (i1, i2), (o1, o2) = self.in_shape, self.out_shape
         self.rank = _check_rank(rank, min(i2, o2), "min(in_shape[1], out_shape[1])")
         self.scale = _scale(alpha, self.rank, bool(use_rslora))
@@ -373,6 +498,8 @@ class LoKr(_Adapter):
     def _change(self, x, y):
         x, c, a, b = self._promote(x, self.lokr_c[...], self.lokr_a[...], self.lokr_b[...])
         prec = self.base.precision
+        if self.is_conv:
+            return self.scale * self._apply(x, jnp.kron(c, jnp.matmul(a, b, precision=prec)))
         lead = x.shape[:-1]
         t = x.reshape((-1,) + self.in_shape)                       # (N, i1, i2)
         t = jnp.einsum("npq,qr->npr", t, a, precision=prec)         # (N, i1, r)
@@ -381,10 +508,10 @@ class LoKr(_Adapter):
         return self.scale * t.reshape(lead + (self.out_features,))
 
     def adapted_kernel(self):
-        """``W + s · C ⊗ (A B)``."""
-        w = self.base.kernel[...]
+        """``W + s · C ⊗ (A B)``, in the base kernel's shape."""
+        w = self._w()
         c, a, b = (p[...].astype(w.dtype) for p in (self.lokr_c, self.lokr_a, self.lokr_b))
-        return w + self.scale * jnp.kron(c, jnp.matmul(a, b, precision=_HIGHEST))
+        return self._as_kernel(w + self.scale * jnp.kron(c, jnp.matmul(a, b, precision=_HIGHEST)))
 
 
 def _split(shape, features, name, features_name):
@@ -408,11 +535,12 @@ class LoHa(_Adapter):
     two exact forms costs fewer FLOPs for the batch at hand: forming ``ΔW`` (``4 r·in·out``
     plus ``2 N in·out`` to apply), or the rank-``r²`` factorization
     ``ΔW = P Q`` with ``P[i, (a, b)] = A_1[i, a] A_2[i, b]`` and
-    ``Q[(a, b), j] = B_1[a, j] B_2[b, j]`` (``2 N r² (in + out)``).
+    ``Q[(a, b), j] = B_1[a, j] B_2[b, j]`` (``2 N r² (in + out)``). On an ``nnx.Conv``
+    (``in = prod(spatial) c_in``) it forms ``ΔW`` and adds one convolution with it.
 
     Args:
-      base: the ``nnx.Linear`` to adapt.
-      rank: ``r`` of each pair, at most ``min(in, out)``.
+      base: the ``nnx.Linear`` or ``nnx.Conv`` to adapt.
+      rank: ``r`` of each pair, at most ``min(in, out)`` of the kernel matrix.
       alpha, use_rslora: the scale ``s = alpha / r`` (``None``: 1), as in :class:`LoRA`.
       param_dtype: dtype of the factors (default: the base kernel's).
       rngs: ``nnx.Rngs`` for ``A_1``, ``A_2`` (lecun-normal) and ``B_1`` (variance ``1/r``);
@@ -432,14 +560,14 @@ class LoHa(_Adapter):
       (True, (32, 4))
     """
 
-    def __init__(self, base: nnx.Linear, rank: int, *, alpha=None, use_rslora: bool = False,
-                 param_dtype=None, rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype)
-        self.rank = _check_rank(rank, min(self.in_features, self.out_features),
-                                "min(in_features, out_features)")
+    def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, alpha=None,
+                 use_rslora: bool = False, param_dtype=None, rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype, allow_conv=True)
+        n_in, n_out = self.matrix_shape
+        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
         self.scale = _scale(alpha, self.rank, bool(use_rslora))
         _require_rngs(rngs, "for LoHa's random factors")
-        dtype, n_in, n_out, r = self.param_dtype, self.in_features, self.out_features, self.rank
+        dtype, r = self.param_dtype, self.rank
         self.hada_a1 = LoRAParam(_lecun(rngs, (n_in, r), dtype))
         self.hada_b1 = LoRAParam(_normal(rngs, (r, n_out), 1.0 / r, dtype))
         self.hada_a2 = LoRAParam(_lecun(rngs, (n_in, r), dtype))
@@ -451,6 +579,9 @@ class LoHa(_Adapter):
     def _change(self, x, y):
         x, a1, b1, a2, b2 = self._promote(x, *self._factors())
         prec = self.base.precision
+        if self.is_conv:
+            delta = jnp.matmul(a1, b1, precision=prec) * jnp.matmul(a2, b2, precision=prec)
+            return self.scale * self._apply(x, delta)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         n, r, n_in, n_out = x2.shape[0], self.rank, self.in_features, self.out_features
@@ -464,8 +595,8 @@ class LoHa(_Adapter):
         return self.scale * out.reshape(lead + (n_out,))
 
     def adapted_kernel(self):
-        """``W + s (A_1 B_1) ⊙ (A_2 B_2)``."""
-        w = self.base.kernel[...]
+        """``W + s (A_1 B_1) ⊙ (A_2 B_2)``, in the base kernel's shape."""
+        w = self._w()
         a1, b1, a2, b2 = (f.astype(w.dtype) for f in self._factors())
         delta = (jnp.matmul(a1, b1, precision=_HIGHEST) * jnp.matmul(a2, b2, precision=_HIGHEST))
-        return w + self.scale * delta
+        return self._as_kernel(w + self.scale * delta)
