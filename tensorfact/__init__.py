@@ -12,7 +12,7 @@ Every decomposition is a pure function that compiles with ``jax.jit``, maps over
 
 from tensorfact import (algebra, decomposition, kernels, metrics, random, ranks, tensors,
                         tproduct)
-from tensorfact import optim
+from tensorfact import optim, sharding
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
 from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur, factorize_gd,
@@ -62,5 +62,5 @@ __all__ = [
     "TRTensor", "tensor_ring", "tt_cross", "tt_cross_n_evals",
     "TubalFactors", "TubalHistory", "effective_tubal_rank", "singular_tube_norms",
     "tubal_factorize_gd", "tubal_gaussian_measurements", "tubal_loss", "tubal_measure",
-    "nn", "optim",
+    "nn", "optim", "sharding",
 ]

@@ -27,10 +27,11 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
-from tensorfact import algebra, kernels
+from tensorfact import algebra, kernels, sharding
 from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
                                 check_nonneg_number, check_positive_int, report_nonfinite,
                                 require_key)
+from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, leading_subspace,
                                               solve_normal_equations, split_halves)
@@ -50,7 +51,9 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
 
     Args:
       x: array with at least 2 dimensions (float32 or float64; other real dtypes are cast
-        to float32).
+        to float32). A ``jax.Array`` split over a device mesh (see :mod:`tensorfact.sharding`)
+        is fitted where it lies, never gathered; the result is replicated on the mesh (what
+        moves between devices: :func:`tensorfact.decomposition._sharded.cp`).
       rank: number of rank-one components ``R`` (a positive int; may exceed the mode sizes).
       key: ``jax.random`` key; needed for ``init="random"`` and for ``init="svd"`` when
         ``rank`` exceeds a mode size (the missing columns are random).
@@ -110,6 +113,11 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
                         f"(shape {tuple(x.shape)})")
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
+    if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
+        return _sharded.cp(x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank,
+                           n_iter=n_iter, fixed=fixed, init=init_kind, nonneg=bool(nonneg),
+                           normalize=bool(normalize), precision=precision,
+                           return_info=bool(return_info))
     result, n_nonfinite = _cp_fit(
         x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank, n_iter=n_iter,
         fixed=fixed, init=init_kind, nonneg=bool(nonneg), normalize=bool(normalize),

@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact import algebra
+from tensorfact import algebra, sharding
 from tensorfact._checks import (as_float_array, as_matrix, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced, report_nonfinite)
+from tensorfact.decomposition import _sharded
 from tensorfact.tensors.tt import TTMatrix, TTTensor, _flat, _like, tt_orthogonalize
 
 __all__ = ["tt", "tt_round", "tt_matrix"]
@@ -51,7 +52,10 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision=None) -> TTTensor:
     """TT-SVD: a tensor train of ``x`` with given ranks or to a relative accuracy ``eps``.
 
     Args:
-      x: array with at least one dimension, shape ``(n_1, ..., n_d)``.
+      x: array with at least one dimension, shape ``(n_1, ..., n_d)``. A ``jax.Array`` split
+        over a device mesh (see :mod:`tensorfact.sharding`) is decomposed where it lies, with
+        fixed ``ranks``; the cores are replicated on the mesh (details:
+        :func:`tensorfact.decomposition._sharded.tt`).
       ranks: the TT ranks, a full list ``(1, r_1, ..., r_{d-1}, 1)`` (each ``r_k`` at most
         ``r_{k-1} n_k`` and ``n_{k+1} r_{k+1}``), or an int: the largest rank, clipped per bond
         by the sizes of the unfolding (so a large int gives an exact decomposition).
@@ -92,6 +96,8 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision=None) -> TTTensor:
     """
     x = as_float_array(x, "x", min_ndim=1)
     caps, eps = _rank_args(ranks, eps, max_rank, x.shape, strict=True)
+    if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
+        return _sharded.tt(x, caps, eps=eps, precision=precision)
     return _decompose(x, caps, eps, max_rank is not None, precision)
 
 

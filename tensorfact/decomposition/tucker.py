@@ -32,10 +32,11 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
-from tensorfact import algebra
+from tensorfact import algebra, sharding
 from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
                                 check_modes, check_positive_int, check_ranks, report_nonfinite,
                                 require_key)
+from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, leading_subspace, positive_floor,
                                               random_orthonormal, split_halves)
@@ -55,7 +56,10 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
     """Tucker decomposition of an N-way array.
 
     Args:
-      x: array with at least 2 dimensions.
+      x: array with at least 2 dimensions. A ``jax.Array`` split over a device mesh (see
+        :mod:`tensorfact.sharding`) is fitted where it lies (HOOI or HOSVD, all modes), never
+        gathered; the result is replicated on the mesh (details:
+        :func:`tensorfact.decomposition._sharded.tucker`).
       ranks: the multilinear ranks, one per decomposed mode (``ranks[i]`` for ``modes[i]``; an
         int means the same for all); each at most the size of its mode.
       method: ``"hooi"`` (iterative, default), ``"hosvd"`` or ``"st_hosvd"`` (one pass).
@@ -110,6 +114,11 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
             require_key(key, 'for init="random"')
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
+    if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
+        return _sharded.tucker(x, mask, key, init_tensor, tol, ranks=ranks, modes=modes,
+                               method=method, n_iter=n_iter, fixed=fixed, init=init_kind,
+                               nonneg=bool(nonneg), subspace_iter=subspace_iter,
+                               precision=precision, return_info=bool(return_info))
     result, n_nonfinite = _tucker_fit(
         x, mask, key, init_tensor, tol, ranks=ranks, modes=modes, method=method, n_iter=n_iter,
         fixed=fixed, init=init_kind, nonneg=bool(nonneg), subspace_iter=subspace_iter,
