@@ -67,7 +67,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -384,6 +384,87 @@ def _mode_contract(t, axis, matrix, contract_axis, precision):
     return jnp.moveaxis(out, -1, axis)
 
 
+# ---------------------------------------------------------------------------------------------
+# sharding annotations (Flax's ``out_sharding`` Variable metadata)
+
+
+def _spec_axes(entry, where):
+    """The mesh axes named by one entry of a spec: None, a name or a tuple of names."""
+    if entry is None:
+        return ()
+    if isinstance(entry, str):
+        return (entry,)
+    if isinstance(entry, tuple) and entry and all(isinstance(a, str) for a in entry):
+        return entry
+    raise ValueError(f"{where}: each entry must be None, a mesh axis name or a tuple of names, "
+                     f"got {entry!r}.")
+
+
+def _check_spec(spec, shape, where):
+    """``spec`` as a PartitionSpec for an array of ``shape``; checked against the current mesh
+    (``jax.set_mesh``) when there is one, else when Flax places the array."""
+    if isinstance(spec, str) or not isinstance(spec, (tuple, jax.sharding.PartitionSpec)):
+        raise ValueError(f"{where} must be a PartitionSpec or a tuple with one entry per axis "
+                         f"(None, a mesh axis name or a tuple of names), got {spec!r}.")
+    entries = tuple(spec)
+    if len(entries) > len(shape):
+        raise ValueError(f"{where} = {spec!r} has {len(entries)} entries for a parameter of "
+                         f"shape {tuple(shape)}.")
+    axes = [_spec_axes(e, where) for e in entries]
+    flat = [a for names in axes for a in names]
+    if len(set(flat)) != len(flat):
+        raise ValueError(f"{where} = {spec!r} uses a mesh axis more than once.")
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        for axis, names in enumerate(axes):
+            for name in names:
+                if name not in mesh.axis_names:
+                    raise ValueError(f"{where} names mesh axis {name!r}, but the current mesh "
+                                     f"has axes {tuple(mesh.axis_names)!r}.")
+            parts = math.prod(mesh.shape[name] for name in names)
+            if shape[axis] % parts:
+                raise ValueError(f"{where} = {spec!r} splits axis {axis} of size {shape[axis]} "
+                                 f"(parameter shape {tuple(shape)}) over {parts} devices "
+                                 f"{names!r}; it must divide evenly.")
+    return jax.sharding.PartitionSpec(*entries)
+
+
+def _partition_specs(partitioning, groups):
+    """``{name: [PartitionSpec or None, one per array]}`` from a layer's ``partitioning``
+    argument; ``groups`` lists ``(name, shapes)`` of the layer's parameters."""
+    out = {name: [None] * len(shapes) for name, shapes in groups}
+    if partitioning is None:
+        return out
+    if not isinstance(partitioning, Mapping):
+        raise TypeError(f"partitioning must be a mapping of parameter name to PartitionSpec, "
+                        f"got {type(partitioning).__name__}.")
+    shapes_of = dict(groups)
+    for name, value in partitioning.items():
+        if name not in shapes_of:
+            raise ValueError(f"partitioning names parameter {name!r}; this layer has "
+                             f"{tuple(shapes_of)!r}.")
+        shapes = shapes_of[name]
+        if value is None:
+            continue
+        if isinstance(value, list):  # one spec per array of a list-valued parameter
+            if len(value) != len(shapes):
+                raise ValueError(f"partitioning[{name!r}] is a list of {len(value)} specs; "
+                                 f"{name!r} holds {len(shapes)} arrays.")
+            out[name] = [None if v is None else
+                         _check_spec(v, shp, f"partitioning[{name!r}][{k}]")
+                         for k, (v, shp) in enumerate(zip(value, shapes))]
+        else:
+            out[name] = [_check_spec(value, shp, f"partitioning[{name!r}]") for shp in shapes]
+    return out
+
+
+def _param(value, spec):
+    """An ``nnx.Param``, with ``out_sharding`` metadata when ``spec`` is set: Flax places it on
+    the current mesh at once (its default eager sharding) and ``nnx.get_partition_spec`` reads
+    the spec back."""
+    return nnx.Param(value) if spec is None else nnx.Param(value, out_sharding=spec)
+
+
 class FactorizedDense(nnx.Module):
     """A dense layer ``y = x W + b`` whose ``(in_features, out_features)`` kernel ``W`` is held
     in a factorized format (see the module docstring for the formats, ranks, initialisation
@@ -401,6 +482,19 @@ class FactorizedDense(nnx.Module):
       dtype, param_dtype, precision, bias_init: as in ``nnx.Linear``.
       rngs: ``nnx.Rngs``: one ``params`` key for the factors (drawn together, in one compiled
         program per configuration) and one for the bias.
+      partitioning: optional sharding annotations, a mapping from parameter name (``"u"``,
+        ``"vt"``, ``"factors"``, ``"core"``, ``"cores"``, ``"bias"``, as the layer has them) to
+        a :class:`jax.sharding.PartitionSpec` or tuple of mesh axis names, one entry per axis
+        of the parameter (None: not split). A spec applies to every array of a list-valued
+        parameter; a ``list`` gives one spec per array. The spec becomes Flax's
+        ``out_sharding`` Variable metadata: created under ``jax.set_mesh(mesh)``, the
+        parameters are placed at once (Flax's eager sharding), and ``nnx.get_partition_spec``
+        reads the specs back (e.g. to shard a model initialised inside ``nnx.jit``; outside a
+        mesh, Flax needs ``nnx.use_eager_sharding(False)``). Parameters left out are
+        replicated. Checked against the current mesh (axis names, even splits). Use a mesh
+        with ``Auto`` axes (:func:`tensorfact.sharding.make_mesh`): the factorized contractions
+        leave the layout of their outputs to the SPMD partitioner, which ``Explicit`` axes
+        refuse when a contracted axis is split.
 
     Attributes:
       u, vt (lowrank); factors (cp); core, factors (tucker, input modes first); cores (tt):
@@ -417,13 +511,26 @@ class FactorizedDense(nnx.Module):
       (2, 48)
       >>> layer.n_params, 64 * 48 + 48   # factors and bias, against nnx.Linear
       (424, 3120)
+
+      Megatron-style model parallelism of a low-rank layer: the rank is split over ``"model"``
+      (``x U`` comes out split, ``(x U) Vᵀ`` sums over the devices)::
+
+        >>> import jax
+        >>> from tensorfact.sharding import make_mesh
+        >>> mesh = make_mesh((1, 1), ("data", "model"))   # (n_data, n_model) devices
+        >>> with jax.set_mesh(mesh):
+        ...     layer = FactorizedDense(64, 48, rank=8, rngs=nnx.Rngs(0),
+        ...                             partitioning={"u": (None, "model"), "vt": ("model",)})
+        >>> specs = nnx.get_partition_spec(nnx.state(layer))
+        >>> layer.u.sharding.spec == jax.P(None, "model"), specs["vt"].get_value()
+        (True, P('model',))
     """
 
     def __init__(self, in_features: int, out_features: int, *, kind: str = "lowrank", rank,
                  in_shape=None, out_shape=None, use_bias: bool = True,
                  implementation: str = "auto", dtype=None, param_dtype=jnp.float32,
                  precision=None, bias_init=nnx.initializers.zeros_init(), rngs: nnx.Rngs,
-                 _values=None):
+                 partitioning=None, _values=None):
         in_features = check_positive_int(in_features, "in_features")
         out_features = check_positive_int(out_features, "out_features")
         kind = _check_kind(kind)
@@ -439,6 +546,12 @@ class FactorizedDense(nnx.Module):
 
         shapes, variances = _factor_specs(kind, in_features, out_features, in_shape,
                                           out_shape, rank)
+        groups = {"lowrank": [("u", shapes[:1]), ("vt", shapes[1:])],
+                  "cp": [("factors", shapes)],
+                  "tucker": [("core", shapes[:1]), ("factors", shapes[1:])],
+                  "tt": [("cores", shapes)]}[kind]
+        groups += [("bias", [(out_features,)])] if self.use_bias else []
+        specs = _partition_specs(partitioning, groups)  # checked before any array is drawn
         # ``_values`` is private: from_dense passes the fitted factors and bias instead of rngs
         if _values is None:
             arrays = _draw(rngs.params(), shapes, variances, jnp.dtype(param_dtype))
@@ -447,7 +560,8 @@ class FactorizedDense(nnx.Module):
         else:  # from_dense: the decomposition's factors
             arrays, bias = _values
             arrays = [jnp.asarray(a, param_dtype).reshape(s) for a, s in zip(arrays, shapes)]
-        params = [nnx.Param(a) for a in arrays]
+        factor_specs = [sp for name, _ in groups if name != "bias" for sp in specs[name]]
+        params = [_param(a, sp) for a, sp in zip(arrays, factor_specs)]
         if kind == "lowrank":
             self.u, self.vt = params
         elif kind == "cp":
@@ -457,7 +571,7 @@ class FactorizedDense(nnx.Module):
         else:
             self.cores = _List(params)
         if self.use_bias:
-            self.bias = nnx.Param(jnp.asarray(bias, param_dtype))
+            self.bias = _param(jnp.asarray(bias, param_dtype), specs["bias"][0])
         else:
             self.bias = nnx.data(None) if hasattr(nnx, "data") else None
 
@@ -584,7 +698,8 @@ class FactorizedDense(nnx.Module):
     @classmethod
     def from_dense(cls, layer_or_kernel, *, kind: str = "lowrank", rank, bias=None,
                    in_shape=None, out_shape=None, implementation: str = "auto", dtype=None,
-                   param_dtype=None, precision=None, key=None, **fit_kwargs):
+                   param_dtype=None, precision=None, key=None, partitioning=None,
+                   **fit_kwargs):
         """A factorized layer initialised by decomposing a trained kernel.
 
         ``lowrank``: the truncated SVD ``U S Vᵀ`` (:func:`tensorfact.svd`), stored as
@@ -598,7 +713,8 @@ class FactorizedDense(nnx.Module):
         Args:
           layer_or_kernel: an ``nnx.Linear`` (its kernel, bias, dtype and precision are used)
             or a kernel array of shape ``(in_features, out_features)``.
-          kind, rank, in_shape, out_shape, implementation: as in the constructor.
+          kind, rank, in_shape, out_shape, implementation, partitioning: as in the
+            constructor.
           bias: with a kernel array, an optional bias of shape ``(out_features,)`` (the layer
             then has ``use_bias=True``); must be None with a layer.
           dtype, precision: the layer's; by default those of ``layer_or_kernel`` if a layer.
@@ -648,7 +764,8 @@ class FactorizedDense(nnx.Module):
         out = cls(in_features, out_features, kind=kind, rank=resolved, in_shape=in_shape,
                   out_shape=out_shape, use_bias=bias is not None,
                   implementation=implementation, dtype=dtype, param_dtype=param_dtype,
-                  precision=precision, rngs=None, _values=(arrays, bias))
+                  precision=precision, rngs=None, partitioning=partitioning,
+                  _values=(arrays, bias))
         return out
 
 

@@ -34,7 +34,8 @@ from flax.nnx.nn.dtypes import promote_dtype
 
 from tensorfact._checks import as_matrix, check_positive_int
 from tensorfact.decomposition.tt import tt_matrix
-from tensorfact.nn.dense import _List, _resolve_rank, _tensorize, _type_precision
+from tensorfact.nn.dense import (_List, _param, _partition_specs, _resolve_rank, _tensorize,
+                                 _type_precision)
 from tensorfact.tensors.tt import TTMatrix
 
 __all__ = ["TTEmbed"]
@@ -83,6 +84,13 @@ class TTEmbed(nnx.Module):
       precision: of the core contractions (None: JAX's default, as in ``nnx.Embed``'s
         neighbours; pass ``jax.lax.Precision.HIGHEST`` for full float32).
       rngs: ``nnx.Rngs`` with a ``params`` stream.
+      partitioning: optional sharding annotations ``{"cores": spec}``: a
+        :class:`jax.sharding.PartitionSpec` (or tuple of mesh axis names) for every core
+        ``(r_{k-1}, m_k, n_k, r_k)``, or a ``list`` with one per core; e.g.
+        ``{"cores": (None, None, "model", None)}`` splits each core's output digit ``n_k``
+        over the ``"model"`` axis. It becomes Flax's ``out_sharding`` metadata, as in
+        :class:`~tensorfact.nn.FactorizedDense` (placed at once under ``jax.set_mesh``; read
+        back with ``nnx.get_partition_spec``).
 
     Ids outside ``[0, num_embeddings)`` give rows of NaN, as ``nnx.Embed`` (``jnp.take``'s fill
     mode) does; the check is on the values, so it works under ``jit``.
@@ -106,7 +114,7 @@ class TTEmbed(nnx.Module):
 
     def __init__(self, num_embeddings: int, features: int, *, rank, in_shape=None,
                  out_shape=None, dtype=None, param_dtype=jnp.float32, precision=None,
-                 rngs: nnx.Rngs, _cores=None):
+                 rngs: nnx.Rngs, partitioning=None, _cores=None):
         num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
         features = check_positive_int(features, "features")
         in_shape, out_shape = _tensorize("tt", num_embeddings, features, in_shape, out_shape)
@@ -116,13 +124,14 @@ class TTEmbed(nnx.Module):
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
         shapes = tuple((rank[k], m, n, rank[k + 1])
                        for k, (m, n) in enumerate(zip(in_shape, out_shape)))
+        core_specs = _partition_specs(partitioning, [("cores", shapes)])["cores"]
         if _cores is None:
             specs = tuple((s, 1.0 / math.sqrt(rank[k] * s[2])) for k, s in enumerate(shapes))
             cores = _draw(rngs.params(), specs, jnp.dtype(param_dtype))
         else:  # from_dense: the TT-SVD's cores
             cores = _cores
-        self.cores = _List([nnx.Param(jnp.asarray(g, param_dtype).reshape(s))
-                            for g, s in zip(cores, shapes)])
+        self.cores = _List([_param(jnp.asarray(g, param_dtype).reshape(s), spec)
+                            for g, s, spec in zip(cores, shapes, core_specs)])
 
     @property
     def weight(self) -> TTMatrix:
@@ -166,14 +175,14 @@ class TTEmbed(nnx.Module):
 
     @classmethod
     def from_dense(cls, table_or_embed, rank, *, in_shape=None, out_shape=None, dtype=None,
-                   param_dtype=None, precision=None):
+                   param_dtype=None, precision=None, partitioning=None):
         """A TT embedding fitted to a table by TT-SVD (:func:`tensorfact.tt_matrix`); exact up to
         rounding at ``rank="full"``.
 
         Args:
           table_or_embed: an ``nnx.Embed`` (its table and dtype are used) or a
             ``(num_embeddings, features)`` array.
-          rank, in_shape, out_shape, dtype, precision: as in the constructor.
+          rank, in_shape, out_shape, dtype, precision, partitioning: as in the constructor.
           param_dtype: the cores' dtype; by default the table's.
 
         Example:
@@ -201,4 +210,4 @@ class TTEmbed(nnx.Module):
         param_dtype = table.dtype if param_dtype is None else param_dtype
         return cls(num_embeddings, features, rank=resolved, in_shape=in_shape,
                    out_shape=out_shape, dtype=dtype, param_dtype=param_dtype,
-                   precision=precision, rngs=None, _cores=cores)
+                   precision=precision, rngs=None, partitioning=partitioning, _cores=cores)
