@@ -242,7 +242,8 @@ def mttkrp(x: jax.Array, factors: Sequence[jax.Array], mode: int, *, impl: str =
 
     ``impl``: ``"xla"`` (that path), ``"pallas"`` (the kernel of :mod:`tensorfact.kernels.mttkrp`,
     in interpret mode off GPUs) or ``"auto"`` (the kernel on a GPU where dtype, size and rank
-    suit it, else XLA; ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it fell back).
+    suit it and a GPU benchmark has shown it to pay, else XLA; ``TENSORFACT_DEBUG_DISPATCH=1``
+    logs why it fell back). No GPU timing exists yet, so ``"auto"`` is XLA everywhere for now.
 
     Example:
       >>> import jax.numpy as jnp, tensorfact as tfa

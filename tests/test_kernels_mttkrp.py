@@ -128,6 +128,10 @@ def test_auto_rules_on_a_gpu(monkeypatch, caplog):
     monkeypatch.setattr(_pallas, "on_gpu", lambda: True)
     monkeypatch.setenv(_pallas.DEBUG_ENV, "1")
     big = jax.ShapeDtypeStruct((64, 64, 64), jnp.float32)
+    with caplog.at_level(logging.WARNING, logger="tensorfact.kernels"):  # not yet measured
+        assert resolve_mttkrp_impl(big, 32, "auto") == "xla"
+    assert "not yet been measured" in caplog.text
+    monkeypatch.setattr(_pallas, "MEASURED_ON_GPU", frozenset({"mttkrp"}))
     assert resolve_mttkrp_impl(big, 32, "auto") == "pallas"
     assert resolve_mttkrp_impl(big, 32, "xla") == "xla"
     cases = [(jax.ShapeDtypeStruct((64, 64, 64), jnp.float64), 32, "dtype float64"),

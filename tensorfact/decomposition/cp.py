@@ -76,7 +76,9 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
         sweep); ``"pallas"``: one MTTKRP per mode with the kernel of
         :mod:`tensorfact.kernels.mttkrp` (``N`` reads of ``x`` per sweep, each at close to the
         memory bandwidth; interpret mode off GPUs); ``"auto"``: the kernel on a GPU where it
-        suits ``x`` and ``rank``, else XLA. Results agree to float tolerance.
+        suits ``x`` and ``rank`` and has been measured to pay (not yet: ``"auto"`` is XLA
+        everywhere until a GPU benchmark lists it), else XLA. Results agree to float
+        tolerance.
       return_info: also return a :class:`FitInfo`.
 
     Returns:

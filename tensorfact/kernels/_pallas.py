@@ -11,6 +11,10 @@ backend unless forced: the tests export the kernels for CUDA from a CPU machine
 (``jax.export`` with ``platforms=("cuda",)``), which runs the Pallas → Triton lowering and
 catches unsupported operations and block shapes without a GPU.
 
+``impl="auto"`` takes a kernel on a GPU only once a GPU benchmark has shown it to pay: its name
+must be in :data:`MEASURED_ON_GPU`. Until then ``auto`` keeps the XLA path everywhere (a kernel
+that lowers may still spill or run slowly on hardware); ``impl="pallas"`` opts in.
+
 Dispatch logging: set the environment variable ``TENSORFACT_DEBUG_DISPATCH=1`` (read at each
 call) and every ``impl="auto"`` dispatcher logs, on the ``tensorfact.kernels`` logger at
 WARNING level, why it chose the XLA path.
@@ -27,7 +31,8 @@ from jax.experimental.pallas import triton as pltriton
 
 from tensorfact._checks import check_choice
 
-__all__ = ["IMPLS", "TARGETS", "on_gpu", "resolve_target", "call", "check_impl", "debug_enabled",
+__all__ = ["IMPLS", "TARGETS", "MEASURED_ON_GPU", "unmeasured_reason", "on_gpu",
+           "resolve_target", "call", "check_impl", "debug_enabled",
            "explain_fallback", "logger"]
 
 IMPLS = ("auto", "pallas", "xla")
@@ -35,6 +40,18 @@ TARGETS = ("gpu", "interpret")
 DEBUG_ENV = "TENSORFACT_DEBUG_DISPATCH"
 
 logger = logging.getLogger("tensorfact.kernels")
+
+# kernels whose GPU timings (benchmarks/bench_kernels.py, recorded in benchmarks/RESULTS.md) beat
+# the XLA path; "auto" takes only these. Empty: the kernels were built on a CPU-only machine.
+MEASURED_ON_GPU: frozenset = frozenset()
+
+
+def unmeasured_reason(name: str):
+    """Why ``auto`` should not yet take the kernel ``name`` on a GPU (None once measured)."""
+    if name in MEASURED_ON_GPU:
+        return None
+    return (f"the {name} kernel has not yet been measured to beat XLA on a GPU "
+            f"(benchmarks/bench_kernels.py); pass impl='pallas' to use it")
 
 
 def on_gpu() -> bool:

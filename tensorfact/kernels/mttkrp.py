@@ -36,7 +36,8 @@ into one axis, ``∏ I_k × R``) are formed in HBM by XLA; the tensor itself is 
 
 :func:`mttkrp_xla` is the reference (one einsum, float32 accumulation). :func:`mttkrp`
 dispatches: ``impl="auto"`` takes the kernel on a GPU for float32/bfloat16/float16 tensors of
-at least ``MIN_ELEMENTS`` entries and ranks up to ``MAX_RANK``, and XLA elsewhere (set
+at least ``MIN_ELEMENTS`` entries and ranks up to ``MAX_RANK``, once the kernel is listed in
+``_pallas.MEASURED_ON_GPU`` (not yet: no GPU timing so far), and XLA elsewhere (set
 ``TENSORFACT_DEBUG_DISPATCH=1`` to log why).
 """
 
@@ -139,6 +140,8 @@ def _auto_reason(x, rank):
     """Why ``impl="auto"`` should not take the kernel (None when it should)."""
     if not _pallas.on_gpu():
         return f"the default backend is {jax.default_backend()!r}, not a GPU"
+    if _pallas.unmeasured_reason("mttkrp") is not None:
+        return _pallas.unmeasured_reason("mttkrp")
     if x.dtype not in _KERNEL_DTYPES:
         return f"x has dtype {x.dtype}; the kernel takes float32, bfloat16 and float16"
     if x.size < MIN_ELEMENTS:

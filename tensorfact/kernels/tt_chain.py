@@ -21,7 +21,9 @@ each side, so every ``m_k, n_k, r_k`` is padded to a power of two (and raised un
 and written through masked loads and stores, never padded. The chain's largest padded
 intermediate, ``bB × max_k ∏_{j>k} m_j ∏_{j≤k} n_j r_k`` values, must fit on chip:
 ``impl="auto"`` takes the kernel on a GPU only when a ``16``-row block of it holds at most
-``MAX_ONCHIP`` values, and XLA otherwise (``TENSORFACT_DEBUG_DISPATCH=1`` logs why).
+``MAX_ONCHIP`` values and the kernel has been measured to pay on a GPU (listed in
+``_pallas.MEASURED_ON_GPU``: not yet), and XLA otherwise (``TENSORFACT_DEBUG_DISPATCH=1`` logs
+why).
 
 Gradients: a ``jax.custom_vjp`` whose backward pass is the XLA chain's own (``jax.vjp`` of
 :func:`tt_chain_xla`, recomputing its forward), so training through the kernel is exact to
@@ -115,6 +117,8 @@ def resolve_tt_chain_impl(x, cores, impl: str) -> str:
 def _auto_reason(x, cores):
     if not _pallas.on_gpu():
         return f"the default backend is {jax.default_backend()!r}, not a GPU"
+    if _pallas.unmeasured_reason("tt_chain") is not None:
+        return _pallas.unmeasured_reason("tt_chain")
     if x.dtype not in _KERNEL_DTYPES:
         return f"x has dtype {x.dtype}; the kernel takes float32, bfloat16 and float16"
     per_row = _plan(tuple(g.shape for g in cores))[-1]

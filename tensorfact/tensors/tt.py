@@ -534,7 +534,8 @@ def tt_matmul(a, b, *, impl: str = "auto", precision=None):
     ``impl`` applies to the dense ``x @ W`` case (the TT layer's forward): ``"xla"`` runs the
     einsum chain above, ``"pallas"`` the fused kernel :func:`tensorfact.kernels.tt_chain_matmul`
     (intermediates kept on chip; interpret mode off GPUs; backward through the XLA chain), and
-    ``"auto"`` the kernel on a GPU where it fits on chip, XLA elsewhere. The other cases have no
+    ``"auto"`` the kernel on a GPU where it fits on chip once measured to pay (not yet), XLA
+    elsewhere. The other cases have no
     kernel: they ignore ``"auto"``/``"xla"`` and reject ``"pallas"``.
 
     References: A. Novikov, D. Podoprikhin, A. Osokin and D. Vetrov, "Tensorizing Neural
