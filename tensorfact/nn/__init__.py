@@ -11,8 +11,8 @@
   :class:`TuckerAdapter` (FLoRA: a Tucker update over all modes of an ``nnx.Conv`` kernel).
 * :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.
 * :class:`TTEmbed`: an embedding table held as a TT-matrix, looked up without forming it.
-* :func:`compress`: replaces a model's ``nnx.Linear`` layers by factorized ones fitted to them,
-  with a :class:`CompressionReport` of parameters and errors.
+* :func:`compress`: replaces a model's ``nnx.Linear`` and ``nnx.Conv`` layers by factorized
+  ones fitted to them, with a :class:`CompressionReport` of parameters and errors.
 * :class:`FactorizedConv`: ``nnx.Conv`` with a Tucker-2 or CP kernel, run as a chain of small
   convolutions, trained from scratch or fitted to a trained layer by
   :meth:`FactorizedConv.from_conv`.

@@ -102,8 +102,8 @@ def _check_base(base, allow_conv: bool) -> None:
     if isinstance(base, nnx.Linear):
         return
     if not (allow_conv and isinstance(base, nnx.Conv)):
-        raise TypeError(f"base must be an nnx.Linear, got {type(base).__name__}"
-                        + (" (an nnx.Conv is accepted too)." if allow_conv else "."))
+        raise TypeError(f"base must be an nnx.Linear{' or nnx.Conv' if allow_conv else ''}, "
+                        f"got {type(base).__name__}.")
     if base.feature_group_count != 1:
         raise ValueError(f"base.feature_group_count = {base.feature_group_count}: the adapters "
                          "take an nnx.Conv with feature_group_count == 1 only.")
@@ -151,9 +151,9 @@ def _broadcast(value, n):
 
 
 def _conv(base: nnx.Conv, x, kernel):
-    """``x`` convolved with ``kernel`` (layout ``(spatial..., c_in, c)``) exactly as ``base``
-    convolves with its own kernel (batch flattening, padding modes, strides, dilations,
-    precision), without the bias."""
+    """``x`` convolved with ``kernel`` (layout ``(spatial..., c_in / groups, c)``) exactly as
+    ``base`` convolves with its own kernel (batch flattening, padding modes, strides,
+    dilations, feature groups, precision), without the bias or the mask."""
     n = len(base.kernel_size)
     lead = x.shape[:x.ndim - (n + 1)]
     x = x.reshape((-1,) + x.shape[x.ndim - (n + 1):])
@@ -174,7 +174,8 @@ def _conv(base: nnx.Conv, x, kernel):
     out = jax.lax.conv_general_dilated(
         x, kernel, _broadcast(base.strides, n), padding,
         lhs_dilation=_broadcast(base.input_dilation, n), rhs_dilation=dilation,
-        dimension_numbers=dims, precision=base.precision)
+        dimension_numbers=dims, feature_group_count=base.feature_group_count,
+        precision=base.precision)
     return out.reshape(lead + out.shape[1:])
 
 

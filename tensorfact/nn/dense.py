@@ -67,7 +67,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +79,8 @@ from tensorfact import algebra
 from tensorfact._checks import as_matrix, check_choice, check_positive_int
 from tensorfact.decomposition import cp as cp_decomposition
 from tensorfact.decomposition import svd, tucker
+from tensorfact.kernels import tt_chain_matmul
+from tensorfact.nn._partitioning import _param, _partition_specs
 from tensorfact.ranks import rank_for_params
 from tensorfact.tensors import CPTensor, LowRankMatrix, TuckerTensor
 
@@ -86,6 +88,7 @@ __all__ = ["FactorizedDense", "balanced_factors"]
 
 _KINDS = ("lowrank", "cp", "tucker", "tt")
 _IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
+_KERNEL_IMPLS = ("auto", "pallas", "xla")
 _DEFAULT_ORDER = {"cp": 2, "tucker": 2, "tt": 3}
 _TRUNC_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
 _List = getattr(nnx, "List", list)  # flax >= 0.12 wants lists of Variables wrapped
@@ -359,17 +362,14 @@ def _draw(key, shapes, variances, dtype):
             for o, n, shp, var in zip(offsets, sizes, shapes, variances)]
 
 
-def _tt_apply(x, cores, in_shape, precision):
-    """``x @ W`` for a TT-matrix ``W``, one core at a time (Novikov et al. 2015): the state
-    ``(B, I_k, [I_{k+1}..I_d, J_1..J_{k-1}], r_{k-1})`` meets core ``k`` over ``I_k`` and
-    ``r_{k-1}``, and ``J_k`` joins the middle group, so no transpose is needed."""
-    batch = x.shape[0]
-    t = x.reshape(batch, in_shape[0], -1, 1)
-    for k, g in enumerate(cores):
-        t = jnp.einsum("bmqa,amnc->bqnc", t, g, precision=precision)
-        nxt = in_shape[k + 1] if k + 1 < len(cores) else 1
-        t = t.reshape(batch, nxt, -1, g.shape[-1])
-    return t.reshape(batch, -1)
+def _tt_apply(x, cores, precision, impl):
+    """``x @ W`` for a TT-matrix ``W``, one core at a time (Novikov et al. 2015), by
+    :func:`tensorfact.kernels.tt_chain_matmul`: the state ``(B, I_k, [I_{k+1}..I_d,
+    J_1..J_{k-1}], r_{k-1})`` meets core ``k`` over ``I_k`` and ``r_{k-1}``, so no transpose is
+    needed. ``impl`` picks the fused Pallas kernel or the XLA einsum chain; a layer's
+    ``precision=None`` (JAX's default) is passed on as ``DEFAULT``, since the kernel reads
+    ``None`` as ``HIGHEST``."""
+    return tt_chain_matmul(x, cores, impl=impl, precision=_type_precision(precision))
 
 
 def _type_precision(precision):
@@ -382,87 +382,6 @@ def _mode_contract(t, axis, matrix, contract_axis, precision):
     place."""
     out = jnp.tensordot(t, matrix, axes=(axis, contract_axis), precision=precision)
     return jnp.moveaxis(out, -1, axis)
-
-
-# ---------------------------------------------------------------------------------------------
-# sharding annotations (Flax's ``out_sharding`` Variable metadata)
-
-
-def _spec_axes(entry, where):
-    """The mesh axes named by one entry of a spec: None, a name or a tuple of names."""
-    if entry is None:
-        return ()
-    if isinstance(entry, str):
-        return (entry,)
-    if isinstance(entry, tuple) and entry and all(isinstance(a, str) for a in entry):
-        return entry
-    raise ValueError(f"{where}: each entry must be None, a mesh axis name or a tuple of names, "
-                     f"got {entry!r}.")
-
-
-def _check_spec(spec, shape, where):
-    """``spec`` as a PartitionSpec for an array of ``shape``; checked against the current mesh
-    (``jax.set_mesh``) when there is one, else when Flax places the array."""
-    if isinstance(spec, str) or not isinstance(spec, (tuple, jax.sharding.PartitionSpec)):
-        raise ValueError(f"{where} must be a PartitionSpec or a tuple with one entry per axis "
-                         f"(None, a mesh axis name or a tuple of names), got {spec!r}.")
-    entries = tuple(spec)
-    if len(entries) > len(shape):
-        raise ValueError(f"{where} = {spec!r} has {len(entries)} entries for a parameter of "
-                         f"shape {tuple(shape)}.")
-    axes = [_spec_axes(e, where) for e in entries]
-    flat = [a for names in axes for a in names]
-    if len(set(flat)) != len(flat):
-        raise ValueError(f"{where} = {spec!r} uses a mesh axis more than once.")
-    mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty:
-        for axis, names in enumerate(axes):
-            for name in names:
-                if name not in mesh.axis_names:
-                    raise ValueError(f"{where} names mesh axis {name!r}, but the current mesh "
-                                     f"has axes {tuple(mesh.axis_names)!r}.")
-            parts = math.prod(mesh.shape[name] for name in names)
-            if shape[axis] % parts:
-                raise ValueError(f"{where} = {spec!r} splits axis {axis} of size {shape[axis]} "
-                                 f"(parameter shape {tuple(shape)}) over {parts} devices "
-                                 f"{names!r}; it must divide evenly.")
-    return jax.sharding.PartitionSpec(*entries)
-
-
-def _partition_specs(partitioning, groups):
-    """``{name: [PartitionSpec or None, one per array]}`` from a layer's ``partitioning``
-    argument; ``groups`` lists ``(name, shapes)`` of the layer's parameters."""
-    out = {name: [None] * len(shapes) for name, shapes in groups}
-    if partitioning is None:
-        return out
-    if not isinstance(partitioning, Mapping):
-        raise TypeError(f"partitioning must be a mapping of parameter name to PartitionSpec, "
-                        f"got {type(partitioning).__name__}.")
-    shapes_of = dict(groups)
-    for name, value in partitioning.items():
-        if name not in shapes_of:
-            raise ValueError(f"partitioning names parameter {name!r}; this layer has "
-                             f"{tuple(shapes_of)!r}.")
-        shapes = shapes_of[name]
-        if value is None:
-            continue
-        if isinstance(value, list):  # one spec per array of a list-valued parameter
-            if len(value) != len(shapes):
-                raise ValueError(f"partitioning[{name!r}] is a list of {len(value)} specs; "
-                                 f"{name!r} holds {len(shapes)} arrays.")
-            out[name] = [None if v is None else
-                         _check_spec(v, shp, f"partitioning[{name!r}][{k}]")
-                         for k, (v, shp) in enumerate(zip(value, shapes))]
-        else:
-            out[name] = [_check_spec(value, shp, f"partitioning[{name!r}]") for shp in shapes]
-    return out
-
-
-def _param(value, spec):
-    """An ``nnx.Param``, with ``out_sharding`` metadata when ``spec`` is set: Flax places it on
-    the current mesh at once (its default eager sharding) and ``nnx.get_partition_spec`` reads
-    the spec back."""
-    return nnx.Param(value) if spec is None else nnx.Param(value, out_sharding=spec)
 
 
 class FactorizedDense(nnx.Module):
@@ -495,6 +414,12 @@ class FactorizedDense(nnx.Module):
         with ``Auto`` axes (:func:`tensorfact.sharding.make_mesh`): the factorized contractions
         leave the layout of their outputs to the SPMD partitioner, which ``Explicit`` axes
         refuse when a contracted axis is split.
+      kernel_impl: ``"auto"`` (default), ``"pallas"`` or ``"xla"``: *which code* runs the
+        factorized TT chain (:func:`tensorfact.kernels.tt_chain_matmul`: the fused Pallas
+        kernel, interpreted off GPUs, or XLA's einsums; ``"auto"`` takes the kernel on a GPU
+        when it fits on chip, XLA elsewhere). ``implementation`` decides *whether* the layer
+        contracts the factors or rebuilds ``W``; ``kernel_impl`` only matters when a
+        ``kind="tt"`` layer contracts the factors, and is ignored by the other kinds.
 
     Attributes:
       u, vt (lowrank); factors (cp); core, factors (tucker, input modes first); cores (tt):
@@ -530,11 +455,12 @@ class FactorizedDense(nnx.Module):
                  in_shape=None, out_shape=None, use_bias: bool = True,
                  implementation: str = "auto", dtype=None, param_dtype=jnp.float32,
                  precision=None, bias_init=nnx.initializers.zeros_init(), rngs: nnx.Rngs,
-                 partitioning=None, _values=None):
+                 partitioning=None, kernel_impl: str = "auto", _values=None):
         in_features = check_positive_int(in_features, "in_features")
         out_features = check_positive_int(out_features, "out_features")
         kind = _check_kind(kind)
         self.implementation = check_choice(implementation, _IMPLEMENTATIONS, "implementation")
+        self.kernel_impl = check_choice(kernel_impl, _KERNEL_IMPLS, "kernel_impl")
         in_shape, out_shape = _tensorize(kind, in_features, out_features, in_shape, out_shape)
         rank = _resolve_rank(kind, rank, in_shape, out_shape)
         self.in_features, self.out_features = in_features, out_features
@@ -692,14 +618,14 @@ class FactorizedDense(nnx.Module):
             for k in out_order:                       # ×_l V_l
                 t = _mode_contract(t, 1 + k, factors[p + k], 1, prec)
             return t.reshape(batch, self.out_features)
-        return _tt_apply(x, arrays, self.in_shape, prec)
+        return _tt_apply(x, arrays, prec, self.kernel_impl)
 
     # -- from a trained layer --------------------------------------------------------------
     @classmethod
     def from_dense(cls, layer_or_kernel, *, kind: str = "lowrank", rank, bias=None,
                    in_shape=None, out_shape=None, implementation: str = "auto", dtype=None,
                    param_dtype=None, precision=None, key=None, partitioning=None,
-                   **fit_kwargs):
+                   kernel_impl: str = "auto", **fit_kwargs):
         """A factorized layer initialised by decomposing a trained kernel.
 
         ``lowrank``: the truncated SVD ``U S Vᵀ`` (:func:`tensorfact.svd`), stored as
@@ -713,8 +639,8 @@ class FactorizedDense(nnx.Module):
         Args:
           layer_or_kernel: an ``nnx.Linear`` (its kernel, bias, dtype and precision are used)
             or a kernel array of shape ``(in_features, out_features)``.
-          kind, rank, in_shape, out_shape, implementation, partitioning: as in the
-            constructor.
+          kind, rank, in_shape, out_shape, implementation, partitioning, kernel_impl: as in
+            the constructor.
           bias: with a kernel array, an optional bias of shape ``(out_features,)`` (the layer
             then has ``use_bias=True``); must be None with a layer.
           dtype, precision: the layer's; by default those of ``layer_or_kernel`` if a layer.
@@ -765,7 +691,7 @@ class FactorizedDense(nnx.Module):
                   out_shape=out_shape, use_bias=bias is not None,
                   implementation=implementation, dtype=dtype, param_dtype=param_dtype,
                   precision=precision, rngs=None, partitioning=partitioning,
-                  _values=(arrays, bias))
+                  kernel_impl=kernel_impl, _values=(arrays, bias))
         return out
 
 

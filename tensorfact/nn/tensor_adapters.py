@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-from tensorfact.nn.adapters import LoRAParam, _Adapter, _require_rngs, _scale
+from tensorfact.nn.adapters import LoRAParam, _Adapter, _conv, _require_rngs, _scale
 from tensorfact.nn.dense import _List, _resolve_rank, _tensorize
 from tensorfact.tensors.tt import TTMatrix, tt_matmul
 
@@ -243,43 +243,14 @@ class TuckerAdapter(nnx.Module):
         return y + self._conv(x, y.dtype)
 
     def _conv(self, x, out_dtype):
-        """``conv(x, ΔK)`` exactly as ``nnx.Conv`` convolves with its kernel, without the bias:
-        the same batch flattening, padding modes, strides, dilations, groups and mask."""
+        """``conv(x, ΔK)`` exactly as ``nnx.Conv`` convolves with its kernel (the adapters'
+        shared :func:`~tensorfact.nn.adapters._conv`: batch flattening, padding modes,
+        strides, dilations, groups), with the base's mask and without the bias."""
         base = self.base
-        n = len(self.kernel_shape) - 2
-        lead = x.shape[:x.ndim - (n + 1)]
-        x = x.reshape((-1,) + x.shape[x.ndim - (n + 1):])
         x, core, *factors = promote_dtype((x, self.tucker_core[...],
                                            *(u[...] for u in self.tucker_factors)),
                                           dtype=base.dtype)
         kernel = self._delta(core, factors, base.precision)
         if base.mask is not None:
             kernel = kernel * base.mask
-        kernel_size = self.kernel_shape[:n]
-        strides = _broadcast(base.strides, n)
-        lhs_dilation = _broadcast(base.input_dilation, n)
-        rhs_dilation = _broadcast(base.kernel_dilation, n)
-        padding = base.padding
-        if isinstance(padding, str):
-            padding = padding.upper()
-            if padding in ("CIRCULAR", "REFLECT"):
-                dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, rhs_dilation)]
-                pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
-                x = jnp.pad(x, pads, mode={"CIRCULAR": "wrap", "REFLECT": "reflect"}[padding])
-                padding = "VALID"
-            elif padding == "CAUSAL":
-                x = jnp.pad(x, [(0, 0), (rhs_dilation[0] * (kernel_size[0] - 1), 0), (0, 0)])
-                padding = "VALID"
-        elif isinstance(padding, int):
-            padding = [(padding, padding)] * n
-        else:
-            padding = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
-        spatial = tuple(range(1, n + 1))
-        dims = jax.lax.ConvDimensionNumbers(lhs_spec=(0, n + 1) + spatial,
-                                            rhs_spec=(n + 1, n) + tuple(range(n)),
-                                            out_spec=(0, n + 1) + spatial)
-        out = jax.lax.conv_general_dilated(
-            x, kernel, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dims, feature_group_count=base.feature_group_count,
-            precision=base.precision)
-        return out.reshape(lead + out.shape[1:]).astype(out_dtype)
+        return _conv(base, x, kernel).astype(out_dtype)
