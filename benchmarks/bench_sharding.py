@@ -1,4 +1,4 @@
-"""Memory per device and step time of sharded training against the device count.
+"""Memory per device and step time of sharded training and sharded fits against the device count.
 
 Trains the classifier of ``examples/train_sharded.py`` (TT embedding, TT dense, low-rank dense;
 Adam) at a larger size (vocabulary 4096, ``embed = hidden = 512 = 8·8·8``, 64 classes, TT rank
@@ -15,6 +15,17 @@ median time of a training step at a fixed global batch (the first call, which co
 Each device count runs in its own process, because the number of CPU devices is fixed when JAX
 starts (``XLA_FLAGS=--xla_force_host_platform_device_count=N``).
 
+With ``--decompositions`` it measures the sharded fits instead: a CP-planted ``S³`` float32
+tensor (default ``S = 128``, rank 8 plus 1% noise) split on mode 0 over a 1-D mesh of ``n``
+devices (and, for ``n ≥ 4``, over a 2-D ``(n/2, 2)`` mesh splitting modes 0 and 1) is fitted by
+CP-ALS (rank 8, 10 sweeps, ``tol=0``), HOOI (ranks 8³, 10 iterations, ``tol=0``) and TT-SVD
+(ranks ``[1, 8, 8, 1]``) through the public :func:`tensorfact.cp`, :func:`tensorfact.tucker`
+and :func:`tensorfact.tt`. Per fit it reports the bytes of the input block per device, XLA's
+temporary bytes per device from ``memory_analysis()`` of the compiled program (the shard_map
+program that ``tensorfact.decomposition._sharded`` builds, captured while the public call runs;
+with one device, the ordinary single-device program), the median wall time of 3 runs, and the
+relative difference of the reconstruction from the single-device fit of the same tensor.
+
 On a CPU the "devices" share the same cores, so the step times show the shape of the
 partitioned program (its collectives and per-device work), not a speed-up. On an accelerator
 machine the script uses the real devices (``--devices`` up to ``jax.device_count()``).
@@ -22,6 +33,8 @@ machine the script uses the real devices (``--devices`` up to ``jax.device_count
     python benchmarks/bench_sharding.py                 # 1, 2, 4, 8 CPU devices
     python benchmarks/bench_sharding.py --small         # smoke run: 1 and 2 devices, 3 steps
     python benchmarks/bench_sharding.py --gpu --devices 1 --json out/sharding_gpu.json
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_sharding.py --decompositions
+    python benchmarks/bench_sharding.py --decompositions --small   # 32³, 1 and 2 devices
 """
 
 from __future__ import annotations
@@ -92,16 +105,163 @@ def worker(n, batch, steps):
     print(MARKER + json.dumps({"rows": rows, "info": info}))
 
 
-def run(counts, batch, steps, gpu):
+# ---------------------------------------------------------------------------------------------
+# --decompositions: sharded CP-ALS, HOOI and TT-SVD
+
+
+def _planted(size, rank, noise=0.01, seed=0):
+    """A CP tensor of rank ``rank`` (standard normal factors) plus ``noise`` relative Gaussian
+    noise, float32."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    factors = [rng.standard_normal((size, rank)) for _ in range(3)]
+    x = np.einsum("ir,jr,kr->ijk", *factors)
+    e = rng.standard_normal(x.shape)
+    x += noise * np.linalg.norm(x) / np.linalg.norm(e) * e
+    return x.astype(np.float32)
+
+
+def _decomp_layouts(n):
+    """(name, mesh shape, axis names, spec of the 3-way tensor) for ``n`` devices."""
+    out = [("1-D", (n,), ("i",), ("i", None, None))]
+    if n >= 4:
+        out.append(("2-D", (n // 2, 2), ("i", "j"), ("i", "j", None)))
+    return out
+
+
+def _dense64(name, fit):
+    """The reconstruction of a fit in NumPy float64 (independent of tensorfact's to_dense)."""
+    import numpy as np
+
+    if name == "cp":
+        w = np.asarray(fit.weights, np.float64)
+        a, b, c = (np.asarray(f, np.float64) for f in fit.factors)
+        return np.einsum("r,ir,jr,kr->ijk", w, a, b, c)
+    if name == "tucker":
+        g = np.asarray(fit.core, np.float64)
+        a, b, c = (np.asarray(f, np.float64) for f in fit.factors)
+        return np.einsum("pqr,ip,jq,kr->ijk", g, a, b, c)
+    g1, g2, g3 = (np.asarray(g, np.float64) for g in fit.cores)
+    return np.einsum("ip,pjq,qk->ijk", g1[0], g2, g3[:, :, 0])
+
+
+def decomp_worker(n, size, rank, n_iter, repeats):
+    """One device count: CP-ALS, HOOI and TT-SVD on every layout, as JSON on stdout."""
+    sys.path.insert(0, HERE)
+    from _harness import median_ms  # also puts a checkout's tensorfact on the path
+
+    import jax
+    import numpy as np
+
+    from jax.sharding import NamedSharding
+
+    import tensorfact as tfa
+    from tensorfact._checks import is_traced
+    from tensorfact.decomposition import _sharded
+
+    if jax.device_count() < n:
+        raise SystemExit(f"asked for {n} devices; JAX sees {jax.device_count()}")
+
+    # the sharded fits build their program with _sharded.*_program: keep the last one built,
+    # so that the very program the public call ran can be lowered again for its memory analysis
+    captured = {}
+
+    def capture(name, build):
+        def wrapped(*args, **kwargs):
+            captured[name] = build(*args, **kwargs)
+            return captured[name]
+        return wrapped
+
+    for name in ("cp", "tucker", "tt"):
+        setattr(_sharded, f"{name}_program", capture(name, getattr(_sharded, f"{name}_program")))
+
+    fits = {
+        "cp": lambda x: tfa.cp(x, rank, n_iter=n_iter, tol=0.0),
+        "tucker": lambda x: tfa.tucker(x, (rank,) * 3, n_iter=n_iter, tol=0.0),
+        "tt": lambda x: tfa.tt(x, [1, rank, rank, 1]),
+    }
+    x_np = _planted(size, rank)
+    x64 = x_np.astype(np.float64)
+    # the single-device fits of the same tensor, in this process
+    x_one = jax.device_put(x_np, jax.devices()[0])
+    ref = {name: _dense64(name, fit(x_one)) for name, fit in fits.items()}
+
+    def forced(x):  # the library's test, widened to a mesh of one device
+        return isinstance(getattr(x, "sharding", None), NamedSharding) and not is_traced(x)
+
+    variants = [(False, *v) for v in _decomp_layouts(n)]
+    if n == 1:  # also the shard_map program on a 1-device mesh: memory like for like
+        variants.append((True, *_decomp_layouts(1)[0]))
+    rows = []
+    for force, layout, shape, names, spec in variants:
+        mesh = tfa.sharding.make_mesh(shape, names, devices=jax.devices()[:n])
+        x = tfa.sharding.shard_tensor(x_np, mesh, spec)
+        block = max(s.data.nbytes for s in x.addressable_shards)
+        library_test = tfa.sharding.is_mode_sharded
+        if force:
+            tfa.sharding.is_mode_sharded = forced
+        try:
+            for name, fit in fits.items():
+                captured.pop(name, None)
+                out, ms, first = median_ms(lambda: fit(x), jax.block_until_ready, repeats)
+                if name in captured:  # the sharded program, lowered with the same arguments
+                    fn, args, static = captured[name]
+                    compiled = fn.lower(*args, **static).compile()
+                    program = "shard_map"
+                else:  # one device: the ordinary program, under jit (x is then a tracer)
+                    compiled = jax.jit(fit).lower(x).compile()
+                    program = "single"
+                rows.append(_decomp_row(n, layout, shape, spec, name, program, block,
+                                        compiled.memory_analysis(), ms, first,
+                                        _dense64(name, out), ref[name], x64))
+        finally:
+            tfa.sharding.is_mode_sharded = library_test
+    info = {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "shape": [size] * 3, "rank": rank, "n_iter": n_iter,
+            "repeats": repeats}
+    print(MARKER + json.dumps({"rows": rows, "info": info}))
+
+
+def _decomp_row(n, layout, shape, spec, name, program, block, mem, ms, first, dense, ref, x64):
+    import numpy as np
+
+    return {"devices": n, "layout": layout, "mesh": list(shape), "spec": list(spec),
+            "method": name, "program": program, "block_bytes": int(block),
+            "temp_bytes": int(mem.temp_size_in_bytes),
+            "arg_bytes": int(mem.argument_size_in_bytes),
+            "out_bytes": int(mem.output_size_in_bytes),
+            "median_ms": ms, "first_s": first,
+            "rel_diff_vs_1dev": float(np.linalg.norm(dense - ref) / np.linalg.norm(ref)),
+            "rel_error": float(np.linalg.norm(dense - x64) / np.linalg.norm(x64))}
+
+
+def print_decompositions(rows, info):
+    print(f"{info['platform']} ({info['device_kind']}), jax {info['jax']}; "
+          f"{'x'.join(map(str, info['shape']))} float32, CP-planted rank {info['rank']} + 1% "
+          f"noise; CP-ALS rank {info['rank']} and HOOI ranks {info['rank']}^3 with "
+          f"{info['n_iter']} iterations (tol=0), TT-SVD ranks [1, {info['rank']}, "
+          f"{info['rank']}, 1]; median of {info['repeats']} runs")
+    print(f"{'devices':>7} {'mesh':>5} {'split':>6} {'program':>9} {'method':>6} {'block/dev':>11} "
+          f"{'XLA temp/dev':>13} {'median ms':>10} {'first s':>8} {'vs 1-dev':>9} {'rel err':>8}")
+    for r in rows:
+        mesh = "x".join(map(str, r["mesh"]))
+        split = ",".join(str(m) for m, e in enumerate(r["spec"]) if e is not None)
+        print(f"{r['devices']:7d} {mesh:>5} {split:>6} {r['program']:>9} {r['method']:>6} "
+              f"{r['block_bytes']:11,d} "
+              f"{r['temp_bytes']:13,d} {r['median_ms']:10.1f} {r['first_s']:8.2f} "
+              f"{r['rel_diff_vs_1dev']:9.1e} {r['rel_error']:8.1e}")
+
+
+def run(counts, worker_args, gpu):
     rows, info = [], None
     for n in counts:
         env = dict(os.environ)
         if not gpu:
             env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
                        JAX_PLATFORMS="cpu")
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(n),
-                               "--batch", str(batch), "--steps", str(steps)],
-                              env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(n)]
+                              + worker_args, env=env, capture_output=True, text=True)
         if proc.returncode or MARKER not in proc.stdout:
             raise SystemExit(f"{n} devices failed:\n{proc.stderr[-4000:]}")
         out = json.loads(proc.stdout.split(MARKER, 1)[1])
@@ -119,14 +279,33 @@ def main(argv=None):
     parser.add_argument("--gpu", action="store_true",
                         help="use the machine's accelerators instead of CPU devices")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--decompositions", action="store_true",
+                        help="benchmark sharded CP-ALS, HOOI and TT-SVD instead of training")
+    parser.add_argument("--size", type=int, default=None,
+                        help="--decompositions: tensor side S of S^3 (default 128; 32 --small)")
+    parser.add_argument("--rank", type=int, default=8, help="--decompositions: rank (default 8)")
+    parser.add_argument("--n-iter", type=int, default=10,
+                        help="--decompositions: CP/HOOI iterations (default 10)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--decompositions: timed runs per fit (default 3)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    size = args.size or (32 if args.small else 128)
     if args.worker is not None:
+        if args.decompositions:
+            return decomp_worker(args.worker, size, args.rank, args.n_iter, args.repeats)
         return worker(args.worker, args.batch, args.steps)
     counts = [int(c) for c in args.devices.split(",")] if args.devices else (
         [1, 2] if args.small else [1, 2, 4, 8])
+    if args.decompositions:
+        rows, info = run(counts, ["--decompositions", "--size", str(size), "--rank",
+                                  str(args.rank), "--n-iter", str(args.n_iter), "--repeats",
+                                  str(args.repeats)], args.gpu)
+        print_decompositions(rows, info)
+        _write_json(args.json, {"mode": "decompositions", "rows": rows, "info": info})
+        return rows
     steps = 3 if args.small else args.steps
-    rows, info = run(counts, args.batch, steps, args.gpu)
+    rows, info = run(counts, ["--batch", str(args.batch), "--steps", str(steps)], args.gpu)
     print(f"{info['platform']} ({info['device_kind']}), jax {info['jax']}; "
           f"{info['n_params']:,} parameters (float32), global batch {args.batch}, Adam")
     print(f"{'devices':>7} {'layout':>6} {'mesh':>7} {'params/dev':>11} {'Adam/dev':>10} "
@@ -136,11 +315,15 @@ def main(argv=None):
         print(f"{r['devices']:7d} {r['layout']:>6} {mesh:>7} {r['param_bytes_max']:11,d} "
               f"{r['opt_bytes_max']:10,d} {r['param_bytes_total']:11,d} {r['step_ms']:8.2f} "
               f"{r['first_s']:8.2f}")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "info": info}, f, indent=1)
+    _write_json(args.json, {"mode": "training", "rows": rows, "info": info})
     return rows
+
+
+def _write_json(path, obj):
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
 
 
 if __name__ == "__main__":
