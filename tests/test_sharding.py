@@ -42,7 +42,7 @@ TOL = 1e-4  # float32: relative difference of the reconstructions
 @pytest.fixture(scope="module")
 def checks():
     """Runs both halves of the multi-device checks at once and merges their JSON."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=_eight_devices(),
                JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     procs = [subprocess.Popen([sys.executable, str(SCRIPT), group], cwd=ROOT, env=env,
@@ -224,3 +224,8 @@ def test_readme_scaling_example_runs_on_one_device():
     assert isinstance(namespace["cp"], tfa.CPTensor) and rel(x, namespace["cp"].to_dense()) < 1e-3
     assert isinstance(namespace["tk"], tfa.TuckerTensor) and rel(x, namespace["tk"].to_dense()) < 1e-3
     assert namespace["tt"].rank == (1, 4, 4, 1)
+
+
+def _eight_devices() -> str:
+    """The caller's XLA flags (conftest's compile settings) plus eight CPU devices."""
+    return (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()

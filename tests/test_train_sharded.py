@@ -120,7 +120,7 @@ if __name__ != "__main__":
     def test_sharded_training_on_eight_devices_and_unchanged_on_one(tmp_path):
         """One test for the whole 8-device worker, so that pytest-xdist never starts it twice;
         this process runs the example on its one device meanwhile."""
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        env = dict(os.environ, XLA_FLAGS=_eight_devices(),
                    JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
                        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         png8 = tmp_path / "loss8.png"
@@ -225,3 +225,8 @@ if __name__ != "__main__":
 
 if __name__ == "__main__":
     _worker(sys.argv[1] if len(sys.argv) > 1 else "train_sharded_test.png")
+
+
+def _eight_devices() -> str:
+    """The caller's XLA flags (conftest's compile settings) plus eight CPU devices."""
+    return (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
