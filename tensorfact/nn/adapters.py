@@ -72,6 +72,7 @@ passed in.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -323,20 +324,12 @@ class LoRA(_Adapter):
         else:
             kernel = base.kernel[...]
             w = self._w().astype(jnp.promote_types(kernel.dtype, jnp.float32))
-            if init == "pissa":
-                key = None
-                if svd_method == "randomized":
-                    key = _require_rngs(rngs, 'for init="pissa" with the randomized SVD').params()
-                lr = svd(w, self.rank, method=svd_method, key=key)
-                root = jnp.sqrt(lr.s / self.scale)
-                a, b = lr.u * root, root[:, None] * lr.vt
-            else:
-                q, r = jnp.linalg.qr(w.T)
-                a, b = r[:self.rank].T, q[:, :self.rank].T
-            a, b = a.astype(dtype), b.astype(dtype)
-            # the residual uses the rounded A and B, so that base + s A B reproduces W
-            residual = w - self.scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype),
-                                                   precision=_HIGHEST)
+            key = None
+            if init == "pissa" and svd_method == "randomized":
+                key = _require_rngs(rngs, 'for init="pissa" with the randomized SVD').params()
+            a, b, residual = _principal_split(w, key, rank=self.rank, scale=self.scale,
+                                              init=init, svd_method=svd_method,
+                                              dtype=jnp.dtype(dtype))
             self.base = nnx.clone(base)
             self.base.kernel[...] = self._as_kernel(residual).astype(kernel.dtype)
         self.lora_a = LoRAParam(a)
@@ -352,6 +345,24 @@ class LoRA(_Adapter):
         w = self._w()
         delta = jnp.matmul(self.lora_a[...], self.lora_b[...], precision=_HIGHEST)
         return self._as_kernel(w + self.scale * delta.astype(w.dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "scale", "init", "svd_method", "dtype"))
+def _principal_split(w, key, *, rank, scale, init, svd_method, dtype):
+    """``(A, B, W − s A B)`` for PiSSA (``A B`` the top-``rank`` SVD part of ``W / s``) or OLoRA
+    (from the QR of ``Wᵀ``), as one compiled program: initialising a large model calls it once
+    per layer shape, and eager dispatch of its dozen steps cost as much as the SVD itself."""
+    if init == "pissa":
+        lr = svd(w, rank, method=svd_method, key=key)
+        root = jnp.sqrt(lr.s / scale)
+        a, b = lr.u * root, root[:, None] * lr.vt
+    else:
+        q, r = jnp.linalg.qr(w.T)
+        a, b = r[:rank].T, q[:, :rank].T
+    a, b = a.astype(dtype), b.astype(dtype)
+    # the residual uses the rounded A and B, so that base + s A B reproduces W
+    residual = w - scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype), precision=_HIGHEST)
+    return a, b, residual
 
 
 class DoRA(_Adapter):
