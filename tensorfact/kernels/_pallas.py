@@ -32,7 +32,7 @@ from jax.experimental.pallas import triton as pltriton
 from tensorfact._checks import check_choice
 
 __all__ = ["IMPLS", "TARGETS", "MEASURED_ON_GPU", "unmeasured_reason", "on_gpu",
-           "resolve_target", "call", "check_impl", "debug_enabled",
+           "resolve_target", "call", "check_impl", "resolve_impl", "auto_reason", "debug_enabled",
            "explain_fallback", "logger"]
 
 IMPLS = ("auto", "pallas", "xla")
@@ -89,3 +89,26 @@ def explain_fallback(name: str, reason: str) -> None:
     """Logs why the ``impl="auto"`` dispatcher of ``name`` took the XLA path (debug flag only)."""
     if debug_enabled():
         logger.warning("%s: impl='auto' uses the XLA path: %s", name, reason)
+
+
+def auto_reason(name: str, shape_reason):
+    """Why ``impl="auto"`` should not take the kernel ``name`` (None when it should): not on a
+    GPU, not yet measured there, or ``shape_reason()`` (the kernel's own dtype/shape rules)."""
+    if not on_gpu():
+        return f"the default backend is {jax.default_backend()!r}, not a GPU"
+    return unmeasured_reason(name) or shape_reason()
+
+
+def resolve_impl(name: str, impl, shape_reason, *, label=None) -> str:
+    """``"pallas"`` or ``"xla"``: ``impl`` checked and ``"auto"`` resolved by
+    :func:`auto_reason`, logging why it chose XLA under ``TENSORFACT_DEBUG_DISPATCH=1`` (as
+    ``label``, default ``name``). Every kernel's dispatcher decides through it."""
+    impl = check_impl(impl)
+    if impl != "auto":
+        return impl
+    reason = auto_reason(name, shape_reason)
+    if reason is None:
+        return "pallas"
+    explain_fallback(label or name, reason)
+    return "xla"
+

@@ -126,22 +126,10 @@ def resolve_mttkrp_impl(x, rank: int, impl: str) -> str:
     """``"pallas"`` or ``"xla"``: ``impl`` checked, and ``"auto"`` resolved for the tensor ``x``
     and ``rank`` (logging why it chose XLA under ``TENSORFACT_DEBUG_DISPATCH=1``). Every caller
     that dispatches MTTKRPs (``tensorfact.mttkrp``, CP-ALS) decides through it."""
-    impl = _pallas.check_impl(impl)
-    if impl != "auto":
-        return impl
-    reason = _auto_reason(x, rank)
-    if reason is None:
-        return "pallas"
-    _pallas.explain_fallback("mttkrp", reason)
-    return "xla"
+    return _pallas.resolve_impl("mttkrp", impl, lambda: _shape_reason(x, rank))
 
 
-def _auto_reason(x, rank):
-    """Why ``impl="auto"`` should not take the kernel (None when it should)."""
-    if not _pallas.on_gpu():
-        return f"the default backend is {jax.default_backend()!r}, not a GPU"
-    if _pallas.unmeasured_reason("mttkrp") is not None:
-        return _pallas.unmeasured_reason("mttkrp")
+def _shape_reason(x, rank):
     if x.dtype not in _KERNEL_DTYPES:
         return f"x has dtype {x.dtype}; the kernel takes float32, bfloat16 and float16"
     if x.size < MIN_ELEMENTS:

@@ -104,21 +104,16 @@ def resolve_tt_chain_impl(x, cores, impl: str) -> str:
     """``"pallas"`` or ``"xla"``: ``impl`` checked and ``"auto"`` resolved for ``x`` (anything
     with ``shape``/``dtype``) and the cores (logging why it chose XLA under
     ``TENSORFACT_DEBUG_DISPATCH=1``). ``tensorfact.tt_matmul`` decides through it."""
-    impl = _pallas.check_impl(impl)
-    if impl != "auto":
-        return impl
-    reason = _auto_reason(x, cores)
-    if reason is None:
-        return "pallas"
-    _pallas.explain_fallback("tt_chain_matmul", reason)
-    return "xla"
+    return _pallas.resolve_impl("tt_chain", impl, lambda: _shape_reason(x, cores),
+                                label="tt_chain_matmul")
 
 
 def _auto_reason(x, cores):
-    if not _pallas.on_gpu():
-        return f"the default backend is {jax.default_backend()!r}, not a GPU"
-    if _pallas.unmeasured_reason("tt_chain") is not None:
-        return _pallas.unmeasured_reason("tt_chain")
+    """Why ``impl="auto"`` should not take the kernel (None when it should)."""
+    return _pallas.auto_reason("tt_chain", lambda: _shape_reason(x, cores))
+
+
+def _shape_reason(x, cores):
     if x.dtype not in _KERNEL_DTYPES:
         return f"x has dtype {x.dtype}; the kernel takes float32, bfloat16 and float16"
     per_row = _plan(tuple(g.shape for g in cores))[-1]
