@@ -46,8 +46,7 @@ from jax.sharding import PartitionSpec
 
 from tensorfact import algebra, sharding
 from tensorfact._checks import count_nonfinite, report_nonfinite
-from tensorfact.decomposition._common import (hals_columns, random_orthonormal,
-                                              solve_normal_equations, split_halves)
+from tensorfact.decomposition._common import random_orthonormal, split_halves
 from tensorfact.decomposition._loop import FitInfo, error_from_norms, iterate, refine_error
 from tensorfact.tensors import CPTensor, TuckerTensor, TTTensor
 
@@ -259,46 +258,18 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
 
 
 def _cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, mesh, axes):
-    """One ALS (HALS) sweep on local blocks, through the same dimension tree as the
-    single-device sweep; factor rows are solved where their block lives, then gathered."""
-    prec = algebra.resolve_precision(precision)
-    ndim = x.ndim
-    factors = list(factors)
-    local = [_local_rows(a, mesh, axes[m]) for m, a in enumerate(factors)]
-    grams = [jnp.matmul(a.T, a, precision=prec) for a in factors]
-    modes = tuple(range(ndim))
-    mttkrp_last = None
-    for half, other in (split_halves(modes), split_halves(modes)[::-1]):
-        rank_axis = algebra.natural_rank_axis(ndim, other)
-        partial = algebra.partial_mttkrp(x, [local[m] for m in other], other,
-                                         rank_axis=rank_axis, precision=precision)
-        for n in half:
-            rest = [m for m in half if m != n]
-            m_n = algebra.contract_with_rank(partial, half, [local[m] for m in rest], rest,
-                                             rank_axis=rank_axis, precision=precision)
-            if rank_axis == 0:
-                m_n = m_n.T
-            # the contracted modes' blocks live on other devices: sum their contributions
-            m_n = _psum(m_n, _flat_axes(axes[:n] + axes[n + 1:]))
-            gram_others = functools.reduce(lambda a, b: a * b,
-                                           [grams[k] for k in modes if k != n])
-            if nonneg:
-                a_rows = hals_columns(local[n] * weights, m_n, gram_others, l2, precision)
-            else:
-                a_rows = solve_normal_equations(m_n, gram_others, l2, precision)
-            a_n = _gather(a_rows, axes[n])
-            if normalize:
-                scale = jnp.linalg.norm(a_n, axis=0)
-                weights = scale
-                a_n = a_n / jnp.where(scale == 0, 1.0, scale)
-            factors[n] = a_n
-            local[n] = _local_rows(a_n, mesh, axes[n])
-            grams[n] = jnp.matmul(a_n.T, a_n, precision=prec)
-            mttkrp_last = m_n
-    inner = _psum(jnp.sum(weights * jnp.sum(local[-1] * mttkrp_last, axis=0)), axes[-1])
-    gram_all = functools.reduce(lambda a, b: a * b, grams)
-    approx_sq = jnp.einsum("r,rs,s->", weights, gram_all, weights, precision=prec)
-    return weights, tuple(factors), (inner, approx_sq)
+    """One ALS (HALS) sweep on local blocks: the single-device sweep (same dimension tree) with
+    partial MTTKRPs summed over the contracted modes' axes, and factor rows solved where their
+    block lives, then gathered."""
+    from tensorfact.decomposition.cp import SweepLayout, _sweep  # cp.py imports this module
+
+    layout = SweepLayout(
+        rows=lambda a, n: _local_rows(a, mesh, axes[n]),
+        reduce=lambda m, n: _psum(m, _flat_axes(axes[:n] + axes[n + 1:])),
+        gather=lambda a, n: _gather(a, axes[n]),
+        total=lambda v: _psum(v, axes[-1]))
+    return _sweep(x, weights, factors, l2=l2, nonneg=nonneg, normalize=normalize,
+                  precision=precision, layout=layout)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ missing).
 from __future__ import annotations
 
 import functools
-from typing import Union
+from collections.abc import Callable
+from typing import NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -205,61 +206,86 @@ def _initial_factors(x, rank, key, init, nonneg, precision):
     return jnp.ones((rank,), x.dtype), factors
 
 
-def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla"):
+class SweepLayout(NamedTuple):
+    """Where the blocks of ``x`` live during a sweep; the defaults are one device.
+
+    A sharded fit (``decomposition/_sharded.py``) runs the same sweep on each device's block
+    with: ``rows(a, n)`` the rows of factor ``n`` matching the local block, ``reduce(m, n)`` the
+    sum of MTTKRP ``n``'s partial contributions over the devices, ``gather(a, n)`` factor ``n``
+    rebuilt from the rows solved here, and ``total(v)`` a scalar summed over the devices that
+    split the last mode.
+    """
+    rows: Callable = lambda a, n: a
+    reduce: Callable = lambda m, n: m
+    gather: Callable = lambda a, n: a
+    total: Callable = lambda v: v
+
+
+ONE_DEVICE = SweepLayout()
+
+
+def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla",
+           layout=ONE_DEVICE):
     """One ALS (or HALS) pass over all modes through a two-level dimension tree (``impl="xla"``)
-    or one MTTKRP kernel per mode (``impl="pallas"``).
+    or one MTTKRP kernel per mode (``impl="pallas"``, one device only).
 
     Returns the new weights and factors and ``(⟨x, x̂⟩, ‖x̂‖²)`` for the error.
     """
     factors = list(factors)
+    local = [layout.rows(a, m) for m, a in enumerate(factors)]
     grams = [jnp.matmul(a.T, a, precision=algebra.resolve_precision(precision)) for a in factors]
     modes = tuple(range(x.ndim))
     mttkrp_last = None
+    update = functools.partial(_update_factor, factors=factors, local=local, grams=grams,
+                               layout=layout, l2=l2, nonneg=nonneg, normalize=normalize,
+                               precision=precision)
     if impl == "pallas":  # the kernel reads x at full bandwidth: one read per mode is cheaper
         for n in modes:      # than the tree's two reads plus its HBM intermediates
             m_n = kernels.mttkrp(x, factors, n, impl="pallas", precision=precision)
-            weights = _update_factor(n, m_n, weights, factors, grams, l2=l2, nonneg=nonneg,
-                                     normalize=normalize, precision=precision)
+            weights = update(n, m_n, weights)
             mttkrp_last = m_n
-        return _sweep_result(weights, factors, grams, mttkrp_last, precision)
+        return _sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision)
     for half, other in (split_halves(modes), split_halves(modes)[::-1]):
         # one read of x: contract the other half's factors; the rank axis is shared
         rank_axis = algebra.natural_rank_axis(x.ndim, other)
-        partial = algebra.partial_mttkrp(x, [factors[m] for m in other], other,
+        partial = algebra.partial_mttkrp(x, [local[m] for m in other], other,
                                          rank_axis=rank_axis, precision=precision)
         for n in half:
             rest = [m for m in half if m != n]
-            m_n = algebra.contract_with_rank(partial, half, [factors[m] for m in rest], rest,
+            m_n = algebra.contract_with_rank(partial, half, [local[m] for m in rest], rest,
                                              rank_axis=rank_axis, precision=precision)
             if rank_axis == 0:
                 m_n = m_n.T
-            weights = _update_factor(n, m_n, weights, factors, grams, l2=l2, nonneg=nonneg,
-                                     normalize=normalize, precision=precision)
+            m_n = layout.reduce(m_n, n)
+            weights = update(n, m_n, weights)
             mttkrp_last = m_n
-    return _sweep_result(weights, factors, grams, mttkrp_last, precision)
+    return _sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision)
 
 
-def _update_factor(n, m_n, weights, factors, grams, *, l2, nonneg, normalize, precision):
-    """Solves for ``A_n`` from its MTTKRP ``m_n``; updates ``factors``/``grams`` in place and
-    returns the new weights."""
+def _update_factor(n, m_n, weights, *, factors, local, grams, layout, l2, nonneg, normalize,
+                   precision):
+    """Solves for the (local) rows of ``A_n`` from its MTTKRP ``m_n``; updates ``factors``,
+    ``local`` and ``grams`` in place and returns the new weights."""
     gram_others = functools.reduce(lambda a, b: a * b,
                                    [grams[k] for k in range(len(factors)) if k != n])
     if nonneg:
-        a_n = hals_columns(factors[n] * weights, m_n, gram_others, l2, precision)
+        a_n = hals_columns(local[n] * weights, m_n, gram_others, l2, precision)
     else:
         a_n = solve_normal_equations(m_n, gram_others, l2, precision)
+    a_n = layout.gather(a_n, n)
     if normalize:
         scale = jnp.linalg.norm(a_n, axis=0)
         weights = scale
         a_n = a_n / jnp.where(scale == 0, 1.0, scale)
     factors[n] = a_n
+    local[n] = layout.rows(a_n, n)
     grams[n] = jnp.matmul(a_n.T, a_n, precision=algebra.resolve_precision(precision))
     return weights
 
 
-def _sweep_result(weights, factors, grams, mttkrp_last, precision):
+def _sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision):
     # error terms from the last mode's MTTKRP (computed with all other factors current)
-    inner = jnp.sum(weights * jnp.sum(factors[-1] * mttkrp_last, axis=0))
+    inner = layout.total(jnp.sum(weights * jnp.sum(local[-1] * mttkrp_last, axis=0)))
     gram_all = functools.reduce(lambda a, b: a * b, grams)
     approx_sq = jnp.einsum("r,rs,s->", weights, gram_all, weights,
                            precision=algebra.resolve_precision(precision))
