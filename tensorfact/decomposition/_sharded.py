@@ -46,7 +46,7 @@ from jax.sharding import PartitionSpec
 
 from tensorfact import algebra, sharding
 from tensorfact._checks import count_nonfinite, report_nonfinite
-from tensorfact.decomposition._common import random_orthonormal, split_halves
+from tensorfact.decomposition._common import random_orthonormal
 from tensorfact.decomposition._loop import FitInfo, error_from_norms, iterate, refine_error
 from tensorfact.tensors import CPTensor, TuckerTensor, TTTensor
 
@@ -382,32 +382,20 @@ def _tucker_body(x, key, init_tensor, tol, *, mesh, axes, shape, ranks, method, 
 
 
 def _hooi_sweep(x, factors, *, subspace_iter, precision, mesh, axes):
-    """One HOQRI sweep on local blocks (the single-device dimension tree); returns the new
-    factors and the core ``x ×_k U_kᵀ`` (replicated)."""
-    prec = algebra.resolve_precision(precision)
+    """One HOQRI sweep on local blocks: the single-device sweep (same dimension tree) with the
+    projected tensor ``Y_n`` summed over the contracted modes' axes and gathered along mode
+    ``n`` (``I_n × ∏ r_k``: small); returns the new factors and the core (replicated)."""
+    from tensorfact.decomposition.tucker import _sweep_modes, _hoqri_update  # imports us
+
+    def reduce(y, n):
+        return _gather(_psum(y, _flat_axes(axes[:n] + axes[n + 1:])), axes[n], axis=n)
+
     modes = tuple(range(x.ndim))
-    factors = list(factors)
-    local = [_local_rows(u, mesh, axes[m]) for m, u in enumerate(factors)]
-    first, second = split_halves(modes)
-    for half, other in ((first, second), (second, first)):
-        partial = algebra.multi_mode_dot(x, [local[m] for m in other], other, transpose=True,
-                                         precision=precision)
-        for n in half:
-            rest = [m for m in half if m != n]
-            y = algebra.multi_mode_dot(partial, [local[m] for m in rest], rest, transpose=True,
-                                       precision=precision)
-            y = _psum(y, _flat_axes(axes[:n] + axes[n + 1:]))
-            y = _gather(y, axes[n], axis=n)  # I_n × ∏ r_k: small
-            unfolded = algebra.unfold(y, n)
-            u = factors[n]
-            for _ in range(subspace_iter):
-                z = jnp.matmul(unfolded, jnp.matmul(unfolded.T, u, precision=prec),
-                               precision=prec)
-                u, _ = jnp.linalg.qr(z)
-            factors[n] = u
-            local[n] = _local_rows(u, mesh, axes[n])
-    core = algebra.mode_dot(y, factors[n], n, transpose=True, precision=precision)
-    return tuple(factors), core
+    current, n, y = _sweep_modes(x, factors, modes, _hoqri_update(subspace_iter, precision),
+                                 precision, rows=lambda u, m: _local_rows(u, mesh, axes[m]),
+                                 reduce=reduce)
+    core = algebra.mode_dot(y, current[n], n, transpose=True, precision=precision)
+    return tuple(current[m] for m in modes), core
 
 
 # ---------------------------------------------------------------------------------------------
