@@ -10,9 +10,9 @@ contender's median over tensorfact's (> 1: tensorfact is faster).
 Works, for an ``n1 × n2 × n3`` tensor (default 256³; ``--small``: 48 × 40 × 16):
 
 * **t-SVD**, from the dense tensor to the real factors ``U, s, V`` (tubal rank ``min(n1, n2)``)
-  in the original domain, as :func:`tensorfact.tsvd` returns them:
+  in the original domain, as :func:`tensorfact.tubal.svd` returns them:
 
-  - tensorfact: ``tfa.tsvd(x)`` (real FFT, ``n3 // 2 + 1`` slice SVDs; the real zero/Nyquist
+  - tensorfact: ``tfa.tubal.svd(x)`` (real FFT, ``n3 // 2 + 1`` slice SVDs; the real zero/Nyquist
     slices in real arithmetic);
   - NumPy, half spectrum: ``np.fft.rfft``, the same real/complex split, one batched
     ``np.linalg.svd`` per group, ``np.fft.irfft`` of the factors;
@@ -25,7 +25,7 @@ Works, for an ``n1 × n2 × n3`` tensor (default 256³; ``--small``: 48 × 40 ×
   Error: ``‖X − U * S * Vᵀ‖_F / ‖X‖_F``, rebuilt in float64.
 
 * **t-product** ``A * B`` of two ``n1 × n2 × n3`` / ``n2 × n1 × n3`` tensors: tensorfact's
-  ``tfa.tprod`` (rfft, batched matmul at full float32 precision, irfft) against the same
+  ``tfa.tubal.product`` (rfft, batched matmul at full float32 precision, irfft) against the same
   pipeline in NumPy (half and full spectrum) and PyTorch (TF32 off). Error against a float64
   NumPy product.
 
@@ -214,7 +214,7 @@ def main(argv=None):
                      "rel_error": error_of(out), "notes": notes})
 
     if "tsvd" in which:
-        add("tsvd", "tensorfact", lambda: tfa.tsvd(xj),
+        add("tsvd", "tensorfact", lambda: tfa.tubal.svd(xj),
             lambda t: jax.block_until_ready(jax.tree_util.tree_leaves(t)),
             lambda t: tsvd_error(x64, t.u, t.s, t.v), "jax real FFT, n3//2+1 slice SVDs")
         add("tsvd", "numpy rfft + batched svd", lambda: numpy_tsvd_half(x), nosync,
@@ -228,7 +228,7 @@ def main(argv=None):
                 lambda f: tsvd_error(x64, *f), "n3//2+1 slice SVDs")
     if "tprod" in which:
         ref = numpy_tprod_half(a.astype(np.float64), b.astype(np.float64))
-        add("tprod", "tensorfact", lambda: tfa.tprod(aj, bj), jax.block_until_ready,
+        add("tprod", "tensorfact", lambda: tfa.tubal.product(aj, bj), jax.block_until_ready,
             lambda c: rel_error(ref, c), "jax rfft + matmul (HIGHEST) + irfft")
         add("tprod", "numpy rfft + matmul", lambda: numpy_tprod_half(a, b), nosync,
             lambda c: rel_error(ref, c))

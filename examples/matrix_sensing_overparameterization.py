@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact.decomposition.sensing import factorize_gd, gaussian_measurements, measure
+from tensorfact.decomposition._sensing import factorize_gd, gaussian_measurements, measure
 
 try:  # optional progress bar
     from tqdm import tqdm as _progress

@@ -4,7 +4,7 @@
 *pixels* are removed at random (the same mask for the three channels: a pixel is either seen
 in colour or not at all). Three completions are compared by their PSNR on the whole image:
 
-* **tubal, TNN**: :func:`tensorfact.tubal_complete` (``method="tnn"``), the tensor-nuclear-norm
+* **tubal, TNN**: :func:`tensorfact.tubal.complete` (``method="tnn"``), the tensor-nuclear-norm
   completion of Zhang & Aeron (IEEE TSP 2017) / Lu et al. (TPAMI 2019), which has no parameter;
 * **tubal, GD**: :func:`tubal_factorize_gd` on ``X = L * Rᵀ`` with inner size ``min(n1, n2)``
   from a small random initialisation (Karnik, Veselovska, Iwen & Krahmer, ICML 2025), no
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import tensorfact as tfa
-from tensorfact.decomposition.tubal_factorization import tubal_factorize_gd
+from tensorfact.tubal._factorize import tubal_factorize_gd
 
 #: Soft-Impute baseline: rank (a fraction of the image side) and threshold (a fraction of each
 #: channel's σ_max).
@@ -102,7 +102,7 @@ def complete_image(img, *, missing=0.7, block=2, seed=0, gd_steps=1000, tnn_iter
 
     x_obs, x_mask = jnp.asarray(to_blocks(observed, block)), jnp.asarray(to_blocks(mask, block))
     start = time.perf_counter()
-    tnn = tfa.tubal_complete(x_obs, x_mask, method="tnn", n_iter=tnn_iter, tol=1e-4)
+    tnn = tfa.tubal.complete(x_obs, x_mask, method="tnn", n_iter=tnn_iter, tol=1e-4)
     images["tubal, TNN"] = from_blocks(np.asarray(tnn.to_dense()), block, img.shape)
     seconds["tubal, TNN"] = time.perf_counter() - start
 

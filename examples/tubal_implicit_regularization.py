@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact.decomposition.tubal_factorization import (tubal_factorize_gd,
+from tensorfact.tubal._factorize import (tubal_factorize_gd,
                                                           tubal_gaussian_measurements,
                                                           tubal_measure)
-from tensorfact.tproduct import tprod, ttranspose
+from tensorfact._tproduct import tprod, ttranspose
 
 ALPHAS = (1e-6, 1e-4, 1e-2, 1e-1, 1.0)
 #: A run "recovers" when its final test error is below this.

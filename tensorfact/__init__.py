@@ -10,32 +10,22 @@ Every decomposition is a pure function that compiles with ``jax.jit``, maps over
     print(tfa.relative_error(x, cp.to_dense()), tk.n_params, tk.norm())
 """
 
-from tensorfact import (algebra, decomposition, kernels, metrics, random, ranks, tensors,
-                        tproduct)
-from tensorfact import optim, sharding
+from tensorfact import (algebra, decomposition, kernels, metrics, optim, random, ranks, sharding,
+                        tensors, tubal)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
 from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur, factorize_gd,
-                                      gaussian_measurements, measure, nmf, prox_tnn, rpca, svd,
-                                      tnn, trpca, tsvd, tubal_complete, tubal_rank, tucker)
-from tensorfact.decomposition.tt import tt, tt_matrix, tt_round
-from tensorfact.decomposition.tensor_ring import tensor_ring
-from tensorfact.decomposition.tt_cross import tt_cross, tt_cross_n_evals
-from tensorfact.decomposition.tubal_factorization import (TubalFactors, TubalHistory,
-                                                           effective_tubal_rank,
-                                                           singular_tube_norms,
-                                                           tubal_factorize_gd,
-                                                           tubal_gaussian_measurements,
-                                                           tubal_loss, tubal_measure)
-from tensorfact.tensors.tr import TRTensor
+                                      gaussian_measurements, measure, nmf, rpca, svd,
+                                      tensor_ring, tt, tt_cross, tt_cross_n_evals, tt_matrix,
+                                      tt_round, tucker)
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
-from tensorfact.tensors.tt import (TTMatrix, TTTensor, tt_add, tt_gather, tt_hadamard, tt_inner,
-                                   tt_matmul, tt_orthogonalize, tt_scale)
-from tensorfact.tproduct import tidentity, tinv, tnorm, tprod, ttranspose
-from tensorfact.tensors import (CPTensor, CURMatrix, FactorizedTensor, LowRankMatrix, TSVDTensor,
-                                TuckerTensor)
+from tensorfact.tensors import (CPTensor, CURMatrix, FactorizedTensor, LowRankMatrix, TRTensor,
+                                TSVDTensor, TTMatrix, TTTensor, TuckerTensor)
+from tensorfact.tensors._tt import (tt_add, tt_gather, tt_hadamard, tt_inner, tt_matmul,
+                                    tt_orthogonalize, tt_scale)
+from tensorfact.tubal import TubalFactors
 
 __version__ = "0.1.0"
 
@@ -48,19 +38,19 @@ def __getattr__(name):
     raise AttributeError(f"module 'tensorfact' has no attribute {name!r}")
 
 __all__ = [
-    "CPTensor", "CURMatrix", "FactorizedTensor", "FitInfo", "LowRankMatrix", "SensingHistory",
-    "TuckerTensor", "factorize_gd", "gaussian_measurements", "measure",
-    "algebra", "complete", "cp", "cur", "decomposition", "effective_rank", "fit", "fold",
-    "kernels", "khatri_rao", "kronecker", "metrics", "mode_dot", "mttkrp", "multi_mode_dot",
-    "nmf", "noisy", "partial_mttkrp",
-    "random", "random_cp", "random_tucker", "rank_for_energy", "rank_for_params", "ranks",
-    "relative_error", "rpca", "stable_rank", "svd", "tensors", "tucker", "unfold",
-    "tproduct", "tprod", "ttranspose", "tidentity", "tinv", "tnorm",
-    "TSVDTensor", "tsvd", "tubal_rank", "tnn", "prox_tnn", "trpca", "tubal_complete",
-    "TTTensor", "TTMatrix", "tt", "tt_matrix", "tt_round", "tt_add", "tt_scale", "tt_hadamard",
-    "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
-    "TRTensor", "tensor_ring", "tt_cross", "tt_cross_n_evals",
-    "TubalFactors", "TubalHistory", "effective_tubal_rank", "singular_tube_norms",
-    "tubal_factorize_gd", "tubal_gaussian_measurements", "tubal_loss", "tubal_measure",
-    "nn", "optim", "sharding",
+    # types
+    "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
+    "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors", "FitInfo", "SensingHistory",
+    # decompositions
+    "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross", "tt_cross_n_evals",
+    "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",
+    # tensor-train arithmetic
+    "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
+    # algebra, metrics, ranks, planted data
+    "unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker", "mttkrp",
+    "partial_mttkrp", "relative_error", "fit", "stable_rank", "effective_rank",
+    "rank_for_energy", "rank_for_params", "random_cp", "random_tucker", "noisy",
+    # namespaces
+    "algebra", "decomposition", "kernels", "metrics", "nn", "optim", "random", "ranks",
+    "sharding", "tensors", "tubal",
 ]

@@ -34,9 +34,9 @@ import optax
 from tensorfact import algebra
 from tensorfact._checks import check_positive_int, is_traced, require_key
 from tensorfact.ranks import stable_rank
-from tensorfact.tensors.cp import CPTensor
-from tensorfact.tensors.tt import TTMatrix, TTTensor
-from tensorfact.tensors.tucker import TuckerTensor
+from tensorfact.tensors._cp import CPTensor
+from tensorfact.tensors._tt import TTMatrix, TTTensor
+from tensorfact.tensors._tucker import TuckerTensor
 
 __all__ = ["ProximalState", "proximal_nuclear", "proximal_l1", "nuclear_norm", "l1_penalty",
            "tensor_dropout", "layer_stable_ranks", "StableRankState", "stable_rank_monitor",

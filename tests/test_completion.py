@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import tensorfact as tfa
-from tensorfact.decomposition import completion
-from tensorfact.decomposition.completion import complete, rpca
+from tensorfact.decomposition import _completion as completion
+from tensorfact.decomposition._completion import complete, rpca
 
 KEY = jax.random.key(7)
 

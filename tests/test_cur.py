@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tensorfact.decomposition.cur import cur
-from tensorfact.tensors.cur import CURMatrix
+from tensorfact.decomposition._cur import cur
+from tensorfact.tensors._cur import CURMatrix
 
 SHAPE = (60, 50)
 WIDE = (6, 40)

@@ -19,7 +19,7 @@ from tensorfact.kernels import _pallas, mttkrp, mttkrp_pallas, mttkrp_xla, resol
 from _helpers import rel, x64
 
 # the package exports the function under the submodule's name
-mttkrp_module = importlib.import_module("tensorfact.kernels.mttkrp")
+mttkrp_module = importlib.import_module("tensorfact.kernels._mttkrp")
 
 
 def _numpy_mttkrp(x, factors, mode):

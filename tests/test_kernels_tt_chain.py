@@ -106,13 +106,13 @@ def test_dispatcher_falls_back_and_says_why(caplog, monkeypatch):
     np.testing.assert_array_equal(out, tt_chain_xla(x, cores))
     # on a GPU: too large to keep on chip → XLA, and says so; small → the kernel
     monkeypatch.setattr(_pallas, "on_gpu", lambda: True)
-    tt = importlib.import_module("tensorfact.kernels.tt_chain")
+    tt = importlib.import_module("tensorfact.kernels._tt_chain")
     assert "not yet been measured" in tt._auto_reason(x, cores)
     monkeypatch.setattr(_pallas, "MEASURED_ON_GPU", frozenset({"tt_chain"}))
     big = _cores(rng, (16, 16, 16), (16, 16, 16), (8, 8))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tensorfact.kernels"):
-        tt = importlib.import_module("tensorfact.kernels.tt_chain")
+        tt = importlib.import_module("tensorfact.kernels._tt_chain")
         assert tt._auto_reason(jax.ShapeDtypeStruct((8, 4096), jnp.float32), big) is not None
         assert tt._auto_reason(x, cores) is None
         assert "would not stay on chip" in tt._auto_reason(

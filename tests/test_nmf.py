@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tensorfact.decomposition._loop import FitInfo
-from tensorfact.decomposition.nmf import nmf
+from tensorfact.decomposition._nmf import nmf
 from tensorfact.tensors import LowRankMatrix
 from _helpers import x64, rel
 
@@ -129,7 +129,7 @@ def test_nndsvd_is_deterministic_and_nonnegative(noisy):
     leaves = jax.tree_util.tree_leaves
     for u, v in zip(leaves((a, info_a)), leaves((b, info_b))):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-    from tensorfact.decomposition.nmf import _nndsvd
+    from tensorfact.decomposition._nmf import _nndsvd
     w0, h0 = _nndsvd(noisy, RANK)
     assert np.all(np.asarray(w0) >= 0) and np.all(np.asarray(h0) >= 0)
     assert np.any(np.asarray(w0) == 0)  # plain NNDSVD keeps its zeros

@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 import tensorfact as tfa
 from tensorfact.nn import FactorizedConv
-from tensorfact.nn.conv import _resolve_rank
+from tensorfact.nn._conv import _resolve_rank
 
 from _helpers import rel, x64
 

@@ -26,7 +26,7 @@ from jax.test_util import check_grads
 import tensorfact as tfa
 from _helpers import rel, x64
 from tensorfact.nn import FactorizedDense, balanced_factors
-from tensorfact.nn.dense import (_flops, _n_factor_params, _resolve_rank, _tensorize,
+from tensorfact.nn._dense import (_flops, _n_factor_params, _resolve_rank, _tensorize,
                                  _tt_tools)
 
 HAS_TT = _tt_tools() is not None

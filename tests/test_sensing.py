@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from tensorfact.decomposition.sensing import (SensingHistory, factorize_gd,
+from tensorfact.decomposition._sensing import (SensingHistory, factorize_gd,
                                               gaussian_measurements, measure)
 from tensorfact.tensors import LowRankMatrix
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import tensorfact as tfa
-from tensorfact import tproduct
+from tensorfact import _tproduct as tproduct
 from _helpers import rel, x64
 
 
@@ -140,17 +140,17 @@ def all_ops(a, b, sq, matrix, kind):
     """Every operation on one set of inputs, in one compiled program (compiling is what costs
     time in these small tests). ``matrix`` is traced: no invertibility check is made on it."""
     tr = matrix if kind == "matrix" else kind
-    c = tfa.tprod(a, b, transform=tr)
-    at = tfa.ttranspose(a, transform=tr)
+    c = tfa.tubal.product(a, b, transform=tr)
+    at = tfa.tubal.transpose(a, transform=tr)
     return dict(
         c=c, at=at,
-        ct=tfa.ttranspose(c, transform=tr),
-        bt_at=tfa.tprod(tfa.ttranspose(b, transform=tr), at, transform=tr),
-        att=tfa.ttranspose(at, transform=tr),
-        eye=tfa.tidentity(sq.shape[0], a.shape[-1], transform=tr),
-        inv=tfa.tinv(sq, transform=tr),
-        fro=tfa.tnorm(a),
-        spectral=tfa.tnorm(a, "spectral", transform=tr),
+        ct=tfa.tubal.transpose(c, transform=tr),
+        bt_at=tfa.tubal.product(tfa.tubal.transpose(b, transform=tr), at, transform=tr),
+        att=tfa.tubal.transpose(at, transform=tr),
+        eye=tfa.tubal.identity(sq.shape[0], a.shape[-1], transform=tr),
+        inv=tfa.tubal.inverse(sq, transform=tr),
+        fro=tfa.tubal.norm(a),
+        spectral=tfa.tubal.norm(a, "spectral", transform=tr),
     )
 
 
@@ -185,14 +185,14 @@ def test_eager_calls_and_matrix_check(rng):
     """The eager path (with the invertibility check of a concrete matrix) gives the same."""
     a, b = randn(rng, 4, 3, 5), randn(rng, 3, 2, 5)
     m = invertible_matrix(5)
-    assert rel(ref_tprod(a, b, m), tfa.tprod(a, b, transform=m)) < 1e-5
-    assert rel(ref_tprod(a, b), tfa.tprod(a, b)) < 1e-5
+    assert rel(ref_tprod(a, b, m), tfa.tubal.product(a, b, transform=m)) < 1e-5
+    assert rel(ref_tprod(a, b), tfa.tubal.product(a, b)) < 1e-5
     t = tproduct.resolve_transform(m, 5)
     assert t.kind == "matrix" and tproduct.resolve_transform(t, 5).kind == "matrix"
 
 
 def test_tidentity_fft_is_identity_in_first_slice():
-    eye = np.asarray(tfa.tidentity(4, 6, dtype=jnp.float32))
+    eye = np.asarray(tfa.tubal.identity(4, 6, dtype=jnp.float32))
     np.testing.assert_allclose(eye[:, :, 0], np.eye(4), atol=1e-7)
     np.testing.assert_allclose(eye[:, :, 1:], 0.0, atol=1e-7)
 
@@ -201,7 +201,7 @@ def test_tnorm_spectral_is_operator_norm(rng):
     """``‖A‖ = max ‖A * B‖_F / ‖B‖_F`` over B, attained at the leading right singular vector of
     ``bcirc(A)`` folded into a lateral slice (``n4 = 1``)."""
     a = randn(rng, 5, 4, 6)
-    spectral = float(tfa.tnorm(a, "spectral"))
+    spectral = float(tfa.tubal.norm(a, "spectral"))
     bs = randn(rng, 4, 3, 6)  # three lateral slices at once
     for j in range(3):
         b = np.asarray(bs[:, j:j + 1], np.float64)
@@ -251,13 +251,13 @@ def test_batch_axes_and_vmap(rng):
 
     @jax.jit
     def batched(a, b, sq):
-        return (tfa.tprod(a, b), tfa.ttranspose(a), tfa.tinv(sq), tfa.tnorm(a, "spectral"),
-                tfa.tnorm(a))
+        return (tfa.tubal.product(a, b), tfa.tubal.transpose(a), tfa.tubal.inverse(sq), tfa.tubal.norm(a, "spectral"),
+                tfa.tubal.norm(a))
 
     @jax.jit
     def mapped(a, b, sq):
-        return jax.vmap(lambda a, sq: (tfa.tprod(a, b), tfa.ttranspose(a), tfa.tinv(sq),
-                                       tfa.tnorm(a, "spectral"), tfa.tnorm(a)))(a, sq)
+        return jax.vmap(lambda a, sq: (tfa.tubal.product(a, b), tfa.tubal.transpose(a), tfa.tubal.inverse(sq),
+                                       tfa.tubal.norm(a, "spectral"), tfa.tubal.norm(a)))(a, sq)
 
     c, at, inv, spectral, fro = batched(a, b, sq)
     assert c.shape == (2, 4, 2, 5) and spectral.shape == (2,) and fro.shape == (2,)
@@ -271,7 +271,7 @@ def test_batch_axes_and_vmap(rng):
         assert float(fro[i]) == pytest.approx(np.linalg.norm(np.asarray(a[i], np.float64)),
                                               rel=1e-6)
     with pytest.raises(ValueError, match="inner sizes must match"):
-        tfa.tprod(a, a)
+        tfa.tubal.product(a, a)
 
 
 def test_float64(rng):
@@ -280,13 +280,13 @@ def test_float64(rng):
         b = jnp.asarray(rng.standard_normal((3, 5, 6)))
         sq = jnp.asarray(rng.standard_normal((3, 3, 6)))
         for kind, mat in (("fft", None), ("dct", dct_matrix(6))):
-            c, inv = jax.jit(lambda a, b, sq: (tfa.tprod(a, b, transform=kind),
-                                               tfa.tinv(sq, transform=kind)))(a, b, sq)
+            c, inv = jax.jit(lambda a, b, sq: (tfa.tubal.product(a, b, transform=kind),
+                                               tfa.tubal.inverse(sq, transform=kind)))(a, b, sq)
             assert c.dtype == jnp.float64 and inv.dtype == jnp.float64
             assert rel(ref_tprod(a, b, mat), c) < 1e-13
             np.testing.assert_allclose(ref_tprod(sq, inv, mat), ref_identity(3, 6, mat),
                                        atol=1e-10)
-        assert tfa.tidentity(2, 3, dtype=jnp.float64).dtype == jnp.float64
+        assert tfa.tubal.identity(2, 3, dtype=jnp.float64).dtype == jnp.float64
 
 
 @pytest.mark.parametrize("kind", ("fft", "dct"))
@@ -294,7 +294,7 @@ def test_grad_tprod(rng, kind):
     with x64():
         a = jnp.asarray(rng.standard_normal((3, 2, 4)))
         b = jnp.asarray(rng.standard_normal((2, 3, 4)))
-        prod = jax.jit(lambda a, b: tfa.tprod(a, b, transform=kind))
+        prod = jax.jit(lambda a, b: tfa.tubal.product(a, b, transform=kind))
         check_grads(prod, (a, b), order=1, modes=("fwd", "rev"))
         # the adjoint of B ↦ A * B is C ↦ Aᵀ * C: ⟨A * B, C⟩ = ⟨B, Aᵀ * C⟩
         c = jnp.asarray(rng.standard_normal((3, 3, 4)))
@@ -306,14 +306,14 @@ def test_grad_tprod(rng, kind):
 def test_grad_tinv_and_tnorm(rng):
     with x64():
         a = jnp.asarray(rng.standard_normal((3, 3, 5)) + 3 * ref_identity(3, 5))
-        check_grads(jax.jit(tfa.tinv), (a,), order=1, modes=("rev",))
-        check_grads(jax.jit(lambda x: tfa.tnorm(x, "spectral")), (a,), order=1, modes=("rev",))
+        check_grads(jax.jit(tfa.tubal.inverse), (a,), order=1, modes=("rev",))
+        check_grads(jax.jit(lambda x: tfa.tubal.norm(x, "spectral")), (a,), order=1, modes=("rev",))
 
 
 @functools.partial(jax.jit, static_argnames="kind")
 def prop_ops(a, b, kind):
-    return (tfa.tprod(a, b, transform=kind), tfa.ttranspose(a, transform=kind),
-            tfa.tnorm(a, "spectral", transform=kind))
+    return (tfa.tubal.product(a, b, transform=kind), tfa.tubal.transpose(a, transform=kind),
+            tfa.tubal.norm(a, "spectral", transform=kind))
 
 
 @settings(max_examples=10, deadline=None)
@@ -338,28 +338,28 @@ def test_property_tprod_and_transpose(n1, n2, n4, n3, kind, seed):
 def test_errors(rng):
     a, b = randn(rng, 4, 3, 5), randn(rng, 3, 2, 5)
     with pytest.raises(ValueError, match=r"a must be a third-order tensor .* got shape \(4, 3\)"):
-        tfa.tprod(a[:, :, 0], b)
+        tfa.tubal.product(a[:, :, 0], b)
     with pytest.raises(ValueError, match=r"b must be a third-order tensor"):
-        tfa.tprod(a, b[0])
+        tfa.tubal.product(a, b[0])
     with pytest.raises(ValueError, match=r"inner sizes must match .* \(4, 3, 5\) and \(2, 2, 5\)"):
-        tfa.tprod(a, b[:2])
+        tfa.tubal.product(a, b[:2])
     with pytest.raises(ValueError, match=r"tubes of the same length .* \(4, 3, 5\) and \(3, 2, 4\)"):
-        tfa.tprod(a, b[:, :, :4])
+        tfa.tubal.product(a, b[:, :, :4])
     with pytest.raises(ValueError, match=r"transform must be 'fft', 'dct' or .* got 'dft'"):
-        tfa.tprod(a, b, transform="dft")
+        tfa.tubal.product(a, b, transform="dft")
     with pytest.raises(ValueError, match=r"transform must be 'fft', 'dct' or .* got list"):
-        tfa.ttranspose(a, transform=[1, 2])
+        tfa.tubal.transpose(a, transform=[1, 2])
     with pytest.raises(ValueError, match=r"transform matrix must have shape \(5, 5\) .* got \(4, 4\)"):
-        tfa.tprod(a, b, transform=np.eye(4))
+        tfa.tubal.product(a, b, transform=np.eye(4))
     with pytest.raises(ValueError, match=r"transform matrix must be invertible"):
-        tfa.tprod(a, b, transform=np.ones((5, 5)))
+        tfa.tubal.product(a, b, transform=np.ones((5, 5)))
     with pytest.raises(ValueError, match=r"a must have square frontal slices .* \(4, 3, 5\)"):
-        tfa.tinv(a)
+        tfa.tubal.inverse(a)
     with pytest.raises(ValueError, match=r"ord must be 'fro' or 'spectral', got 'nuc'"):
-        tfa.tnorm(a, "nuc")
+        tfa.tubal.norm(a, "nuc")
     with pytest.raises(ValueError, match=r"n must be a positive integer, got 0"):
-        tfa.tidentity(0, 3)
+        tfa.tubal.identity(0, 3)
     with pytest.raises(ValueError, match=r"hat must hold n3 // 2 \+ 1 = 4 frequencies .* got 3"):
         tproduct.from_transform_domain(tproduct.to_transform_domain(a), 6)
     with pytest.raises(TypeError, match=r"a must be real, got dtype complex64"):
-        tfa.tprod(a.astype(jnp.complex64), b)
+        tfa.tubal.product(a.astype(jnp.complex64), b)

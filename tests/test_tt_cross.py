@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorfact as tfa
-from tensorfact.decomposition.tt_cross import maxvol
+from tensorfact.decomposition._tt_cross import maxvol
 from _helpers import x64, rel
 
 GRID = (10,) * 10  # 10^10 entries: never formed

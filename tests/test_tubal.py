@@ -24,7 +24,7 @@ from jax.test_util import check_grads
 
 import tensorfact as tfa
 from tensorfact import TSVDTensor
-from tensorfact.decomposition import tubal
+from tensorfact.tubal import _decompositions as tubal
 from _helpers import rel, x64
 
 
@@ -96,10 +96,10 @@ def transform_arg(kind, n3):
 def tsvd_parts(x, matrix, rank, kind):
     """The t-SVD and what the tests check on it, in one program (the matrix is traced)."""
     tr = matrix if kind == "matrix" else kind
-    t = tfa.tsvd(x, rank, transform=tr)
-    eye_u = tfa.tprod(tfa.ttranspose(t.u, transform=tr), t.u, transform=tr)
-    eye_v = tfa.tprod(tfa.ttranspose(t.v, transform=tr), t.v, transform=tr)
-    sigma = tfa.tproduct.to_transform_domain(t.s[:, None, :], tr)[..., 0]   # (k, r)
+    t = tfa.tubal.svd(x, rank, transform=tr)
+    eye_u = tfa.tubal.product(tfa.tubal.transpose(t.u, transform=tr), t.u, transform=tr)
+    eye_v = tfa.tubal.product(tfa.tubal.transpose(t.v, transform=tr), t.v, transform=tr)
+    sigma = tfa.tubal.to_transform_domain(t.s[:, None, :], tr)[..., 0]   # (k, r)
     return t, t.to_dense(), t.norm(), eye_u, eye_v, sigma
 
 
@@ -121,7 +121,7 @@ def test_tsvd_full_reconstructs_and_is_t_orthogonal(rng, kind, shape):
     assert dense.dtype == jnp.float32 and t.u.dtype == jnp.float32
     assert rel(x, dense) < 1e-5
     assert float(norm) == pytest.approx(np.linalg.norm(np.asarray(x, np.float64)), rel=1e-5)
-    eye = np.asarray(tfa.tidentity(m, shape[2], transform=tr), np.float64)
+    eye = np.asarray(tfa.tubal.identity(m, shape[2], transform=tr), np.float64)
     np.testing.assert_allclose(np.asarray(eye_u), eye, atol=1e-5)
     np.testing.assert_allclose(np.asarray(eye_v), eye, atol=1e-5)
     # the transformed singular values are those of NumPy's slice-wise SVDs
@@ -157,19 +157,19 @@ def test_truncated_tsvd_error_is_discarded_spectrum(kind):
 
 def test_tsvd_batch_and_vmap(rng):
     x = jnp.asarray(rng.standard_normal((2, 5, 4, 6)), jnp.float32)
-    batched = jax.jit(lambda x: tfa.tsvd(x, 2))(x)
-    mapped = jax.jit(jax.vmap(lambda x: tfa.tsvd(x, 2)))(x)
+    batched = jax.jit(lambda x: tfa.tubal.svd(x, 2))(x)
+    mapped = jax.jit(jax.vmap(lambda x: tfa.tubal.svd(x, 2)))(x)
     assert batched.shape == (2, 5, 4, 6) and batched.rank == 2
     assert rel(batched.to_dense(), mapped.to_dense()) < 1e-5
     norms = batched.norm()
     assert norms.shape == (2,)
     for i in range(2):
-        single = tfa.tsvd(x[i], 2)
+        single = tfa.tubal.svd(x[i], 2)
         assert rel(single.to_dense(), batched.to_dense()[i]) < 1e-5
         assert float(norms[i]) == pytest.approx(float(single.norm()), rel=1e-5)
     # vmap with a transform matrix broadcasts it with the factors; to_dense maps over it
     m = jnp.asarray(orthogonal_matrix(6), jnp.float32)
-    mapped_m = jax.vmap(lambda x: tfa.tsvd(x, transform=m))(x)
+    mapped_m = jax.vmap(lambda x: tfa.tubal.svd(x, transform=m))(x)
     assert mapped_m.matrix.shape == (2, 6, 6)
     assert rel(x, mapped_m.to_dense()) < 1e-5
     np.testing.assert_allclose(np.asarray(mapped_m.norm()),
@@ -179,7 +179,7 @@ def test_tsvd_batch_and_vmap(rng):
 def test_tsvd_grad(rng):
     with x64():
         x = jnp.asarray(rng.standard_normal((4, 3, 4)))
-        check_grads(jax.jit(lambda x: tfa.tsvd(x, 2).to_dense()), (x,), order=1,
+        check_grads(jax.jit(lambda x: tfa.tubal.svd(x, 2).to_dense()), (x,), order=1,
                     modes=("rev",))
 
 
@@ -195,7 +195,7 @@ def test_tsvd_tensor_type(rng):
     assert t.n_params == 5 * 2 * 4 + 2 * 4 + 3 * 2 * 4 and t.transform.kind == "fft"
     # the dense form is U * S * Vᵀ with S the f-diagonal tensor of the tubes s
     big_s = jnp.zeros((2, 2, 4)).at[0, 0].set(s[0]).at[1, 1].set(s[1])
-    ref = tfa.tprod(tfa.tprod(u, big_s), tfa.ttranspose(v))
+    ref = tfa.tubal.product(tfa.tubal.product(u, big_s), tfa.tubal.transpose(v))
     assert rel(ref, t.to_dense()) < 1e-5
     # norm() from the factors (not orthogonal here), for every kind of transform
     m = np.random.default_rng(5).standard_normal((4, 4)) + 3 * np.eye(4)
@@ -236,15 +236,15 @@ def test_tsvd_tensor_errors(rng):
 @pytest.mark.parametrize("kind", ("fft", "dct"))
 def test_tubal_rank_of_planted(kind):
     for r, shape in ((1, (6, 5, 4)), (5, (6, 5, 4))):
-        assert tfa.tubal_rank(planted(r, shape, r, kind), transform=kind) == r
+        assert tfa.tubal.rank(planted(r, shape, r, kind), transform=kind) == r
     x = planted(3, (8, 6, 5), 3, kind)
-    assert tfa.tubal_rank(jnp.zeros((3, 4, 5)), transform=kind) == 0
+    assert tfa.tubal.rank(jnp.zeros((3, 4, 5)), transform=kind) == 0
     # an absolute tol above all but the largest singular values leaves rank 1
     sigma = ref_sigma(x, kind)
-    assert tfa.tubal_rank(x, tol=float(np.max(sigma[:, 1])) * 1.0001, transform=kind) == 1
-    jitted = jax.jit(lambda x: tfa.tubal_rank(x, transform=kind))(x)
+    assert tfa.tubal.rank(x, tol=float(np.max(sigma[:, 1])) * 1.0001, transform=kind) == 1
+    jitted = jax.jit(lambda x: tfa.tubal.rank(x, transform=kind))(x)
     assert isinstance(jitted, jax.Array) and jitted.dtype == jnp.int32 and int(jitted) == 3
-    batch = tfa.tubal_rank(jnp.stack([x, jnp.zeros_like(x)]), transform=kind)
+    batch = tfa.tubal.rank(jnp.stack([x, jnp.zeros_like(x)]), transform=kind)
     assert batch.shape == (2,) and list(np.asarray(batch)) == [3, 0]
 
 
@@ -254,7 +254,7 @@ def test_tubal_rank_of_a_single_frequency():
     a = rng.standard_normal((6, 2)) @ rng.standard_normal((2, 5))        # rank 2
     tube = np.cos(2 * np.pi * np.arange(8) / 8)                          # frequencies ±1 only
     x = a[:, :, None] * tube
-    assert tfa.tubal_rank(jnp.asarray(x, jnp.float32)) == 2
+    assert tfa.tubal.rank(jnp.asarray(x, jnp.float32)) == 2
     assert int(np.sum(ref_sigma(x)[0] > 1e-8)) == 0                      # the mean is zero
 
 
@@ -262,10 +262,10 @@ def test_tubal_rank_of_a_single_frequency():
 def test_tnn_matches_reference_and_closed_forms(rng, kind):
     x = jnp.asarray(rng.standard_normal((6, 4, 5)), jnp.float32)
     tr, ref_kind = transform_arg(kind, 5)
-    assert float(tfa.tnn(x, transform=tr)) == pytest.approx(ref_tnn(x, ref_kind), rel=1e-5)
+    assert float(tfa.tubal.tnn(x, transform=tr)) == pytest.approx(ref_tnn(x, ref_kind), rel=1e-5)
     # the identity: every transformed slice is I_3, so TNN = 3 for the FFT (n3 slices, weight
     # 1/n3) and 3 · n3 for an orthogonal transform (Lu, Peng & Wei 2019: weight 1/ℓ = 1)
-    assert float(tfa.tnn(tfa.tidentity(3, 5, transform=tr), transform=tr)) == pytest.approx(
+    assert float(tfa.tubal.tnn(tfa.tubal.identity(3, 5, transform=tr), transform=tr)) == pytest.approx(
         3.0 * 5 * ref_weight(ref_kind, 5), rel=1e-5)
 
 
@@ -276,12 +276,12 @@ def test_tnn_closed_forms():
     # only the first frontal slice nonzero: every Fourier slice is M, so TNN = ‖M‖_*
     x = np.zeros((5, 4, 6))
     x[:, :, 0] = m
-    assert float(tfa.tnn(jnp.asarray(x, jnp.float32))) == pytest.approx(nuc, rel=1e-5)
+    assert float(tfa.tubal.tnn(jnp.asarray(x, jnp.float32))) == pytest.approx(nuc, rel=1e-5)
     # constant tubes: only the zero frequency is nonzero, n3 M there, so TNN = ‖M‖_*
-    assert float(tfa.tnn(jnp.asarray(m[:, :, None] * np.ones(6), jnp.float32))) == \
+    assert float(tfa.tubal.tnn(jnp.asarray(m[:, :, None] * np.ones(6), jnp.float32))) == \
         pytest.approx(nuc, rel=1e-5)
     # scaling and batch
-    batch = tfa.tnn(jnp.asarray(np.stack([x, 2 * x]), jnp.float32))
+    batch = tfa.tubal.tnn(jnp.asarray(np.stack([x, 2 * x]), jnp.float32))
     np.testing.assert_allclose(np.asarray(batch), [nuc, 2 * nuc], rtol=1e-5)
 
 
@@ -289,16 +289,16 @@ def test_tnn_grad_is_u_times_v_transpose(rng):
     """∇‖X‖_TNN = U * Vᵀ (Lu et al. 2019) for a tensor with distinct nonzero singular values."""
     with x64():
         x = jnp.asarray(rng.standard_normal((5, 4, 6)))
-        g = jax.jit(jax.grad(tfa.tnn))(x)
-        t = tfa.tsvd(x)
-        assert rel(tfa.tprod(t.u, tfa.ttranspose(t.v)), g) < 1e-10
+        g = jax.jit(jax.grad(tfa.tubal.tnn))(x)
+        t = tfa.tubal.svd(x)
+        assert rel(tfa.tubal.product(t.u, tfa.tubal.transpose(t.v)), g) < 1e-10
         # independent: the slice-wise U_k V_kᴴ of NumPy, transformed back
         xh = ref_slices(x)
         uvh = np.stack([u @ vh for u, _, vh in (np.linalg.svd(s, full_matrices=False)
                                                  for s in xh)])
         ref = np.real(np.fft.ifft(np.moveaxis(uvh, 0, 2), axis=2))
         assert rel(ref, g) < 1e-10
-        check_grads(jax.jit(tfa.tnn), (x,), order=1, modes=("rev",))
+        check_grads(jax.jit(tfa.tubal.tnn), (x,), order=1, modes=("rev",))
 
 
 @pytest.mark.parametrize("kind", ("fft", "dct"))
@@ -308,13 +308,13 @@ def test_prox_tnn_optimality(rng, kind):
     with x64():
         x = jnp.asarray(rng.standard_normal((6, 5, 4)))
         tau = 1.5
-        z = tfa.prox_tnn(x, tau, transform=kind)
+        z = tfa.tubal.prox(x, tau, transform=kind)
         assert z.dtype == jnp.float64 and z.shape == x.shape
         sigma_x = ref_sigma(x, kind)
         assert 0 < np.sum(sigma_x > tau) < sigma_x.size  # some, not all, values are cut
         g = (x - z) / tau
-        assert float(tfa.tnorm(g, "spectral", transform=kind)) <= 1 + 1e-10
-        assert float(jnp.vdot(g, z)) == pytest.approx(float(tfa.tnn(z, transform=kind)),
+        assert float(tfa.tubal.norm(g, "spectral", transform=kind)) <= 1 + 1e-10
+        assert float(jnp.vdot(g, z)) == pytest.approx(float(tfa.tubal.tnn(z, transform=kind)),
                                                       rel=1e-10)
 
         def objective(y):
@@ -327,15 +327,15 @@ def test_prox_tnn_optimality(rng, kind):
         # slice-wise soft-thresholding of the singular values, as in the reference
         kept = np.maximum(sigma_x - tau, 0)
         np.testing.assert_allclose(ref_sigma(z, kind), kept, atol=1e-10)
-        assert rel(x, tfa.prox_tnn(x, 0.0, transform=kind)) < 1e-12
+        assert rel(x, tfa.tubal.prox(x, 0.0, transform=kind)) < 1e-12
 
 
 def test_prox_tnn_jit_vmap_grad(rng):
     x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)), jnp.float32)
-    eager = tfa.prox_tnn(x, 0.7)
-    mapped = jax.jit(jax.vmap(lambda x, tau: tfa.prox_tnn(x, tau), in_axes=(0, None)))(x, 0.7)
+    eager = tfa.tubal.prox(x, 0.7)
+    mapped = jax.jit(jax.vmap(lambda x, tau: tfa.tubal.prox(x, tau), in_axes=(0, None)))(x, 0.7)
     assert rel(eager, mapped) < 1e-5
-    g = jax.jit(jax.grad(lambda tau: jnp.sum(tfa.prox_tnn(x[0], tau) ** 2)))(0.7)
+    g = jax.jit(jax.grad(lambda tau: jnp.sum(tfa.tubal.prox(x[0], tau) ** 2)))(0.7)
     assert np.isfinite(float(g)) and float(g) < 0  # more shrinkage, smaller result
 
 
@@ -358,14 +358,14 @@ def corrupted(seed, rank=2, frac=0.1):
 @pytest.fixture(scope="module")
 def trpca_fit():
     low, sparse = corrupted(0)
-    return low, sparse, tfa.trpca(low + sparse, return_info=True)
+    return low, sparse, tfa.tubal.rpca(low + sparse, return_info=True)
 
 
 def test_trpca_recovers_planted(trpca_fit):
     low, sparse, (l, s, info) = trpca_fit
     assert l.shape == SHAPE and l.dtype == jnp.float32
     assert rel(low, l) < 1e-4 and rel(sparse, s) < 1e-4
-    assert tfa.tubal_rank(l, tol=1e-3 * float(tfa.tnorm(l, "spectral"))) == 2
+    assert tfa.tubal.rank(l, tol=1e-3 * float(tfa.tubal.norm(l, "spectral"))) == 2
     assert bool(info.converged) and float(info.rel_error) < 1e-6
     n = int(info.n_iter)
     assert 1 < n < 500 and np.all(np.isfinite(np.asarray(info.errors[:n])))
@@ -375,7 +375,7 @@ def test_trpca_recovers_planted(trpca_fit):
 def test_trpca_vmap_and_fixed_length():
     lows, sparses = zip(*(corrupted(seed, frac=0.05) for seed in (1, 2)))
     xs = jnp.stack([a + b for a, b in zip(lows, sparses)])
-    fit = jax.jit(jax.vmap(lambda x: tfa.trpca(x, n_iter=60, tol=0)))
+    fit = jax.jit(jax.vmap(lambda x: tfa.tubal.rpca(x, n_iter=60, tol=0)))
     ls, ss = fit(xs)
     for i in range(2):  # each problem solved as on its own
         assert rel(lows[i], ls[i]) < 1e-4 and rel(sparses[i], ss[i]) < 1e-4
@@ -390,24 +390,24 @@ def completion_problem():
 
 def test_tubal_complete_tnn_recovers_planted(completion_problem):
     x, mask, data = completion_problem
-    t, info = tfa.tubal_complete(data, mask, return_info=True)
+    t, info = tfa.tubal.complete(data, mask, return_info=True)
     assert isinstance(t, TSVDTensor) and t.rank == 30 and t.shape == SHAPE
     assert rel(x, t.to_dense()) < 1e-4
     assert bool(info.converged) and float(info.rel_error) < 1e-5
     n = int(info.n_iter)
     assert 1 < n < 500 and np.all(np.isnan(np.asarray(info.errors[n:])))
     # the trailing singular tubes are (near) zero: the result has the planted tubal rank
-    assert tfa.tubal_rank(t.to_dense(), tol=1e-4 * float(tfa.tnorm(x, "spectral"))) == 2
+    assert tfa.tubal.rank(t.to_dense(), tol=1e-4 * float(tfa.tubal.norm(x, "spectral"))) == 2
 
 
 def test_tubal_complete_factor_recovers_planted(completion_problem):
     x, mask, data = completion_problem
-    t, info = tfa.tubal_complete(data, mask, rank=2, method="factor", return_info=True)
+    t, info = tfa.tubal.complete(data, mask, rank=2, method="factor", return_info=True)
     assert isinstance(t, TSVDTensor) and t.rank == 2
     assert rel(x, t.to_dense()) < 1e-4 and float(info.rel_error) < 1e-5
     # the result is a t-SVD: t-orthogonal factors, norm from the factors
-    eye = tfa.tprod(tfa.ttranspose(t.u), t.u)
-    np.testing.assert_allclose(np.asarray(eye), np.asarray(tfa.tidentity(2, 8)), atol=1e-4)
+    eye = tfa.tubal.product(tfa.tubal.transpose(t.u), t.u)
+    np.testing.assert_allclose(np.asarray(eye), np.asarray(tfa.tubal.identity(2, 8)), atol=1e-4)
     assert float(t.norm()) == pytest.approx(float(jnp.linalg.norm(t.to_dense())), rel=1e-5)
     n = int(info.n_iter)
     errors = np.asarray(info.errors[:n])
@@ -418,7 +418,7 @@ def test_tubal_complete_factor_dct():
     """The factor model under another transform: X = A *_L Bᵀ with the DCT."""
     x = planted(4, (10, 9, 4), 2, "dct")
     mask = random_mask(44, x.shape, 0.6)
-    t = tfa.tubal_complete(x, mask, rank=2, method="factor", transform="dct", n_iter=30)
+    t = tfa.tubal.complete(x, mask, rank=2, method="factor", transform="dct", n_iter=30)
     assert t.kind == "dct" and rel(x, t.to_dense()) < 1e-4
 
 
@@ -431,9 +431,9 @@ def test_tubal_complete_jit_vmap():
     @jax.jit
     def fit(xs, masks, key):
         def one(x, m):
-            f = tfa.tubal_complete(x, m, rank=1, method="factor", init="random", key=key,
+            f = tfa.tubal.complete(x, m, rank=1, method="factor", init="random", key=key,
                                    n_iter=30)
-            t = tfa.tubal_complete(x, m, rank=1, n_iter=300)
+            t = tfa.tubal.complete(x, m, rank=1, n_iter=300)
             assert t.rank == 1
             return f.to_dense(), t.to_dense()
         return jax.vmap(one)(xs, masks)
@@ -458,7 +458,7 @@ def test_property_tsvd(n1, n2, n3, seed):
     assert rel(x, dense) < 1e-5
     np.testing.assert_allclose(np.real(np.asarray(sigma)), ref_sigma(x)[: n3 // 2 + 1],
                                rtol=1e-5, atol=1e-5)
-    eye = np.asarray(tfa.tidentity(min(n1, n2), n3))
+    eye = np.asarray(tfa.tubal.identity(min(n1, n2), n3))
     np.testing.assert_allclose(np.asarray(eye_u), eye, atol=1e-5)
 
 
@@ -466,53 +466,53 @@ def test_errors(rng):
     x = jnp.asarray(rng.standard_normal((6, 5, 4)), jnp.float32)
     mask = jnp.ones(x.shape, bool)
     with pytest.raises(ValueError, match=r"x must be a third-order tensor .* got shape \(6, 5\)"):
-        tfa.tsvd(x[:, :, 0])
+        tfa.tubal.svd(x[:, :, 0])
     with pytest.raises(ValueError, match=r"rank must be at most min\(n1, n2\) = 5 .* got 6"):
-        tfa.tsvd(x, 6)
+        tfa.tubal.svd(x, 6)
     with pytest.raises(ValueError, match=r"rank must be a positive integer, got 0"):
-        tfa.tsvd(x, 0)
+        tfa.tubal.svd(x, 0)
     with pytest.raises(ValueError, match=r"transform must be 'fft', 'dct' .* got 'haar'"):
-        tfa.tsvd(x, transform="haar")
+        tfa.tubal.svd(x, transform="haar")
     with pytest.raises(ValueError, match=r"transform matrix must have shape \(4, 4\)"):
-        tfa.tsvd(x, transform=np.eye(3))
+        tfa.tubal.svd(x, transform=np.eye(3))
     with pytest.raises(ValueError, match=r"transform matrix must be invertible"):
-        tfa.tsvd(x, transform=np.zeros((4, 4)))
+        tfa.tubal.svd(x, transform=np.zeros((4, 4)))
     with pytest.raises(ValueError, match=r"x must be a third-order tensor"):
-        tfa.tnn(x[0])
+        tfa.tubal.tnn(x[0])
     with pytest.raises(ValueError, match=r"must be orthogonal \(M Mᵀ = I\)"):
-        tfa.tnn(x, transform=np.eye(4) * 2)
+        tfa.tubal.tnn(x, transform=np.eye(4) * 2)
     with pytest.raises(ValueError, match=r"tau must be >= 0, got -1"):
-        tfa.prox_tnn(x, -1)
+        tfa.tubal.prox(x, -1)
     with pytest.raises(ValueError, match=r"tol must be >= 0"):
-        tfa.tubal_rank(x, tol=-1.0)
+        tfa.tubal.rank(x, tol=-1.0)
     with pytest.raises(ValueError, match=r"x must be a third-order tensor \(n1, n2, n3\) \(use "
                                          r"jax.vmap for a batch\) got shape \(2, 6, 5, 4\)"):
-        tfa.trpca(jnp.stack([x, x]))
+        tfa.tubal.rpca(jnp.stack([x, x]))
     with pytest.raises(ValueError, match=r"mu must be a scalar > 0, got 0"):
-        tfa.trpca(x, mu=0)
+        tfa.tubal.rpca(x, mu=0)
     with pytest.raises(ValueError, match=r"lam must be >= 0"):
-        tfa.trpca(x, lam=-1.0)
+        tfa.tubal.rpca(x, lam=-1.0)
     with pytest.raises(ValueError, match=r"n_iter must be a positive integer"):
-        tfa.trpca(x, n_iter=0)
+        tfa.tubal.rpca(x, n_iter=0)
     with pytest.raises(ValueError, match=r"mask must have the shape of the data \(6, 5, 4\)"):
-        tfa.tubal_complete(x, mask[0])
+        tfa.tubal.complete(x, mask[0])
     with pytest.raises(ValueError, match=r"rank is required for method='factor'"):
-        tfa.tubal_complete(x, mask, method="factor")
+        tfa.tubal.complete(x, mask, method="factor")
     with pytest.raises(ValueError, match=r"method must be one of \['factor', 'tnn'\]"):
-        tfa.tubal_complete(x, mask, method="als")
+        tfa.tubal.complete(x, mask, method="als")
     with pytest.raises(ValueError, match=r"mu is the ADMM penalty of method='tnn'"):
-        tfa.tubal_complete(x, mask, rank=2, method="factor", mu=1.0)
+        tfa.tubal.complete(x, mask, rank=2, method="factor", mu=1.0)
     with pytest.raises(ValueError, match=r"l2 is the ridge of method='factor'"):
-        tfa.tubal_complete(x, mask, l2=0.1)
+        tfa.tubal.complete(x, mask, l2=0.1)
     with pytest.raises(ValueError, match=r"key is required for init=\"random\""):
-        tfa.tubal_complete(x, mask, rank=2, method="factor", init="random")
+        tfa.tubal.complete(x, mask, rank=2, method="factor", init="random")
     with pytest.raises(ValueError, match=r"init must be one of"):
-        tfa.tubal_complete(x, mask, rank=2, method="factor", init="hosvd")
+        tfa.tubal.complete(x, mask, rank=2, method="factor", init="hosvd")
     bad = x.at[0, 0, 0].set(jnp.nan)
     with pytest.raises(ValueError, match=r"x contains 1 NaN or Inf"):
-        tfa.tsvd(bad)
+        tfa.tubal.svd(bad)
     with pytest.raises(ValueError, match=r"x \(observed entries\) contains 1 NaN"):
-        tfa.tubal_complete(bad, mask, rank=1, method="factor", n_iter=1)
+        tfa.tubal.complete(bad, mask, rank=1, method="factor", n_iter=1)
     # NaN where unobserved is fine
     assert tubal._check_rank(None, 6, 5, required=False) == 5
 
@@ -524,7 +524,7 @@ def test_trpca_grad_fixed_length(rng):
         d = jnp.asarray(rng.standard_normal(x.shape))
 
         def loss(x):
-            low, sparse = tfa.trpca(x, n_iter=3, tol=0)
+            low, sparse = tfa.tubal.rpca(x, n_iter=3, tol=0)
             return jnp.sum(low * jnp.cos(x)) + jnp.sum(sparse ** 2)
 
         value_and_grad = jax.jit(jax.value_and_grad(loss))

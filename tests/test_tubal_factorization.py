@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from _helpers import rel, x64
-from tensorfact.decomposition.tubal_factorization import (
+from tensorfact.tubal._factorize import (
     TubalFactors, TubalHistory, effective_tubal_rank, singular_tube_norms, tubal_factorize_gd,
     tubal_gaussian_measurements, tubal_loss, tubal_measure)
 
@@ -140,7 +140,7 @@ def test_tubal_factors_properties(n1, n2, r, n3, symmetric, seed):
 
 @pytest.mark.parametrize("transform", ["dct", "matrix"])
 def test_tubal_factors_other_transforms(rng, transform):
-    from tensorfact.tproduct import tprod, ttranspose
+    from tensorfact._tproduct import tprod, ttranspose
     if transform == "matrix":
         transform = jnp.asarray(np.linalg.qr(rng.standard_normal((4, 4)))[0], jnp.float32)
     left = rng.standard_normal((5, 2, 4)).astype(np.float32)
@@ -340,7 +340,7 @@ def test_float64_adam_fit_without_ground_truth():
 
 
 def test_dct_transform_recovers_dct_planted_tensor():
-    from tensorfact.tproduct import tprod, ttranspose
+    from tensorfact._tproduct import tprod, ttranspose
     v = jax.random.normal(jax.random.key(5), (N, TRUE_RANK, N3))
     x = tprod(v, ttranspose(v, transform="dct"), transform="dct")
     x = x / jnp.linalg.norm(x.ravel())

@@ -18,6 +18,12 @@ def split_halves(modes):
     return tuple(modes[:h]), tuple(modes[h:])
 
 
+def leading_eigenvectors(gram, r: int):
+    """The ``r`` leading eigenvectors of a symmetric (Gram) matrix, by decreasing eigenvalue."""
+    _, vecs = jnp.linalg.eigh(gram)
+    return vecs[:, ::-1][:, :r]
+
+
 def leading_subspace(matrix, r: int, *, precision=None):
     """The ``r`` leading left singular vectors of ``matrix`` (``I × P``), as an ``I × r`` array.
 
@@ -29,8 +35,7 @@ def leading_subspace(matrix, r: int, *, precision=None):
     rows, cols = matrix.shape
     if rows <= cols:
         gram = jnp.matmul(matrix, matrix.T, precision=algebra.resolve_precision(precision))
-        _, vecs = jnp.linalg.eigh(gram)
-        return vecs[:, ::-1][:, :r]
+        return leading_eigenvectors(gram, r)
     u, _, _ = jnp.linalg.svd(matrix, full_matrices=False)
     if r <= cols:
         return u[:, :r]

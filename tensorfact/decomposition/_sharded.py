@@ -46,8 +46,10 @@ from jax.sharding import PartitionSpec
 
 from tensorfact import algebra, sharding
 from tensorfact._checks import count_nonfinite, report_nonfinite
-from tensorfact.decomposition._common import random_orthonormal
+from tensorfact.decomposition._common import leading_eigenvectors, random_orthonormal
 from tensorfact.decomposition._loop import FitInfo, error_from_norms, iterate, refine_error
+from tensorfact.decomposition._sweeps import (SweepLayout, cp_initial_factors, cp_sweep,
+                                              hoqri_update, tucker_sweep_modes)
 from tensorfact.tensors import CPTensor, TuckerTensor, TTTensor
 
 __all__ = ["cp", "tucker", "tt", "cp_program", "tucker_program", "tt_program"]
@@ -127,17 +129,11 @@ def _row_gram(c, mesh, row_axes, live_axes, precision):
     return _psum(jnp.matmul(c, c.T, precision=prec), live_axes)
 
 
-def _leading_from_gram(gram, r):
-    """The ``r`` leading eigenvectors of a symmetric Gram matrix (decreasing eigenvalues)."""
-    _, vecs = jnp.linalg.eigh(gram)
-    return vecs[:, ::-1][:, :r]
-
-
 def _unfolding_subspace(x, n, mesh, axes, live_axes, r, precision):
     """Leading ``r``-dimensional left subspace of ``unfold(x, n)`` for a sharded ``x``."""
     block = jnp.moveaxis(x, n, 0)
     block = block.reshape(1, block.shape[0], -1)
-    return _leading_from_gram(_row_gram(block, mesh, axes[n], live_axes, precision), r)
+    return leading_eigenvectors(_row_gram(block, mesh, axes[n], live_axes, precision), r)
 
 
 def _flat_axes(axes):
@@ -207,7 +203,7 @@ def _cp_jit(x, key, init_tensor, l2, tol, *, layout, **static):
 
 def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, fixed, init,
              nonneg, normalize, precision, return_info):
-    ndim, dtype = x.ndim, x.dtype
+    dtype = x.dtype
     every = _flat_axes(axes)
     prec = algebra.resolve_precision(precision)
     n_bad = _psum(count_nonfinite(x), every)
@@ -215,20 +211,9 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
         weights = init_tensor.weights.astype(dtype)
         factors = [a.astype(dtype) for a in init_tensor.factors]
     else:
-        keys = jax.random.split(key, ndim) if key is not None else [None] * ndim
-        factors = []
-        for n in range(ndim):
-            size = shape[n]
-            if init == "random":
-                draw = jax.random.uniform if nonneg else jax.random.normal
-                factors.append(draw(keys[n], (size, rank), dtype))
-                continue
-            u = _unfolding_subspace(x, n, mesh, axes, every, min(rank, size), precision)
-            if rank > size:  # as in the single-device fit: random extra columns
-                extra = jax.random.normal(keys[n], (size, rank - size), dtype)
-                u = jnp.concatenate([u, extra / jnp.sqrt(size)], axis=1)
-            factors.append(jnp.abs(u) if nonneg else u)
-        weights = jnp.ones((rank,), dtype)
+        weights, factors = cp_initial_factors(
+            x, rank, key, init, nonneg, precision, shape=shape,
+            subspace=lambda n, r: _unfolding_subspace(x, n, mesh, axes, every, r, precision))
     if not normalize:
         factors = [factors[0] * weights] + factors[1:]
         weights = jnp.ones_like(weights)
@@ -261,14 +246,12 @@ def _cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, mesh, ax
     """One ALS (HALS) sweep on local blocks: the single-device sweep (same dimension tree) with
     partial MTTKRPs summed over the contracted modes' axes, and factor rows solved where their
     block lives, then gathered."""
-    from tensorfact.decomposition.cp import SweepLayout, _sweep  # cp.py imports this module
-
     layout = SweepLayout(
         rows=lambda a, n: _local_rows(a, mesh, axes[n]),
         reduce=lambda m, n: _psum(m, _flat_axes(axes[:n] + axes[n + 1:])),
         gather=lambda a, n: _gather(a, axes[n]),
         total=lambda v: _psum(v, axes[-1]))
-    return _sweep(x, weights, factors, l2=l2, nonneg=nonneg, normalize=normalize,
+    return cp_sweep(x, weights, factors, l2=l2, nonneg=nonneg, normalize=normalize,
                   precision=precision, layout=layout)
 
 
@@ -385,13 +368,11 @@ def _hooi_sweep(x, factors, *, subspace_iter, precision, mesh, axes):
     """One HOQRI sweep on local blocks: the single-device sweep (same dimension tree) with the
     projected tensor ``Y_n`` summed over the contracted modes' axes and gathered along mode
     ``n`` (``I_n × ∏ r_k``: small); returns the new factors and the core (replicated)."""
-    from tensorfact.decomposition.tucker import _sweep_modes, _hoqri_update  # imports us
-
     def reduce(y, n):
         return _gather(_psum(y, _flat_axes(axes[:n] + axes[n + 1:])), axes[n], axis=n)
 
     modes = tuple(range(x.ndim))
-    current, n, y = _sweep_modes(x, factors, modes, _hoqri_update(subspace_iter, precision),
+    current, n, y = tucker_sweep_modes(x, factors, modes, hoqri_update(subspace_iter, precision),
                                  precision, rows=lambda u, m: _local_rows(u, mesh, axes[m]),
                                  reduce=reduce)
     core = algebra.mode_dot(y, current[n], n, transpose=True, precision=precision)
@@ -453,17 +434,17 @@ def _tt_body(x, *, mesh, axes, shape, caps, precision):
         if distributed:
             live = _flat_axes(axes[k:])
             block = c.reshape(r, c.shape[1], -1)
-            u = _leading_from_gram(_row_gram(block, mesh, axes[k], live, precision), cap)
+            u = leading_eigenvectors(_row_gram(block, mesh, axes[k], live, precision), cap)
             u_rows = _local_rows(u.reshape(r, n, cap), mesh, axes[k], axis=1)
             b = jnp.tensordot(u_rows, c, axes=((0, 1), (0, 1)), precision=prec)
             c = _psum(b, axes[k])  # (cap, n_{k+1}, ..., n_d), split like modes k+1..
         else:
             mat = c.reshape(r * n, s)
             if r * n > s:  # right subspace from matᵀmat, mapped back (as on one device)
-                v = _leading_from_gram(jnp.matmul(mat.T, mat, precision=prec), cap)
+                v = leading_eigenvectors(jnp.matmul(mat.T, mat, precision=prec), cap)
                 u, _ = jnp.linalg.qr(jnp.matmul(mat, v, precision=prec))
             else:
-                u = _leading_from_gram(jnp.matmul(mat, mat.T, precision=prec), cap)
+                u = leading_eigenvectors(jnp.matmul(mat, mat.T, precision=prec), cap)
             c = jnp.matmul(u.T, mat, precision=prec).reshape((cap,) + shape[k + 1:])
         cores.append(u.reshape(r, n, cap))
     if distributed:

@@ -18,12 +18,12 @@
   :meth:`FactorizedConv.from_conv`.
 """
 
-from tensorfact.nn.adapters import DoRA, LoHa, LoKr, LoRA, LoRAParam
-from tensorfact.nn.compress import CompressionReport, LayerReport, compress
-from tensorfact.nn.conv import FactorizedConv
-from tensorfact.nn.dense import FactorizedDense, balanced_factors
-from tensorfact.nn.embed import TTEmbed
-from tensorfact.nn.tensor_adapters import TTAdapter, TuckerAdapter
+from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA, LoRAParam
+from tensorfact.nn._compress import CompressionReport, LayerReport, compress
+from tensorfact.nn._conv import FactorizedConv
+from tensorfact.nn._dense import FactorizedDense, balanced_factors
+from tensorfact.nn._embed import TTEmbed
+from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",

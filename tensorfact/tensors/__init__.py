@@ -1,13 +1,14 @@
-"""Factorized tensor types (registered pytrees with ``to_dense``, ``norm``, ``n_params``)."""
+"""Factorized tensor types (registered pytrees with ``to_dense``, ``norm``, ``n_params``), one
+private module per format re-exported here; ``_base.py`` holds what a new format builds on."""
 
-from tensorfact.tensors.base import FactorizedTensor
-from tensorfact.tensors.cp import CPTensor
-from tensorfact.tensors.cur import CURMatrix
-from tensorfact.tensors.lowrank import LowRankMatrix
-from tensorfact.tensors.tr import TRTensor
-from tensorfact.tensors.tsvd import TSVDTensor
-from tensorfact.tensors.tt import TTMatrix, TTTensor
-from tensorfact.tensors.tucker import TuckerTensor
+from tensorfact.tensors._base import FactorizedTensor
+from tensorfact.tensors._cp import CPTensor
+from tensorfact.tensors._cur import CURMatrix
+from tensorfact.tensors._lowrank import LowRankMatrix
+from tensorfact.tensors._tr import TRTensor
+from tensorfact.tensors._tsvd import TSVDTensor
+from tensorfact.tensors._tt import TTMatrix, TTTensor
+from tensorfact.tensors._tucker import TuckerTensor
 
 __all__ = ["FactorizedTensor", "CPTensor", "CURMatrix", "LowRankMatrix", "TRTensor", "TSVDTensor",
            "TTMatrix", "TTTensor", "TuckerTensor"]

@@ -43,7 +43,7 @@ Effective tubal rank. The t-SVD ``X = U * S * Vᵀ`` (Kilmer & Martin 2011) has 
 ``s_j = S[j, j, :]`` whose transformed entries are the ``j``-th singular values of the
 transformed slices, ``L(s_j)_k = σ_j(X̂_k)``; the tubal rank is the number of nonzero singular
 tubes (Kilmer, Braman, Hao & Hoover 2013). We record the norms ``‖s_j‖_F`` (``‖s_j‖²_F =
-Σ_k w_k σ_j(X̂_k)²`` with the Parseval weights of :func:`tensorfact.tproduct.frequency_weights`)
+Σ_k w_k σ_j(X̂_k)²`` with the Parseval weights of :func:`tensorfact.tubal.frequency_weights`)
 and define the *effective tubal rank* at tolerance ``τ`` as
 
     rank_τ(X) = #{ j : ‖s_j‖_F > τ ‖s_1‖_F },
@@ -74,8 +74,8 @@ from tensorfact._checks import (as_float_array, check_mask, check_nonneg_number,
                                 check_optimizer_args, check_positive_int, count_nonfinite,
                                 is_traced, report_nonfinite, require_key)
 from tensorfact.algebra import resolve_precision
-from tensorfact.tensors.base import FactorizedTensor, as_leaf
-from tensorfact.tproduct import (Transform, frequency_weights, from_transform_domain,
+from tensorfact.tensors._base import FactorizedTensor, as_leaf
+from tensorfact._tproduct import (Transform, frequency_weights, from_transform_domain,
                                  resolve_transform, to_transform_domain)
 
 __all__ = ["TubalFactors", "TubalHistory", "tubal_factorize_gd", "tubal_loss",
@@ -112,7 +112,7 @@ class TubalFactors(FactorizedTensor):
 
         f = TubalFactors(jnp.ones((4, 2, 3)), jnp.ones((5, 2, 3)))
         f.shape, f.rank          # (4, 5, 3), 2
-        x = f.to_dense()         # tfa.tprod(left, tfa.ttranspose(right))
+        x = f.to_dense()         # tfa.tubal.product(left, tfa.tubal.transpose(right))
     """
 
     _leaves = ("left", "right", "matrix")
@@ -224,7 +224,7 @@ def singular_tube_norms(x, *, transform="fft"):
 
     ``x = U * S * Vᵀ`` (t-SVD, Kilmer & Martin 2011) has singular tubes ``s_j = S[j, j, :]``
     with ``L(s_j)_k = σ_j(X̂_k)``, so ``‖s_j‖²_F = Σ_k w_k σ_j(X̂_k)²`` (``w_k`` the Parseval
-    weights of :func:`tensorfact.tproduct.frequency_weights`) and ``Σ_j ‖s_j‖²_F = ‖x‖²_F``.
+    weights of :func:`tensorfact.tubal.frequency_weights`) and ``Σ_j ‖s_j‖²_F = ‖x‖²_F``.
 
     Args:
       x: a dense ``(..., n1, n2, n3)`` tensor (leading axes are a batch), or
@@ -236,7 +236,7 @@ def singular_tube_norms(x, *, transform="fft"):
 
     Example::
 
-        singular_tube_norms(tfa.tprod(a, b))   # a: (6, 2, 4), b: (2, 5, 4): two nonzero norms
+        singular_tube_norms(tfa.tubal.product(a, b))   # a: (6, 2, 4), b: (2, 5, 4): two nonzero norms
     """
     if isinstance(x, TubalFactors):
         la, lb = x._hats()
@@ -268,7 +268,7 @@ def effective_tubal_rank(x, tol: float = DEFAULT_RANK_TOL, *, transform="fft"):
 
     Example::
 
-        effective_tubal_rank(tfa.tprod(a, b))   # a: (6, 2, 4), b: (2, 5, 4) → 2
+        effective_tubal_rank(tfa.tubal.product(a, b))   # a: (6, 2, 4), b: (2, 5, 4) → 2
     """
     tol = _check_tol(tol)
     return _rank_from_norms(singular_tube_norms(x, transform=transform), tol)
@@ -484,7 +484,7 @@ def tubal_factorize_gd(y, a, inner_size: int, *, key=None, symmetric: bool = Fal
 
         k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
         u = jax.random.normal(k1, (10, 2, 4))
-        x = tfa.tprod(u, tfa.ttranspose(u))                  # tubal rank 2
+        x = tfa.tubal.product(u, tfa.tubal.transpose(u))                  # tubal rank 2
         a = tubal_gaussian_measurements(k2, x.shape, 150)
         fit, hist = tubal_factorize_gd(tubal_measure(a, x), a, 10, key=k3, symmetric=True,
                                        n_steps=3000, x_true=x)

@@ -7,8 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tensorfact import algebra, tproduct
-from tensorfact.tensors.base import FactorizedTensor, as_leaf
+from tensorfact import _tproduct, algebra
+from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
 @jax.tree_util.register_pytree_node_class
@@ -27,7 +27,7 @@ class TSVDTensor(FactorizedTensor):
       v: ``(..., n2, r, n3)``: the right singular tensor.
       transform: the transform along the tubes: ``"fft"`` (the t-product of Kilmer & Martin),
         ``"dct"`` or an invertible ``n3 × n3`` matrix (Kernfeld, Kilmer & Aeron 2015), or a
-        :class:`tensorfact.tproduct.Transform`. ``"fft"``/``"dct"`` are static metadata; a
+        :class:`tensorfact._tproduct.Transform`. ``"fft"``/``"dct"`` are static metadata; a
         matrix is carried as a leaf (so it may be traced, and ``vmap`` broadcasts it with the
         factors).
 
@@ -56,16 +56,16 @@ class TSVDTensor(FactorizedTensor):
             raise ValueError(f"u (..., n1, r, n3), s (..., r, n3) and v (..., n2, r, n3) must "
                              f"agree on the batch, r and n3, got shapes {tuple(u.shape)}, "
                              f"{tuple(s.shape)} and {tuple(v.shape)}.")
-        t = tproduct.resolve_transform(transform, n3)
+        t = _tproduct.resolve_transform(transform, n3)
         self._set(u=u, s=s, v=v, kind=t.kind, matrix=t.matrix)
 
     def __iter__(self):
         return iter((self.u, self.s, self.v))
 
     @property
-    def transform(self) -> tproduct.Transform:
+    def transform(self) -> _tproduct.Transform:
         """The transform along the tubes."""
-        return tproduct.Transform(self.kind, self.matrix)
+        return _tproduct.Transform(self.kind, self.matrix)
 
     @property
     def shape(self):
@@ -91,9 +91,9 @@ class TSVDTensor(FactorizedTensor):
         and ``(..., k, n2, r)`` (complex for the FFT, whose ``k = n3 // 2 + 1`` stored
         frequencies are those of the real FFT)."""
         t = self.transform
-        uh = tproduct.to_transform_domain(self.u, t, precision=precision)
-        vh = tproduct.to_transform_domain(self.v, t, precision=precision)
-        sh = tproduct.to_transform_domain(self.s[..., None, :], t, precision=precision)
+        uh = _tproduct.to_transform_domain(self.u, t, precision=precision)
+        vh = _tproduct.to_transform_domain(self.v, t, precision=precision)
+        sh = _tproduct.to_transform_domain(self.s[..., None, :], t, precision=precision)
         return uh, sh[..., 0], vh
 
     def to_dense(self, *, precision=None):
@@ -104,16 +104,16 @@ class TSVDTensor(FactorizedTensor):
         if self._per_item():
             return jax.vmap(lambda t: t._to_dense(precision))(self)
         uh, sh, vh = self.transformed(precision=precision)
-        xh = tproduct.facewise(uh * sh[..., None, :], jnp.conj(jnp.swapaxes(vh, -1, -2)),
+        xh = _tproduct.facewise(uh * sh[..., None, :], jnp.conj(jnp.swapaxes(vh, -1, -2)),
                                precision=precision)
-        return tproduct.from_transform_domain(xh, self.shape[-1], self.transform)
+        return _tproduct.from_transform_domain(xh, self.shape[-1], self.transform)
 
     def norm(self, *, precision=None):
         """Frobenius norm from the factors, without the dense tensor.
 
         In the transform domain ``‖L(X)_k‖²_F = Σ_ij σ̄_i σ_j (ÛᴴÛ)_ij conj(V̂ᴴV̂)_ij`` (with
         ``σ = L(s)_k``, ``Û = L(U)_k``, ``V̂ = L(V)_k``), and ``‖X‖²_F = Σ_k w_k ‖L(X)_k‖²_F`` with
-        the Parseval weights of :func:`tensorfact.tproduct.frequency_weights`. For a t-SVD
+        the Parseval weights of :func:`tensorfact._tproduct.frequency_weights`. For a t-SVD
         (t-orthogonal ``U``, ``V``) this is ``sqrt(Σ_k w_k ‖σ_k‖²)``; the Gram form is exact for
         any factors. A general (non-orthogonal) matrix transform couples the slices:
         ``‖X‖²_F = Σ_{k,l} Q_kl ⟨L(X)_k, L(X)_l⟩`` with ``Q = M⁻ᵀ M⁻¹``, computed from
@@ -136,7 +136,7 @@ class TSVDTensor(FactorizedTensor):
             gv = jnp.einsum("...kai,...laj->...klij", vh, vh, precision=hp)
             sq = jnp.einsum("kl,...ki,...lj,...klij->...", q, sh, sh, gu * gv, precision=hp)
         else:
-            w = tproduct.frequency_weights(self.shape[-1], self.kind, real)
+            w = _tproduct.frequency_weights(self.shape[-1], self.kind, real)
             gu = jnp.einsum("...kai,...kaj->...kij", jnp.conj(uh), uh, precision=hp)
             gv = jnp.einsum("...kai,...kaj->...kij", jnp.conj(vh), vh, precision=hp)
             per_slice = jnp.einsum("...ki,...kj,...kij->...k", jnp.conj(sh), sh,

@@ -39,7 +39,7 @@ from tensorfact import algebra, sharding
 from tensorfact._checks import (as_float_array, as_matrix, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced, report_nonfinite)
 from tensorfact.decomposition import _sharded
-from tensorfact.tensors.tt import TTMatrix, TTTensor, _flat, _like, tt_orthogonalize
+from tensorfact.tensors._tt import TTMatrix, TTTensor, _flat, _like, tt_orthogonalize
 
 __all__ = ["tt", "tt_round", "tt_matrix"]
 

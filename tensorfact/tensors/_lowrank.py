@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact.tensors.base import FactorizedTensor, as_leaf
+from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
 @jax.tree_util.register_pytree_node_class

@@ -39,7 +39,8 @@ from tensorfact._checks import (as_float_array, check_choice, check_mask, count_
 from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, leading_subspace, positive_floor,
-                                              random_orthonormal, split_halves)
+                                              random_orthonormal)
+from tensorfact.decomposition._sweeps import hoqri_update, tucker_sweep_modes
 from tensorfact.decomposition._loop import (FitInfo, is_fixed_length, iterate, refine_error,
                                             relative_error)
 from tensorfact.tensors import TuckerTensor
@@ -222,52 +223,11 @@ def _st_hosvd(x, ranks, modes, precision):
     return tuple(factors)
 
 
-def _sweep_modes(x, factors, modes, update, precision, *, rows=lambda u, m: u,
-                 reduce=lambda y, n: y):
-    """Updates every decomposed mode in order: ``U_n ← update(n, Y_n)`` with
-    ``Y_n = x ×_{k≠n} U_kᵀ`` built from the current factors through a two-level dimension tree.
-
-    A sharded fit (``decomposition/_sharded.py``) passes ``rows(u, m)``, the rows of ``U_m``
-    matching the local block of ``x``, and ``reduce(y, n)``, which sums the partial ``Y_n`` over
-    the devices and gathers mode ``n``; on one device both are the identity.
-
-    Returns the new factors (a dict by mode) and the last ``(n, Y_n)``.
-    """
-    factors = dict(zip(modes, factors))
-    first, second = split_halves(modes)
-    for half, other in ((first, second), (second, first)):
-        partial = algebra.multi_mode_dot(x, [rows(factors[m], m) for m in other], other,
-                                         transpose=True, precision=precision)
-        for n in half:
-            rest = [m for m in half if m != n]
-            y = algebra.multi_mode_dot(partial, [rows(factors[m], m) for m in rest], rest,
-                                       transpose=True, precision=precision)
-            y = reduce(y, n)
-            factors[n] = update(n, y, factors)
-    return factors, n, y
-
-
-def _hoqri_update(subspace_iter, precision):
-    """HOQRI's factor update (Sun et al. 2020): ``subspace_iter`` steps of
-    ``U ← qr(Y_(n) Y_(n)ᵀ U)``, starting from the current ``U_n``."""
-    prec = algebra.resolve_precision(precision)
-
-    def update(n, y, current):
-        unfolded = algebra.unfold(y, n)
-        u = current[n]
-        for _ in range(subspace_iter):
-            z = jnp.matmul(unfolded, jnp.matmul(unfolded.T, u, precision=prec), precision=prec)
-            u, _ = jnp.linalg.qr(z)
-        return u
-
-    return update
-
-
 def _hooi_sweep(x, factors, core, *, modes, subspace_iter, precision, norm_x_sq):
     """One HOQRI sweep; returns factors, core and the squared error ``‖x‖² − ‖G‖²``."""
     del core  # HOOI's update depends on the factors alone
     prec = algebra.resolve_precision(precision)
-    current, n, y = _sweep_modes(x, factors, modes, _hoqri_update(subspace_iter, precision),
+    current, n, y = tucker_sweep_modes(x, factors, modes, hoqri_update(subspace_iter, precision),
                                  precision)
     core = algebra.mode_dot(y, current[n], n, transpose=True, precision=precision)
     err_sq = jnp.maximum(norm_x_sq - jnp.vdot(core, core, precision=prec), 0.0)
@@ -293,7 +253,7 @@ def _nonneg_sweep(x, factors, core, *, modes, subspace_iter, precision, norm_x_s
         grams[n] = jnp.matmul(u.T, u, precision=prec)
         return u
 
-    current, n, y = _sweep_modes(x, factors, modes, update, precision)
+    current, n, y = tucker_sweep_modes(x, factors, modes, update, precision)
     projected = algebra.mode_dot(y, current[n], n, transpose=True, precision=precision)
     all_grams = [grams[m] for m in modes]  # x ×_k U_kᵀ above uses the current factors
     core = _core_nnls(core, projected, all_grams, modes, precision)

@@ -27,9 +27,9 @@ from flax import nnx
 
 from tensorfact import algebra
 from tensorfact._checks import check_choice
-from tensorfact.nn.conv import _KINDS as _CONV_KINDS
-from tensorfact.nn.conv import FactorizedConv
-from tensorfact.nn.dense import _KINDS, FactorizedDense
+from tensorfact.nn._conv import _KINDS as _CONV_KINDS
+from tensorfact.nn._conv import FactorizedConv
+from tensorfact.nn._dense import _KINDS, FactorizedDense
 from tensorfact.ranks import rank_for_energy
 
 __all__ = ["compress", "CompressionReport", "LayerReport"]

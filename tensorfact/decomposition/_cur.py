@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from tensorfact import algebra
 from tensorfact._checks import (as_matrix, check_choice, check_positive_int,
                                 count_nonfinite, report_nonfinite, require_key)
-from tensorfact.tensors.cur import CURMatrix
+from tensorfact.tensors._cur import CURMatrix
 
 __all__ = ["RCOND", "cur"]
 
@@ -97,7 +97,7 @@ def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows
 
     Example:
       >>> import jax
-      >>> from tensorfact.decomposition.cur import cur
+      >>> from tensorfact.decomposition._cur import cur
       >>> a, b = jax.random.normal(jax.random.key(0), (2, 30, 3))
       >>> x = a @ b.T                                   # 30 × 30, rank 3
       >>> approx = cur(x, 3, method="pivoted")

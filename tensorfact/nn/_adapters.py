@@ -84,7 +84,7 @@ from flax.nnx.nn.linear import canonicalize_padding
 
 from tensorfact._checks import check_choice, check_positive_int
 from tensorfact.decomposition import svd
-from tensorfact.nn.dense import balanced_factors
+from tensorfact.nn._dense import balanced_factors
 
 __all__ = ["LoRA", "DoRA", "LoKr", "LoHa", "LoRAParam"]
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from tensorfact import algebra
 from tensorfact._checks import is_traced
-from tensorfact.tensors.base import FactorizedTensor, as_leaf
+from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
 @jax.tree_util.register_pytree_node_class
@@ -33,7 +33,7 @@ class CURMatrix(FactorizedTensor):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from tensorfact.tensors.cur import CURMatrix
+      >>> from tensorfact.tensors._cur import CURMatrix
       >>> m = jnp.arange(12.0).reshape(3, 4)
       >>> c, r = m[:, [0, 1]], m[[0, 2], :]
       >>> cur = CURMatrix(c, jnp.linalg.pinv(c) @ m @ jnp.linalg.pinv(r), r, [0, 1], [0, 2])

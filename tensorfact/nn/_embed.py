@@ -33,10 +33,10 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from tensorfact._checks import as_matrix, check_positive_int
-from tensorfact.decomposition.tt import tt_matrix
+from tensorfact.decomposition._tt import tt_matrix
 from tensorfact.nn._partitioning import _param, _partition_specs
-from tensorfact.nn.dense import _List, _resolve_rank, _tensorize, _type_precision
-from tensorfact.tensors.tt import TTMatrix
+from tensorfact.nn._dense import _List, _resolve_rank, _tensorize, _type_precision
+from tensorfact.tensors._tt import TTMatrix
 
 __all__ = ["TTEmbed"]
 

@@ -205,7 +205,7 @@ def tprod(a: jax.Array, b: jax.Array, *, transform="fft", precision=None) -> jax
 
     Example::
 
-        c = tfa.tprod(a, b)          # a: (4, 3, 5), b: (3, 2, 5) → c: (4, 2, 5)
+        c = tfa.tubal.product(a, b)          # a: (4, 3, 5), b: (3, 2, 5) → c: (4, 2, 5)
     """
     a = _check_tensor(a, "a")
     b = _check_tensor(b, "b")

@@ -120,7 +120,7 @@ def complete(m, mask, rank: int, *, method: str = "als", key=None, init: str = "
 
     Example:
       >>> import jax, jax.numpy as jnp, tensorfact as tfa
-      >>> from tensorfact.decomposition.completion import complete
+      >>> from tensorfact.decomposition._completion import complete
       >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
       >>> m = jax.random.normal(k1, (60, 3)) @ jax.random.normal(k2, (3, 50))
       >>> mask = jax.random.bernoulli(k3, 0.5, m.shape)
@@ -300,7 +300,7 @@ def rpca(m, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, precisio
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from tensorfact.decomposition.completion import rpca
+      >>> from tensorfact.decomposition._completion import rpca
       >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
       >>> low = jax.random.normal(k1, (60, 2)) @ jax.random.normal(k2, (2, 60))
       >>> sparse = jnp.where(jax.random.bernoulli(k3, 0.05, low.shape), 20.0, 0.0)

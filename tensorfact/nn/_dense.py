@@ -97,8 +97,8 @@ _List = getattr(nnx, "List", list)  # flax >= 0.12 wants lists of Variables wrap
 def _tt_tools():
     """``(TTMatrix, tt_matrix)``, or None while the TT modules are not there."""
     try:
-        from tensorfact.decomposition.tt import tt_matrix
-        from tensorfact.tensors.tt import TTMatrix
+        from tensorfact.decomposition._tt import tt_matrix
+        from tensorfact.tensors._tt import TTMatrix
     except ImportError:
         return None
     return TTMatrix, tt_matrix

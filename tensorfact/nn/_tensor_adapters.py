@@ -41,9 +41,9 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-from tensorfact.nn.adapters import LoRAParam, _Adapter, _conv, _require_rngs, _scale
-from tensorfact.nn.dense import _List, _resolve_rank, _tensorize
-from tensorfact.tensors.tt import TTMatrix, tt_matmul
+from tensorfact.nn._adapters import LoRAParam, _Adapter, _conv, _require_rngs, _scale
+from tensorfact.nn._dense import _List, _resolve_rank, _tensorize
+from tensorfact.tensors._tt import TTMatrix, tt_matmul
 
 __all__ = ["TTAdapter", "TuckerAdapter"]
 

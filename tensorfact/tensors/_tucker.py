@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from tensorfact import algebra
 from tensorfact._checks import check_modes
-from tensorfact.tensors.base import FactorizedTensor, as_leaf
+from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
 @jax.tree_util.register_pytree_node_class

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact import algebra, tproduct
+from tensorfact import _tproduct, algebra
 from tensorfact._checks import (as_float_array, check_choice, check_mask, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced,
                                 report_nonfinite, require_key)
@@ -82,10 +82,10 @@ def _check_tensor(x, name: str = "x", *, batch: bool = True) -> jax.Array:
     return x
 
 
-def _orthogonal_transform(transform, n3: int) -> tproduct.Transform:
+def _orthogonal_transform(transform, n3: int) -> _tproduct.Transform:
     """Resolves a transform for the tensor nuclear norm, which needs an orthogonal one (up to the
     FFT's known scale): "fft", "dct", or a matrix with ``M Mᵀ = I`` (checked when concrete)."""
-    t = tproduct.resolve_transform(transform, n3)
+    t = _tproduct.resolve_transform(transform, n3)
     if t.kind == "matrix" and not is_traced(t.matrix):
         m = np.asarray(t.matrix, np.float64)
         dev = float(np.max(np.abs(m @ m.T - np.eye(n3))))
@@ -96,7 +96,7 @@ def _orthogonal_transform(transform, n3: int) -> tproduct.Transform:
     return t
 
 
-def _real_slices(t: tproduct.Transform, n3: int):
+def _real_slices(t: _tproduct.Transform, n3: int):
     """``(first, last)``: for the FFT, the zero frequency is real, and so is the last stored one
     when ``n3`` is even; ``None`` means every slice is real (DCT, real matrix)."""
     if t.kind != "fft":
@@ -104,7 +104,7 @@ def _real_slices(t: tproduct.Transform, n3: int):
     return True, n3 % 2 == 0 and n3 > 1
 
 
-def _slicewise(fn, hat, t: tproduct.Transform, n3: int):
+def _slicewise(fn, hat, t: _tproduct.Transform, n3: int):
     """Applies a slice-batched factorisation ``fn`` (returning a tuple of arrays whose slice
     axis is at ``hat.ndim - 3``) to the transformed slices, in real arithmetic for the real
     ones (see the module docstring) and complex arithmetic for the others."""
@@ -134,22 +134,22 @@ def _svt_hat(hat, tau, t, n3, precision):
     """Singular value soft-thresholding of every transformed slice: ``Û max(σ − τ, 0) V̂ᴴ``."""
     u, s, vh = _svd_hat(hat, t, n3)
     shrunk = jnp.maximum(s - tau, 0).astype(s.dtype)
-    return tproduct.facewise(u * shrunk[..., None, :], vh, precision=precision)
+    return _tproduct.facewise(u * shrunk[..., None, :], vh, precision=precision)
 
 
 def _tsvd_from_hat(uh, sigma, vh, t, n3) -> TSVDTensor:
     """A :class:`TSVDTensor` from transform-domain factors ``uh (..., k, n1, r)``, singular values
     ``sigma (..., k, r)`` and ``vh (..., k, n2, r)``."""
-    u = tproduct.from_transform_domain(uh, n3, t)
-    v = tproduct.from_transform_domain(vh, n3, t)
-    s = tproduct.from_transform_domain(sigma[..., None], n3, t)[..., 0, :]
+    u = _tproduct.from_transform_domain(uh, n3, t)
+    v = _tproduct.from_transform_domain(vh, n3, t)
+    s = _tproduct.from_transform_domain(sigma[..., None], n3, t)[..., 0, :]
     dtype = u.dtype
     return TSVDTensor(u, s.astype(dtype), v.astype(dtype), t)
 
 
 def _slice_sigma(x, t, precision=None):
     """Singular values of the transformed slices, ``(..., k, min(n1, n2))``."""
-    hat = tproduct.to_transform_domain(x, t, precision=precision)
+    hat = _tproduct.to_transform_domain(x, t, precision=precision)
     return jnp.linalg.svd(hat, compute_uv=False)
 
 
@@ -171,7 +171,7 @@ def tsvd(x, rank=None, *, transform="fft", precision=None) -> TSVDTensor:
     approximation of tubal rank ``r`` in the Frobenius norm (Kilmer & Martin 2011, Thm 4.3; for
     the FFT, the DCT or an orthogonal matrix), with error
     ``‖X − X_r‖²_F = Σ_k w_k Σ_{i>r} σ_{k,i}²`` (``w_k`` the Parseval weights of
-    :func:`tensorfact.tproduct.frequency_weights`). For a non-orthogonal matrix transform the
+    :func:`tensorfact._tproduct.frequency_weights`). For a non-orthogonal matrix transform the
     truncation is still slice-wise but optimal only in the transformed domain.
 
     Args:
@@ -190,8 +190,8 @@ def tsvd(x, rank=None, *, transform="fft", precision=None) -> TSVDTensor:
     Example:
       >>> import jax, tensorfact as tfa
       >>> k1, k2 = jax.random.split(jax.random.key(0))
-      >>> x = tfa.tprod(jax.random.normal(k1, (20, 3, 8)), jax.random.normal(k2, (3, 15, 8)))
-      >>> t = tfa.tsvd(x, rank=3)          # x has tubal rank 3
+      >>> x = tfa.tubal.product(jax.random.normal(k1, (20, 3, 8)), jax.random.normal(k2, (3, 15, 8)))
+      >>> t = tfa.tubal.svd(x, rank=3)          # x has tubal rank 3
       >>> t.shape, t.rank
       ((20, 15, 8), 3)
       >>> bool(tfa.relative_error(x, t.to_dense()) < 1e-5)
@@ -204,7 +204,7 @@ def tsvd(x, rank=None, *, transform="fft", precision=None) -> TSVDTensor:
     """
     x = _check_tensor(x)
     n1, n2, n3 = x.shape[-3:]
-    t = tproduct.resolve_transform(transform, n3)
+    t = _tproduct.resolve_transform(transform, n3)
     rank = _check_rank(rank, n1, n2, required=False)
     result, n_nonfinite = _tsvd_fit(x, t.matrix, rank=rank, kind=t.kind, precision=precision)
     report_nonfinite(n_nonfinite, "x")
@@ -226,13 +226,13 @@ def _check_rank(rank, n1, n2, *, required, method=None):
 
 @functools.partial(jax.jit, static_argnames=("rank", "kind", "precision"))
 def _tsvd_fit(x, matrix, *, rank, kind, precision):
-    return _tsvd_of(x, tproduct.Transform(kind, matrix), rank, precision), count_nonfinite(x)
+    return _tsvd_of(x, _tproduct.Transform(kind, matrix), rank, precision), count_nonfinite(x)
 
 
 def _tsvd_of(x, t, rank, precision) -> TSVDTensor:
     """The t-SVD of ``x`` truncated to ``rank`` tubes (traceable; no argument checks)."""
     n3 = x.shape[-1]
-    hat = tproduct.to_transform_domain(x, t, precision=precision)
+    hat = _tproduct.to_transform_domain(x, t, precision=precision)
     u, s, vh = _svd_hat(hat, t, n3)
     u, s, vh = u[..., :rank], s[..., :rank], vh[..., :rank, :]
     return _tsvd_from_hat(u, s, jnp.conj(jnp.swapaxes(vh, -1, -2)), t, n3)
@@ -258,15 +258,15 @@ def tubal_rank(x, tol=None, *, transform="fft"):
     Example:
       >>> import jax, tensorfact as tfa
       >>> k1, k2 = jax.random.split(jax.random.key(0))
-      >>> x = tfa.tprod(jax.random.normal(k1, (10, 2, 5)), jax.random.normal(k2, (2, 9, 5)))
-      >>> tfa.tubal_rank(x)
+      >>> x = tfa.tubal.product(jax.random.normal(k1, (10, 2, 5)), jax.random.normal(k2, (2, 9, 5)))
+      >>> tfa.tubal.rank(x)
       2
 
     Raises:
       ValueError: if ``x`` has fewer than 3 axes, ``tol`` is negative or ``transform`` is bad.
     """
     x = _check_tensor(x)
-    t = tproduct.resolve_transform(transform, x.shape[-1])
+    t = _tproduct.resolve_transform(transform, x.shape[-1])
     if tol is not None:
         check_nonneg_number(tol, "tol")
         tol = concrete_or_traced(tol)
@@ -277,7 +277,7 @@ def tubal_rank(x, tol=None, *, transform="fft"):
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _tubal_rank_fit(x, matrix, tol, *, kind):
     n1, n2 = x.shape[-3:-1]
-    s = _slice_sigma(x, tproduct.Transform(kind, matrix))
+    s = _slice_sigma(x, _tproduct.Transform(kind, matrix))
     if tol is None:
         tol = jnp.max(s, axis=(-2, -1)) * max(n1, n2) * jnp.finfo(x.dtype).eps
     tol = jnp.asarray(tol, s.dtype)[..., None, None]
@@ -287,7 +287,7 @@ def _tubal_rank_fit(x, matrix, tol, *, kind):
 def tnn(x, *, transform="fft"):
     """The tensor nuclear norm ``‖X‖_TNN = (1/n3) Σ_{k=1}^{n3} ‖X̂_k‖_*`` (Lu et al. 2019), the
     mean over all ``n3`` frequencies of the nuclear norms of the transformed slices (conjugate
-    twins of the real FFT counted twice, through :func:`tensorfact.tproduct.frequency_weights`).
+    twins of the real FFT counted twice, through :func:`tensorfact._tproduct.frequency_weights`).
 
     It is the convex envelope of the tubal average rank on the unit ball of the tensor spectral
     norm, its dual norm. Under the DCT or an orthogonal matrix it is ``Σ_k ‖L(X)_k‖_*`` (Lu, Peng
@@ -303,7 +303,7 @@ def tnn(x, *, transform="fft"):
 
     Example:
       >>> import jax.numpy as jnp, tensorfact as tfa
-      >>> float(tfa.tnn(tfa.tidentity(3, 4)))     # every slice of I is the 3 × 3 identity
+      >>> float(tfa.tubal.tnn(tfa.tubal.identity(3, 4)))     # every slice of I is the 3 × 3 identity
       3.0
 
     Raises:
@@ -316,9 +316,9 @@ def tnn(x, *, transform="fft"):
 
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _tnn_fit(x, matrix, *, kind):
-    t = tproduct.Transform(kind, matrix)
+    t = _tproduct.Transform(kind, matrix)
     s = _slice_sigma(x, t)
-    w = tproduct.frequency_weights(x.shape[-1], t, s.dtype)
+    w = _tproduct.frequency_weights(x.shape[-1], t, s.dtype)
     return jnp.sum(w * jnp.sum(s, axis=-1), axis=-1).astype(x.dtype)
 
 
@@ -342,8 +342,8 @@ def prox_tnn(x, tau, *, transform="fft", precision=None):
     Example:
       >>> import jax, tensorfact as tfa
       >>> x = jax.random.normal(jax.random.key(0), (6, 5, 4))
-      >>> z = tfa.prox_tnn(x, 1.0)
-      >>> bool(tfa.tnn(z) < tfa.tnn(x))
+      >>> z = tfa.tubal.prox(x, 1.0)
+      >>> bool(tfa.tubal.tnn(z) < tfa.tubal.tnn(x))
       True
 
     Raises:
@@ -359,14 +359,14 @@ def prox_tnn(x, tau, *, transform="fft", precision=None):
 
 @functools.partial(jax.jit, static_argnames=("kind", "precision"))
 def _prox_fit(x, matrix, tau, *, kind, precision):
-    return _prox(x, jnp.asarray(tau, x.dtype), tproduct.Transform(kind, matrix),
+    return _prox(x, jnp.asarray(tau, x.dtype), _tproduct.Transform(kind, matrix),
                  precision).astype(x.dtype)
 
 
 def _prox(x, tau, t, precision):
     n3 = x.shape[-1]
-    hat = tproduct.to_transform_domain(x, t, precision=precision)
-    return tproduct.from_transform_domain(_svt_hat(hat, tau, t, n3, precision), n3, t)
+    hat = _tproduct.to_transform_domain(x, t, precision=precision)
+    return _tproduct.from_transform_domain(_svt_hat(hat, tau, t, n3, precision), n3, t)
 
 
 # -------------------------------------------------------------------------------------------
@@ -427,9 +427,9 @@ def trpca(x, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, transfo
     Example:
       >>> import jax, jax.numpy as jnp, tensorfact as tfa
       >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-      >>> low = tfa.tprod(jax.random.normal(k1, (30, 2, 6)), jax.random.normal(k2, (2, 30, 6)))
+      >>> low = tfa.tubal.product(jax.random.normal(k1, (30, 2, 6)), jax.random.normal(k2, (2, 30, 6)))
       >>> sparse = jnp.where(jax.random.bernoulli(k3, 0.05, low.shape), 10.0, 0.0)
-      >>> l, s = tfa.trpca(low + sparse)
+      >>> l, s = tfa.tubal.rpca(low + sparse)
       >>> bool(tfa.relative_error(low, l) < 1e-3)
       True
 
@@ -463,7 +463,7 @@ def _shrink(x, threshold):
                                              "return_info"))
 def _trpca_fit(x, matrix, lam, mu, tol, *, kind, n_iter, fixed, precision, return_info):
     n_nonfinite = count_nonfinite(x)
-    t = tproduct.Transform(kind, matrix)
+    t = _tproduct.Transform(kind, matrix)
     dtype = x.dtype
     tiny = jnp.finfo(dtype).tiny
     n1, n2, n3 = x.shape
@@ -573,9 +573,9 @@ def tubal_complete(x, mask, *, rank=None, method: str = "tnn", key=None, init: s
     Example:
       >>> import jax, jax.numpy as jnp, tensorfact as tfa
       >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-      >>> x = tfa.tprod(jax.random.normal(k1, (20, 2, 5)), jax.random.normal(k2, (2, 20, 5)))
+      >>> x = tfa.tubal.product(jax.random.normal(k1, (20, 2, 5)), jax.random.normal(k2, (2, 20, 5)))
       >>> mask = jax.random.bernoulli(k3, 0.6, x.shape)
-      >>> t = tfa.tubal_complete(jnp.where(mask, x, jnp.nan), mask, rank=2, method="factor")
+      >>> t = tfa.tubal.complete(jnp.where(mask, x, jnp.nan), mask, rank=2, method="factor")
       >>> bool(tfa.relative_error(x, t.to_dense()) < 1e-3)
       True
 
@@ -601,7 +601,7 @@ def tubal_complete(x, mask, *, rank=None, method: str = "tnn", key=None, init: s
             raise ValueError(f"l2 is the ridge of method='factor'; it does not apply to "
                              f"method='tnn', got l2={l2!r}.")
     else:
-        t = tproduct.resolve_transform(transform, n3)
+        t = _tproduct.resolve_transform(transform, n3)
         if mu is not None:
             raise ValueError(f"mu is the ADMM penalty of method='tnn'; it does not apply to "
                              f"method='factor', got mu={mu!r}.")
@@ -622,7 +622,7 @@ def tubal_complete(x, mask, *, rank=None, method: str = "tnn", key=None, init: s
 def _complete_fit(x, mask, matrix, key, mu, l2, tol, *, rank, kind, method, init, n_iter, fixed,
                   precision, return_info):
     n_nonfinite = count_nonfinite(x, mask)
-    t = tproduct.Transform(kind, matrix)
+    t = _tproduct.Transform(kind, matrix)
     if mask is None:
         mask = jnp.ones(x.shape, bool)
     m0 = jnp.where(mask, x, 0)  # P_Ω(M); also removes NaN placeholders
@@ -667,12 +667,12 @@ def _tube_design(f, t, precision):
     matrix ``Φ`` with ``unfold(G * Fᵀ)[i] = Φ · vec(G[i])`` (rows ``(j, t)``, columns ``(l, s)``),
     ``Φ[(j, t), (l, s)] = (Fᵀ_lj ⋆ e_s)[t]`` with ``⋆`` the tube product under ``t``."""
     n, r, n3 = f.shape
-    fh = tproduct.to_transform_domain(f, t, precision=precision)          # (k, n, r)
-    eh = tproduct.to_transform_domain(jnp.eye(n3, dtype=f.dtype)[:, None, :], t,
+    fh = _tproduct.to_transform_domain(f, t, precision=precision)          # (k, n, r)
+    eh = _tproduct.to_transform_domain(jnp.eye(n3, dtype=f.dtype)[:, None, :], t,
                                       precision=precision)[..., 0]        # (k, n3): tubes e_s
     # L(Fᵀ)_k = L(F)_kᴴ, so the tube of Fᵀ at (l, j) has transform conj(L(F)[k, j, l]).
     dh = jnp.conj(fh)[..., None] * eh[:, None, None, :]                   # (k, n, r, n3_s)
-    d = tproduct.from_transform_domain(dh.reshape(dh.shape[0], n, r * n3), n3, t)
+    d = _tproduct.from_transform_domain(dh.reshape(dh.shape[0], n, r * n3), n3, t)
     d = d.reshape(n, r, n3, n3).astype(f.dtype)                           # (j, l, s, t)
     return jnp.transpose(d, (0, 3, 1, 2)).reshape(n * n3, r * n3)
 
@@ -696,8 +696,8 @@ def _complete_factor(m0, mask, key, l2, tol, t, n_iter, precision, rank, init):
     n1, n2, n3 = m0.shape
     dtype = m0.dtype
     maskf = mask.astype(dtype)
-    m0t = tproduct.ttranspose(m0, transform=t)
-    maskt = tproduct.ttranspose(maskf, transform=t)
+    m0t = _tproduct.ttranspose(m0, transform=t)
+    maskt = _tproduct.ttranspose(maskf, transform=t)
     flat = (m0.reshape(n1, n2 * n3), maskf.reshape(n1, n2 * n3))
     flat_t = (m0t.reshape(n2, n1 * n3), maskt.reshape(n2, n1 * n3))
     l2 = jnp.asarray(l2, dtype)
@@ -706,16 +706,16 @@ def _complete_factor(m0, mask, key, l2, tol, t, n_iter, precision, rank, init):
         b = jax.random.normal(key, (n2, rank, n3), dtype) / np.sqrt(n2 * n3)
     else:
         p = jnp.maximum(jnp.mean(maskf), jnp.finfo(dtype).tiny)
-        hat = tproduct.to_transform_domain(m0 / p, t, precision=precision)
+        hat = _tproduct.to_transform_domain(m0 / p, t, precision=precision)
         _, s, vh = _svd_hat(hat, t, n3)
         bh = jnp.conj(jnp.swapaxes(vh[..., :rank, :], -1, -2)) * jnp.sqrt(s[..., None, :rank])
-        b = tproduct.from_transform_domain(bh, n3, t).astype(dtype)
+        b = _tproduct.from_transform_domain(bh, n3, t).astype(dtype)
 
     def step(state):
         _, b = state
         a = _factor_half(*flat, b, l2, t, precision)
         b = _factor_half(*flat_t, a, l2, t, precision)
-        approx = tproduct.tprod(a, tproduct.ttranspose(b, transform=t), transform=t,
+        approx = _tproduct.tprod(a, _tproduct.ttranspose(b, transform=t), transform=t,
                                 precision=precision)
         return (a, b), relative_error(m0, approx, mask)
 
@@ -728,12 +728,12 @@ def _product_to_tsvd(a, b, t, precision) -> TSVDTensor:
     """``A * Bᵀ`` as a t-SVD, slice-wise: ``L(A)_k = Q_a R_a``, ``L(B)_k = Q_b R_b`` (QR),
     ``R_a R_bᴴ = W Σ Zᴴ`` (an ``r × r`` SVD); ``Û = Q_a W``, ``V̂ = Q_b Z``."""
     n3 = a.shape[-1]
-    ah = tproduct.to_transform_domain(a, t, precision=precision)
-    bh = tproduct.to_transform_domain(b, t, precision=precision)
+    ah = _tproduct.to_transform_domain(a, t, precision=precision)
+    bh = _tproduct.to_transform_domain(b, t, precision=precision)
     qa, ra = _slicewise(jnp.linalg.qr, ah, t, n3)
     qb, rb = _slicewise(jnp.linalg.qr, bh, t, n3)
-    core = tproduct.facewise(ra, jnp.conj(jnp.swapaxes(rb, -1, -2)), precision=precision)
+    core = _tproduct.facewise(ra, jnp.conj(jnp.swapaxes(rb, -1, -2)), precision=precision)
     w, s, zh = _svd_hat(core, t, n3)
-    uh = tproduct.facewise(qa, w, precision=precision)
-    vh = tproduct.facewise(qb, jnp.conj(jnp.swapaxes(zh, -1, -2)), precision=precision)
+    uh = _tproduct.facewise(qa, w, precision=precision)
+    vh = _tproduct.facewise(qb, jnp.conj(jnp.swapaxes(zh, -1, -2)), precision=precision)
     return _tsvd_from_hat(uh, s, vh, t, n3)

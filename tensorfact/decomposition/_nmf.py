@@ -112,7 +112,7 @@ def nmf(m, rank: int, *, key=None, init: Union[str, LowRankMatrix, None] = None,
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from tensorfact.decomposition.nmf import nmf
+      >>> from tensorfact.decomposition._nmf import nmf
       >>> kw, kh = jax.random.split(jax.random.key(0))
       >>> m = jax.random.uniform(kw, (30, 4)) @ jax.random.uniform(kh, (4, 20))
       >>> approx = nmf(m, 4, n_iter=500, tol=0)

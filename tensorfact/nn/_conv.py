@@ -71,7 +71,7 @@ from flax.nnx.nn.dtypes import promote_dtype
 from tensorfact._checks import as_float_array, check_choice, check_positive_int
 from tensorfact.decomposition import cp as cp_decomposition
 from tensorfact.decomposition import tucker
-from tensorfact.nn.dense import _List, _cp_fibres, _draw, _type_precision
+from tensorfact.nn._dense import _List, _cp_fibres, _draw, _type_precision
 from tensorfact.tensors import CPTensor, TuckerTensor
 
 __all__ = ["FactorizedConv"]

@@ -22,8 +22,7 @@ missing).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import NamedTuple, Union
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +33,8 @@ from tensorfact._checks import (as_float_array, check_choice, check_mask, count_
                                 require_key)
 from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
-                                              hals_columns, leading_subspace,
-                                              solve_normal_equations, split_halves)
+                                              hals_columns, solve_normal_equations)
+from tensorfact.decomposition._sweeps import cp_initial_factors, cp_sweep
 from tensorfact.decomposition._loop import (FitInfo, error_from_norms, is_fixed_length, iterate,
                                             refine_error, relative_error)
 from tensorfact.tensors import CPTensor
@@ -148,12 +147,12 @@ def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, no
         weights, factors = init_tensor.weights.astype(dtype), [
             a.astype(dtype) for a in init_tensor.factors]
     else:
-        weights, factors = _initial_factors(x, rank, key, init, nonneg, precision)
+        weights, factors = cp_initial_factors(x, rank, key, init, nonneg, precision)
     if not normalize:  # the factors carry the scale; the weights stay at one
         factors = [factors[0] * weights] + list(factors[1:])
         weights = jnp.ones_like(weights)
 
-    sweep = functools.partial(_sweep, l2=l2, nonneg=nonneg, normalize=normalize,
+    sweep = functools.partial(cp_sweep, l2=l2, nonneg=nonneg, normalize=normalize,
                               precision=precision, impl=impl)
     if mask is None:
         norm_x_sq = jnp.vdot(x, x, precision=algebra.resolve_precision(precision))
@@ -186,110 +185,6 @@ def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, no
         return result, n_nonfinite
     rel = relative_error(x, result.to_dense(precision=precision), mask)
     return (result, FitInfo(n_done, errors, rel, converged)), n_nonfinite
-
-
-def _initial_factors(x, rank, key, init, nonneg, precision):
-    """Starting factors: leading singular vectors of each unfolding, or random."""
-    keys = jax.random.split(key, x.ndim) if key is not None else [None] * x.ndim
-    factors = []
-    for n in range(x.ndim):
-        size = x.shape[n]
-        if init == "random":
-            draw = jax.random.uniform if nonneg else jax.random.normal
-            factors.append(draw(keys[n], (size, rank), x.dtype))
-            continue
-        u = leading_subspace(algebra.unfold(x, n), min(rank, size), precision=precision)
-        if rank > size:  # CP rank may exceed a mode size: fill with random columns
-            extra = jax.random.normal(keys[n], (size, rank - size), x.dtype)
-            u = jnp.concatenate([u, extra / jnp.sqrt(size)], axis=1)
-        factors.append(jnp.abs(u) if nonneg else u)
-    return jnp.ones((rank,), x.dtype), factors
-
-
-class SweepLayout(NamedTuple):
-    """Where the blocks of ``x`` live during a sweep; the defaults are one device.
-
-    A sharded fit (``decomposition/_sharded.py``) runs the same sweep on each device's block
-    with: ``rows(a, n)`` the rows of factor ``n`` matching the local block, ``reduce(m, n)`` the
-    sum of MTTKRP ``n``'s partial contributions over the devices, ``gather(a, n)`` factor ``n``
-    rebuilt from the rows solved here, and ``total(v)`` a scalar summed over the devices that
-    split the last mode.
-    """
-    rows: Callable = lambda a, n: a
-    reduce: Callable = lambda m, n: m
-    gather: Callable = lambda a, n: a
-    total: Callable = lambda v: v
-
-
-ONE_DEVICE = SweepLayout()
-
-
-def _sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla",
-           layout=ONE_DEVICE):
-    """One ALS (or HALS) pass over all modes through a two-level dimension tree (``impl="xla"``)
-    or one MTTKRP kernel per mode (``impl="pallas"``, one device only).
-
-    Returns the new weights and factors and ``(⟨x, x̂⟩, ‖x̂‖²)`` for the error.
-    """
-    factors = list(factors)
-    local = [layout.rows(a, m) for m, a in enumerate(factors)]
-    grams = [jnp.matmul(a.T, a, precision=algebra.resolve_precision(precision)) for a in factors]
-    modes = tuple(range(x.ndim))
-    mttkrp_last = None
-    update = functools.partial(_update_factor, factors=factors, local=local, grams=grams,
-                               layout=layout, l2=l2, nonneg=nonneg, normalize=normalize,
-                               precision=precision)
-    if impl == "pallas":  # the kernel reads x at full bandwidth: one read per mode is cheaper
-        for n in modes:      # than the tree's two reads plus its HBM intermediates
-            m_n = kernels.mttkrp(x, factors, n, impl="pallas", precision=precision)
-            weights = update(n, m_n, weights)
-            mttkrp_last = m_n
-        return _sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision)
-    for half, other in (split_halves(modes), split_halves(modes)[::-1]):
-        # one read of x: contract the other half's factors; the rank axis is shared
-        rank_axis = algebra.natural_rank_axis(x.ndim, other)
-        partial = algebra.partial_mttkrp(x, [local[m] for m in other], other,
-                                         rank_axis=rank_axis, precision=precision)
-        for n in half:
-            rest = [m for m in half if m != n]
-            m_n = algebra.contract_with_rank(partial, half, [local[m] for m in rest], rest,
-                                             rank_axis=rank_axis, precision=precision)
-            if rank_axis == 0:
-                m_n = m_n.T
-            m_n = layout.reduce(m_n, n)
-            weights = update(n, m_n, weights)
-            mttkrp_last = m_n
-    return _sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision)
-
-
-def _update_factor(n, m_n, weights, *, factors, local, grams, layout, l2, nonneg, normalize,
-                   precision):
-    """Solves for the (local) rows of ``A_n`` from its MTTKRP ``m_n``; updates ``factors``,
-    ``local`` and ``grams`` in place and returns the new weights."""
-    gram_others = functools.reduce(lambda a, b: a * b,
-                                   [grams[k] for k in range(len(factors)) if k != n])
-    if nonneg:
-        a_n = hals_columns(local[n] * weights, m_n, gram_others, l2, precision)
-    else:
-        a_n = solve_normal_equations(m_n, gram_others, l2, precision)
-    a_n = layout.gather(a_n, n)
-    if normalize:
-        scale = jnp.linalg.norm(a_n, axis=0)
-        weights = scale
-        a_n = a_n / jnp.where(scale == 0, 1.0, scale)
-    factors[n] = a_n
-    local[n] = layout.rows(a_n, n)
-    grams[n] = jnp.matmul(a_n.T, a_n, precision=algebra.resolve_precision(precision))
-    return weights
-
-
-def _sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision):
-    # error terms from the last mode's MTTKRP (computed with all other factors current)
-    inner = layout.total(jnp.sum(weights * jnp.sum(local[-1] * mttkrp_last, axis=0)))
-    gram_all = functools.reduce(lambda a, b: a * b, grams)
-    approx_sq = jnp.einsum("r,rs,s->", weights, gram_all, weights,
-                           precision=algebra.resolve_precision(precision))
-    return weights, tuple(factors), (inner, approx_sq)
 
 
 def _weighted_sweep(x, maskf, weights, factors, *, l2, nonneg, normalize, precision,

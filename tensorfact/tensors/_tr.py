@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact.tensors.base import CoreSequence, FactorizedTensor, as_leaf
+from tensorfact.tensors._base import CoreSequence, FactorizedTensor, as_leaf
 
 __all__ = ["TRTensor", "chain", "transfer_chain"]
 

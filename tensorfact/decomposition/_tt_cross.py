@@ -46,7 +46,7 @@ import numpy as np
 from jax import lax
 
 from tensorfact._checks import check_positive_int, require_key
-from tensorfact.tensors.tt import TTTensor
+from tensorfact.tensors._tt import TTTensor
 
 __all__ = ["tt_cross", "maxvol", "tt_cross_n_evals"]
 

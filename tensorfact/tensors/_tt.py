@@ -34,7 +34,7 @@ import numpy as np
 
 from tensorfact import algebra, kernels
 from tensorfact._checks import check_choice, is_traced
-from tensorfact.tensors.base import CoreSequence, FactorizedTensor, as_leaf
+from tensorfact.tensors._base import CoreSequence, FactorizedTensor, as_leaf
 
 __all__ = ["TTTensor", "TTMatrix", "tt_add", "tt_scale", "tt_hadamard", "tt_inner",
            "tt_orthogonalize", "tt_gather", "tt_matmul"]

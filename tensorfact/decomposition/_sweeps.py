@@ -1,0 +1,180 @@
+"""The sweeps of CP-ALS and HOOI, shared by the single-device fits (``_cp.py``, ``_tucker.py``)
+and the sharded ones (``_sharded.py``), which run them on local blocks with a
+:class:`SweepLayout` (CP) or ``rows``/``reduce`` hooks (Tucker) instead of a copy of each.
+
+* CP: :func:`cp_initial_factors`, :func:`cp_sweep` (a two-level dimension tree, Phan,
+  Tichavský & Cichocki 2013, or one MTTKRP kernel per mode) and its factor update.
+* Tucker: :func:`tucker_sweep_modes` (the same tree for ``Y_n = x ×_{k≠n} U_kᵀ``) and
+  :func:`hoqri_update` (HOQRI, Sun et al. 2020).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from tensorfact import algebra, kernels
+from tensorfact.decomposition._common import (hals_columns, leading_subspace,
+                                              solve_normal_equations, split_halves)
+
+__all__ = ["SweepLayout", "ONE_DEVICE", "cp_initial_factors", "cp_sweep", "update_cp_factor",
+           "cp_sweep_result", "tucker_sweep_modes", "hoqri_update"]
+
+
+def cp_initial_factors(x, rank, key, init, nonneg, precision, *, shape=None, subspace=None):
+    """CP-ALS starting point ``(weights, factors)``: the leading left singular vectors of each
+    unfolding (``init="svd"``; the ``rank − I_n`` columns beyond a mode size are random, scaled
+    to unit expected norm), or Gaussian (uniform for ``nonneg``) factors (``init="random"``).
+
+    ``subspace(n, r)`` gives the ``r`` leading left singular vectors of ``unfold(x, n)``; a
+    sharded fit passes its own (the Gram matrix of a split unfolding is reduced over devices)
+    together with the global ``shape``. The weights are ones.
+    """
+    shape = tuple(x.shape) if shape is None else tuple(shape)
+    if subspace is None:
+        def subspace(n, r):
+            return leading_subspace(algebra.unfold(x, n), r, precision=precision)
+    keys = jax.random.split(key, len(shape)) if key is not None else [None] * len(shape)
+    factors = []
+    for n, size in enumerate(shape):
+        if init == "random":
+            draw = jax.random.uniform if nonneg else jax.random.normal
+            factors.append(draw(keys[n], (size, rank), x.dtype))
+            continue
+        u = subspace(n, min(rank, size))
+        if rank > size:  # CP rank may exceed a mode size: fill with random columns
+            extra = jax.random.normal(keys[n], (size, rank - size), x.dtype)
+            u = jnp.concatenate([u, extra / jnp.sqrt(size)], axis=1)
+        factors.append(jnp.abs(u) if nonneg else u)
+    return jnp.ones((rank,), x.dtype), factors
+
+
+class SweepLayout(NamedTuple):
+    """Where the blocks of ``x`` live during a sweep; the defaults are one device.
+
+    A sharded fit (``decomposition/_sharded.py``) runs the same sweep on each device's block
+    with: ``rows(a, n)`` the rows of factor ``n`` matching the local block, ``reduce(m, n)`` the
+    sum of MTTKRP ``n``'s partial contributions over the devices, ``gather(a, n)`` factor ``n``
+    rebuilt from the rows solved here, and ``total(v)`` a scalar summed over the devices that
+    split the last mode.
+    """
+    rows: Callable = lambda a, n: a
+    reduce: Callable = lambda m, n: m
+    gather: Callable = lambda a, n: a
+    total: Callable = lambda v: v
+
+
+ONE_DEVICE = SweepLayout()
+
+
+def cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla",
+           layout=ONE_DEVICE):
+    """One ALS (or HALS) pass over all modes through a two-level dimension tree (``impl="xla"``)
+    or one MTTKRP kernel per mode (``impl="pallas"``, one device only).
+
+    Returns the new weights and factors and ``(⟨x, x̂⟩, ‖x̂‖²)`` for the error.
+    """
+    factors = list(factors)
+    local = [layout.rows(a, m) for m, a in enumerate(factors)]
+    grams = [jnp.matmul(a.T, a, precision=algebra.resolve_precision(precision)) for a in factors]
+    modes = tuple(range(x.ndim))
+    mttkrp_last = None
+    update = functools.partial(update_cp_factor, factors=factors, local=local, grams=grams,
+                               layout=layout, l2=l2, nonneg=nonneg, normalize=normalize,
+                               precision=precision)
+    if impl == "pallas":  # the kernel reads x at full bandwidth: one read per mode is cheaper
+        for n in modes:      # than the tree's two reads plus its HBM intermediates
+            m_n = kernels.mttkrp(x, factors, n, impl="pallas", precision=precision)
+            weights = update(n, m_n, weights)
+            mttkrp_last = m_n
+        return cp_sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision)
+    for half, other in (split_halves(modes), split_halves(modes)[::-1]):
+        # one read of x: contract the other half's factors; the rank axis is shared
+        rank_axis = algebra.natural_rank_axis(x.ndim, other)
+        partial = algebra.partial_mttkrp(x, [local[m] for m in other], other,
+                                         rank_axis=rank_axis, precision=precision)
+        for n in half:
+            rest = [m for m in half if m != n]
+            m_n = algebra.contract_with_rank(partial, half, [local[m] for m in rest], rest,
+                                             rank_axis=rank_axis, precision=precision)
+            if rank_axis == 0:
+                m_n = m_n.T
+            m_n = layout.reduce(m_n, n)
+            weights = update(n, m_n, weights)
+            mttkrp_last = m_n
+    return cp_sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision)
+
+
+def update_cp_factor(n, m_n, weights, *, factors, local, grams, layout, l2, nonneg, normalize,
+                   precision):
+    """Solves for the (local) rows of ``A_n`` from its MTTKRP ``m_n``; updates ``factors``,
+    ``local`` and ``grams`` in place and returns the new weights."""
+    gram_others = functools.reduce(lambda a, b: a * b,
+                                   [grams[k] for k in range(len(factors)) if k != n])
+    if nonneg:
+        a_n = hals_columns(local[n] * weights, m_n, gram_others, l2, precision)
+    else:
+        a_n = solve_normal_equations(m_n, gram_others, l2, precision)
+    a_n = layout.gather(a_n, n)
+    if normalize:
+        scale = jnp.linalg.norm(a_n, axis=0)
+        weights = scale
+        a_n = a_n / jnp.where(scale == 0, 1.0, scale)
+    factors[n] = a_n
+    local[n] = layout.rows(a_n, n)
+    grams[n] = jnp.matmul(a_n.T, a_n, precision=algebra.resolve_precision(precision))
+    return weights
+
+
+def cp_sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision):
+    # error terms from the last mode's MTTKRP (computed with all other factors current)
+    inner = layout.total(jnp.sum(weights * jnp.sum(local[-1] * mttkrp_last, axis=0)))
+    gram_all = functools.reduce(lambda a, b: a * b, grams)
+    approx_sq = jnp.einsum("r,rs,s->", weights, gram_all, weights,
+                           precision=algebra.resolve_precision(precision))
+    return weights, tuple(factors), (inner, approx_sq)
+
+
+def tucker_sweep_modes(x, factors, modes, update, precision, *, rows=lambda u, m: u,
+                 reduce=lambda y, n: y):
+    """Updates every decomposed mode in order: ``U_n ← update(n, Y_n)`` with
+    ``Y_n = x ×_{k≠n} U_kᵀ`` built from the current factors through a two-level dimension tree.
+
+    A sharded fit (``_sharded.py``) passes ``rows(u, m)``, the rows of ``U_m``
+    matching the local block of ``x``, and ``reduce(y, n)``, which sums the partial ``Y_n`` over
+    the devices and gathers mode ``n``; on one device both are the identity.
+
+    Returns the new factors (a dict by mode) and the last ``(n, Y_n)``.
+    """
+    factors = dict(zip(modes, factors))
+    first, second = split_halves(modes)
+    for half, other in ((first, second), (second, first)):
+        partial = algebra.multi_mode_dot(x, [rows(factors[m], m) for m in other], other,
+                                         transpose=True, precision=precision)
+        for n in half:
+            rest = [m for m in half if m != n]
+            y = algebra.multi_mode_dot(partial, [rows(factors[m], m) for m in rest], rest,
+                                       transpose=True, precision=precision)
+            y = reduce(y, n)
+            factors[n] = update(n, y, factors)
+    return factors, n, y
+
+
+def hoqri_update(subspace_iter, precision):
+    """HOQRI's factor update (Sun et al. 2020): ``subspace_iter`` steps of
+    ``U ← qr(Y_(n) Y_(n)ᵀ U)``, starting from the current ``U_n``."""
+    prec = algebra.resolve_precision(precision)
+
+    def update(n, y, current):
+        unfolded = algebra.unfold(y, n)
+        u = current[n]
+        for _ in range(subspace_iter):
+            z = jnp.matmul(unfolded, jnp.matmul(unfolded.T, u, precision=prec), precision=prec)
+            u, _ = jnp.linalg.qr(z)
+        return u
+
+    return update
