@@ -20,11 +20,20 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def as_float_array(x, name: str, *, min_ndim: int = 0) -> jax.Array:
-    """Converts ``x`` to a real floating JAX array (integers and low floats become float32)."""
+def as_float_array(x, name: str, *, min_ndim: int = 0, nonempty: bool = False) -> jax.Array:
+    """Converts ``x`` (an array, a NumPy array, a nested list) to a real floating JAX array:
+    integers, booleans and low floats become float32.
+
+    ``nonempty=True`` (what every decomposition asks) refuses a zero-size mode with an error
+    naming ``name`` and its shape.
+    """
     if not hasattr(x, "shape"):
-        x = np.asarray(x)
-    dtype = jnp.result_type(x)
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as err:  # ragged lists, objects
+            raise TypeError(f"{name} must be an array (or nested sequence of numbers), got "
+                            f"{type(x).__name__}: {err}") from None
+    dtype = jnp.result_type(x) if x.dtype != object else np.dtype(object)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(f"{name} must be real, got dtype {dtype}.")
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
@@ -37,15 +46,22 @@ def as_float_array(x, name: str, *, min_ndim: int = 0) -> jax.Array:
         raise ValueError(
             f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}."
         )
+    if nonempty and x.size == 0:
+        raise ValueError(f"{name} has a mode of size zero (shape {tuple(x.shape)}): there is "
+                         "nothing to decompose.")
     return x
 
 
-def as_matrix(m, name: str = "m") -> jax.Array:
-    """``m`` as a real floating 2-D array, or a ``ValueError`` naming its shape."""
+def as_matrix(m, name: str = "m", *, nonempty: bool = True) -> jax.Array:
+    """``m`` as a real floating 2-D array, or a ``ValueError`` naming its shape (or a zero-size
+    dimension, unless ``nonempty=False``)."""
     m = as_float_array(m, name)
     if m.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(m.shape)} (use jax.vmap "
                          "for a batch of matrices).")
+    if nonempty and m.size == 0:
+        raise ValueError(f"{name} has a dimension of size zero (shape {tuple(m.shape)}): there "
+                         "is nothing to factorize.")
     return m
 
 
@@ -130,7 +146,12 @@ def check_ranks(ranks, shape: Sequence[int], name: str = "ranks", modes=None) ->
 
 
 def check_mask(mask, shape, name: str = "mask"):
-    """Returns ``mask`` as a boolean array of ``shape`` (1/True = observed), or None."""
+    """Returns ``mask`` as a boolean array of ``shape`` (1/True = observed), or None.
+
+    Eagerly (a concrete mask) it must hold only 0/1 (or booleans) and observe at least one
+    entry; a mask of weights (0.5, 2, −1, NaN) is refused rather than silently read as
+    "observed". Under a transformation the values are unknown and are cast with ``!= 0``.
+    """
     if mask is None:
         return None
     if not hasattr(mask, "shape"):
@@ -138,7 +159,21 @@ def check_mask(mask, shape, name: str = "mask"):
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have the shape of the data {tuple(shape)}, "
                          f"got {tuple(mask.shape)}.")
-    return jnp.asarray(mask).astype(bool)
+    if is_traced(mask):
+        return jnp.asarray(mask).astype(bool)
+    values = np.asarray(mask)
+    if values.dtype != np.bool_:
+        if not (np.issubdtype(values.dtype, np.number)):
+            raise TypeError(f"{name} must be a boolean or 0/1 array, got dtype {values.dtype}.")
+        bad = ~((values == 0) | (values == 1))
+        if bad.any():
+            raise ValueError(f"{name} must hold only 0/1 (or True/False: 1 = observed), got "
+                             f"{int(bad.sum())} other value(s), e.g. {values[bad].flat[0]!r}; "
+                             "weighted fitting is not supported.")
+    if values.size and not values.any():
+        raise ValueError(f"{name} observes no entry (it is all False/0): there is nothing to "
+                         "fit.")
+    return jnp.asarray(values).astype(bool)
 
 
 def check_choice(value, choices, name: str):
@@ -148,14 +183,34 @@ def check_choice(value, choices, name: str):
     return value
 
 
-def check_nonneg_number(value, name: str):
-    """Checks a Python scalar hyper-parameter is >= 0 (traced values pass through)."""
+def _check_real_scalar(value, name: str):
+    if isinstance(value, (bool, np.bool_)) or not (np.isscalar(value) or np.ndim(value) == 0):
+        raise ValueError(f"{name} must be a real scalar, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real scalar, got {value!r}.") from None
+    return number
+
+
+def check_nonneg_number(value, name: str, *, allow_inf: bool = False):
+    """Checks a scalar hyper-parameter is finite and >= 0 (NaN and Inf refused unless
+    ``allow_inf``); traced values pass through."""
     if is_traced(value):
         return value
-    if not np.isscalar(value) and np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar, got {value!r}.")
-    if not float(value) >= 0:  # also catches NaN
-        raise ValueError(f"{name} must be >= 0, got {value!r}.")
+    number = _check_real_scalar(value, name)
+    if not number >= 0 or (number == np.inf and not allow_inf):  # also catches NaN
+        raise ValueError(f"{name} must be >= 0, got {value!r} (a finite number).")
+    return value
+
+
+def check_positive_number(value, name: str):
+    """Checks a scalar hyper-parameter is finite and > 0; traced values pass through."""
+    if is_traced(value):
+        return value
+    number = _check_real_scalar(value, name)
+    if not (0 < number < np.inf):
+        raise ValueError(f"{name} must be > 0, got {value!r} (a finite number).")
     return value
 
 
@@ -165,11 +220,35 @@ def check_optimizer_args(optimizer, learning_rate):
         raise ValueError("pass either optimizer or learning_rate, not both (got "
                          f"learning_rate={learning_rate!r}).")
     if learning_rate is not None:
-        check_nonneg_number(learning_rate, "learning_rate")
+        check_positive_number(learning_rate, "learning_rate")
 
 
-def require_key(key, why: str):
-    """Raises when a random key is needed but missing."""
+def is_zero(value) -> bool:
+    """True for a concrete scalar equal to 0 (a Python, NumPy or concrete JAX number)."""
+    if is_traced(value) or isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
+        return False
+    try:
+        return float(value) == 0
+    except (TypeError, ValueError):
+        return False
+
+
+def check_key(key, why: str):
+    """Returns ``key`` if it is one ``jax.random`` key (a typed key from ``jax.random.key`` or
+    a raw ``uint32[2]`` key from ``jax.random.PRNGKey``); otherwise raises an error that names
+    ``key`` and says why it is needed."""
+    hint = "pass key=jax.random.key(seed)"
     if key is None:
-        raise ValueError(f"key is required {why}: pass key=jax.random.key(seed).")
-    return key
+        raise ValueError(f"key is required {why}: {hint}.")
+    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise TypeError(f"key must be a jax.random key, got {type(key).__name__} {key!r} "
+                        f"(needed {why}): {hint}.")
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single key, got a batch of keys of shape "
+                             f"{tuple(key.shape)} (needed {why}); map over keys with jax.vmap.")
+        return key
+    if key.dtype == jnp.uint32 and tuple(key.shape) == (2,):
+        return key
+    raise TypeError(f"key must be a jax.random key, got an array of dtype {key.dtype} and shape "
+                    f"{tuple(key.shape)} (needed {why}): {hint}.")

@@ -124,7 +124,7 @@ def _check_tensor(x, name: str) -> jax.Array:
     return x
 
 
-def to_transform_domain(x: jax.Array, transform="fft", *, precision=None) -> jax.Array:
+def to_transform_domain(x: jax.Array, transform="fft", *, precision="highest") -> jax.Array:
     """``L(x)`` with the tube axis moved in front: ``(..., n1, n2, n3) → (..., k, n1, n2)``.
 
     For the FFT, ``k = n3 // 2 + 1`` complex slices (the real FFT's non-redundant half); for the
@@ -185,7 +185,7 @@ def frequency_weights(n3: int, transform="fft", dtype=jnp.float32) -> jax.Array:
     return jnp.asarray(w, dtype)
 
 
-def facewise(a_hat: jax.Array, b_hat: jax.Array, *, precision=None) -> jax.Array:
+def facewise(a_hat: jax.Array, b_hat: jax.Array, *, precision="highest") -> jax.Array:
     """Slice-wise matrix product in the transform domain.
 
     ``(..., k, n1, n2) @ (..., k, n2, n4) → (..., k, n1, n4)``, batched over the slices ``k``.
@@ -193,7 +193,7 @@ def facewise(a_hat: jax.Array, b_hat: jax.Array, *, precision=None) -> jax.Array
     return jnp.matmul(a_hat, b_hat, precision=resolve_precision(precision))
 
 
-def tprod(a: jax.Array, b: jax.Array, *, transform="fft", precision=None) -> jax.Array:
+def tprod(a: jax.Array, b: jax.Array, *, transform="fft", precision="highest") -> jax.Array:
     """The t-product ``A * B`` of ``(..., n1, n2, n3)`` and ``(..., n2, n4, n3)`` tensors.
 
     ``A *_L B = L⁻¹(L(A) △ L(B))`` (Kilmer & Martin 2011; Kernfeld et al. 2015): for the FFT it

@@ -9,8 +9,9 @@ last one varies fastest (C order). With this convention a CP tensor unfolds as
 
 where ``khatri_rao`` also lets its last factor vary fastest.
 
-Every contraction takes ``precision``; ``None`` means ``jax.lax.Precision.HIGHEST`` (true
-float32 on GPUs and TPUs, where JAX would otherwise use TF32 or bfloat16 passes).
+Every contraction takes ``precision``, by default ``"highest"`` (true float32 on GPUs and TPUs,
+where JAX would otherwise use TF32 or bfloat16 passes); ``None`` is JAX's default, as everywhere
+in the library.
 
 Reference: T. G. Kolda and B. W. Bader, "Tensor Decompositions and Applications",
 SIAM Review 51(3), 2009.
@@ -27,16 +28,12 @@ import jax.numpy as jnp
 
 from tensorfact import kernels
 from tensorfact._checks import check_choice, check_modes
+from tensorfact._numerics import resolve_precision
 
 __all__ = [
     "unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker",
     "mttkrp", "partial_mttkrp", "natural_rank_axis", "contract_with_rank", "resolve_precision",
 ]
-
-
-def resolve_precision(precision):
-    """Maps ``None`` to full precision (``HIGHEST``); other values pass through to XLA."""
-    return jax.lax.Precision.HIGHEST if precision is None else precision
 
 
 def unfold(x: jax.Array, mode: int) -> jax.Array:
@@ -57,7 +54,7 @@ def fold(matrix: jax.Array, mode: int, shape: Sequence[int]) -> jax.Array:
 
 
 def mode_dot(x: jax.Array, matrix_or_vector: jax.Array, mode: int, *,
-             transpose: bool = False, precision=None) -> jax.Array:
+             transpose: bool = False, precision="highest") -> jax.Array:
     """Mode-``n`` product ``x ×_n M``.
 
     For a matrix ``M`` of shape ``(J, I_n)`` the result has ``J`` in place of mode ``n``:
@@ -92,7 +89,7 @@ def mode_dot(x: jax.Array, matrix_or_vector: jax.Array, mode: int, *,
 
 
 def multi_mode_dot(x: jax.Array, matrices: Sequence[jax.Array], modes=None, *, skip=None,
-                   transpose: bool = False, precision=None) -> jax.Array:
+                   transpose: bool = False, precision="highest") -> jax.Array:
     """Chain of mode products ``x ×_{m_0} M_0 ×_{m_1} M_1 ...``.
 
     ``modes`` defaults to ``range(len(matrices))``; ``skip`` leaves out the matrix (and mode)
@@ -157,7 +154,7 @@ def kronecker(matrices: Sequence[jax.Array], *, skip=None) -> jax.Array:
 
 
 def partial_mttkrp(x: jax.Array, factors: Sequence[jax.Array], modes: Sequence[int], *,
-                   rank_axis: int = -1, precision=None) -> jax.Array:
+                   rank_axis: int = -1, precision="highest") -> jax.Array:
     """Contracts ``modes`` of ``x`` against factor matrices that share one rank index.
 
     Returns the array ``T`` with the remaining modes of ``x`` (in order) and the rank axis
@@ -206,7 +203,8 @@ def natural_rank_axis(ndim: int, modes: Sequence[int]) -> int:
 
 
 def contract_with_rank(t: jax.Array, t_modes: Sequence[int], factors: Sequence[jax.Array],
-                       modes: Sequence[int], *, rank_axis: int = -1, precision=None) -> jax.Array:
+                       modes: Sequence[int], *, rank_axis: int = -1,
+                       precision="highest") -> jax.Array:
     """Contracts an intermediate that already carries a rank axis (last, or first with
     ``rank_axis=0``).
 
@@ -233,7 +231,7 @@ def contract_with_rank(t: jax.Array, t_modes: Sequence[int], factors: Sequence[j
 
 
 def mttkrp(x: jax.Array, factors: Sequence[jax.Array], mode: int, *, impl: str = "auto",
-           precision=None) -> jax.Array:
+           precision="highest") -> jax.Array:
     """Matricised tensor times Khatri–Rao product for ``mode``.
 
     ``mttkrp(x, factors, n) = unfold(x, n) · khatri_rao(factors, skip=n)``, shape ``(I_n, R)``;

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from tensorfact import algebra
-from tensorfact._checks import check_positive_int, is_traced, require_key
+from tensorfact._checks import check_positive_int, is_traced, check_key
 from tensorfact.ranks import stable_rank
 from tensorfact.tensors._cp import CPTensor
 from tensorfact.tensors._tt import TTMatrix, TTTensor
@@ -97,7 +97,7 @@ def _proximal(prox, lam, learning_rate, mask, name):
     return optax.masked(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
-def proximal_nuclear(lam, learning_rate, *, mask=None, precision=None
+def proximal_nuclear(lam, learning_rate, *, mask=None, precision="highest"
                      ) -> optax.GradientTransformationExtraArgs:
     """Proximal step of ``λ Σ_W ‖W‖_*`` (nuclear norms of the selected matrices), as an Optax
     transform chained after the gradient step.
@@ -120,7 +120,8 @@ def proximal_nuclear(lam, learning_rate, *, mask=None, precision=None
       mask: which leaves to threshold, as in ``optax.masked`` (a pytree of bools or a callable
         of the params). Default: every 2-D leaf; other leaves pass through unchanged. Selected
         leaves must be 2-D.
-      precision: matmul precision of the reconstruction (None: full float32).
+      precision: matmul precision of the reconstruction ("highest" by default: full float32; None:
+        JAX's default).
 
     ``update`` needs ``params`` and raises ``ValueError`` without them. State:
     :class:`ProximalState` (wrapped by ``optax.masked``).
@@ -254,7 +255,7 @@ def tensor_dropout(key, factorized, rate):
       >>> type(out).__name__, sorted(set(out.weights.tolist())) <= [0.0, 2.0]
       ('CPTensor', True)
     """
-    require_key(key, "for tensor_dropout")
+    check_key(key, "for tensor_dropout")
     rate = _check_rate(rate)
     if not isinstance(factorized, (CPTensor, TuckerTensor, TTTensor, TTMatrix)):
         raise TypeError(f"tensor_dropout takes a CPTensor, TuckerTensor, TTTensor or TTMatrix, "

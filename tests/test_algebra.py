@@ -371,8 +371,13 @@ def test_precision_argument_is_accepted(rng):
     hi = mode_dot(x, m, 1, precision=jax.lax.Precision.HIGHEST)
     default = mode_dot(x, m, 1)
     np.testing.assert_array_equal(np.asarray(hi), np.asarray(default))
-    assert algebra.resolve_precision(None) == jax.lax.Precision.HIGHEST
+    # one meaning everywhere: None is JAX's default; the core's default is "highest"
+    assert algebra.resolve_precision(None) is None
+    assert algebra.resolve_precision("highest") == jax.lax.Precision.HIGHEST
+    assert algebra.resolve_precision("DEFAULT") == jax.lax.Precision.DEFAULT
     assert algebra.resolve_precision(jax.lax.Precision.DEFAULT) == jax.lax.Precision.DEFAULT
+    with pytest.raises(ValueError, match="precision must be None, one of"):
+        algebra.resolve_precision("fast")
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def leading_eigenvectors(gram, r: int):
     return vecs[:, ::-1][:, :r]
 
 
-def leading_subspace(matrix, r: int, *, precision=None):
+def leading_subspace(matrix, r: int, *, precision="highest"):
     """The ``r`` leading left singular vectors of ``matrix`` (``I × P``), as an ``I × r`` array.
 
     From the eigenvectors of the ``I × I`` Gram matrix when ``I ≤ P`` (a small symmetric
@@ -96,7 +96,7 @@ def hals_columns(a, m, gram, l2, precision, sweeps: int = HALS_INNER_SWEEPS):
     return lax.fori_loop(0, sweeps * a.shape[1], lambda i, a: column(i % a.shape[1], a), a)
 
 
-def solve_normal_equations(m, gram, l2, precision=None):
+def solve_normal_equations(m, gram, l2, precision="highest"):
     """``m · (gram + λI)⁻¹`` (``gram`` is ``R × R``, or ``I × R × R`` per row), with a jitter of
     ``eps·tr(gram)/R`` so that rank-deficient Gram matrices stay solvable.
 

@@ -34,7 +34,7 @@ from jax import lax
 from tensorfact import algebra
 from tensorfact._checks import (as_matrix, check_choice, check_mask, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced,
-                                report_nonfinite, require_key)
+                                report_nonfinite, check_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               random_orthonormal, solve_normal_equations)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate, relative_error
@@ -55,7 +55,7 @@ RPCA_MU_CAP = 1e7
 
 
 def complete(m, mask, rank: int, *, method: str = "als", key=None, init: str = "svd",
-             n_iter: int = 100, tol: float = 1e-6, l2: float = 0.0, lam=None, precision=None,
+             n_iter: int = 100, tol: float = 1e-6, l2: float = 0.0, lam=None, precision="highest",
              return_info: bool = False):
     """Rank-``r`` completion of a partially observed matrix.
 
@@ -110,7 +110,8 @@ def complete(m, mask, rank: int, *, method: str = "als", key=None, init: str = "
         ``0`` runs exactly ``n_iter`` iterations (a ``lax.scan``).
       l2: ALS ridge penalty ``λ`` (``0`` selects the small default above). ALS only.
       lam: Soft-Impute threshold ``λ`` (default above). Soft-Impute only.
-      precision: XLA precision of the matrix products; ``None`` means full float32.
+      precision: XLA precision of the matrix products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
       return_info: also return a :class:`FitInfo` (``errors``: the observed-entry relative
         error after each iteration; ``rel_error``: that of the returned matrix).
 
@@ -153,7 +154,7 @@ def complete(m, mask, rank: int, *, method: str = "als", key=None, init: str = "
         raise ValueError(f"l2 is the ALS ridge; it does not apply to method='soft_impute' "
                          f"(use lam for the threshold), got l2={l2!r}.")
     if method == "als" and init == "random":
-        require_key(key, 'for init="random"')
+        check_key(key, 'for init="random"')
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
     if lam is not None:
@@ -264,7 +265,7 @@ def _shrink(x, threshold):
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0)
 
 
-def rpca(m, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, precision=None,
+def rpca(m, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, precision="highest",
          return_info: bool = False):
     """Robust PCA: ``M = L + S`` with ``L`` low rank and ``S`` sparse, by principal component
     pursuit (Candès, Li, Ma & Wright, "Robust principal component analysis?", JACM 2011),
@@ -290,7 +291,8 @@ def rpca(m, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, precisio
       n_iter: maximum number of iterations (static: it sizes ``info.errors``).
       tol: stop when the relative residual ``‖M − L − S‖_F / ‖M‖_F`` falls below ``tol``; a
         literal ``0`` runs exactly ``n_iter`` iterations.
-      precision: XLA precision of the matrix products; ``None`` means full float32.
+      precision: XLA precision of the matrix products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
       return_info: also return a :class:`FitInfo` whose ``errors`` are the relative residuals
         after each iteration, ``rel_error`` the final one and ``converged`` whether it fell
         below ``tol``.

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from tensorfact import algebra, kernels, sharding
 from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
                                 check_nonneg_number, check_positive_int, report_nonfinite,
-                                require_key)
+                                check_key)
 from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, solve_normal_equations)
@@ -46,7 +46,7 @@ _INITS = ("svd", "random")
 
 def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: int = 100,
        tol: float = 1e-8, mask=None, nonneg: bool = False, l2: float = 0.0,
-       normalize: bool = True, precision=None, impl: str = "auto", return_info: bool = False):
+       normalize: bool = True, precision="highest", impl: str = "auto", return_info: bool = False):
     """CP decomposition of an N-way array by ALS (or HALS when ``nonneg=True``).
 
     Args:
@@ -70,7 +70,8 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
       l2: ridge penalty ``λ‖A_n‖²`` added to every factor update.
       normalize: return unit-norm factor columns with the scales in ``weights``; otherwise the
         weights are ones and the factors carry the scale.
-      precision: XLA precision of the contractions; ``None`` means full float32 (``HIGHEST``).
+      precision: XLA precision of the contractions; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
         Pass ``"default"`` to allow TF32/bfloat16 passes on GPUs and TPUs.
       impl: MTTKRP implementation. ``"xla"``: the dimension tree (two reads of ``x`` per
         sweep); ``"pallas"``: one MTTKRP per mode with the kernel of
@@ -109,9 +110,9 @@ def cp(x, rank: int, *, key=None, init: Union[str, CPTensor] = "svd", n_iter: in
         init_kind = check_choice(init, _INITS, "init")
         init_tensor = None
         if init == "random":
-            require_key(key, 'for init="random"')
+            check_key(key, 'for init="random"')
         elif rank > min(x.shape):
-            require_key(key, f"for init=\"svd\" when rank ({rank}) exceeds a mode size "
+            check_key(key, f"for init=\"svd\" when rank ({rank}) exceeds a mode size "
                         f"(shape {tuple(x.shape)})")
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)

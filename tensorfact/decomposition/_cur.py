@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from tensorfact import algebra
 from tensorfact._checks import (as_matrix, check_choice, check_positive_int,
-                                count_nonfinite, report_nonfinite, require_key)
+                                count_nonfinite, report_nonfinite, check_key)
 from tensorfact.tensors._cur import CURMatrix
 
 __all__ = ["RCOND", "cur"]
@@ -65,7 +65,7 @@ RCOND = {"float32": 1e-4, "float64": 1e-8}
 
 
 def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows=None,
-        precision=None) -> CURMatrix:
+        precision="highest") -> CURMatrix:
     """CUR decomposition ``M ≈ C U R`` of a matrix, by leverage-score sampling or DEIM.
 
     ``C = M[:, col_index]`` (``m × k``, ``k = n_cols``) and ``R = M[row_index, :]``
@@ -88,7 +88,8 @@ def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows
         ``rank`` for ``"pivoted"``.
       n_rows: number of rows ``l`` in ``R`` (static int, ``rank ≤ n_rows ≤ m``); defaults as
         for ``n_cols``, with ``m`` in place of ``n``.
-      precision: XLA precision of the matrix products; ``None`` means full float32
+      precision: XLA precision of the matrix products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default
         (``HIGHEST``).
 
     Returns:
@@ -126,7 +127,7 @@ def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows
                          f"(m has shape {(rows, cols)}).")
     method = check_choice(method, _METHODS, "method")
     if method == "leverage":
-        require_key(key, 'for method="leverage" (columns and rows are sampled at random)')
+        check_key(key, 'for method="leverage" (columns and rows are sampled at random)')
         default_cols, default_rows = min(2 * rank, cols), min(2 * rank, rows)
     else:
         key = None

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tensorfact._checks import is_zero
 from tensorfact.metrics import relative_error  # noqa: F401  (re-exported for the fits)
 
 
@@ -31,8 +32,9 @@ class FitInfo(NamedTuple):
 
 
 def is_fixed_length(tol) -> bool:
-    """A literal ``tol=0`` asks for exactly ``n_iter`` iterations (a differentiable scan)."""
-    return isinstance(tol, (int, float)) and tol == 0
+    """A concrete ``tol=0`` (Python, NumPy or JAX scalar) asks for exactly ``n_iter``
+    iterations (a differentiable scan)."""
+    return is_zero(tol)
 
 
 def iterate(step: Callable[[Any], tuple[Any, jax.Array]], state, *, n_iter: int, tol,

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from tensorfact import algebra
 from tensorfact._checks import (as_matrix, check_choice, check_mask, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced,
-                                report_nonfinite, require_key)
+                                report_nonfinite, check_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, positive_floor)
 from tensorfact.decomposition._loop import (FitInfo, error_from_norms, is_fixed_length, iterate,
@@ -51,7 +51,7 @@ _METHODS = ("hals", "mu")
 
 def nmf(m, rank: int, *, key=None, init: Union[str, LowRankMatrix, None] = None,
         method: str = "hals", n_iter: int = 200, tol: float = 1e-6, mask=None,
-        l1: float = 0.0, l2: float = 0.0, precision=None, return_info: bool = False):
+        l1: float = 0.0, l2: float = 0.0, precision="highest", return_info: bool = False):
     """Nonnegative matrix factorization ``m ≈ W H`` by HALS or multiplicative updates.
 
     Minimises ``½‖Ω ⊙ (m − W H)‖² + l1 (‖W‖₁ + ‖H‖₁) + ½ l2 (‖W‖² + ‖H‖²)`` over
@@ -99,7 +99,8 @@ def nmf(m, rank: int, *, key=None, init: Union[str, LowRankMatrix, None] = None,
         per-row Gram matrices, or masked MU).
       l1: sparsity penalty ``l1 (‖W‖₁ + ‖H‖₁)`` (>= 0); larger values give more exact zeros.
       l2: ridge penalty ``½ l2 (‖W‖² + ‖H‖²)`` (>= 0).
-      precision: XLA precision of the matrix products; ``None`` means full float32
+      precision: XLA precision of the matrix products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default
         (``HIGHEST``). Pass ``"default"`` to allow TF32/bfloat16 passes on GPUs and TPUs.
       return_info: also return a :class:`FitInfo`. Its ``errors`` are the relative errors
         ``‖Ω⊙(m − WH)‖/‖Ω⊙m‖`` of the data term only: with ``l1 = l2 = 0`` HALS makes them
@@ -146,7 +147,7 @@ def nmf(m, rank: int, *, key=None, init: Union[str, LowRankMatrix, None] = None,
         init_kind = check_choice(init, _INITS, "init")
         init_matrix = None
         if init_kind == "random":
-            require_key(key, 'for init="random"')
+            check_key(key, 'for init="random"')
         elif rank > min(m.shape):
             raise ValueError(f'rank ({rank}) must be at most min(m.shape) = {min(m.shape)} '
                              f'(shape {tuple(m.shape)}) for init="{init_kind}", which needs that '

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from tensorfact._checks import (as_float_array, check_nonneg_number, check_optimizer_args,
-                                check_positive_int, require_key)
+                                check_positive_int, check_key)
 from tensorfact.tensors import LowRankMatrix
 
 __all__ = ["gaussian_measurements", "measure", "factorize_gd", "SensingHistory",
@@ -82,7 +82,7 @@ def gaussian_measurements(key, shape, n_measurements: int, *, symmetric: bool = 
       symmetric: symmetrise each measurement matrix.
       dtype: a floating dtype.
     """
-    require_key(key, "to draw measurements")
+    check_key(key, "to draw measurements")
     shape = tuple(shape)
     if len(shape) != 2:
         raise ValueError(f"shape must be (m, n), got {shape!r}.")
@@ -176,7 +176,7 @@ def factorize_gd(y, a, rank: int, *, key=None, symmetric: bool = False,
     if symmetric and m != n:
         raise ValueError(f"symmetric=True needs square measurement matrices, got a of shape "
                          f"{tuple(a.shape)}.")
-    require_key(key, "for the random initialisation")
+    check_key(key, "for the random initialisation")
     check_nonneg_number(init_scale, "init_scale")
     check_optimizer_args(optimizer, learning_rate)
     if x_true is not None:

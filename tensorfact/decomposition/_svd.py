@@ -27,7 +27,7 @@ from jax import lax
 
 from tensorfact import algebra
 from tensorfact._checks import (as_matrix, check_choice, check_positive_int,
-                                count_nonfinite, report_nonfinite, require_key)
+                                count_nonfinite, report_nonfinite, check_key)
 from tensorfact.tensors import LowRankMatrix
 
 __all__ = ["svd"]
@@ -36,7 +36,7 @@ _METHODS = ("exact", "randomized")
 
 
 def svd(m, rank: int, *, method: str = "exact", key=None, oversample: int = 10,
-        n_power_iter: int = 2, precision=None) -> LowRankMatrix:
+        n_power_iter: int = 2, precision="highest") -> LowRankMatrix:
     """Truncated SVD of a matrix: the best rank-``rank`` approximation ``U diag(s) Vᵀ``.
 
     Args:
@@ -48,7 +48,8 @@ def svd(m, rank: int, *, method: str = "exact", key=None, oversample: int = 10,
         ``min(m.shape)``).
       n_power_iter: power iterations (randomized); 2 suits slowly decaying spectra such as
         neural-network weights.
-      precision: XLA precision of the products; ``None`` means full float32.
+      precision: XLA precision of the products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Returns:
       A :class:`LowRankMatrix` with orthonormal ``u`` (m × rank), ``vtᵀ`` (n × rank) and
@@ -68,7 +69,7 @@ def svd(m, rank: int, *, method: str = "exact", key=None, oversample: int = 10,
                          f"(shape {tuple(m.shape)}).")
     method = check_choice(method, _METHODS, "method")
     if method == "randomized":
-        require_key(key, 'for method="randomized"')
+        check_key(key, 'for method="randomized"')
         if isinstance(oversample, bool) or not isinstance(oversample, int) or oversample < 0:
             raise ValueError(f"oversample must be a non-negative int, got {oversample!r}.")
         if isinstance(n_power_iter, bool) or not isinstance(n_power_iter, int) or n_power_iter < 0:

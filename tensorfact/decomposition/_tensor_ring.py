@@ -39,7 +39,7 @@ import numpy as np
 
 from tensorfact import algebra
 from tensorfact._checks import (as_float_array, check_choice, check_positive_int,
-                                count_nonfinite, report_nonfinite, require_key)
+                                count_nonfinite, report_nonfinite, check_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               leading_subspace)
 from tensorfact.decomposition._loop import (FitInfo, error_from_norms, is_fixed_length, iterate,
@@ -53,7 +53,8 @@ _INITS = ("svd", "random")
 
 
 def tensor_ring(x, ranks, *, method: str = "svd", key=None, init: Union[str, TRTensor] = "svd",
-                n_iter: int = 100, tol: float = 1e-6, precision=None, return_info: bool = False):
+                n_iter: int = 100, tol: float = 1e-6, precision="highest", return_info: bool =
+                  False):
     """Tensor ring decomposition of a ``d``-way array (``d ≥ 2``).
 
     Args:
@@ -73,7 +74,8 @@ def tensor_ring(x, ranks, *, method: str = "svd", key=None, init: Union[str, TRT
       n_iter, tol: at most ``n_iter`` ALS sweeps, stopping when the relative error changes by
         less than ``tol``; a literal ``tol=0`` runs exactly ``n_iter`` sweeps as a ``lax.scan``
         (differentiable with ``jax.grad``).
-      precision: XLA precision of the contractions; ``None`` means full float32.
+      precision: XLA precision of the contractions; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
       return_info: also return a :class:`FitInfo` (for ``"svd"``, ``n_iter`` is 0 and
         ``errors`` is empty).
 
@@ -108,7 +110,7 @@ def tensor_ring(x, ranks, *, method: str = "svd", key=None, init: Union[str, TRT
         init_kind = check_choice(init, _INITS, "init")
         init_tensor = None
         if method == "als" and init_kind == "random":
-            require_key(key, 'for init="random"')
+            check_key(key, 'for init="random"')
     if method == "svd" or init_kind == "svd":
         _check_svd_ranks(ranks, x.shape)
     fixed = is_fixed_length(tol)

@@ -48,7 +48,7 @@ __all__ = ["tt", "tt_round", "tt_matrix"]
 # public functions
 
 
-def tt(x, ranks=None, *, eps=None, max_rank=None, precision=None) -> TTTensor:
+def tt(x, ranks=None, *, eps=None, max_rank=None, precision="highest") -> TTTensor:
     """TT-SVD: a tensor train of ``x`` with given ranks or to a relative accuracy ``eps``.
 
     Args:
@@ -64,7 +64,8 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision=None) -> TTTensor:
       max_rank: with ``eps``, a cap on the ranks (an int or a full list as for ``ranks``).
         Required under ``jax.jit``/``vmap``, where it fixes the core shapes: ranks that ``eps``
         does not need are zero padding (drop it eagerly with ``TTTensor.trim()``).
-      precision: XLA precision of the contractions; ``None`` means full float32.
+      precision: XLA precision of the contractions; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Returns:
       A :class:`TTTensor` whose cores ``1..d−1`` have orthonormal columns when reshaped to
@@ -102,7 +103,7 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision=None) -> TTTensor:
 
 
 def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
-              precision=None) -> TTMatrix:
+              precision="highest") -> TTMatrix:
     """A TT-matrix of the matrix ``w`` of shape ``(∏ m_k, ∏ n_k)``.
 
     ``w`` is reshaped to ``(m_1, ..., m_d, n_1, ..., n_d)``, its axes interleaved to
@@ -154,7 +155,7 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
     return TTMatrix(cores)
 
 
-def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision=None):
+def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision="highest"):
     """TT-rounding: the same tensor (or TT-matrix) at smaller ranks, in the format.
 
     Right-to-left QR orthogonalisation, then left to right a truncated decomposition of each
@@ -169,7 +170,8 @@ def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision=None):
       eps: instead of ``ranks``, a relative error bound ``‖t − round(t)‖ ≤ eps‖t‖``.
       max_rank: with ``eps``, a cap on the ranks; required under ``jax.jit``/``vmap``, where the
         cores keep that size and the unused part is zero (``trim()`` drops it eagerly).
-      precision: XLA precision of the contractions; ``None`` means full float32.
+      precision: XLA precision of the contractions; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Returns:
       A tensor of ``t``'s type, its cores ``1..d−1`` left-orthonormal.

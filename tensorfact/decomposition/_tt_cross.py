@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tensorfact._checks import check_positive_int, require_key
+from tensorfact._checks import check_positive_int, check_key
 from tensorfact.tensors._tt import TTTensor
 
 __all__ = ["tt_cross", "maxvol", "tt_cross_n_evals"]
@@ -55,7 +55,7 @@ MAXVOL_MAX_ITERS = 100
 
 
 def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_sweeps: int = 4,
-             precision=None) -> TTTensor:
+             precision="highest") -> TTTensor:
     """TT approximation of ``x[i] = fn(i)`` on the grid ``shape``, by cross interpolation.
 
     Args:
@@ -102,7 +102,7 @@ def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_sweep
     shape = _check_shape(shape)
     ranks = _check_tt_ranks(ranks, shape)
     n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
-    require_key(key, "for the random start of tt_cross")
+    check_key(key, "for the random start of tt_cross")
     dtype = _check_fn(fn, shape)
     del precision
     return _tt_cross(fn, key, shape=shape, ranks=ranks, n_sweeps=n_sweeps, dtype=dtype)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from tensorfact import algebra, sharding
 from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
                                 check_modes, check_positive_int, check_ranks, report_nonfinite,
-                                require_key)
+                                check_key)
 from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, leading_subspace, positive_floor,
@@ -53,7 +53,7 @@ _INITS = ("svd", "random")
 
 def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerTensor] = "svd",
            n_iter: int = 100, tol: float = 1e-8, mask=None, nonneg: bool = False, modes=None,
-           subspace_iter: int = 1, precision=None, return_info: bool = False):
+           subspace_iter: int = 1, precision="highest", return_info: bool = False):
     """Tucker decomposition of an N-way array.
 
     Args:
@@ -75,7 +75,8 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
       modes: decompose only these modes (partial Tucker, e.g. ``modes=(0, 1)`` for Tucker-2);
         the core keeps the full size of the other modes.
       subspace_iter: orthogonal-iteration steps per factor update in HOOI (1 is HOQRI).
-      precision: XLA precision of the contractions; ``None`` means full float32.
+      precision: XLA precision of the contractions; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
       return_info: also return a :class:`FitInfo` (for one-pass methods ``n_iter`` is 0 and
         ``errors`` is empty).
 
@@ -112,7 +113,7 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
         init_kind = check_choice(init, _INITS, "init")
         init_tensor = None
         if init == "random":
-            require_key(key, 'for init="random"')
+            check_key(key, 'for init="random"')
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
     if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed

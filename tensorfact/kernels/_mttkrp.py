@@ -54,6 +54,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from tensorfact._checks import check_modes, check_positive_int
+from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
 
 __all__ = ["mttkrp", "mttkrp_pallas", "mttkrp_xla", "resolve_mttkrp_impl", "MAX_RANK",
@@ -65,7 +66,7 @@ _KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 _TARGET_PROGRAMS = 1024  # enough programs to fill a GPU several times over
 
 
-def mttkrp(x, factors, mode: int, *, impl: str = "auto", precision=None) -> jax.Array:
+def mttkrp(x, factors, mode: int, *, impl: str = "auto", precision="highest") -> jax.Array:
     """Matricised tensor times Khatri–Rao product, ``unfold(x, n) · khatri_rao(A_k, k ≠ n)``.
 
     ``M[i_n, r] = Σ_{i_k, k≠n} x[i_0, ..., i_{N−1}] ∏_{k≠n} A_k[i_k, r]``, shape ``(I_n, R)``;
@@ -78,7 +79,8 @@ def mttkrp(x, factors, mode: int, *, impl: str = "auto", precision=None) -> jax.
       impl: ``"pallas"`` (the kernel; interpret mode off GPUs), ``"xla"`` (the einsum
         reference), or ``"auto"`` (the kernel on a GPU where the dtype, size and rank suit it,
         XLA elsewhere; ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it fell back).
-      precision: of the float32 contractions; ``None`` means full float32 (``HIGHEST``; on the
+      precision: of the float32 contractions; ``"highest"`` (the default) is full float32, ``None``
+        JAX's default ( on the
         GPU kernel, IEEE float32 rather than TF32 dots).
 
     Returns:
@@ -141,7 +143,7 @@ def _shape_reason(x, rank):
 
 # -- XLA reference ---------------------------------------------------------------------------
 
-def mttkrp_xla(x, factors, mode: int, *, precision=None) -> jax.Array:
+def mttkrp_xla(x, factors, mode: int, *, precision="highest") -> jax.Array:
     """The reference: one einsum over all modes but ``mode``, accumulated in float32 (float64
     under x64) and returned in ``result_type(x, *factors)``."""
     x, factors, mode = _check_args(x, factors, mode)
@@ -151,12 +153,8 @@ def mttkrp_xla(x, factors, mode: int, *, precision=None) -> jax.Array:
     others = [k for k in range(x.ndim) if k != mode]
     spec = f"{letters}," + ",".join(f"{letters[k]}Z" for k in others) + f"->{letters[mode]}Z"
     out = jnp.einsum(spec, x.astype(acc), *[factors[k].astype(acc) for k in others],
-                     precision=_precision(precision))
+                     precision=resolve_precision(precision))
     return out.astype(out_dtype)
-
-
-def _precision(precision):
-    return lax.Precision.HIGHEST if precision is None else precision
 
 
 # -- Pallas kernel ---------------------------------------------------------------------------
@@ -184,7 +182,7 @@ def _view(x, factors, mode):
             _khatri_rao(factors[mode + 1:], rank, dtype))
 
 
-def mttkrp_pallas(x, factors, mode: int, *, precision=None, block_out=None, block_dot=None,
+def mttkrp_pallas(x, factors, mode: int, *, precision="highest", block_out=None, block_dot=None,
                   n_split=None, _target=None) -> jax.Array:
     """The kernel (see the module docstring for the tiling). ``block_out``/``block_dot`` (powers
     of two ≥ 16) and ``n_split`` override the block sizes and the split of the loop axis;
@@ -203,7 +201,7 @@ def mttkrp_pallas(x, factors, mode: int, *, precision=None, block_out=None, bloc
     if n_split is not None:
         n_split = check_positive_int(n_split, "n_split")
     return _mttkrp_view(view, loop_f.astype(acc_dtype), dot_f.astype(acc_dtype), out_axis,
-                        _precision(precision), block_out, block_dot, n_split, target,
+                        resolve_precision(precision), block_out, block_dot, n_split, target,
                         jnp.dtype(out_dtype))
 
 

@@ -41,6 +41,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
 
 __all__ = ["tt_chain_matmul", "tt_chain_pallas", "tt_chain_xla", "resolve_tt_chain_impl",
@@ -51,7 +52,7 @@ _MIN_ROWS = 16
 _KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def tt_chain_matmul(x, cores, *, impl: str = "auto", precision=None) -> jax.Array:
+def tt_chain_matmul(x, cores, *, impl: str = "auto", precision="highest") -> jax.Array:
     """``x @ W`` for ``x`` of shape ``(B, ∏ m_k)`` and the TT-matrix cores ``(r, m_k, n_k, r')``
     of ``W``; returns ``(B, ∏ n_k)``.
 
@@ -61,7 +62,8 @@ def tt_chain_matmul(x, cores, *, impl: str = "auto", precision=None) -> jax.Arra
       impl: ``"pallas"`` (the fused kernel; interpret mode off GPUs), ``"xla"`` (the einsum
         chain, the reference) or ``"auto"`` (the kernel on a GPU when the dtype suits and the
         padded intermediates fit on chip, XLA elsewhere).
-      precision: of the float32 contractions; ``None`` means full float32 (``HIGHEST``).
+      precision: of the float32 contractions; ``"highest"`` (the default) is full float32, ``None``
+        JAX's default.
 
     Differentiable in ``x`` and the cores (the backward pass is the XLA chain's).
 
@@ -125,10 +127,10 @@ def _shape_reason(x, cores):
 
 # -- XLA reference ---------------------------------------------------------------------------
 
-def tt_chain_xla(x, cores, *, precision=None) -> jax.Array:
+def tt_chain_xla(x, cores, *, precision="highest") -> jax.Array:
     """The reference chain: one einsum ``'bmqa,amnc->bqnc'`` per core (Novikov et al. 2015)."""
     x, cores = _check_args(x, cores)
-    return _chain_xla(x, cores, lax.Precision.HIGHEST if precision is None else precision)
+    return _chain_xla(x, cores, resolve_precision(precision))
 
 
 def _chain_xla(x, cores, precision):
@@ -161,14 +163,14 @@ def _plan(shapes):
     return tuple(ms), tuple(ns), tuple(ranks), max(sizes)
 
 
-def tt_chain_pallas(x, cores, *, precision=None, block_rows=None, _target=None) -> jax.Array:
+def tt_chain_pallas(x, cores, *, precision="highest", block_rows=None, _target=None) -> jax.Array:
     """The fused kernel (module docstring), differentiable through :func:`tt_chain_xla`'s VJP.
     ``block_rows`` (a power of two ≥ 16) overrides the rows per program; ``_target`` forces
     ``"gpu"`` (Triton) or ``"interpret"``."""
     x, cores = _check_args(x, cores)
     if block_rows is not None and (block_rows < _MIN_ROWS or block_rows & (block_rows - 1)):
         raise ValueError(f"block_rows must be a power of two >= 16, got {block_rows!r}.")
-    precision = lax.Precision.HIGHEST if precision is None else precision
+    precision = resolve_precision(precision)
     return _fused(x, cores, precision, block_rows, _pallas.resolve_target(_target))
 
 

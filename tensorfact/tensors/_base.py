@@ -84,11 +84,11 @@ class FactorizedTensor:
         """Dense size over stored size: how many times smaller the factorized form is."""
         return self.size / self.n_params
 
-    def to_dense(self, *, precision=None) -> jax.Array:
+    def to_dense(self, *, precision="highest") -> jax.Array:
         """Reconstructs the full tensor."""
         raise NotImplementedError
 
-    def norm(self, *, precision=None) -> jax.Array:
+    def norm(self, *, precision="highest") -> jax.Array:
         """Frobenius norm, computed from the factors without forming the dense tensor."""
         raise NotImplementedError
 

@@ -58,7 +58,7 @@ class CPTensor(FactorizedTensor):
         """The CP rank ``R``."""
         return int(self.weights.shape[0])
 
-    def to_dense(self, *, precision=None):
+    def to_dense(self, *, precision="highest"):
         """``A_0 · diag(w) · khatri_rao(A_1, ..., A_{N-1})ᵀ``, refolded."""
         a0, rest = self.factors[0], self.factors[1:]
         if not rest:
@@ -67,7 +67,7 @@ class CPTensor(FactorizedTensor):
         dense = jnp.matmul(a0, kr.T, precision=algebra.resolve_precision(precision))
         return dense.reshape(self.shape)
 
-    def norm(self, *, precision=None):
+    def norm(self, *, precision="highest"):
         """``sqrt(wᵀ (⊛_k A_kᵀ A_k) w)``: an ``R × R`` computation, no dense tensor."""
         precision = algebra.resolve_precision(precision)
         gram = 1.0

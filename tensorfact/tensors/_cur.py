@@ -91,7 +91,7 @@ class CURMatrix(FactorizedTensor):
         are leaves too but are not counted (they are bookkeeping, not parameters)."""
         return int(self.c.size + self.u.size + self.r.size)
 
-    def to_dense(self, *, precision=None):
+    def to_dense(self, *, precision="highest"):
         """``C · U · R``, multiplied in the cheaper order."""
         precision = algebra.resolve_precision(precision)
         (m, k), (l, n) = self.c.shape, self.r.shape
@@ -101,7 +101,7 @@ class CURMatrix(FactorizedTensor):
         return jnp.matmul(self.c, jnp.matmul(self.u, self.r, precision=precision),
                           precision=precision)
 
-    def norm(self, *, precision=None):
+    def norm(self, *, precision="highest"):
         """``sqrt(tr(Uᵀ (CᵀC) U (RRᵀ)))`` from the ``k × k`` and ``l × l`` Gram matrices.
 
         Computed as ``Σ_ij ((CᵀC) U)_ij (U (RRᵀ))_ij``, without forming the ``m × n`` matrix.

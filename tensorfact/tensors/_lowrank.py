@@ -55,11 +55,11 @@ class LowRankMatrix(FactorizedTensor):
         """``(U diag(s), Vᵀ)``: the two-factor form."""
         return self.u * self.s, self.vt
 
-    def to_dense(self, *, precision=None):
+    def to_dense(self, *, precision="highest"):
         """``U diag(s) Vᵀ``."""
         return jnp.matmul(self.u * self.s, self.vt, precision=algebra.resolve_precision(precision))
 
-    def norm(self, *, precision=None):
+    def norm(self, *, precision="highest"):
         """``sqrt(Σ_ij s_i s_j (UᵀU)_ij (VᵀV)_ij)``: exact for any factors, ``‖s‖`` for an SVD."""
         precision = algebra.resolve_precision(precision)
         gram_u = jnp.matmul(self.u.T, self.u, precision=precision)
@@ -67,7 +67,7 @@ class LowRankMatrix(FactorizedTensor):
         sq = jnp.einsum("i,ij,j->", self.s, gram_u * gram_v, self.s, precision=precision)
         return jnp.sqrt(jnp.maximum(sq, 0.0))
 
-    def matmul(self, x, *, precision=None):
+    def matmul(self, x, *, precision="highest"):
         """``self @ x`` for a vector or matrix ``x``, as ``U (s ⊙ (Vᵀ x))``."""
         x = jnp.asarray(x)
         if x.shape[0] != self.shape[1]:

@@ -76,7 +76,7 @@ class TRTensor(CoreSequence, FactorizedTensor):
         """The ``d`` bond sizes ``(r_0, ..., r_{d-1})``; ``r_k`` enters core ``k`` on the left."""
         return tuple(int(g.shape[0]) for g in self.cores)
 
-    def to_dense(self, *, precision=None):
+    def to_dense(self, *, precision="highest"):
         """The trace of the core chain.
 
         The chain is opened at the smallest bond (a cyclic shift of the cores, undone by a
@@ -89,7 +89,7 @@ class TRTensor(CoreSequence, FactorizedTensor):
         dense = jnp.trace(open_chain, axis1=0, axis2=2).reshape([self.shape[k] for k in order])
         return jnp.transpose(dense, [order.index(k) for k in range(d)])
 
-    def inner(self, other: "TRTensor", *, precision=None) -> jax.Array:
+    def inner(self, other: "TRTensor", *, precision="highest") -> jax.Array:
         """``⟨self, other⟩ = Σ_i self[i] · other[i]``, computed in the format.
 
         ``other`` is any tensor with ring-shaped ``cores`` of the same mode sizes (a
@@ -108,7 +108,7 @@ class TRTensor(CoreSequence, FactorizedTensor):
                            precision=precision)
         return jnp.einsum("abab->", w)
 
-    def norm(self, *, precision=None):
+    def norm(self, *, precision="highest"):
         """``sqrt(⟨x, x⟩)`` from the transfer matrices ``Σ_i G_k[:, i, :] ⊗ G_k[:, i, :]``.
 
         The dense tensor is never formed. The running product of transfer matrices has
@@ -127,7 +127,7 @@ def _ring_cores(t, name):
     return tuple(cores)
 
 
-def chain(cores: Sequence[jax.Array], *, precision=None) -> jax.Array:
+def chain(cores: Sequence[jax.Array], *, precision="highest") -> jax.Array:
     """Contracts a train of cores ``(r_0, n_0, r_1), ..., (r_{m-1}, n_{m-1}, r_m)`` over the
     inner bonds into one array of shape ``(r_0, n_0 ··· n_{m-1}, r_m)`` (the middle index in C
     order, the last mode fastest). Cost ``O(r_0 r² ∏ n)``; memory ``r_0 r_m ∏ n``."""
@@ -141,7 +141,7 @@ def chain(cores: Sequence[jax.Array], *, precision=None) -> jax.Array:
 
 
 def transfer_chain(cores_a: Sequence[jax.Array], cores_b: Sequence[jax.Array] | None = None, *,
-                   precision=None) -> jax.Array:
+                   precision="highest") -> jax.Array:
     """The product ``E_0 E_1 ··· E_{m-1}`` of the transfer matrices
     ``E_k = Σ_i A_k[:, i, :] ⊗ B_k[:, i, :]`` of two trains with the same mode sizes.
 

@@ -86,7 +86,7 @@ class TSVDTensor(FactorizedTensor):
         # ``vmap`` broadcasts a matrix leaf along with the factors: map over such a batch.
         return self.matrix is not None and self.matrix.ndim > 2
 
-    def transformed(self, *, precision=None):
+    def transformed(self, *, precision="highest"):
         """``(L(U), L(s), L(V))`` in the transform domain: ``(..., k, n1, r)``, ``(..., k, r)``
         and ``(..., k, n2, r)`` (complex for the FFT, whose ``k = n3 // 2 + 1`` stored
         frequencies are those of the real FFT)."""
@@ -96,7 +96,7 @@ class TSVDTensor(FactorizedTensor):
         sh = _tproduct.to_transform_domain(self.s[..., None, :], t, precision=precision)
         return uh, sh[..., 0], vh
 
-    def to_dense(self, *, precision=None):
+    def to_dense(self, *, precision="highest"):
         """``U * S * Vᵀ``, as ``L⁻¹(L(U)_k · diag(L(s)_k) · L(V)_kᴴ)`` slice by slice."""
         return _to_dense(self, precision=precision)
 
@@ -108,7 +108,7 @@ class TSVDTensor(FactorizedTensor):
                                precision=precision)
         return _tproduct.from_transform_domain(xh, self.shape[-1], self.transform)
 
-    def norm(self, *, precision=None):
+    def norm(self, *, precision="highest"):
         """Frobenius norm from the factors, without the dense tensor.
 
         In the transform domain ``‖L(X)_k‖²_F = Σ_ij σ̄_i σ_j (ÛᴴÛ)_ij conj(V̂ᴴV̂)_ij`` (with

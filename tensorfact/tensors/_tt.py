@@ -73,11 +73,11 @@ class _TrainBase(CoreSequence, FactorizedTensor):
         """The TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
         return (int(self.cores[0].shape[0]),) + tuple(int(g.shape[-1]) for g in self.cores)
 
-    def norm(self, *, precision=None) -> jax.Array:
+    def norm(self, *, precision="highest") -> jax.Array:
         """``sqrt(⟨x, x⟩)`` by :func:`tt_inner` on the cores (``O(d n r³)``), no dense tensor."""
         return jnp.sqrt(jnp.maximum(tt_inner(self, self, precision=precision), 0.0))
 
-    def orthogonalize(self, side: str = "left", *, precision=None):
+    def orthogonalize(self, side: str = "left", *, precision="highest"):
         """Same tensor with left- or right-orthonormal cores; see :func:`tt_orthogonalize`."""
         return tt_orthogonalize(self, side, precision=precision)
 
@@ -173,11 +173,11 @@ class TTTensor(_TrainBase):
     def shape(self) -> tuple[int, ...]:
         return tuple(int(g.shape[1]) for g in self.cores)
 
-    def to_dense(self, *, precision=None) -> jax.Array:
+    def to_dense(self, *, precision="highest") -> jax.Array:
         """Contracts the cores left to right (``d − 1`` matrix products)."""
         return _tt_dense(self.cores, precision=precision)
 
-    def gather(self, indices, *, precision=None) -> jax.Array:
+    def gather(self, indices, *, precision="highest") -> jax.Array:
         """Entries at integer ``indices`` of shape ``(..., d)``; see :func:`tt_gather`."""
         return tt_gather(self, indices, precision=precision)
 
@@ -232,7 +232,7 @@ class TTMatrix(_TrainBase):
         """The transpose, by swapping the row and column axes of every core."""
         return TTMatrix([jnp.swapaxes(g, 1, 2) for g in self.cores])
 
-    def to_dense(self, *, precision=None) -> jax.Array:
+    def to_dense(self, *, precision="highest") -> jax.Array:
         """The ``(∏ m_k, ∏ n_k)`` matrix (contract the cores, then reorder the axes)."""
         return _ttm_dense(self.cores, precision=precision)
 
@@ -267,7 +267,7 @@ _jit = functools.partial(jax.jit, static_argnames=("precision",))
 
 
 @_jit
-def _contract_flat(cores, precision=None) -> jax.Array:
+def _contract_flat(cores, precision="highest") -> jax.Array:
     """``G_1 ⋯ G_d`` as an ``(n_1 ⋯ n_d)``-vector (row-major), by ``d − 1`` matmuls."""
     precision = algebra.resolve_precision(precision)
     out = cores[0].reshape(-1, cores[0].shape[-1])
@@ -278,12 +278,12 @@ def _contract_flat(cores, precision=None) -> jax.Array:
 
 
 @_jit
-def _tt_dense(cores, precision=None) -> jax.Array:
+def _tt_dense(cores, precision="highest") -> jax.Array:
     return _contract_flat(cores, precision=precision).reshape(tuple(g.shape[1] for g in cores))
 
 
 @_jit
-def _ttm_dense(cores, precision=None) -> jax.Array:
+def _ttm_dense(cores, precision="highest") -> jax.Array:
     d = len(cores)
     flat = _contract_flat([g.reshape(g.shape[0], -1, g.shape[-1]) for g in cores],
                           precision=precision)
@@ -373,7 +373,7 @@ def tt_scale(t, alpha):
     return type(t)(cores)
 
 
-def tt_hadamard(a, b, *, precision=None):
+def tt_hadamard(a, b, *, precision="highest"):
     """Elementwise product ``a ⊙ b`` in the format: ``G_k = A_k[:, i, :] ⊗ B_k[:, i, :]``.
 
     The slices are Kronecker products, so the ranks multiply (``r_k^a · r_k^b``; Oseledets
@@ -390,7 +390,7 @@ def tt_hadamard(a, b, *, precision=None):
 
 
 @_jit
-def _hadamard_cores(fa, fb, precision=None):
+def _hadamard_cores(fa, fb, precision="highest"):
     precision = algebra.resolve_precision(precision)
     cores = []
     for ga, gb in zip(fa, fb):
@@ -399,7 +399,7 @@ def _hadamard_cores(fa, fb, precision=None):
     return cores
 
 
-def tt_inner(a, b, *, precision=None) -> jax.Array:
+def tt_inner(a, b, *, precision="highest") -> jax.Array:
     """``⟨a, b⟩ = Σ_i a[i] b[i]``, contracted core by core (``O(d n r³)``, no dense tensor).
 
     Sweeps left to right with the ``r_k^a × r_k^b`` matrix
@@ -418,7 +418,7 @@ def tt_inner(a, b, *, precision=None) -> jax.Array:
 
 
 @_jit
-def _inner_cores(fa, fb, precision=None):
+def _inner_cores(fa, fb, precision="highest"):
     precision = algebra.resolve_precision(precision)
     m = jnp.ones((1, 1), jnp.result_type(*fa, *fb))
     for ga, gb in zip(fa, fb):
@@ -427,7 +427,7 @@ def _inner_cores(fa, fb, precision=None):
     return m[0, 0]
 
 
-def tt_orthogonalize(t, side: str = "left", *, precision=None):
+def tt_orthogonalize(t, side: str = "left", *, precision="highest"):
     """The same tensor with left- (or right-) orthonormal cores, by a sweep of thin QRs.
 
     ``side="left"``: for ``k = 1..d−1``, ``G_k`` reshaped to ``(r_{k-1} n_k) × r_k`` is
@@ -449,7 +449,7 @@ def tt_orthogonalize(t, side: str = "left", *, precision=None):
 
 
 @functools.partial(jax.jit, static_argnames=("side", "precision"))
-def _orthogonalize_cores(cores, side, precision=None):
+def _orthogonalize_cores(cores, side, precision="highest"):
     precision = algebra.resolve_precision(precision)
     cores = list(cores)
     d = len(cores)
@@ -468,7 +468,7 @@ def _orthogonalize_cores(cores, side, precision=None):
     return cores
 
 
-def tt_gather(t: TTTensor, indices, *, precision=None) -> jax.Array:
+def tt_gather(t: TTTensor, indices, *, precision="highest") -> jax.Array:
     """Entries ``t[i_1, ..., i_d]`` at integer ``indices`` of shape ``(..., d)``, without the
     dense tensor: per index, ``d`` slices ``G_k[:, i_k, :]`` chained by vector-matrix products
     (``O(batch · d · r²)``).
@@ -498,7 +498,7 @@ def tt_gather(t: TTTensor, indices, *, precision=None) -> jax.Array:
 
 
 @_jit
-def _gather_cores(cores, indices, precision=None):
+def _gather_cores(cores, indices, precision="highest"):
     precision = algebra.resolve_precision(precision)
     idx = indices.reshape(-1, len(cores))
     v = jnp.take(cores[0], idx[:, 0], axis=1, mode="fill")[0]  # (B, r_1)
@@ -512,7 +512,7 @@ def _gather_cores(cores, indices, precision=None):
 # TT-matrix products
 
 
-def tt_matmul(a, b, *, impl: str = "auto", precision=None):
+def tt_matmul(a, b, *, impl: str = "auto", precision="highest"):
     """Matrix products with a :class:`TTMatrix`; the result's type depends on the operands.
 
     * ``tt_matmul(W, v)`` (``W @ v``), ``v`` dense of shape ``(N,)`` or ``(N, K)`` → dense
@@ -598,7 +598,7 @@ def _as_dense_operand(v, name):
 
 
 @_jit
-def _apply_right(x, cores, precision=None):
+def _apply_right(x, cores, precision="highest"):
     """``x @ W`` for ``x`` of shape ``(B, ∏ m_k)`` and ``W``'s cores ``(r, m_k, n_k, r')``.
 
     The state after step ``k`` is ``(B, m_{k+1}..m_d, n_1..n_k, r_k)``: each step contracts
@@ -623,7 +623,7 @@ def _tm_tm(a: TTMatrix, b: TTMatrix, precision) -> TTMatrix:
 
 
 @_jit
-def _tm_tm_cores(fa, fb, precision=None):
+def _tm_tm_cores(fa, fb, precision="highest"):
     precision = algebra.resolve_precision(precision)
     cores = []
     for ga, gb in zip(fa, fb):
@@ -642,7 +642,7 @@ def _tm_tt(a: TTMatrix, t: TTTensor, precision) -> TTTensor:
 
 
 @_jit
-def _tm_tt_cores(fa, ft, precision=None):
+def _tm_tt_cores(fa, ft, precision="highest"):
     precision = algebra.resolve_precision(precision)
     cores = []
     for ga, gt in zip(fa, ft):

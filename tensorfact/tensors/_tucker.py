@@ -61,11 +61,11 @@ class TuckerTensor(FactorizedTensor):
         """The multilinear ranks ``(r_m)`` of the factorized modes."""
         return tuple(int(self.core.shape[m]) for m in self.modes)
 
-    def to_dense(self, *, precision=None):
+    def to_dense(self, *, precision="highest"):
         """``G ×_{m} U_m`` over the factorized modes."""
         return algebra.multi_mode_dot(self.core, self.factors, self.modes, precision=precision)
 
-    def norm(self, *, precision=None):
+    def norm(self, *, precision="highest"):
         """``sqrt(⟨G, G ×_m U_mᵀU_m⟩)``: computed on the core, no dense tensor."""
         precision = algebra.resolve_precision(precision)
         grams = [jnp.matmul(u.T, u, precision=precision) for u in self.factors]

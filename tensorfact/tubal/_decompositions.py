@@ -49,7 +49,7 @@ import numpy as np
 from tensorfact import _tproduct, algebra
 from tensorfact._checks import (as_float_array, check_choice, check_mask, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced,
-                                report_nonfinite, require_key)
+                                report_nonfinite, check_key)
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               solve_normal_equations)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate, relative_error
@@ -147,7 +147,7 @@ def _tsvd_from_hat(uh, sigma, vh, t, n3) -> TSVDTensor:
     return TSVDTensor(u, s.astype(dtype), v.astype(dtype), t)
 
 
-def _slice_sigma(x, t, precision=None):
+def _slice_sigma(x, t, precision="highest"):
     """Singular values of the transformed slices, ``(..., k, min(n1, n2))``."""
     hat = _tproduct.to_transform_domain(x, t, precision=precision)
     return jnp.linalg.svd(hat, compute_uv=False)
@@ -157,7 +157,7 @@ def _slice_sigma(x, t, precision=None):
 # t-SVD, tubal rank, TNN and its prox
 # -------------------------------------------------------------------------------------------
 
-def tsvd(x, rank=None, *, transform="fft", precision=None) -> TSVDTensor:
+def tsvd(x, rank=None, *, transform="fft", precision="highest") -> TSVDTensor:
     """The t-SVD ``X = U * S * Vᵀ`` of a third-order tensor (Kilmer & Martin 2011).
 
     With ``X̂_k = L(X)_k`` the frontal slices after the transform ``L`` along the tubes, each
@@ -181,7 +181,7 @@ def tsvd(x, rank=None, *, transform="fft", precision=None) -> TSVDTensor:
       transform: ``"fft"`` (the t-product), ``"dct"`` or an invertible ``n3 × n3`` matrix
         (Kernfeld, Kilmer & Aeron 2015).
       precision: XLA precision of the product with a transform matrix (the FFT and DCT do not
-        use it); ``None`` means full float32.
+        use it); ``"highest"`` (the default) is full float32, ``None`` JAX's default.
 
     Returns:
       A :class:`TSVDTensor` ``(u, s, v)`` with ``s`` the diagonal tubes of ``S`` (its transform
@@ -322,7 +322,7 @@ def _tnn_fit(x, matrix, *, kind):
     return jnp.sum(w * jnp.sum(s, axis=-1), axis=-1).astype(x.dtype)
 
 
-def prox_tnn(x, tau, *, transform="fft", precision=None):
+def prox_tnn(x, tau, *, transform="fft", precision="highest"):
     """The proximal operator of ``τ‖·‖_TNN``: ``argmin_Z τ‖Z‖_TNN + ½‖Z − X‖²_F``.
 
     It is tubal singular value thresholding (Lu et al. 2019, Thm 4.2): with the SVD of every
@@ -334,7 +334,8 @@ def prox_tnn(x, tau, *, transform="fft", precision=None):
       x: ``(..., n1, n2, n3)`` real tensor; leading axes are a batch.
       tau: threshold ``τ ≥ 0`` (may be traced).
       transform: ``"fft"``, ``"dct"`` or an orthogonal ``n3 × n3`` matrix.
-      precision: XLA precision of the slice products; ``None`` means full float32.
+      precision: XLA precision of the slice products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Returns:
       The real tensor ``Z`` of ``x``'s shape.
@@ -382,7 +383,7 @@ def _check_mu(mu):
 
 
 def trpca(x, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, transform="fft",
-          precision=None, return_info: bool = False):
+          precision="highest", return_info: bool = False):
     """Tensor robust PCA: ``X = L + S`` with ``L`` of low tubal rank and ``S`` sparse (Lu, Feng,
     Chen, Liu, Lin & Yan, "Tensor robust principal component analysis with a new tensor nuclear
     norm", IEEE TPAMI 2019),
@@ -416,7 +417,8 @@ def trpca(x, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6, transfo
       tol: stopping tolerance (above); a literal ``0`` runs exactly ``n_iter`` iterations as a
         ``lax.scan``.
       transform: ``"fft"``, ``"dct"`` or an orthogonal ``n3 × n3`` matrix.
-      precision: XLA precision of the slice products; ``None`` means full float32.
+      precision: XLA precision of the slice products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
       return_info: also return a :class:`FitInfo` whose ``errors`` are the stopping quantities
         above, ``rel_error`` the final relative residual and ``converged`` whether it fell
         below ``tol``.
@@ -503,7 +505,7 @@ def _trpca_fit(x, matrix, lam, mu, tol, *, kind, n_iter, fixed, precision, retur
 
 def tubal_complete(x, mask, *, rank=None, method: str = "tnn", key=None, init: str = "svd",
                    n_iter: int = 500, tol: float = 1e-6, mu=None, l2: float = 0.0,
-                   transform="fft", precision=None, return_info: bool = False):
+                   transform="fft", precision="highest", return_info: bool = False):
     """Low-tubal-rank completion of a partially observed third-order tensor.
 
     Let ``Ω`` be the observed entries (``mask`` True) and ``P_Ω`` zero the others.
@@ -562,7 +564,8 @@ def tubal_complete(x, mask, *, rank=None, method: str = "tnn", key=None, init: s
       mu: ``"tnn"``'s initial penalty ``μ₀ > 0`` (default above).
       l2: ``"factor"``'s ridge ``λ ≥ 0`` (``0`` selects the small default above).
       transform: ``"fft"``, ``"dct"`` or a matrix (an orthogonal one for ``"tnn"``).
-      precision: XLA precision of the products; ``None`` means full float32.
+      precision: XLA precision of the products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
       return_info: also return a :class:`FitInfo` (``errors``: the stopping quantity of each
         iteration; ``rel_error``: the observed-entry relative error of the result).
 
@@ -606,7 +609,7 @@ def tubal_complete(x, mask, *, rank=None, method: str = "tnn", key=None, init: s
             raise ValueError(f"mu is the ADMM penalty of method='tnn'; it does not apply to "
                              f"method='factor', got mu={mu!r}.")
         if init == "random":
-            require_key(key, 'for init="random"')
+            check_key(key, 'for init="random"')
     fixed = is_fixed_length(tol)
     tol = 0.0 if fixed else concrete_or_traced(tol)
     result, n_nonfinite = _complete_fit(

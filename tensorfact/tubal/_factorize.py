@@ -72,7 +72,7 @@ import optax
 
 from tensorfact._checks import (as_float_array, check_mask, check_nonneg_number,
                                 check_optimizer_args, check_positive_int, count_nonfinite,
-                                is_traced, report_nonfinite, require_key)
+                                is_traced, report_nonfinite, check_key)
 from tensorfact.algebra import resolve_precision
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
 from tensorfact._tproduct import (Transform, frequency_weights, from_transform_domain,
@@ -170,13 +170,13 @@ class TubalFactors(FactorizedTensor):
         lb = la if self.right is None else to_transform_domain(self.right, t)
         return la, lb
 
-    def to_dense(self, *, precision=None):
+    def to_dense(self, *, precision="highest"):
         """``L * Rᵀ``, computed slice-wise in the transform domain: ``X̂_k = L̂_k R̂_kᴴ``."""
         la, lb = self._hats()
         return from_transform_domain(_slice_products(la, lb, precision), self.shape[2],
                                      self._fixed_transform()).astype(self.left.dtype)
 
-    def norm(self, *, precision=None):
+    def norm(self, *, precision="highest"):
         """``‖X‖_F`` from ``‖X̂_k‖²_F = tr(L̂_kᴴL̂_k (R̂_kᴴR̂_k)ᵀ)``, no dense tensor (FFT, DCT);
         a matrix transform densifies (its weights are exact only for orthogonal matrices)."""
         if self.kind == "matrix":
@@ -303,7 +303,7 @@ def tubal_gaussian_measurements(key, shape, n_measurements: int, *,
 
         a = tubal_gaussian_measurements(jax.random.key(0), (10, 10, 4), 150)   # (150, 10, 10, 4)
     """
-    require_key(key, "to draw measurements")
+    check_key(key, "to draw measurements")
     shape = tuple(shape)
     if len(shape) != 3:
         raise ValueError(f"shape must be (n1, n2, n3), got {shape!r}.")
@@ -314,13 +314,14 @@ def tubal_gaussian_measurements(key, shape, n_measurements: int, *,
     return jax.random.normal(key, (n_measurements, *shape), dtype)
 
 
-def tubal_measure(a, x, *, precision=None) -> jax.Array:
+def tubal_measure(a, x, *, precision="highest") -> jax.Array:
     """Linear measurements ``y_i = ⟨A_i, X⟩ = Σ_{jkt} A_ijkt X_jkt``.
 
     Args:
       a: ``(N, n1, n2, n3)`` sensing tensors.
       x: ``(n1, n2, n3)`` tensor or :class:`TubalFactors` (densified).
-      precision: XLA precision of the contraction; ``None`` means full float32.
+      precision: XLA precision of the contraction; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Returns:
       ``y`` of shape ``(N,)``.
@@ -357,7 +358,7 @@ def _data_loss(x, y, a, mask, precision):
     return 0.5 * (x.size / n_obs) * jnp.sum(d * d)
 
 
-def tubal_loss(factors, y, a=None, *, mask=None, precision=None) -> jax.Array:
+def tubal_loss(factors, y, a=None, *, mask=None, precision="highest") -> jax.Array:
     """The loss minimised by :func:`tubal_factorize_gd`, as a pure, differentiable function.
 
     ``1/(2N) Σ_i (⟨A_i, L * Rᵀ⟩ − y_i)²`` with sensing tensors ``a``, or, with ``a=None``,
@@ -370,7 +371,8 @@ def tubal_loss(factors, y, a=None, *, mask=None, precision=None) -> jax.Array:
       y: ``(N,)`` measurements (with ``a``), or the observed ``(n1, n2, n3)`` tensor.
       a: ``(N, n1, n2, n3)`` sensing tensors, or None for observed entries.
       mask: boolean ``(n1, n2, n3)``, True where ``y`` is observed (entries model only).
-      precision: XLA precision of the products; ``None`` means full float32.
+      precision: XLA precision of the products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Example::
 
@@ -435,7 +437,7 @@ def tubal_factorize_gd(y, a, inner_size: int, *, key=None, symmetric: bool = Fal
                        optimizer: Optional[optax.GradientTransformation] = None,
                        learning_rate: Optional[float] = None, n_steps: int = 1000, x_true=None,
                        mask=None, transform="fft", rank_tol: float = DEFAULT_RANK_TOL,
-                       precision=None):
+                       precision="highest"):
     """Recovers a low-tubal-rank tensor by gradient descent on ``X = L * Rᵀ`` (or ``U * Uᵀ``).
 
     Minimises the normalised loss of the module docstring (linear measurements ``y_i =
@@ -474,7 +476,8 @@ def tubal_factorize_gd(y, a, inner_size: int, *, key=None, symmetric: bool = Fal
       transform: the t-product's transform along the tubes: ``"fft"`` (Kilmer & Martin, the
         paper's), ``"dct"`` or an invertible ``n3 × n3`` matrix.
       rank_tol: ``τ`` of the effective tubal rank in the history (see the module docstring).
-      precision: XLA precision of the products; ``None`` means full float32.
+      precision: XLA precision of the products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Returns:
       ``(TubalFactors, TubalHistory)``: the factors (``to_dense()`` is ``L * Rᵀ``; ``right`` is
@@ -505,7 +508,7 @@ def tubal_factorize_gd(y, a, inner_size: int, *, key=None, symmetric: bool = Fal
     if symmetric and shape[0] != shape[1]:
         raise ValueError(f"symmetric=True needs n1 = n2 (square frontal slices), got tensors of "
                          f"shape {shape}.")
-    require_key(key, "for the random initialisation")
+    check_key(key, "for the random initialisation")
     check_nonneg_number(init_scale, "init_scale")
     check_optimizer_args(optimizer, learning_rate)
     rank_tol = _check_tol(rank_tol)
