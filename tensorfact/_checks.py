@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Literal, Union, get_args, get_origin
 
 import jax
 import jax.numpy as jnp
@@ -176,8 +177,18 @@ def check_mask(mask, shape, name: str = "mask"):
     return jnp.asarray(values).astype(bool)
 
 
+#: The option types of the public signatures, one definition each (``get_args`` lists the
+#: values; :func:`check_choice` takes these aliases directly).
+Init = Literal["svd", "random"]
+Impl = Literal["auto", "pallas", "xla"]
+Precision = Union[None, Literal["default", "high", "highest"], jax.lax.Precision]
+
+
 def check_choice(value, choices, name: str):
-    """Raises unless ``value`` is one of ``choices``."""
+    """Raises unless ``value`` is one of ``choices`` (a sequence of strings or a ``Literal``
+    type alias such as :data:`Init`)."""
+    if get_origin(choices) is Literal:
+        choices = get_args(choices)
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}.")
     return value

@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import get_args
 
 import jax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from tensorfact._checks import check_choice
+from tensorfact._checks import Impl, check_choice
 
 __all__ = ["IMPLS", "TARGETS", "MEASURED_ON_GPU", "unmeasured_reason", "on_gpu",
            "resolve_target", "call", "check_impl", "resolve_impl", "auto_reason", "debug_enabled",
            "explain_fallback", "logger"]
 
-IMPLS = ("auto", "pallas", "xla")
+IMPLS = get_args(Impl)
 TARGETS = ("gpu", "interpret")
 DEBUG_ENV = "TENSORFACT_DEBUG_DISPATCH"
 
