@@ -9,7 +9,7 @@ tensorly-torch and PEFT (issue 8).
   gradient of ``Σ y²`` in the input and in every parameter). Contenders:
 
     - ``tfa factorized`` / ``tfa auto``: :class:`tensorfact.nn.FactorizedDense` with
-      ``implementation="factorized"`` (the reference of the ratios) and ``"auto"``, through
+      ``contraction="factorized"`` (the reference of the ratios) and ``"auto"``, through
       ``nnx.split`` and ``jax.jit`` (one XLA program per pass);
     - ``nnx.Linear``: Flax's dense layer, jitted the same way;
     - ``tltorch``: tensorly-torch's ``FactorizedLinear(in_shape, out_shape,
@@ -255,14 +255,14 @@ class Bench:
         for impl in ("factorized", "auto"):
             layers[impl] = tfa.nn.FactorizedDense(
                 n, n, kind=kind, rank=rank, in_shape=shape, out_shape=shape,
-                implementation=impl, precision=self.precision, rngs=nnx.Rngs(a.seed))
+                contraction=impl, precision=self.precision, rngs=nnx.Rngs(a.seed))
         layer = layers["factorized"]
         flops = layer.flops(a.batch)
-        ratio = flops["factorized"] / flops["dense"]
-        ref = (x64 @ np.asarray(layer.dense_kernel(), np.float64)
+        ratio = flops["factorized"] / flops["plain"]
+        ref = (x64 @ np.asarray(layer.dense_weight(), np.float64)
                + np.asarray(layer.bias[...], np.float64))
         for impl, lay in layers.items():
-            label = f"tfa {impl}" + (f" ({lay.choose_implementation(a.batch)})"
+            label = f"tfa {impl}" + (f" ({lay.choose_contraction(a.batch)})"
                                      if impl == "auto" else "")
             self._run_layer(n, kind, label, self._jax_passes(lay, x), ref, lay.n_params,
                             ratio, x64)

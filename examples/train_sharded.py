@@ -128,10 +128,10 @@ class Classifier(nnx.Module):
         self.embed = TTEmbed(cfg.vocab, cfg.embed, rank=cfg.tt_rank, rngs=rngs,
                              partitioning=part.get("embed"))
         self.hidden = FactorizedDense(cfg.embed, cfg.hidden, kind="tt", rank=cfg.tt_rank,
-                                      implementation="factorized", rngs=rngs,
+                                      contraction="factorized", rngs=rngs,
                                       partitioning=part.get("hidden"))
         self.head = FactorizedDense(cfg.hidden, cfg.classes, kind="lowrank",
-                                    rank=cfg.head_rank, implementation="factorized",
+                                    rank=cfg.head_rank, contraction="factorized",
                                     rngs=rngs, partitioning=part.get("head"))
 
     def __call__(self, ids):

@@ -146,7 +146,10 @@ def test_forward_and_merge_match_the_formula(name, base, x):
     assert type(merged) is nnx.Linear and merged is not adapter.base
     np.testing.assert_array_equal(merged.bias[...], adapter.base.bias[...])
     assert rel(y, merged(x)) < 1e-5
-    assert rel(reference_kernel(adapter), adapter.adapted_kernel()) < 1e-5
+    assert rel(reference_kernel(adapter), adapter.dense_weight()) < 1e-5
+    # the update alone (for DoRA, W' − W, the magnitude included)
+    delta = reference_kernel(adapter) - np64(adapter.base.kernel[...])
+    assert rel(delta, adapter.delta_weight()) < 1e-5
 
 
 def test_scales(base, x):
@@ -291,7 +294,7 @@ def test_bad_arguments(base):
     with pytest.raises(ValueError, match="rngs is required for init=\"pissa\" with the randomized SVD"):
         LoRA(base, 2, init="pissa")
     with pytest.raises(ValueError, match="rngs is required for DoRA"):
-        DoRA(base, 2)
+        DoRA(base, 2, rngs=None)
     with pytest.raises(ValueError, match="alpha must be a positive number or None, got -1"):
         LoRA(base, 2, alpha=-1, rngs=rngs)
     with pytest.raises(ValueError, match=r"in_shape = \(5, 5\) has product 25, which must equal in_features = 24"):

@@ -1,6 +1,6 @@
 """Tests for ``tensorfact.nn.compress`` on convolutions (Tucker-2 / CP ``FactorizedConv``
 replacements, their report rows against NumPy, skipped grouped convs, errors) and for the TT
-layer's ``kernel_impl`` (the Pallas TT chain against XLA)."""
+layer's ``impl`` (the Pallas TT chain against XLA)."""
 
 import math
 
@@ -171,17 +171,17 @@ def test_root_conv_and_skipped_dilated_conv():
 
 
 # ---------------------------------------------------------------------------------------------
-# FactorizedDense(kind="tt", kernel_impl=...): the TT chain through tensorfact.kernels
+# FactorizedDense(kind="tt", impl=...): the TT chain through tensorfact.kernels
 
 
 def test_tt_kernel_impl_pallas_matches_xla():
     layers = {impl: FactorizedDense(12, 8, kind="tt", rank=3, in_shape=(3, 4),
-                                    out_shape=(2, 4), implementation="factorized",
-                                    precision=HIGH, kernel_impl=impl, rngs=nnx.Rngs(0))
+                                    out_shape=(2, 4), contraction="factorized",
+                                    precision=HIGH, impl=impl, rngs=nnx.Rngs(0))
               for impl in ("pallas", "xla")}
     xs = jax.random.normal(jax.random.key(4), (5, 12))
     ys = {impl: layer(xs) for impl, layer in layers.items()}
-    ref = np.asarray(xs, np.float64) @ np.asarray(layers["xla"].dense_kernel(), np.float64)
+    ref = np.asarray(xs, np.float64) @ np.asarray(layers["xla"].dense_weight(), np.float64)
     assert rel(ref, ys["xla"] - layers["xla"].bias[...]) < 1e-5
     assert rel(ys["xla"], ys["pallas"]) < 1e-5
 
@@ -198,5 +198,5 @@ def test_tt_kernel_impl_pallas_matches_xla():
         assert rel(b, a) < 1e-5
     f = jax.jit(lambda xs: layers["pallas"](xs))
     check_grads(f, (xs,), order=1, modes=("rev",), atol=2e-2, rtol=2e-2)
-    with pytest.raises(ValueError, match="kernel_impl"):
-        FactorizedDense(12, 8, kind="tt", rank=2, kernel_impl="triton", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        FactorizedDense(12, 8, kind="tt", rank=2, impl="triton", rngs=nnx.Rngs(0))

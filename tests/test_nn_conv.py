@@ -42,9 +42,9 @@ def reference_conv(layer):
     return conv
 
 
-def with_implementation(layer, implementation):
+def with_contraction(layer, contraction):
     out = nnx.clone(layer)
-    out.implementation = implementation
+    out.contraction = contraction
     return out
 
 
@@ -60,9 +60,9 @@ CASES = [  # kind, kernel_size, rank, strides, padding, input spatial shape
 
 @nnx.jit
 def _all_outputs(layer, conv, x):
-    """Both implementations and the reference nnx.Conv, in one compiled program per case."""
-    return (with_implementation(layer, "factorized")(x),
-            with_implementation(layer, "reconstructed")(x), conv(x), layer.conv_kernel())
+    """Both contractions and the reference nnx.Conv, in one compiled program per case."""
+    return (with_contraction(layer, "factorized")(x),
+            with_contraction(layer, "dense")(x), conv(x), layer.dense_weight())
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{len(c[1])}d-{c[4]}")
@@ -87,19 +87,19 @@ def test_batch_axes_and_to_conv():
     # no batch axis and extra batch axes, as nnx.Conv
     np.testing.assert_allclose(layer(x[0]), expected[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(layer(x[None]), expected[None], rtol=1e-4, atol=1e-5)
-    assert rel(expected, layer.to_conv()(x)) < 1e-5
+    assert rel(expected, layer.to_layer()(x)) < 1e-5
 
 
 def test_vmap_empty_batch_and_grad():
     layer = FactorizedConv(IN, OUT, (3, 3), kind="cp", rank=4, precision=HIGH,
-                           implementation="factorized", rngs=nnx.Rngs(0))
+                           contraction="factorized", rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(2), (3, 5, 5, IN))
     y = layer(x)
     np.testing.assert_allclose(jax.vmap(layer)(x), y, rtol=1e-5, atol=1e-6)
     assert layer(jnp.zeros((0, 5, 5, IN))).shape == (0, 5, 5, OUT)
     with x64():
         layer = FactorizedConv(3, 2, (3,), kind="tucker", rank=2, param_dtype=jnp.float64,
-                               implementation="factorized", rngs=nnx.Rngs(0))
+                               contraction="factorized", rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(layer)
         x = jax.random.normal(jax.random.key(3), (2, 5, 3), jnp.float64)
 
@@ -117,18 +117,18 @@ def test_auto_picks_the_cheaper_by_flops():
     f = layer.flops((b, 8, 8, 16))
     assert f["factorized"] == (2 * b * 64 * 16 * 4 + 2 * b * q * k * 4 * 8
                                + 2 * b * q * 8 * 32)
-    assert f["dense"] == 2 * b * q * k * 16 * 32
-    assert f["reconstructed"] == 2 * k * 4 * 8 * 16 + 2 * k * 16 * 8 * 32 + f["dense"]
+    assert f["plain"] == 2 * b * q * k * 16 * 32
+    assert f["dense"] == 2 * k * 4 * 8 * 16 + 2 * k * 16 * 8 * 32 + f["plain"]
     cp = FactorizedConv(16, 32, (3, 3), kind="cp", rank=6, padding="VALID", rngs=nnx.Rngs(0))
     f = cp.flops((b, 8, 8, 16))                          # 8×8 → 6×8 → 6×6
     assert f["factorized"] == (2 * b * 64 * 16 * 6 + 2 * b * 48 * 3 * 6 + 2 * b * 36 * 3 * 6
                                + 2 * b * 36 * 6 * 32)
-    assert f["reconstructed"] == 2 * 6 * 9 * 16 * 32 + 2 * b * 36 * 9 * 16 * 32
-    assert cp.choose_implementation((b, 8, 8, 16)) == "factorized"
+    assert f["dense"] == 2 * 6 * 9 * 16 * 32 + 2 * b * 36 * 9 * 16 * 32
+    assert cp.choose_contraction((b, 8, 8, 16)) == "factorized"
     full = FactorizedConv(4, 4, (3, 3), kind="cp", rank="full", rngs=nnx.Rngs(0))
-    assert full.choose_implementation((64, 3, 3, 4)) == "reconstructed"
+    assert full.choose_contraction((64, 3, 3, 4)) == "dense"
     x = jnp.ones((64, 3, 3, 4))
-    fixed = with_implementation(full, "reconstructed")
+    fixed = with_contraction(full, "dense")
     assert str(jax.make_jaxpr(full)(x)) == str(jax.make_jaxpr(fixed)(x))
 
 
@@ -168,7 +168,7 @@ def test_init_variance_matches_lecun_normal():
         for kind, rank in (("tucker", (2, 6)), ("cp", 7)):
             layer = FactorizedConv(n_in, n_out, ksize, kind=kind, rank=rank, use_bias=False,
                                    rngs=nnx.Rngs(key))
-            out.append(jnp.mean(layer.conv_kernel() ** 2))
+            out.append(jnp.mean(layer.dense_weight() ** 2))
         return jnp.stack(out)
 
     keys = jax.random.split(jax.random.key(0, impl="rbg"), 2048)
@@ -179,14 +179,14 @@ def test_init_variance_matches_lecun_normal():
 
 
 # ---------------------------------------------------------------------------------------------
-# from_conv
+# from_layer
 
 
-def test_from_conv_tucker_is_exact_at_full_rank():
+def test_from_layer_tucker_is_exact_at_full_rank():
     ksize, strides, padding = (2, 3), (2, 1), ((1, 0), (1, 1))
     conv = nnx.Conv(IN, OUT, ksize, strides, padding=padding, precision=HIGH,
                     bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(3))
-    layer = FactorizedConv.from_conv(conv, kind="tucker", rank="full")
+    layer = FactorizedConv.from_layer(conv, kind="tucker", rank="full")
     assert layer.rank == (IN, OUT) and layer.strides == strides and layer.padding == padding
     assert rel(conv.kernel[...], numpy_kernel(layer)) < 1e-5
     np.testing.assert_array_equal(layer.bias[...], conv.bias[...])
@@ -195,33 +195,33 @@ def test_from_conv_tucker_is_exact_at_full_rank():
     assert rel(expected, fact) < 1e-5 and rel(expected, recon) < 1e-5
 
 
-def test_from_conv_tucker_truncation_is_the_partial_tucker():
+def test_from_layer_tucker_truncation_is_the_partial_tucker():
     conv = nnx.Conv(IN, OUT, (3, 3), rngs=nnx.Rngs(5))
-    layer = FactorizedConv.from_conv(conv, kind="tucker", rank=(3, 2))
+    layer = FactorizedConv.from_layer(conv, kind="tucker", rank=(3, 2))
     core, (u, v) = tfa.tucker(conv.kernel[...], (3, 2), modes=(2, 3))
     expected = np.einsum("...ab,ia,ob->...io", core, u, v)
     np.testing.assert_allclose(numpy_kernel(layer), expected, atol=1e-5)
     assert layer.bias is not None and layer.rank == (3, 2)
 
 
-def test_from_conv_cp_recovers_a_planted_cp_kernel():
+def test_from_layer_cp_recovers_a_planted_cp_kernel():
     planted = tfa.random_cp(jax.random.key(6), (3, 3, IN, OUT), rank=3)
     conv = nnx.Conv(IN, OUT, (3, 3), use_bias=False, precision=HIGH, rngs=nnx.Rngs(0))
     conv.kernel[...] = planted.to_dense()
-    layer = FactorizedConv.from_conv(conv, kind="cp", rank=3, n_iter=200)
+    layer = FactorizedConv.from_layer(conv, kind="cp", rank=3, n_iter=200)
     assert rel(conv.kernel[...], numpy_kernel(layer)) < 1e-4 and layer.bias is None
     x = jax.random.normal(jax.random.key(7), (2, 6, 6, IN))
     fact, recon, expected, _ = _all_outputs(layer, conv, x)
     assert rel(expected, fact) < 1e-4 and rel(expected, recon) < 1e-4
-    full = FactorizedConv.from_conv(conv, kind="cp", rank="full")   # explicit exact form
+    full = FactorizedConv.from_layer(conv, kind="cp", rank="full")   # explicit exact form
     assert full.rank == 9 * IN * OUT // IN
     assert rel(conv.kernel[...], numpy_kernel(full)) < 1e-5
 
 
-def test_from_conv_float64():
+def test_from_layer_float64():
     with x64():
         conv = nnx.Conv(IN, OUT, (3,), param_dtype=jnp.float64, rngs=nnx.Rngs(1))
-        layer = FactorizedConv.from_conv(conv, kind="tucker", rank="full")
+        layer = FactorizedConv.from_layer(conv, kind="tucker", rank="full")
         assert all(v[...].dtype == jnp.float64 for v in layer._param_vars())
         assert rel(conv.kernel[...], numpy_kernel(layer)) < 1e-12
         assert layer(jnp.ones((1, 4, IN), jnp.float64)).dtype == jnp.float64
@@ -296,27 +296,27 @@ def test_bad_arguments():
         FactorizedConv(IN, OUT, (3, 3), rank=2, strides=(1, 1, 1), rngs=rngs)
     with pytest.raises(ValueError, match="kernel_size must be an int or 1 to 3 positive ints"):
         FactorizedConv(IN, OUT, (3, 3, 3, 3), rank=2, rngs=rngs)
-    with pytest.raises(ValueError, match="implementation must be one of"):
-        FactorizedConv(IN, OUT, 3, rank=2, implementation="fast", rngs=rngs)
+    with pytest.raises(ValueError, match="contraction must be one of"):
+        FactorizedConv(IN, OUT, 3, rank=2, contraction="reconstructed", rngs=rngs)
     with pytest.raises(ValueError, match="in_features must be a positive integer"):
         FactorizedConv(0, OUT, 3, rank=1, rngs=rngs)
     layer = FactorizedConv(IN, OUT, (3, 3), rank=2, rngs=rngs)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch\.\.\., 2 spatial sizes, 6\), "
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 2 spatial dims, 6\), "
                                          r"got \(2, 5, 5, 4\)"):
         layer(jnp.ones((2, 5, 5, 4)))
     with pytest.raises(ValueError, match="x must have shape"):
         layer(jnp.ones((5, IN)))
 
 
-def test_bad_from_conv_arguments():
-    with pytest.raises(TypeError, match="conv must be an nnx.Conv, got _NotConv"):
-        FactorizedConv.from_conv(_NotConv(), rank=2)
+def test_bad_from_layer_arguments():
+    with pytest.raises(TypeError, match="layer must be an nnx.Conv, got _NotConv"):
+        FactorizedConv.from_layer(_NotConv(), rank=2)
     dilated = nnx.Conv(IN, OUT, (3,), kernel_dilation=2, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="conv.kernel_dilation must be 1"):
-        FactorizedConv.from_conv(dilated, rank=2)
+    with pytest.raises(ValueError, match="layer.kernel_dilation must be 1"):
+        FactorizedConv.from_layer(dilated, rank=2)
     grouped = nnx.Conv(IN, IN, (3,), feature_group_count=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="feature_group_count=1"):
-        FactorizedConv.from_conv(grouped, rank=2)
+        FactorizedConv.from_layer(grouped, rank=2)
     circular = nnx.Conv(IN, OUT, (3,), padding="CIRCULAR", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="other padding modes are not supported"):
-        FactorizedConv.from_conv(circular, rank=2)
+        FactorizedConv.from_layer(circular, rank=2)

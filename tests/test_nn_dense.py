@@ -1,6 +1,6 @@
 """Tests of ``tensorfact.nn.FactorizedDense``: tensorization, ranks and parameter counts, the
 initialisation variance, factorized vs reconstructed forward against NumPy references, the FLOP
-rule of ``implementation="auto"``, ``from_dense`` (exact at full rank, planted CP), training with
+rule of ``contraction="auto"``, ``from_layer`` (exact at full rank, planted CP), training with
 Optax under ``nnx.jit``, transformations and argument checks.
 
 XLA compilation dominates the cost on a CPU, so layers are small, one jitted program trains
@@ -26,11 +26,10 @@ from jax.test_util import check_grads
 import tensorfact as tfa
 from _helpers import rel, x64
 from tensorfact.nn import FactorizedDense, balanced_factors
-from tensorfact.nn._dense import (_flops, _n_factor_params, _resolve_rank, _tensorize,
-                                 _tt_tools)
+from tensorfact.nn._common import n_factor_params, resolve_rank, tensorize
+from tensorfact.nn._dense import flops as flops_of
 
-HAS_TT = _tt_tools() is not None
-KINDS = ("lowrank", "cp", "tucker") + (("tt",) if HAS_TT else ())
+KINDS = ("lowrank", "cp", "tucker", "tt")
 IN, OUT = 24, 20
 RANKS = {"lowrank": 5, "cp": 6, "tucker": 3, "tt": 3}
 
@@ -42,9 +41,9 @@ def layers():
     return {kind: make(kind, bias_init=nnx.initializers.normal(1.0)) for kind in KINDS}
 
 
-def with_implementation(layer, implementation):
+def with_contraction(layer, contraction):
     copy = nnx.clone(layer)
-    copy.implementation = implementation
+    copy.contraction = contraction
     return copy
 
 
@@ -107,25 +106,29 @@ def test_balanced_factors_is_the_most_balanced(n, order):
 def test_default_and_given_tensorization(layers):
     assert (layers["tucker"].in_shape, layers["tucker"].out_shape) == ((6, 4), (5, 4))
     assert layers["lowrank"].in_shape is None and layers["lowrank"].out_shape is None
-    assert _tensorize("cp", IN, OUT, (2, 3, 4), (20,)) == ((2, 3, 4), (20,))
-    assert _tensorize("tt", IN, OUT, None, None) == ((4, 3, 2), (5, 2, 2))
-    assert _tensorize("tt", IN, OUT, None, (5, 4)) == ((6, 4), (5, 4))   # as many as out_shape
-    if HAS_TT:
-        tt = layers["tt"]
-        assert (tt.in_shape, tt.out_shape) == ((4, 3, 2), (5, 2, 2))
-        assert [v[...].shape for v in tt.cores] == [(1, 4, 5, 3), (3, 3, 2, 3), (3, 2, 2, 1)]
+    assert tensorize("cp", IN, OUT, (2, 3, 4), (20,)) == ((2, 3, 4), (20,))
+    assert tensorize("tt", IN, OUT, None, None) == ((4, 3, 2), (5, 2, 2))
+    assert tensorize("tt", IN, OUT, None, (5, 4)) == ((6, 4), (5, 4))   # as many as out_shape
+    tt = layers["tt"]
+    assert (tt.in_shape, tt.out_shape) == ((4, 3, 2), (5, 2, 2))
+    assert [v[...].shape for v in tt.cores] == [(1, 4, 5, 3), (3, 3, 2, 3), (3, 2, 2, 1)]
+    # unequal numbers of TT factors: the shorter is padded with trailing 1s
+    assert tensorize("tt", IN, OUT, (4, 6), (20,)) == ((4, 6), (20, 1))
+    assert tensorize("tt", IN, OUT, (24,), (5, 2, 2)) == ((24, 1, 1), (5, 2, 2))
 
 
 def test_full_and_capped_ranks():
     dims = ((6, 4), (5, 4))
-    assert _resolve_rank("lowrank", "full", (IN,), (OUT,)) == 20
-    assert _resolve_rank("cp", "full", *dims) == IN * OUT // 6        # ∏ dims / max dims
-    assert _resolve_rank("tucker", "full", *dims) == (6, 4, 5, 4)
-    assert _resolve_rank("tucker", 5, *dims) == (5, 4, 5, 4)         # an int is capped per mode
-    assert _resolve_rank("tucker", "full", (4,), (2, 15)) == (4, 2, 8)  # min(I_k, ∏ others)
+    assert resolve_rank("lowrank", "full", (IN,), (OUT,)) == 20
+    assert resolve_rank("cp", "full", *dims) == IN * OUT // 6        # ∏ dims / max dims
+    assert resolve_rank("tucker", "full", *dims) == (6, 4, 5, 4)
+    assert resolve_rank("tucker", 5, *dims) == (5, 4, 5, 4)         # an int is capped per mode
+    assert resolve_rank("tucker", "full", (4,), (2, 15)) == (4, 2, 8)  # min(I_k, ∏ others)
     # TT: min(∏_{j≤k} m_j n_j, ∏_{j>k} m_j n_j) over the merged modes (20, 6, 4)
-    assert _resolve_rank("tt", "full", (4, 3, 2), (5, 2, 2)) == (1, 20, 4, 1)
-    assert _resolve_rank("tt", 6, (4, 3, 2), (5, 2, 2)) == (1, 6, 4, 1)
+    assert resolve_rank("tt", "full", (4, 3, 2), (5, 2, 2)) == (1, 20, 4, 1)
+    assert resolve_rank("tt", 6, (4, 3, 2), (5, 2, 2)) == (1, 6, 4, 1)
+    # the d − 1 inner TT ranks stand for the whole vector, as in tensorfact.tt
+    assert resolve_rank("tt", (6, 4), (4, 3, 2), (5, 2, 2)) == (1, 6, 4, 1)
 
 
 def closed_form_count(layer):
@@ -154,18 +157,18 @@ def test_parameter_counts(kind, layers):
 @given(kind=st.sampled_from(KINDS), fraction=st.floats(0.05, 1.0),
        n_in=st.sampled_from([12, 16, 24, 30]), n_out=st.sampled_from([8, 18, 20]))
 def test_float_rank_is_the_largest_within_budget(kind, fraction, n_in, n_out):
-    in_shape, out_shape = _tensorize(kind, n_in, n_out, None, None)
-    rank = _resolve_rank(kind, fraction, in_shape, out_shape)
-    count = _n_factor_params(kind, in_shape, out_shape, rank)
+    in_shape, out_shape = tensorize(kind, n_in, n_out, None, None)
+    rank = resolve_rank(kind, fraction, in_shape, out_shape)
+    count = n_factor_params(kind, in_shape, out_shape, rank)
     budget = fraction * n_in * n_out
-    smallest = _resolve_rank(kind, 1, in_shape, out_shape)
+    smallest = resolve_rank(kind, 1, in_shape, out_shape)
     assert count <= budget or rank == smallest
     if kind in ("lowrank", "cp"):
         bigger = rank + 1
     else:
-        bigger = _resolve_rank(kind, max(rank) + 1, in_shape, out_shape)
+        bigger = resolve_rank(kind, max(rank) + 1, in_shape, out_shape)
     if bigger != rank and (kind != "lowrank" or bigger <= min(n_in, n_out)):
-        assert _n_factor_params(kind, in_shape, out_shape, bigger) > budget
+        assert n_factor_params(kind, in_shape, out_shape, bigger) > budget
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,9 +177,7 @@ def test_float_rank_is_the_largest_within_budget(kind, fraction, n_in, n_out):
 
 def test_init_variance_matches_lecun_normal():
     """``Var(W_ij) = 1 / in_features`` for every kind, over 4096 layers drawn in one program."""
-    configs = [("lowrank", 6), ("cp", 12), ("tucker", 3), ("tucker", (2, 3, 4, 2))]
-    if HAS_TT:
-        configs.append(("tt", 3))
+    configs = [("lowrank", 6), ("cp", 12), ("tucker", 3), ("tucker", (2, 3, 4, 2)), ("tt", 3)]
     n_in, n_out = 48, 40
 
     def variances(key):
@@ -184,7 +185,7 @@ def test_init_variance_matches_lecun_normal():
         for kind, rank in configs:
             layer = FactorizedDense(n_in, n_out, kind=kind, rank=rank, use_bias=False,
                                     rngs=nnx.Rngs(key))
-            out.append(jnp.mean(layer.dense_kernel() ** 2))
+            out.append(jnp.mean(layer.dense_weight() ** 2))
         return jnp.stack(out)
 
     keys = jax.random.split(jax.random.key(0, impl="rbg"), 4096)
@@ -203,10 +204,10 @@ def x():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_factorized_and_reconstructed_match_numpy(kind, x, layers):
-    fact = with_implementation(layers[kind], "factorized")
-    recon = with_implementation(layers[kind], "reconstructed")
+    fact = with_contraction(layers[kind], "factorized")
+    recon = with_contraction(layers[kind], "dense")
     w = numpy_kernel(fact)
-    np.testing.assert_allclose(np.asarray(fact.dense_kernel()), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(fact.dense_weight()), w, rtol=1e-5, atol=1e-6)
     expected = np.asarray(x, np.float64) @ w + np.asarray(fact.bias[...], np.float64)
     for layer in (fact, recon):
         y = layer(x)
@@ -225,26 +226,26 @@ def test_auto_picks_the_cheaper_by_flops(layers):
     auto = make("lowrank", "full")                     # 24 × 20 at rank 20
     flops = auto.flops(8)
     assert flops["factorized"] == 2 * 8 * 20 * (IN + OUT)
-    assert flops["reconstructed"] == 2 * IN * 20 * OUT + 2 * 8 * IN * OUT
-    assert flops["dense"] == 2 * 8 * IN * OUT
-    assert auto.choose_implementation(8) == "factorized"      # 14080 ≤ 26880
-    assert auto.choose_implementation(64) == "reconstructed"  # 112640 > 80640
+    assert flops["dense"] == 2 * IN * 20 * OUT + 2 * 8 * IN * OUT
+    assert flops["plain"] == 2 * 8 * IN * OUT
+    assert auto.choose_contraction(8) == "factorized"      # 14080 ≤ 26880
+    assert auto.choose_contraction(64) == "dense"       # 112640 > 80640
     for batch in (8, 64):
         x = jnp.ones((batch, IN))
-        fixed = with_implementation(auto, auto.choose_implementation(batch))
+        fixed = with_contraction(auto, auto.choose_contraction(batch))
         assert str(jax.make_jaxpr(auto)(x)) == str(jax.make_jaxpr(fixed)(x))
     for kind in KINDS:                                 # the rule, for every kind
         layer = layers[kind]
         for batch in (1, 10_000):
             f = layer.flops(batch)
-            want = "factorized" if f["factorized"] <= f["reconstructed"] else "reconstructed"
-            assert layer.choose_implementation(batch) == want
-    fact, recon = _flops("tucker", (6, 4), (5, 4), (6, 4, 5, 4), 10_000)
+            want = "factorized" if f["factorized"] <= f["dense"] else "dense"
+            assert layer.choose_contraction(batch) == want
+    fact, recon = flops_of("tucker", (6, 4), (5, 4), (6, 4, 5, 4), 10_000)
     assert fact > recon                                # full Tucker: reconstructing is cheaper
-    fact, recon = _flops("tucker", (6, 4), (5, 4), (3, 3, 3, 3), 10_000)
+    fact, recon = flops_of("tucker", (6, 4), (5, 4), (3, 3, 3, 3), 10_000)
     assert fact < recon
-    fixed = with_implementation(layers["lowrank"], "factorized")
-    assert fixed.choose_implementation(10 ** 6) == "factorized"
+    fixed = with_contraction(layers["lowrank"], "factorized")
+    assert fixed.choose_contraction(10 ** 6) == "factorized"
 
 
 def test_tucker_and_tt_flops_formulas():
@@ -256,11 +257,11 @@ def test_tucker_and_tt_flops_formulas():
     fact += 2 * b * 8 * 5 + 2 * b * (5 * 2) * 4
     # reconstruction: expand the core (48 entries) by smallest growth I/r first: modes 2, 1, 3, 0
     recon = 2 * 48 * 5 + 2 * 60 * 4 + 2 * 80 * 4 + 2 * 160 * 6
-    assert _flops("tucker", (6, 4), (5, 4), (2, 3, 4, 2), b) == (fact, recon + 2 * b * IN * OUT)
+    assert flops_of("tucker", (6, 4), (5, 4), (2, 3, 4, 2), b) == (fact, recon + 2 * b * IN * OUT)
     # TT, in (4, 3, 2), out (5, 2, 2), ranks (1, 3, 2, 1): Σ_k 2B r r' (I_k..I_d)(J_1..J_k)
     fact = 2 * b * (1 * 3 * 24 * 5 + 3 * 2 * 6 * 10 + 2 * 1 * 2 * 20)
     recon = 2 * 20 * 3 * 6 * 2 + 2 * 120 * 2 * 4 * 1   # merged modes (20, 6, 4)
-    assert _flops("tt", (4, 3, 2), (5, 2, 2), (1, 3, 2, 1), b) == (fact, recon + 2 * b * IN * OUT)
+    assert flops_of("tt", (4, 3, 2), (5, 2, 2), (1, 3, 2, 1), b) == (fact, recon + 2 * b * IN * OUT)
 
 
 def test_transformations(x, layers):
@@ -275,7 +276,7 @@ def test_transformations(x, layers):
 def test_gradients_match_finite_differences():
     with x64():
         layer = FactorizedDense(6, 4, kind="tucker", rank=2, param_dtype=jnp.float64,
-                                implementation="factorized", rngs=nnx.Rngs(0))
+                                contraction="factorized", rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(layer)
         x = jax.random.normal(jax.random.key(2), (3, 6), jnp.float64)
 
@@ -291,13 +292,13 @@ def test_bfloat16_compute_and_to_linear(x, layers):
     low.dtype = jnp.bfloat16
     y = low(x)
     assert y.dtype == jnp.bfloat16 and rel(plain(x), y) < 2e-2
-    linear = plain.to_linear()
+    linear = plain.to_layer()
     assert isinstance(linear, nnx.Linear)
     np.testing.assert_allclose(linear(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
-# from_dense
+# from_layer
 
 
 @pytest.fixture(scope="module")
@@ -306,9 +307,9 @@ def dense():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_from_dense_is_exact_at_full_rank(kind, dense, x):
-    layer = FactorizedDense.from_dense(dense, kind=kind, rank="full")
-    assert layer.rank == _resolve_rank(kind, "full", layer.in_shape or (IN,),
+def test_from_layer_is_exact_at_full_rank(kind, dense, x):
+    layer = FactorizedDense.from_layer(dense, kind=kind, rank="full")
+    assert layer.rank == resolve_rank(kind, "full", layer.in_shape or (IN,),
                                        layer.out_shape or (OUT,))
     w = np.asarray(dense.kernel[...], np.float64)
     assert rel(w, numpy_kernel(layer)) < 1e-5
@@ -316,9 +317,9 @@ def test_from_dense_is_exact_at_full_rank(kind, dense, x):
     assert rel(dense(x), layer(x)) < 1e-5
 
 
-def test_from_dense_lowrank_is_the_truncated_svd(dense):
+def test_from_layer_lowrank_is_the_truncated_svd(dense):
     w = np.asarray(dense.kernel[...], np.float64)
-    layer = FactorizedDense.from_dense(dense.kernel[...], kind="lowrank", rank=4)
+    layer = FactorizedDense.from_layer(dense.kernel[...], kind="lowrank", rank=4)
     assert layer.bias is None
     u, s, vt = np.linalg.svd(w)
     best = (u[:, :4] * s[:4]) @ vt[:4]
@@ -328,19 +329,19 @@ def test_from_dense_lowrank_is_the_truncated_svd(dense):
                                np.linalg.norm(layer.vt[...], axis=1), rtol=1e-5)
 
 
-def test_from_dense_cp_recovers_a_planted_cp_kernel():
+def test_from_layer_cp_recovers_a_planted_cp_kernel():
     shape = (6, 4, 5, 4)
     planted = tfa.random_cp(jax.random.key(5), shape, rank=3)
     kernel = planted.to_dense().reshape(IN, OUT)
-    layer = FactorizedDense.from_dense(kernel, kind="cp", rank=3, n_iter=200)
+    layer = FactorizedDense.from_layer(kernel, kind="cp", rank=3, n_iter=200)
     assert layer.in_shape + layer.out_shape == shape
     assert rel(kernel, numpy_kernel(layer)) < 1e-4
 
 
-def test_from_dense_float64_is_exact():
+def test_from_layer_float64_is_exact():
     with x64():
         kernel = jax.random.normal(jax.random.key(4), (IN, OUT), jnp.float64)
-        layer = FactorizedDense.from_dense(kernel, kind="lowrank", rank="full")
+        layer = FactorizedDense.from_layer(kernel, kind="lowrank", rank="full")
         assert all(v[...].dtype == jnp.float64 for v in layer._param_vars())
         assert rel(kernel, numpy_kernel(layer)) < 1e-12
         assert layer(jnp.ones((2, IN), jnp.float64)).dtype == jnp.float64
@@ -415,34 +416,31 @@ def test_bad_arguments():
         FactorizedDense(IN, OUT, kind="tucker", rank=(7, 2, 2, 2), rngs=rngs)
     with pytest.raises(ValueError, match=r"for kind 'cp', got \(2, 2\)"):
         FactorizedDense(IN, OUT, kind="cp", rank=(2, 2), rngs=rngs)
-    with pytest.raises(ValueError, match="implementation must be one of"):
-        FactorizedDense(IN, OUT, rank=2, implementation="fast", rngs=rngs)
+    with pytest.raises(ValueError, match="contraction must be one of"):
+        FactorizedDense(IN, OUT, rank=2, contraction="reconstructed", rngs=rngs)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 24\), got \(2, 23\)"):
         make("lowrank")(jnp.ones((2, 23)))
     with pytest.raises(ValueError, match="in_features must be a positive integer"):
         FactorizedDense(0, OUT, rank=1, rngs=rngs)
-    if HAS_TT:
-        with pytest.raises(ValueError, match="as many input as output factors"):
-            FactorizedDense(IN, OUT, kind="tt", rank=2, in_shape=(4, 6), out_shape=(20,),
-                            rngs=rngs)
-        with pytest.raises(ValueError, match=re.escape("rank must be the TT ranks")):
-            FactorizedDense(IN, OUT, kind="tt", rank=(2, 2), rngs=rngs)
-    else:
-        with pytest.raises(ValueError, match='kind="tt" is not available yet'):
-            FactorizedDense(IN, OUT, kind="tt", rank=2, rngs=rngs)
+    with pytest.raises(ValueError, match=re.escape("rank must be the TT ranks")):
+        FactorizedDense(IN, OUT, kind="tt", rank=(2, 2, 2), rngs=rngs)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        FactorizedDense(IN, OUT, kind="tt", rank=2, impl="triton", rngs=rngs)
+    with pytest.raises(ValueError, match="precision must be None"):
+        FactorizedDense(IN, OUT, rank=2, precision="fp8", rngs=rngs)
 
 
 class _NotLinear(nnx.Module):
     """A module that is not an nnx.Linear (an nnx.Conv would cost a compilation to build)."""
 
 
-def test_bad_from_dense_arguments(dense):
-    with pytest.raises(ValueError, match="bias must be None when layer_or_kernel is an nnx.Linear"):
-        FactorizedDense.from_dense(dense, rank=2, bias=jnp.zeros(OUT))
+def test_bad_from_layer_arguments(dense):
+    with pytest.raises(ValueError, match="bias must be None when layer is an nnx.Linear"):
+        FactorizedDense.from_layer(dense, rank=2, bias=jnp.zeros(OUT))
     with pytest.raises(ValueError, match=r"bias must have shape \(20,\), got \(3,\)"):
-        FactorizedDense.from_dense(dense.kernel[...], rank=2, bias=jnp.zeros(3))
-    with pytest.raises(ValueError, match=r"layer_or_kernel must be a 2-D matrix, got shape \(2, 3, 4\)"):
-        FactorizedDense.from_dense(jnp.ones((2, 3, 4)), rank=2)
-    with pytest.raises(TypeError, match="layer_or_kernel must be an nnx.Linear or a kernel array, got _NotLinear"):
-        FactorizedDense.from_dense(_NotLinear(), rank=2)
+        FactorizedDense.from_layer(dense.kernel[...], rank=2, bias=jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"layer must be a 2-D matrix, got shape \(2, 3, 4\)"):
+        FactorizedDense.from_layer(jnp.ones((2, 3, 4)), rank=2)
+    with pytest.raises(TypeError, match="layer must be an nnx.Linear or a weight array, got _NotLinear"):
+        FactorizedDense.from_layer(_NotLinear(), rank=2)
 

@@ -1,5 +1,5 @@
 """Tests of ``tensorfact.nn.TTEmbed`` (lookup against a float64 NumPy table, no table formed in
-the lookup's program, exact ``from_dense``, initialisation variance, gradients) and of
+the lookup's program, exact ``from_layer``, initialisation variance, gradients) and of
 ``tensorfact.nn.compress`` (report numbers against NumPy, outputs, ``select``, the input model
 left untouched, argument checks). Shapes are small: compilation dominates on a CPU.
 """
@@ -75,13 +75,13 @@ def test_embed_lookup_never_forms_the_table():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_embed_from_dense_exact_and_truncated():
+def test_embed_from_layer_exact_and_truncated():
     with x64():
         table = np.random.default_rng(0).standard_normal((N, F))
-        full = TTEmbed.from_dense(jnp.asarray(table), "full")
+        full = TTEmbed.from_layer(jnp.asarray(table), rank="full")
         assert full.cores[0][...].dtype == jnp.float64
         np.testing.assert_allclose(full(jnp.arange(N)), table, atol=1e-10)
-        small = TTEmbed.from_dense(jnp.asarray(table), 2)
+        small = TTEmbed.from_layer(jnp.asarray(table), rank=2)
         assert small.rank == (1, 2, 2, 1)
         # truncated TT-SVD: never better than the best rank-2 approximation of the first
         # unfolding (5 × 48), which is its first step
@@ -90,9 +90,9 @@ def test_embed_from_dense_exact_and_truncated():
         best = np.sqrt(np.sum(s[2:] ** 2)) / np.linalg.norm(table)
         assert best - 1e-12 <= rel(table, small(jnp.arange(N))) < 1.0
     dense = nnx.Embed(N, F, rngs=nnx.Rngs(3))
-    tt = TTEmbed.from_dense(dense, "full")
+    tt = TTEmbed.from_layer(dense, rank="full")
     np.testing.assert_allclose(tt(jnp.arange(N)), dense(jnp.arange(N)), atol=1e-5)
-    np.testing.assert_allclose(tt.to_embed().embedding[...], dense.embedding[...], atol=1e-5)
+    np.testing.assert_allclose(tt.to_layer().embedding[...], dense.embedding[...], atol=1e-5)
 
 
 def test_embed_init_variance():
@@ -129,7 +129,7 @@ def test_embed_errors():
     with pytest.raises(TypeError, match="integer"):
         TTEmbed(N, F, rank=2, rngs=nnx.Rngs(0))(jnp.array([1.0]))
     with pytest.raises(TypeError, match="nnx.Embed"):
-        TTEmbed.from_dense(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), 2)
+        TTEmbed.from_layer(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), rank=2)
 
 
 # ---------------------------------------------------------------------------------------------

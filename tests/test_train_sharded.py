@@ -197,12 +197,12 @@ if __name__ != "__main__":
         mesh = make_mesh((1, 1), ("data", "model"))
         kernel = jax.random.normal(jax.random.key(0), (16, 12))
         with jax.set_mesh(mesh):
-            layer = FactorizedDense.from_dense(kernel, rank=4, partitioning={
+            layer = FactorizedDense.from_layer(kernel, rank=4, partitioning={
                 "u": (None, "model"), "vt": P("model", None)})
         assert layer.u.sharding.spec == P(None, "model")
         assert layer.vt.sharding.spec == P("model", None)
-        np.testing.assert_allclose(layer.dense_kernel(), FactorizedDense.from_dense(
-            kernel, rank=4).dense_kernel(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(layer.dense_weight(), FactorizedDense.from_layer(
+            kernel, rank=4).dense_weight(), rtol=1e-6, atol=1e-6)
 
     @pytest.mark.parametrize("partitioning, match", [
         ({"w": (None,)}, r"names parameter 'w'; this layer has \('u', 'vt', 'bias'\)"),

@@ -1,7 +1,7 @@
 """Flax NNX layers built on the decompositions: factorized dense layers and LoRA-family adapters.
 
 * :class:`FactorizedDense`: ``nnx.Linear`` with a low-rank, CP, Tucker or TT kernel, trained
-  from scratch or initialised from a trained layer by :meth:`FactorizedDense.from_dense`.
+  from scratch or initialised from a trained layer by :meth:`FactorizedDense.from_layer`.
 * :class:`LoRA` (Gaussian, PiSSA, OLoRA initialisations), :class:`DoRA`, :class:`LoKr`,
   :class:`LoHa`: adapters around a frozen ``nnx.Linear`` or ``nnx.Conv`` whose trainable
   parameters are ``nnx.LoRAParam``, so ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains
@@ -15,13 +15,24 @@
   ones fitted to them, with a :class:`CompressionReport` of parameters and errors.
 * :class:`FactorizedConv`: ``nnx.Conv`` with a Tucker-2 or CP kernel, run as a chain of small
   convolutions, trained from scratch or fitted to a trained layer by
-  :meth:`FactorizedConv.from_conv`.
+  :meth:`FactorizedConv.from_layer`.
+
+Every layer speaks one vocabulary (``docs/glossary.md``): ``dense_weight()`` is the array the
+plain layer would hold (for an adapter, base plus update), ``to_layer()`` a plain ``nnx.Linear``
+/ ``nnx.Conv`` / ``nnx.Embed`` computing the same function, ``Layer.from_layer(plain, ...)`` a
+factorized layer fitted to a plain one; adapters add ``delta_weight()`` (the update alone) and
+``merge()`` (the base with the update folded in). ``contraction="auto" | "factorized" |
+"dense"`` says whether a factorized layer contracts its input with the factors or with the
+rebuilt weight, ``impl`` only which kernel runs a contraction, and ``precision=None`` is JAX's
+default, as in Flax.
 """
 
-from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA, LoRAParam
+from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA
+from tensorfact.nn._base import LoRAParam
 from tensorfact.nn._compress import CompressionReport, LayerReport, compress
 from tensorfact.nn._conv import FactorizedConv
-from tensorfact.nn._dense import FactorizedDense, balanced_factors
+from tensorfact.nn._common import balanced_factors
+from tensorfact.nn._dense import FactorizedDense
 from tensorfact.nn._embed import TTEmbed
 from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore

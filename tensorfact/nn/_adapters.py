@@ -65,7 +65,15 @@ are left as ``nnx.Param`` and are frozen by training with a filter::
         optimizer.update(model, grad_fn(model, x, y))
 
 ``merge()`` returns a plain ``nnx.Linear`` / ``nnx.Conv`` (a copy of the base with the adapted
-kernel and the base's bias), for serving without the adapter's overhead. The adapters own their
+kernel and the base's bias), for serving without the adapter's overhead; ``delta_weight()`` is
+the update ``ΔW`` alone and ``dense_weight()`` the adapted kernel.
+
+**Precision.** The forward runs at the base layer's ``precision``. The PiSSA/OLoRA split and
+the kernels that leave the adapter (``delta_weight``, ``dense_weight``, ``merge``) run at
+``"highest"``: the split defines the frozen residual ``W − s A B``, which must give back ``W``
+to float32 rounding when added to ``s A B`` at the start, whatever precision the forward uses
+(with TF32 passes it would be off by ~1e-3 relative), and an exported kernel should hold the
+adapter's exact product. The adapters own their
 base: PiSSA and OLoRA keep a copy of it with the residual kernel and never modify the layer
 passed in.
 """
@@ -75,42 +83,24 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn.dtypes import promote_dtype
-from flax.nnx.nn.linear import canonicalize_padding
 
-from tensorfact._checks import check_choice, check_positive_int
+from tensorfact._checks import Precision, check_choice, check_positive_int
+from tensorfact._numerics import resolve_precision, safe_divide, safe_norm
 from tensorfact.decomposition import svd
-from tensorfact.nn._dense import balanced_factors
+from tensorfact.nn._base import Adapter, LoRAParam, adapter_scale
+from tensorfact.nn._common import balanced_factors, check_finite, params_key
 
 __all__ = ["LoRA", "DoRA", "LoKr", "LoHa", "LoRAParam"]
 
-if hasattr(nnx, "LoRAParam"):
-    LoRAParam = nnx.LoRAParam
-else:  # pragma: no cover - older flax
-    class LoRAParam(nnx.Param):
-        """The parameters of an adapter (train them with ``wrt=LoRAParam``)."""
-
-_INITS = ("gaussian", "pissa", "olora")
-_SVD_METHODS = ("randomized", "exact")
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _check_base(base, allow_conv: bool) -> None:
-    if isinstance(base, nnx.Linear):
-        return
-    if not (allow_conv and isinstance(base, nnx.Conv)):
-        raise TypeError(f"base must be an nnx.Linear{' or nnx.Conv' if allow_conv else ''}, "
-                        f"got {type(base).__name__}.")
-    if base.feature_group_count != 1:
-        raise ValueError(f"base.feature_group_count = {base.feature_group_count}: the adapters "
-                         "take an nnx.Conv with feature_group_count == 1 only.")
-    if base.mask is not None:
-        raise ValueError("base.mask is set: the adapters take an nnx.Conv without a kernel "
-                         "mask.")
+#: LoRA's initialisations.
+LoRAInit = Literal["gaussian", "pissa", "olora"]
+#: The SVD that PiSSA starts from.
+SVDMethod = Literal["randomized", "exact"]
 
 
 def _check_rank(rank, limit: int, what: str) -> int:
@@ -120,143 +110,16 @@ def _check_rank(rank, limit: int, what: str) -> int:
     return rank
 
 
-def _scale(alpha, rank: int, use_rslora: bool) -> float:
-    if alpha is None:
-        return 1.0
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
-        raise ValueError(f"alpha must be a positive number or None, got {alpha!r}.")
-    return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
-
-
-def _require_rngs(rngs, why: str):
-    if rngs is None:
-        raise ValueError(f"rngs is required {why}: pass rngs=nnx.Rngs(seed).")
-    return rngs
-
-
-def _normal(rngs, shape, variance, dtype):
-    return math.sqrt(variance) * jax.random.normal(rngs.params(), shape, dtype)
-
-
-def _lecun(rngs, shape, dtype):
+def _lecun(key, shape, dtype):
     """Flax's dense default (truncated normal with variance ``1 / shape[0]``)."""
-    return nnx.initializers.lecun_normal()(rngs.params(), shape, dtype)
+    return nnx.initializers.lecun_normal()(key, shape, dtype)
 
 
-def _broadcast(value, n):
-    if value is None:
-        return (1,) * n
-    if isinstance(value, int):
-        return (value,) * n
-    return tuple(value)
+def _normal(key, shape, variance, dtype):
+    return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
 
 
-def _conv(base: nnx.Conv, x, kernel):
-    """``x`` convolved with ``kernel`` (layout ``(spatial..., c_in / groups, c)``) exactly as
-    ``base`` convolves with its own kernel (batch flattening, padding modes, strides,
-    dilations, feature groups, precision), without the bias or the mask."""
-    n = len(base.kernel_size)
-    lead = x.shape[:x.ndim - (n + 1)]
-    x = x.reshape((-1,) + x.shape[x.ndim - (n + 1):])
-    dilation = _broadcast(base.kernel_dilation, n)
-    padding = canonicalize_padding(base.padding, n)
-    if isinstance(padding, str) and padding.upper() in ("CIRCULAR", "REFLECT"):
-        dilated = [(k - 1) * d + 1 for k, d in zip(base.kernel_size, dilation)]
-        pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
-        x = jnp.pad(x, pads, mode="wrap" if padding.upper() == "CIRCULAR" else "reflect")
-        padding = "VALID"
-    elif isinstance(padding, str) and padding.upper() == "CAUSAL":
-        x = jnp.pad(x, [(0, 0), (dilation[0] * (base.kernel_size[0] - 1), 0), (0, 0)])
-        padding = "VALID"
-    spatial = tuple(range(1, n + 1))
-    dims = jax.lax.ConvDimensionNumbers(lhs_spec=(0, n + 1) + spatial,
-                                        rhs_spec=(n + 1, n) + tuple(range(n)),
-                                        out_spec=(0, n + 1) + spatial)
-    out = jax.lax.conv_general_dilated(
-        x, kernel, _broadcast(base.strides, n), padding,
-        lhs_dilation=_broadcast(base.input_dilation, n), rhs_dilation=dilation,
-        dimension_numbers=dims, feature_group_count=base.feature_group_count,
-        precision=base.precision)
-    return out.reshape(lead + out.shape[1:])
-
-
-class _Adapter(nnx.Module):
-    """What every adapter shares: the base layer, its kernel as a matrix, the forward as
-    ``base(x) + change`` and ``merge()``. Subclasses define ``_change(x, y)`` and
-    ``adapted_kernel()``.
-
-    The kernel of the base is seen as the matrix ``W`` of shape ``matrix_shape = (rows, out)``
-    (a Linear's own kernel; a Conv's ``(k_1⋯k_s c_in, c_out)`` reshape); the two forward
-    hooks :meth:`_lowrank` and :meth:`_apply` are the only places a Conv differs."""
-
-    def _set_base(self, base, param_dtype, *, allow_conv: bool = False):
-        _check_base(base, allow_conv)
-        self.base = base
-        self.in_features, self.out_features = int(base.in_features), int(base.out_features)
-        kernel = base.kernel[...]
-        self.kernel_shape = tuple(int(d) for d in kernel.shape)
-        self.is_conv = isinstance(base, nnx.Conv)
-        self.matrix_shape = (math.prod(self.kernel_shape[:-1]), self.kernel_shape[-1])
-        self._rows_name = "prod(kernel_size) * in_features" if self.is_conv else "in_features"
-        self.param_dtype = kernel.dtype if param_dtype is None else param_dtype
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``base(x)`` plus the adapter's change of the output."""
-        x = jnp.asarray(x)
-        if self.is_conv:
-            n = len(self.kernel_shape) - 2
-            if x.ndim < n + 1 or x.shape[-1] != self.in_features:
-                raise ValueError(f"x must have shape (..., {n} spatial dims, {self.in_features})"
-                                 f", got {tuple(x.shape)}.")
-        elif x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape (..., {self.in_features}), got "
-                             f"{tuple(x.shape)}.")
-        y = self.base(x)
-        return y + self._change(x, y).astype(y.dtype)
-
-    def _promote(self, *arrays):
-        return promote_dtype(arrays, dtype=self.base.dtype)
-
-    def _w(self) -> jax.Array:
-        """The base kernel as the ``matrix_shape`` matrix ``W``."""
-        return self.base.kernel[...].reshape(self.matrix_shape)
-
-    def _as_kernel(self, matrix) -> jax.Array:
-        return matrix.reshape(self.kernel_shape)
-
-    def _lowrank(self, x, a, b):
-        """``x (A B)`` without forming ``A B``: two matmuls, or on a Conv the convolution
-        ``c_in → r`` with kernel ``A`` and the base's geometry, then the 1×1 convolution ``B``."""
-        prec = self.base.precision
-        if self.is_conv:
-            h = _conv(self.base, x, a.reshape(self.kernel_shape[:-1] + (a.shape[-1],)))
-        else:
-            h = jnp.matmul(x, a, precision=prec)
-        return jnp.matmul(h, b, precision=prec)
-
-    def _apply(self, x, delta):
-        """``x ΔW`` for a formed ``matrix_shape`` ``ΔW``: a matmul, or on a Conv the convolution
-        with ``ΔW`` reshaped to the kernel."""
-        if self.is_conv:
-            return _conv(self.base, x, self._as_kernel(delta))
-        return jnp.matmul(x, delta, precision=self.base.precision)
-
-    def adapted_kernel(self) -> jax.Array:
-        """The kernel the adapted layer applies (what :meth:`merge` stores), in the base
-        kernel's shape: ``(in, out)`` for a Linear, ``(spatial..., c_in, c_out)`` for a Conv."""
-        raise NotImplementedError
-
-    def merge(self) -> nnx.Linear | nnx.Conv:
-        """A plain ``nnx.Linear`` / ``nnx.Conv``: a copy of the base layer with the adapted
-        kernel (and the base's bias, strides, padding, ...). The adapter and its base are left
-        as they are."""
-        merged = nnx.clone(self.base)
-        kernel = merged.kernel[...]
-        merged.kernel[...] = self.adapted_kernel().astype(kernel.dtype)
-        return merged
-
-
-class LoRA(_Adapter):
+class LoRA(Adapter):
     """Low-rank adaptation of an ``nnx.Linear`` or ``nnx.Conv``: ``y = base(x) + s · (x A) B``.
 
     On a Conv, ``x A`` is the convolution ``c_in → r`` whose kernel is ``A`` reshaped to
@@ -279,6 +142,9 @@ class LoRA(_Adapter):
         ``init="pissa"``.
       param_dtype: dtype of ``A`` and ``B`` (default: the base kernel's).
       rngs: ``nnx.Rngs``; needed for ``"gaussian"`` and for the randomized SVD.
+
+    With ``init="pissa"`` or ``"olora"`` the base kernel must be finite (NaN or Inf in it is an
+    error naming ``base.kernel``, in eager calls); the split runs at ``"highest"`` precision.
 
     Attributes:
       lora_a, lora_b: the ``nnx.LoRAParam`` factors, ``(in, r)`` and ``(r, out)`` (on a Conv
@@ -307,26 +173,26 @@ class LoRA(_Adapter):
       (True, 'Conv')
     """
 
-    def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, init: str = "gaussian",
-                 alpha=None, use_rslora: bool = False, svd_method: str = "randomized",
+    def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, init: LoRAInit = "gaussian",
+                 alpha=None, use_rslora: bool = False, svd_method: SVDMethod = "randomized",
                  param_dtype=None, rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype, allow_conv=True)
+        self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
         self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
-        self.init = check_choice(init, _INITS, "init")
-        svd_method = check_choice(svd_method, _SVD_METHODS, "svd_method")
-        self.scale = _scale(alpha, self.rank, bool(use_rslora))
+        self.init = check_choice(init, LoRAInit, "init")
+        svd_method = check_choice(svd_method, SVDMethod, "svd_method")
+        self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
         dtype = self.param_dtype
         if init == "gaussian":
-            _require_rngs(rngs, 'for init="gaussian"')
-            a = _lecun(rngs, (n_in, self.rank), dtype)
+            a = _lecun(params_key(rngs, 'for init="gaussian"'), (n_in, self.rank), dtype)
             b = jnp.zeros((self.rank, n_out), dtype)
         else:
             kernel = base.kernel[...]
+            check_finite(kernel, "base.kernel")
             w = self._w().astype(jnp.promote_types(kernel.dtype, jnp.float32))
             key = None
             if init == "pissa" and svd_method == "randomized":
-                key = _require_rngs(rngs, 'for init="pissa" with the randomized SVD').params()
+                key = params_key(rngs, 'for init="pissa" with the randomized SVD')
             a, b, residual = _principal_split(w, key, rank=self.rank, scale=self.scale,
                                               init=init, svd_method=svd_method,
                                               dtype=jnp.dtype(dtype))
@@ -335,25 +201,27 @@ class LoRA(_Adapter):
         self.lora_a = LoRAParam(a)
         self.lora_b = LoRAParam(b)
 
+    def _params(self):
+        return self.lora_a[...], self.lora_b[...]
+
     def _change(self, x, y):
-        x, a, b = self._promote(x, self.lora_a[...], self.lora_b[...])
+        x, a, b = self._promote(x, *self._params())
         return self.scale * self._lowrank(x, a, b)
 
-    def adapted_kernel(self):
-        """``W + s A B`` (``W`` the base's kernel: the residual for PiSSA and OLoRA), in the
-        base kernel's shape."""
-        w = self._w()
-        delta = jnp.matmul(self.lora_a[...], self.lora_b[...], precision=_HIGHEST)
-        return self._as_kernel(w + self.scale * delta.astype(w.dtype))
+    def _delta(self, arrays, precision):
+        """``s A B`` (added to ``W``, the residual for PiSSA and OLoRA)."""
+        a, b = arrays
+        return self.scale * jnp.matmul(a, b, precision=precision)
 
 
 @functools.partial(jax.jit, static_argnames=("rank", "scale", "init", "svd_method", "dtype"))
 def _principal_split(w, key, *, rank, scale, init, svd_method, dtype):
     """``(A, B, W − s A B)`` for PiSSA (``A B`` the top-``rank`` SVD part of ``W / s``) or OLoRA
     (from the QR of ``Wᵀ``), as one compiled program: initialising a large model calls it once
-    per layer shape, and eager dispatch of its dozen steps cost as much as the SVD itself."""
+    per layer shape, and eager dispatch of its dozen steps cost as much as the SVD itself. Runs
+    at ``"highest"`` precision (see the module docstring)."""
     if init == "pissa":
-        lr = svd(w, rank, method=svd_method, key=key)
+        lr = svd(w, rank, method=svd_method, key=key, precision="highest")
         root = jnp.sqrt(lr.s / scale)
         a, b = lr.u * root, root[:, None] * lr.vt
     else:
@@ -361,11 +229,11 @@ def _principal_split(w, key, *, rank, scale, init, svd_method, dtype):
         a, b = r[:rank].T, q[:, :rank].T
     a, b = a.astype(dtype), b.astype(dtype)
     # the residual uses the rounded A and B, so that base + s A B reproduces W
-    residual = w - scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype), precision=_HIGHEST)
+    residual = w - scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype), precision="highest")
     return a, b, residual
 
 
-class DoRA(_Adapter):
+class DoRA(Adapter):
     """Weight-decomposed low-rank adaptation: ``W' = m ⊙ (W + s A B) / ‖W + s A B‖_c``.
 
     The forward never forms ``x W'`` from scratch: with ``ρ = m / ‖W + s A B‖_c`` (one factor
@@ -382,12 +250,16 @@ class DoRA(_Adapter):
       rank: ``r``, at most ``min(in, out)`` of the kernel matrix.
       alpha, use_rslora: the scale ``s`` of ``A B``, as in :class:`LoRA`.
       detach_norm: treat ``‖W + s A B‖_c`` as a constant in the backward pass (default, as
-        recommended in the paper, §4.3); ``False`` differentiates through it.
+        recommended in the paper, §4.3); ``False`` differentiates through it. The norm is a
+        safe one: a zero column gets a zero (not NaN) gradient and the ratio ``m / ‖·‖_c`` is
+        taken as 0 there (the column of ``W'`` is zero either way).
       param_dtype: dtype of ``A``, ``B`` and ``m`` (default: the base kernel's).
       rngs: ``nnx.Rngs`` for ``A`` (lecun-normal; ``B = 0``).
 
     Attributes:
       lora_a, lora_b, magnitude: the ``nnx.LoRAParam``s (``magnitude`` has shape ``(out,)``).
+
+    :meth:`delta_weight` is ``W' − W``, the whole change of the kernel (magnitude included).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -404,58 +276,65 @@ class DoRA(_Adapter):
 
     def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, alpha=None,
                  use_rslora: bool = False, detach_norm: bool = True, param_dtype=None,
-                 rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype, allow_conv=True)
+                 rngs: nnx.Rngs):
+        self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
         self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
-        self.scale = _scale(alpha, self.rank, bool(use_rslora))
+        self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
         self.detach_norm = bool(detach_norm)
-        _require_rngs(rngs, "for DoRA's random A")
         dtype = self.param_dtype
-        self.lora_a = LoRAParam(_lecun(rngs, (n_in, self.rank), dtype))
+        key = params_key(rngs, "for DoRA's random A")
+        self.lora_a = LoRAParam(_lecun(key, (n_in, self.rank), dtype))
         self.lora_b = LoRAParam(jnp.zeros((self.rank, n_out), dtype))
         # computed exactly as in the forward (same function, same input W + s·A·0 = W), so the
         # ratio m / ‖W‖_c is exactly one at the start
         w = self._w()
-        self.magnitude = LoRAParam(_column_norms(self._direction(w, self.lora_a[...],
-                                                                 self.lora_b[...])).astype(dtype))
+        self.magnitude = LoRAParam(_column_norms(self._direction(
+            w, self.lora_a[...], self.lora_b[...], self.base.precision)).astype(dtype))
 
-    def _direction(self, w, a, b):
+    def _params(self):
+        return self.lora_a[...], self.lora_b[...], self.magnitude[...]
+
+    def _direction(self, w, a, b, precision):
         """``V = W + s A B``, the unnormalised direction."""
-        return w + self.scale * jnp.matmul(a, b, precision=self.base.precision).astype(w.dtype)
+        return w + self.scale * jnp.matmul(a, b, precision=precision).astype(w.dtype)
 
-    def _ratio(self, w, a, b, m):
-        norms = _column_norms(self._direction(w, a, b))
+    def _ratio(self, direction, m):
+        """``m / ‖V‖_c`` (0 for a zero column), the norm detached if ``detach_norm``."""
+        norms = _column_norms(direction)
         if self.detach_norm:
             norms = jax.lax.stop_gradient(norms)
-        return m / jnp.where(norms == 0, 1, norms)
+        return safe_divide(m, norms)
 
     def _change(self, x, y):
         # the ratio in the parameters' own dtypes, exactly as m was computed at the start
-        ratio = self._ratio(self._w(), self.lora_a[...], self.lora_b[...],
-                            self.magnitude[...])
-        x, a, b, ratio = self._promote(x, self.lora_a[...], self.lora_b[...], ratio)
+        a, b, m = self._params()
+        ratio = self._ratio(self._direction(self._w(), a, b, self.base.precision), m)
+        x, a, b, ratio = self._promote(x, a, b, ratio)
         xw = y if self.base.bias is None else y - self.base.bias[...].astype(y.dtype)
         lora = self.scale * self._lowrank(x, a, b)
         return (ratio - 1).astype(y.dtype) * xw + ratio * lora
 
-    def adapted_kernel(self):
+    def dense_weight(self, *, precision: Precision = "highest"):
         """``m ⊙ (W + s A B) / ‖W + s A B‖_c``, in the base kernel's shape."""
         w = self._w()
-        a, b = self.lora_a[...].astype(w.dtype), self.lora_b[...].astype(w.dtype)
-        m = self.magnitude[...].astype(w.dtype)
-        direction = w + self.scale * jnp.matmul(a, b, precision=_HIGHEST)
-        norms = _column_norms(direction)
-        return self._as_kernel(direction * (m / jnp.where(norms == 0, 1, norms)))
+        a, b, m = (p.astype(w.dtype) for p in self._params())
+        direction = self._direction(w, a, b, resolve_precision(precision))
+        return self._as_kernel(direction * self._ratio(direction, m))
+
+    def delta_weight(self, *, precision: Precision = "highest"):
+        """``W' − W``: the adapted kernel :meth:`dense_weight` less the base's."""
+        return self.dense_weight(precision=precision) - self.base.kernel[...]
 
 
 @jax.jit
 def _column_norms(v):
-    """Euclidean norm of each column of an ``(in, out)`` kernel (one per output feature)."""
-    return jnp.sqrt(jnp.sum(v * v, axis=0))
+    """Euclidean norm of each column of an ``(in, out)`` kernel (one per output feature), with
+    a zero gradient at a zero column (:func:`tensorfact._numerics.safe_norm`)."""
+    return safe_norm(v, axis=0)
 
 
-class LoKr(_Adapter):
+class LoKr(Adapter):
     """Kronecker-product adaptation: ``ΔW = s · C ⊗ (A B)`` (LyCORIS's LoKr).
 
     With ``in_shape = (i_1, i_2)`` and ``out_shape = (o_1, o_2)``, ``C`` is a dense
@@ -493,37 +372,38 @@ class LoKr(_Adapter):
 
     def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, in_shape=None,
                  out_shape=None, alpha=None, use_rslora: bool = False, param_dtype=None,
-                 rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype, allow_conv=True)
+                 rngs: nnx.Rngs):
+        self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
         self.in_shape = _split(in_shape, n_in, "in_shape", self._rows_name)
         self.out_shape = _split(out_shape, n_out, "out_shape", "out_features")
         (i1, i2), (o1, o2) = self.in_shape, self.out_shape
         self.rank = _check_rank(rank, min(i2, o2), "min(in_shape[1], out_shape[1])")
-        self.scale = _scale(alpha, self.rank, bool(use_rslora))
-        _require_rngs(rngs, "for LoKr's random A and B")
+        self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
+        why = "for LoKr's random A and B"
         dtype = self.param_dtype
         self.lokr_c = LoRAParam(jnp.zeros((i1, o1), dtype))
-        self.lokr_a = LoRAParam(_lecun(rngs, (i2, self.rank), dtype))
-        self.lokr_b = LoRAParam(_normal(rngs, (self.rank, o2), 1.0 / self.rank, dtype))
+        self.lokr_a = LoRAParam(_lecun(params_key(rngs, why), (i2, self.rank), dtype))
+        self.lokr_b = LoRAParam(_normal(params_key(rngs, why), (self.rank, o2), 1.0 / self.rank,
+                                        dtype))
 
-    def _change(self, x, y):
-        x, c, a, b = self._promote(x, self.lokr_c[...], self.lokr_a[...], self.lokr_b[...])
+    def _params(self):
+        return self.lokr_c[...], self.lokr_a[...], self.lokr_b[...]
+
+    def _delta(self, arrays, precision):
+        """``s · C ⊗ (A B)``."""
+        c, a, b = arrays
+        return self.scale * jnp.kron(c, jnp.matmul(a, b, precision=precision))
+
+    def _linear_change(self, x, arrays):
+        c, a, b = arrays
         prec = self.base.precision
-        if self.is_conv:
-            return self.scale * self._apply(x, jnp.kron(c, jnp.matmul(a, b, precision=prec)))
         lead = x.shape[:-1]
         t = x.reshape((-1,) + self.in_shape)                       # (N, i1, i2)
         t = jnp.einsum("npq,qr->npr", t, a, precision=prec)         # (N, i1, r)
         t = jnp.einsum("npr,pj->njr", t, c, precision=prec)         # (N, o1, r)
         t = jnp.einsum("njr,rk->njk", t, b, precision=prec)         # (N, o1, o2)
         return self.scale * t.reshape(lead + (self.out_features,))
-
-    def adapted_kernel(self):
-        """``W + s · C ⊗ (A B)``, in the base kernel's shape."""
-        w = self._w()
-        c, a, b = (p[...].astype(w.dtype) for p in (self.lokr_c, self.lokr_a, self.lokr_b))
-        return self._as_kernel(w + self.scale * jnp.kron(c, jnp.matmul(a, b, precision=_HIGHEST)))
 
 
 def _split(shape, features, name, features_name):
@@ -539,7 +419,7 @@ def _split(shape, features, name, features_name):
     return shape
 
 
-class LoHa(_Adapter):
+class LoHa(Adapter):
     """Low-rank Hadamard-product adaptation: ``ΔW = s · (A_1 B_1) ⊙ (A_2 B_2)`` (FedPara,
     LyCORIS's LoHa).
 
@@ -573,42 +453,37 @@ class LoHa(_Adapter):
     """
 
     def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, alpha=None,
-                 use_rslora: bool = False, param_dtype=None, rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype, allow_conv=True)
+                 use_rslora: bool = False, param_dtype=None, rngs: nnx.Rngs):
+        self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
         self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
-        self.scale = _scale(alpha, self.rank, bool(use_rslora))
-        _require_rngs(rngs, "for LoHa's random factors")
+        self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
+        why = "for LoHa's random factors"
         dtype, r = self.param_dtype, self.rank
-        self.hada_a1 = LoRAParam(_lecun(rngs, (n_in, r), dtype))
-        self.hada_b1 = LoRAParam(_normal(rngs, (r, n_out), 1.0 / r, dtype))
-        self.hada_a2 = LoRAParam(_lecun(rngs, (n_in, r), dtype))
+        self.hada_a1 = LoRAParam(_lecun(params_key(rngs, why), (n_in, r), dtype))
+        self.hada_b1 = LoRAParam(_normal(params_key(rngs, why), (r, n_out), 1.0 / r, dtype))
+        self.hada_a2 = LoRAParam(_lecun(params_key(rngs, why), (n_in, r), dtype))
         self.hada_b2 = LoRAParam(jnp.zeros((r, n_out), dtype))
 
-    def _factors(self):
+    def _params(self):
         return self.hada_a1[...], self.hada_b1[...], self.hada_a2[...], self.hada_b2[...]
 
-    def _change(self, x, y):
-        x, a1, b1, a2, b2 = self._promote(x, *self._factors())
+    def _delta(self, arrays, precision):
+        """``s (A_1 B_1) ⊙ (A_2 B_2)``."""
+        a1, b1, a2, b2 = arrays
+        return self.scale * (jnp.matmul(a1, b1, precision=precision)
+                             * jnp.matmul(a2, b2, precision=precision))
+
+    def _linear_change(self, x, arrays):
+        a1, b1, a2, b2 = arrays
         prec = self.base.precision
-        if self.is_conv:
-            delta = jnp.matmul(a1, b1, precision=prec) * jnp.matmul(a2, b2, precision=prec)
-            return self.scale * self._apply(x, delta)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         n, r, n_in, n_out = x2.shape[0], self.rank, self.in_features, self.out_features
         if 2 * n * r * r * (n_in + n_out) <= 4 * r * n_in * n_out + 2 * n * n_in * n_out:
             p = (a1[:, :, None] * a2[:, None, :]).reshape(n_in, r * r)
             q = (b1[:, None, :] * b2[None, :, :]).reshape(r * r, n_out)
-            out = jnp.matmul(jnp.matmul(x2, p, precision=prec), q, precision=prec)
+            out = self.scale * jnp.matmul(jnp.matmul(x2, p, precision=prec), q, precision=prec)
         else:
-            delta = (jnp.matmul(a1, b1, precision=prec) * jnp.matmul(a2, b2, precision=prec))
-            out = jnp.matmul(x2, delta, precision=prec)
-        return self.scale * out.reshape(lead + (n_out,))
-
-    def adapted_kernel(self):
-        """``W + s (A_1 B_1) ⊙ (A_2 B_2)``, in the base kernel's shape."""
-        w = self._w()
-        a1, b1, a2, b2 = (f.astype(w.dtype) for f in self._factors())
-        delta = (jnp.matmul(a1, b1, precision=_HIGHEST) * jnp.matmul(a2, b2, precision=_HIGHEST))
-        return self._as_kernel(w + self.scale * delta)
+            out = jnp.matmul(x2, self._delta(arrays, prec), precision=prec)
+        return out.reshape(lead + (n_out,))

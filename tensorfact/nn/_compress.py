@@ -2,9 +2,9 @@
 factorized ones.
 
 :func:`compress` walks the module graph of a model (``nnx.iter_graph``), and replaces every
-``nnx.Linear`` that ``select`` accepts by :meth:`FactorizedDense.from_dense` of it (truncated SVD
+``nnx.Linear`` that ``select`` accepts by :meth:`FactorizedDense.from_layer` of it (truncated SVD
 for ``"lowrank"``, CP-ALS, HOOI or TT-SVD for the tensor kinds) and every ``nnx.Conv`` by
-:meth:`FactorizedConv.from_conv` of it (Tucker-2 over the channel modes by partial HOOI, or
+:meth:`FactorizedConv.from_layer` of it (Tucker-2 over the channel modes by partial HOOI, or
 CP-ALS), so the compressed model starts from the trained weights and can be fine-tuned (Denil
 et al., "Predicting Parameters in Deep Learning", NeurIPS 2013; Novikov et al., "Tensorizing
 Neural Networks", NeurIPS 2015; Kim et al., "Compression of Deep Convolutional Neural Networks
@@ -26,10 +26,10 @@ import numpy as np
 from flax import nnx
 
 from tensorfact import algebra
-from tensorfact._checks import check_choice
-from tensorfact.nn._conv import _KINDS as _CONV_KINDS
+from tensorfact._checks import check_choice, check_key
+from tensorfact.nn._common import ConvKind, Kind
 from tensorfact.nn._conv import FactorizedConv
-from tensorfact.nn._dense import _KINDS, FactorizedDense
+from tensorfact.nn._dense import FactorizedDense
 from tensorfact.ranks import rank_for_energy
 
 __all__ = ["compress", "CompressionReport", "LayerReport"]
@@ -111,7 +111,7 @@ def _path_name(path) -> str:
 
 
 def _layer_rank(spec, kind, layer):
-    """The rank to pass to ``FactorizedDense.from_dense`` for one layer (see :func:`compress`)."""
+    """The rank to pass to ``FactorizedDense.from_layer`` for one layer (see :func:`compress`)."""
     kernel = layer.kernel[...]
     n_in, n_out = kernel.shape
     if isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "energy":
@@ -124,7 +124,7 @@ def _layer_rank(spec, kind, layer):
         raise ValueError(f'rank must be an int, a float in (0, 1], "full", ("energy", fraction) '
                          f"or a callable, got {spec!r}.")
     if isinstance(spec, numbers.Integral) and kind == "lowrank":
-        return min(int(spec), n_in, n_out) if spec >= 1 else spec  # from_dense rejects < 1
+        return min(int(spec), n_in, n_out) if spec >= 1 else spec  # from_layer rejects < 1
     if isinstance(spec, (numbers.Real, str)):
         return spec
     raise ValueError(f'rank must be an int, a float in (0, 1], "full", ("energy", fraction) or '
@@ -135,7 +135,7 @@ _RANK_KINDS = 'an int, a float in (0, 1], "full", ("energy", fraction)'
 
 
 def _conv_rank(spec, conv_kind, layer):
-    """The rank to pass to ``FactorizedConv.from_conv`` for one conv layer (see
+    """The rank to pass to ``FactorizedConv.from_layer`` for one conv layer (see
     :func:`compress`); ints, fractions and ``"full"`` are resolved there."""
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
         if spec[0] != "energy":
@@ -193,14 +193,14 @@ def _set_child(model, path, new):
         setattr(parent, path[-1], new)
 
 
-def compress(model: nnx.Module, *, kind: str = "lowrank", rank, select=None, conv_kind=None,
-             key=None, conv_fit_kwargs=None, **fit_kwargs):
+def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
+             conv_kind: ConvKind | None = None, key=None, conv_fit_kwargs=None, **fit_kwargs):
     """Replaces the ``nnx.Linear`` and ``nnx.Conv`` layers of ``model`` by factorized layers
     fitted to them.
 
     Each selected ``nnx.Linear`` at graph path ``p`` becomes
-    ``FactorizedDense.from_dense(layer, kind=kind, rank=...)`` and each selected ``nnx.Conv``
-    becomes ``FactorizedConv.from_conv(conv, kind=conv_kind, rank=...)``, with the same bias,
+    ``FactorizedDense.from_layer(layer, kind=kind, rank=...)`` and each selected ``nnx.Conv``
+    becomes ``FactorizedConv.from_layer(conv, kind=conv_kind, rank=...)``, with the same bias,
     strides, padding, dtype and precision; see :class:`~tensorfact.nn.FactorizedDense` and
     :class:`~tensorfact.nn.FactorizedConv` for the formats and fits. The input ``model`` is
     left untouched: the work is done on ``nnx.clone(model)``, which is returned.
@@ -287,9 +287,11 @@ def compress(model: nnx.Module, *, kind: str = "lowrank", rank, select=None, con
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
-    kind = check_choice(kind, _KINDS, "kind")
+    kind = check_choice(kind, Kind, "kind")
+    if key is not None:
+        key = check_key(key, "by compress (one key per layer is folded from it)")
     if conv_kind is not None:
-        conv_kind = check_choice(conv_kind, _CONV_KINDS, "conv_kind")
+        conv_kind = check_choice(conv_kind, ConvKind, "conv_kind")
     elif kind != "tt":
         conv_kind = "tucker" if kind == "lowrank" else kind
     if select is not None and not callable(select):
@@ -324,20 +326,20 @@ def compress(model: nnx.Module, *, kind: str = "lowrank", rank, select=None, con
         layer_key = None if key is None else jax.random.fold_in(key, i)
         try:
             if isinstance(layer, nnx.Conv):
-                new = FactorizedConv.from_conv(layer, kind=conv_kind,
-                                               rank=_conv_rank(spec, conv_kind, layer),
-                                               key=layer_key, **conv_fit_kwargs)
+                new = FactorizedConv.from_layer(layer, kind=conv_kind,
+                                                rank=_conv_rank(spec, conv_kind, layer),
+                                                key=layer_key, **conv_fit_kwargs)
                 layer_kind, layer_type = conv_kind, "Conv"
             else:
-                new = FactorizedDense.from_dense(layer, kind=kind,
+                new = FactorizedDense.from_layer(layer, kind=kind,
                                                  rank=_layer_rank(spec, kind, layer),
                                                  key=layer_key, **fit_kwargs)
                 layer_kind, layer_type = kind, "Linear"
         except ValueError as e:
             raise ValueError(f"layer {_path_name(path)}: {e}") from e
         w = np.asarray(layer.kernel[...], np.float64)
-        # the library's types read precision None as HIGHEST: the error of the fit itself
-        w_new = np.asarray(new.weight.to_dense(), np.float64).reshape(w.shape)
+        # rebuilt at "highest": the error of the fit itself
+        w_new = np.asarray(new.dense_weight(), np.float64).reshape(w.shape)
         norm = np.linalg.norm(w)
         error = float(np.linalg.norm(w - w_new) / norm) if norm > 0 else float(
             np.linalg.norm(w_new))

@@ -41,7 +41,7 @@ times the product of the variances: ``r_in r_out · 1/in · 1/(K r_in) · 1/r_ou
 1/in · 1/K · 1/R``, both ``1 / (in·K)``, the variance of ``nnx.Conv``'s default
 ``lecun_normal`` kernel.
 
-**Forward.** ``implementation="factorized"`` runs the chain, ``"reconstructed"`` rebuilds ``W``
+**Forward.** ``contraction="factorized"`` runs the chain, ``"dense"`` rebuilds ``W``
 and runs one ``jax.lax.conv_general_dilated``, ``"auto"`` (default) counts the forward FLOPs
 (2 × multiply-adds) of both at trace time and takes the cheaper (factorized on ties). With
 ``B`` images, ``P`` input and ``Q`` output positions (``Q = ∏ out_m``):
@@ -52,8 +52,9 @@ and runs one ``jax.lax.conv_general_dilated``, ``"auto"`` (default) counts the f
   convolution, output sizes on modes ``≤ m``, input sizes after) against the rebuild
   ``2R·K·in·out`` plus ``2BQ·K·in·out``.
 
-As in ``nnx.Conv``, ``precision=None`` keeps JAX's default precision; pass
-``jax.lax.Precision.HIGHEST`` for full float32.
+As in ``nnx.Conv``, ``precision=None`` keeps JAX's default precision; pass ``"highest"`` for
+full float32. The forward runs at the layer's ``precision``; :meth:`~FactorizedConv.dense_weight`
+and :meth:`~FactorizedConv.to_layer` rebuild the kernel at ``"highest"`` by default.
 """
 
 from __future__ import annotations
@@ -68,16 +69,18 @@ import numpy as np
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-from tensorfact._checks import as_float_array, check_choice, check_positive_int
-from tensorfact.decomposition import cp as cp_decomposition
-from tensorfact.decomposition import tucker
-from tensorfact.nn._dense import _List, _cp_fibres, _draw, _type_precision
+from tensorfact._checks import (Precision, as_float_array, check_choice, check_key,
+                                check_positive_int)
+from tensorfact._numerics import resolve_precision
+from tensorfact.decomposition import cp, tucker
+from tensorfact.nn._base import FactorizedLayer
+from tensorfact.nn._common import (Contraction, ConvKind, check_finite, check_input,
+                                   cp_fibres, draw, largest_within, no_bias, params_key,
+                                   rank_kind, resolve_rank, spread_cp)
 from tensorfact.tensors import CPTensor, TuckerTensor
 
 __all__ = ["FactorizedConv"]
 
-_KINDS = ("tucker", "cp")
-_IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
 _SPATIAL = "HWD"
 
 
@@ -123,57 +126,34 @@ def _check_padding(padding, d: int):
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _full_rank(kind, ksize, n_in, n_out):
-    k = math.prod(ksize)
-    if kind == "tucker":
-        return (min(n_in, k * n_out), min(n_out, k * n_in))
-    return k * n_in * n_out // max(ksize + (n_in, n_out))
-
-
-def _n_factor_params(kind, ksize, n_in, n_out, rank) -> int:
-    if kind == "tucker":
-        return math.prod(ksize) * rank[0] * rank[1] + n_in * rank[0] + n_out * rank[1]
-    return rank * (sum(ksize) + n_in + n_out)
+def _tucker2_params(ksize, n_in, n_out, rank) -> int:
+    return math.prod(ksize) * rank[0] * rank[1] + n_in * rank[0] + n_out * rank[1]
 
 
 def _resolve_rank(kind, rank, ksize, n_in, n_out):
-    full = _full_rank(kind, ksize, n_in, n_out)
-    kinds = 'an int, a float in (0, 1], "full"' + (" or a pair (r_in, r_out)"
-                                                   if kind == "tucker" else "")
-    if isinstance(rank, str):
-        if rank != "full":
-            raise ValueError(f"rank must be {kinds}, got {rank!r}.")
+    """CP: the rank of the dense layers' ``"cp"`` kind over the modes ``ksize + (in, out)``;
+    Tucker-2: ``(r_in, r_out)``, capped at the lossless ``(min(in, K·out), min(out, K·in))``."""
+    if kind == "cp":
+        return resolve_rank("cp", rank, tuple(ksize), (n_in, n_out))
+    k = math.prod(ksize)
+    full = (min(n_in, k * n_out), min(n_out, k * n_in))
+    what, value = rank_kind(rank, 'an int, a float in (0, 1], "full" or a pair (r_in, r_out)',
+                            tuples=True)
+    if what == "full":
         return full
-    if isinstance(rank, (bool, np.bool_)):
-        raise ValueError(f"rank must be {kinds}, got {rank!r}.")
-    if isinstance(rank, numbers.Integral):
-        r = check_positive_int(rank, "rank")
-        return (min(r, full[0]), min(r, full[1])) if kind == "tucker" else r
-    if isinstance(rank, numbers.Real):
-        fraction = float(rank)
-        if not 0 < fraction <= 1:
-            raise ValueError(f"rank as a float is a fraction of the dense parameter count and "
-                             f"must be in (0, 1], got {rank!r}.")
-        budget = fraction * math.prod(ksize) * n_in * n_out
-        if kind == "cp":
-            return max(int(budget // (sum(ksize) + n_in + n_out)), 1)
-        best = (1, 1)
-        for r in range(2, max(full) + 1):
-            cand = (min(r, full[0]), min(r, full[1]))
-            if _n_factor_params(kind, ksize, n_in, n_out, cand) > budget:
-                break
-            best = cand
-        return best
-    if kind == "tucker" and isinstance(rank, (Sequence, np.ndarray)):
-        if len(rank) != 2:
-            raise ValueError(f"rank must be a pair (r_in, r_out) for kind 'tucker', got {rank!r}.")
-        rank = tuple(check_positive_int(r, f"rank[{k}]") for k, r in enumerate(rank))
-        for k, (r, f) in enumerate(zip(rank, full)):
-            if r > f:
-                raise ValueError(f"rank[{k}] = {r} exceeds the lossless rank {f} of the "
-                                 f"{('input', 'output')[k]} channel mode (full ranks {full}).")
-        return rank
-    raise ValueError(f"rank must be {kinds} for kind {kind!r}, got {rank!r}.")
+    if what == "int":
+        return min(value, full[0]), min(value, full[1])
+    if what == "fraction":
+        return largest_within(value * k * n_in * n_out,
+                              lambda r: (min(r, full[0]), min(r, full[1])),
+                              lambda r: _tucker2_params(ksize, n_in, n_out, r), max(full))
+    if len(value) != 2:
+        raise ValueError(f"rank must be a pair (r_in, r_out) for kind 'tucker', got {rank!r}.")
+    for j, (r, f) in enumerate(zip(value, full)):
+        if r > f:
+            raise ValueError(f"rank[{j}] = {r} exceeds the lossless rank {f} of the "
+                             f"{('input', 'output')[j]} channel mode (full ranks {full}).")
+    return value
 
 
 def _factor_specs(kind, ksize, n_in, n_out, rank):
@@ -197,11 +177,11 @@ def _dimension_numbers(d: int):
 # the layer
 
 
-class FactorizedConv(nnx.Module):
+class FactorizedConv(FactorizedLayer):
     """A convolution (as ``nnx.Conv``, without dilation or groups) whose ``(k_1, ..., k_d, in,
     out)`` kernel is held as a Tucker-2 or CP factorization and applied as a chain of small
     convolutions (see the module docstring for the formats, ranks, initialisation, padding and
-    the FLOP model of ``implementation="auto"``).
+    the FLOP model of ``contraction="auto"``).
 
     Args:
       in_features, out_features: input and output channels.
@@ -212,13 +192,19 @@ class FactorizedConv(nnx.Module):
       strides: an int or one int per spatial mode.
       padding: ``"SAME"``, ``"VALID"``, an int or one ``(low, high)`` pair per spatial mode.
       use_bias: add a bias (zeros by default, as in ``nnx.Conv``).
-      implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
-      dtype, param_dtype, precision, bias_init: as in ``nnx.Conv``.
+      contraction: ``"auto"`` (default), ``"factorized"`` (the chain of small convolutions) or
+        ``"dense"`` (one convolution with the rebuilt kernel).
+      dtype, param_dtype, precision, bias_init: as in ``nnx.Conv`` (``precision=None``: JAX's
+        default).
       rngs: ``nnx.Rngs``: one ``params`` key for the factors and one for the bias.
 
     Attributes:
       core, factors (tucker: ``G``, then ``[U, V]``); factors (cp: ``K_1, ..., K_d, A, B``):
-      the ``nnx.Param`` factors. ``weight`` assembles them as the library's type.
+      the ``nnx.Param`` factors. ``weight`` assembles them as the library's type (a partial
+      ``TuckerTensor`` over the channel modes or a ``CPTensor``, of shape ``kernel_size +
+      (in_features, out_features)``); ``dense_weight()`` is the rebuilt kernel, ``to_layer()``
+      an ``nnx.Conv`` holding it and ``choose_contraction(input_shape)`` what the forward does
+      for an input of that shape.
 
     Example:
       >>> import jax.numpy as jnp
@@ -231,15 +217,15 @@ class FactorizedConv(nnx.Module):
       (1408, 18496)
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size, *, kind: str = "tucker",
-                 rank, strides=1, padding="SAME", use_bias: bool = True,
-                 implementation: str = "auto", dtype=None, param_dtype=jnp.float32,
-                 precision=None, bias_init=nnx.initializers.zeros_init(), rngs: nnx.Rngs,
-                 _values=None):
+    def __init__(self, in_features: int, out_features: int, kernel_size, *,
+                 kind: ConvKind = "tucker", rank, strides=1, padding="SAME",
+                 use_bias: bool = True, contraction: Contraction = "auto", dtype=None,
+                 param_dtype=jnp.float32, precision: Precision = None,
+                 bias_init=nnx.initializers.zeros_init(), rngs: nnx.Rngs):
         in_features = check_positive_int(in_features, "in_features")
         out_features = check_positive_int(out_features, "out_features")
-        kind = check_choice(kind, _KINDS, "kind")
-        self.implementation = check_choice(implementation, _IMPLEMENTATIONS, "implementation")
+        kind = check_choice(kind, ConvKind, "kind")
+        self.contraction = check_choice(contraction, Contraction, "contraction")
         ksize = _check_kernel_size(kernel_size)
         d = len(ksize)
         self.kernel_size, self.strides = ksize, _check_tuple(strides, d, "strides")
@@ -248,26 +234,27 @@ class FactorizedConv(nnx.Module):
         self.in_features, self.out_features = in_features, out_features
         self.kind, self.rank = kind, rank
         self.use_bias = bool(use_bias)
-        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.dtype, self.param_dtype = dtype, param_dtype
+        self.precision = resolve_precision(precision)
 
         shapes, variances = _factor_specs(kind, ksize, in_features, out_features, rank)
-        # ``_values`` is private: from_conv passes the fitted factors and bias instead of rngs
-        if _values is None:
-            arrays = _draw(rngs.params(), shapes, variances, jnp.dtype(param_dtype))
-            bias = (bias_init(rngs.params(), (out_features,), param_dtype) if self.use_bias
-                    else None)
+        self._shapes = shapes
+        why = "to draw FactorizedConv's factors"
+        arrays = draw(params_key(rngs, why), shapes, variances, jnp.dtype(param_dtype))
+        bias = (bias_init(params_key(rngs, why), (out_features,), param_dtype)
+                if self.use_bias else None)
+        self._set_factors(arrays, bias)
+
+    def _set_factors(self, arrays, bias):
+        """Holds ``arrays`` (in :meth:`_param_vars` order) and ``bias`` as the parameters."""
+        params = [nnx.Param(jnp.asarray(a, self.param_dtype).reshape(s))
+                  for a, s in zip(arrays, self._shapes)]
+        if self.kind == "tucker":
+            self.core, self.factors = params[0], nnx.List(params[1:])
         else:
-            arrays, bias = _values
-            arrays = [jnp.asarray(a, param_dtype).reshape(s) for a, s in zip(arrays, shapes)]
-        params = [nnx.Param(a) for a in arrays]
-        if kind == "tucker":
-            self.core, self.factors = params[0], _List(params[1:])
-        else:
-            self.factors = _List(params)
-        if self.use_bias:
-            self.bias = nnx.Param(jnp.asarray(bias, param_dtype))
-        else:
-            self.bias = nnx.data(None) if hasattr(nnx, "data") else None
+            self.factors = nnx.List(params)
+        self.bias = (nnx.Param(jnp.asarray(bias, self.param_dtype)) if self.use_bias
+                     else no_bias())
 
     # -- parameters --------------------------------------------------------------------------
     def _param_vars(self):
@@ -282,35 +269,18 @@ class FactorizedConv(nnx.Module):
         return CPTensor(None, arrays)
 
     @property
-    def weight(self):
-        """The kernel as a ``TuckerTensor`` (partial, over the channel modes) or a ``CPTensor``
-        of shape ``kernel_size + (in_features, out_features)``."""
-        return self._build([v[...] for v in self._param_vars()])
+    def kernel_shape(self) -> tuple[int, ...]:
+        """``kernel_size + (in_features, out_features)``, the shape of ``nnx.Conv``'s kernel."""
+        return self.kernel_size + (self.in_features, self.out_features)
 
-    @property
-    def n_params(self) -> int:
-        """Number of trainable scalars: the factors plus the bias."""
-        bias = self.out_features if self.use_bias else 0
-        return sum(int(v[...].size) for v in self._param_vars()) + bias
-
-    def conv_kernel(self) -> jax.Array:
-        """The reconstructed ``kernel_size + (in_features, out_features)`` kernel."""
-        return self._kernel([v[...] for v in self._param_vars()])
-
-    def _kernel(self, arrays):
-        return self._build(arrays).to_dense(precision=_type_precision(self.precision))
-
-    def to_conv(self) -> nnx.Conv:
-        """An ``nnx.Conv`` with the reconstructed kernel and the same strides, padding, bias,
-        dtype and precision."""
-        layer = nnx.Conv(self.in_features, self.out_features, self.kernel_size, self.strides,
-                         padding=self.padding, use_bias=self.use_bias, dtype=self.dtype,
-                         param_dtype=self.param_dtype, precision=self.precision,
-                         kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
-        layer.kernel[...] = self.conv_kernel().astype(layer.kernel[...].dtype)
-        if self.use_bias:
-            layer.bias[...] = self.bias[...]
-        return layer
+    def to_layer(self) -> nnx.Conv:
+        """An ``nnx.Conv`` with the rebuilt kernel (:meth:`dense_weight`) and the same strides,
+        padding, bias, dtype and precision."""
+        return self._fill(nnx.Conv(
+            self.in_features, self.out_features, self.kernel_size, self.strides,
+            padding=self.padding, use_bias=self.use_bias, dtype=self.dtype,
+            param_dtype=self.param_dtype, precision=self.precision,
+            kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0)))
 
     # -- geometry and cost model -------------------------------------------------------------
     def _pads(self, spatial):
@@ -326,8 +296,9 @@ class FactorizedConv(nnx.Module):
 
     def flops(self, input_shape) -> dict:
         """Forward FLOPs (2 × multiply-adds) for an input of shape ``(batch, spatial...,
-        in_features)``: ``{"factorized": ..., "reconstructed": ..., "dense": 2·B·Q·K·in·out}``
-        (the formulas in the module docstring; the bias is left out)."""
+        in_features)``: ``{"factorized": ..., "dense": ..., "plain": 2·B·Q·K·in·out}``, the two
+        contractions and the plain ``nnx.Conv`` (the formulas in the module docstring; the bias
+        is left out)."""
         d = len(self.kernel_size)
         shape = tuple(int(n) for n in input_shape)
         if len(shape) != d + 2:
@@ -337,7 +308,7 @@ class FactorizedConv(nnx.Module):
         out_spatial = self._out_spatial(spatial)
         p, q, k = math.prod(spatial), math.prod(out_spatial), math.prod(self.kernel_size)
         n_in, n_out = self.in_features, self.out_features
-        dense = 2 * b * q * k * n_in * n_out
+        plain = 2 * b * q * k * n_in * n_out
         if self.kind == "tucker":
             r_in, r_out = self.rank
             fact = (2 * b * p * n_in * r_in + 2 * b * q * k * r_in * r_out
@@ -350,25 +321,14 @@ class FactorizedConv(nnx.Module):
                 q_m = math.prod(out_spatial[:m + 1]) * math.prod(spatial[m + 1:])
                 fact += 2 * b * q_m * self.kernel_size[m] * r
             recon = 2 * r * k * n_in * n_out
-        return {"factorized": fact, "reconstructed": recon + dense, "dense": dense}
-
-    def choose_implementation(self, input_shape) -> str:
-        """What the forward does for an input of ``input_shape``: the set ``implementation``, or
-        under ``"auto"`` the one with fewer FLOPs (factorized on ties)."""
-        if self.implementation != "auto":
-            return self.implementation
-        f = self.flops(input_shape)
-        return "factorized" if f["factorized"] <= f["reconstructed"] else "reconstructed"
+        return {"factorized": fact, "dense": recon + plain, "plain": plain}
 
     # -- forward ---------------------------------------------------------------------------
     def __call__(self, x: jax.Array) -> jax.Array:
         """The convolution of ``x`` of shape ``(batch..., spatial..., in_features)`` (no batch
         axis is fine, as in ``nnx.Conv``), plus the bias."""
-        x = jnp.asarray(x)
         d = len(self.kernel_size)
-        if x.ndim < d + 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape (batch..., {d} spatial sizes, "
-                             f"{self.in_features}), got {tuple(x.shape)}.")
+        x = check_input(x, self.in_features, d)
         bias = self.bias[...] if self.use_bias else None
         params = [v[...] for v in self._param_vars()]
         x, *arrays, bias = promote_dtype((x, *params, bias), dtype=self.dtype)
@@ -377,8 +337,9 @@ class FactorizedConv(nnx.Module):
         out_spatial = self._out_spatial(spatial)
         if x.shape[0] == 0 or 0 in out_spatial or 0 in spatial:
             y = jnp.zeros((x.shape[0],) + out_spatial + (self.out_features,), x.dtype)
-        elif self.choose_implementation(x.shape) == "reconstructed":
-            y = self._conv(x, self._kernel(arrays), self.strides, self._pads(spatial))
+        elif self.choose_contraction(x.shape) == "dense":
+            y = self._conv(x, self._kernel(arrays, self.precision), self.strides,
+                           self._pads(spatial))
         else:
             y = self._factorized(x, arrays, self._pads(spatial))
         y = y.reshape(lead + y.shape[1:])
@@ -409,9 +370,9 @@ class FactorizedConv(nnx.Module):
 
     # -- from a trained layer --------------------------------------------------------------
     @classmethod
-    def from_conv(cls, conv: nnx.Conv, *, kind: str = "tucker", rank, key=None,
-                  implementation: str = "auto", dtype=None, param_dtype=None, precision=None,
-                  **fit_kwargs):
+    def from_layer(cls, layer: nnx.Conv, *, kind: ConvKind = "tucker", rank, key=None,
+                   contraction: Contraction = "auto", dtype=None, param_dtype=None,
+                   precision: Precision = None, **fit_kwargs):
         """A factorized convolution initialised by decomposing a trained ``nnx.Conv``'s kernel.
 
         ``tucker``: partial HOOI over the channel modes (:func:`tensorfact.tucker` with
@@ -419,11 +380,11 @@ class FactorizedConv(nnx.Module):
         (:func:`tensorfact.cp`) with the weights spread evenly over the factors (``|w_r|^{1/N}``
         each, the signs on ``K_1``); at ``rank="full"`` an explicit exact construction (one
         rank-one term per fibre of the largest mode). Strides, padding, bias, dtype and
-        precision are taken from ``conv``.
+        precision are taken from ``layer``.
 
         Args:
-          conv: an ``nnx.Conv`` without dilation, groups or mask.
-          kind, rank, implementation: as in the constructor.
+          layer: an ``nnx.Conv`` without dilation, groups or mask, with a finite kernel.
+          kind, rank, contraction: as in the constructor.
           key: ``jax.random`` key for fits that use randomness (``cp`` when the rank exceeds a
             mode size, random inits).
           dtype, precision: by default the conv's; param_dtype: by default the kernel's.
@@ -435,23 +396,26 @@ class FactorizedConv(nnx.Module):
           >>> from tensorfact.nn import FactorizedConv
           >>> conv = nnx.Conv(8, 16, (3, 3), strides=2, rngs=nnx.Rngs(0))
           >>> x = jax.random.normal(jax.random.key(1), (2, 9, 9, 8))
-          >>> small = FactorizedConv.from_conv(conv, kind="tucker", rank="full")
+          >>> small = FactorizedConv.from_layer(conv, kind="tucker", rank="full")
           >>> bool(jnp.allclose(small(x), conv(x), atol=1e-4))
           True
         """
-        if not isinstance(conv, nnx.Conv):
-            raise TypeError(f"conv must be an nnx.Conv, got {type(conv).__name__}.")
-        kind = check_choice(kind, _KINDS, "kind")
-        d = len(conv.kernel_size) if not isinstance(conv.kernel_size, int) else 1
+        if not isinstance(layer, nnx.Conv):
+            raise TypeError(f"layer must be an nnx.Conv, got {type(layer).__name__}.")
+        kind = check_choice(kind, ConvKind, "kind")
+        if key is not None:
+            key = check_key(key, f"by FactorizedConv.from_layer (kind {kind!r})")
+        d = 1 if isinstance(layer.kernel_size, int) else len(layer.kernel_size)
         for name in ("input_dilation", "kernel_dilation"):
-            value = getattr(conv, name)
+            value = getattr(layer, name)
             if value is not None and any(v != 1 for v in _check_tuple(value, d, name)):
-                raise ValueError(f"conv.{name} must be 1 for a factorized conv, got {value!r}.")
-        if conv.feature_group_count != 1 or conv.mask is not None:
-            raise ValueError("conv must have feature_group_count=1 and no mask, got "
-                             f"feature_group_count={conv.feature_group_count} and "
-                             f"mask={'set' if conv.mask is not None else None}.")
-        kernel = as_float_array(conv.kernel[...], "conv.kernel")
+                raise ValueError(f"layer.{name} must be 1 for a factorized conv, got {value!r}.")
+        if layer.feature_group_count != 1 or layer.mask is not None:
+            raise ValueError("layer must have feature_group_count=1 and no mask, got "
+                             f"feature_group_count={layer.feature_group_count} and "
+                             f"mask={'set' if layer.mask is not None else None}.")
+        kernel = as_float_array(layer.kernel[...], "layer.kernel")
+        check_finite(kernel, "layer.kernel")
         ksize, (n_in, n_out) = kernel.shape[:-2], kernel.shape[-2:]
         resolved = _resolve_rank(kind, rank, ksize, n_in, n_out)
         full = isinstance(rank, str) and rank == "full"
@@ -459,20 +423,18 @@ class FactorizedConv(nnx.Module):
             core, factors = tucker(kernel, resolved, modes=(d, d + 1), key=key, **fit_kwargs)
             arrays = [core] + list(factors)
         elif full:
-            arrays = _cp_fibres(kernel)
-        else:
-            weights, factors = cp_decomposition(kernel, resolved, key=key, **fit_kwargs)
-            spread = jnp.abs(weights) ** (1.0 / len(factors))
-            arrays = [f * spread for f in factors]
-            arrays[0] = arrays[0] * jnp.where(weights < 0, -1.0, 1.0).astype(arrays[0].dtype)
-        if full and kind == "cp":
+            arrays = cp_fibres(kernel)
             resolved = arrays[0].shape[1]
-        bias = None if conv.bias is None else conv.bias[...]
-        return cls(n_in, n_out, ksize, kind=kind, rank=resolved,
-                   strides=1 if conv.strides is None else conv.strides,
-                   padding=conv.padding, use_bias=bias is not None,
-                   implementation=implementation,
-                   dtype=conv.dtype if dtype is None else dtype,
-                   param_dtype=kernel.dtype if param_dtype is None else param_dtype,
-                   precision=conv.precision if precision is None else precision,
-                   rngs=None, _values=(arrays, bias))
+        else:
+            arrays = spread_cp(*cp(kernel, resolved, key=key, **fit_kwargs))
+        bias = None if layer.bias is None else layer.bias[...]
+        # the layer's structure without drawing (nnx.eval_shape), then the fitted factors
+        out = nnx.eval_shape(lambda: cls(
+            n_in, n_out, ksize, kind=kind, rank=resolved,
+            strides=1 if layer.strides is None else layer.strides, padding=layer.padding,
+            use_bias=bias is not None, contraction=contraction,
+            dtype=layer.dtype if dtype is None else dtype,
+            param_dtype=kernel.dtype if param_dtype is None else param_dtype,
+            precision=layer.precision if precision is None else precision, rngs=nnx.Rngs(0)))
+        out._set_factors(arrays, bias)
+        return out

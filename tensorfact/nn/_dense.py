@@ -17,7 +17,9 @@ Osokin & Vetrov, "Tensorizing Neural Networks", NeurIPS 2015).
   s_q)`` (a :class:`~tensorfact.tensors.TuckerTensor`; Kim et al., "Compression of Deep
   Convolutional Neural Networks for Fast and Low Power Mobile Applications", ICLR 2016).
 * ``"tt"``: a :class:`~tensorfact.tensors.TTMatrix` with cores ``(r_{k-1}, I_k, J_k, r_k)``
-  (Novikov et al. 2015); needs ``len(in_shape) == len(out_shape)``.
+  (Novikov et al. 2015). Input and output factors are paired; given shapes of different
+  lengths get the shorter padded with trailing 1s (``(4, 6)`` and ``(2, 2, 5)`` become
+  ``(4, 6, 1)`` and ``(2, 2, 5)``).
 
 **Default tensorization.** With ``in_shape=None`` the integer ``in_features`` is split into
 ``order`` factors (2 for ``cp``/``tucker``, 3 for ``tt``) by :func:`balanced_factors`: among all
@@ -43,8 +45,8 @@ zero-mean factors, its variance is the number of terms times the product of the 
 variances, which these choices make exactly ``1/in_features``: the variance of Flax's default
 ``nnx.Linear`` kernel (``lecun_normal``). For example ``Var(Σ_r U_ir V_jr) = r · (1/in) · (1/r)``.
 
-**Forward.** ``implementation="factorized"`` contracts ``x`` with the factors and never forms
-``W``; ``"reconstructed"`` forms ``W`` and multiplies; ``"auto"`` (default) counts the FLOPs of
+**Forward.** ``contraction="factorized"`` contracts ``x`` with the factors and never forms
+``W``; ``"dense"`` forms ``W`` and multiplies; ``"auto"`` (default) counts the FLOPs of
 both at trace time (the batch size is static) and takes the cheaper. For ``B`` rows
 (``2 ×`` multiply-adds, leading terms, see :meth:`FactorizedDense.flops`):
 
@@ -58,218 +60,34 @@ both at trace time (the batch size is static) and takes the cheaper. For ``B`` r
 
 Forward FLOPs only: training also runs the backward pass, which roughly doubles both sides.
 As in ``nnx.Linear``, ``precision=None`` and ``dtype=None`` keep JAX's defaults (TF32 passes
-for float32 matmuls on recent GPUs); pass ``precision=jax.lax.Precision.HIGHEST`` for full
-float32.
+for float32 matmuls on recent GPUs); pass ``precision="highest"`` for full float32. The forward
+(both contractions) runs at the layer's ``precision``; what leaves the layer
+(:meth:`~FactorizedDense.dense_weight`, :meth:`~FactorizedDense.to_layer`) is rebuilt at
+``"highest"`` by default, so an exported ``nnx.Linear`` holds the factors' product to float32
+accuracy whatever the training precision.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from tensorfact import algebra
-from tensorfact._checks import as_matrix, check_choice, check_positive_int
-from tensorfact.decomposition import cp as cp_decomposition
-from tensorfact.decomposition import svd, tucker
-from tensorfact.kernels import tt_chain_matmul
-from tensorfact.nn._partitioning import _param, _partition_specs
-from tensorfact.ranks import rank_for_params
-from tensorfact.tensors import CPTensor, LowRankMatrix, TuckerTensor
+from tensorfact._checks import Impl, Precision, check_choice, check_key, check_positive_int
+from tensorfact._numerics import resolve_precision
+from tensorfact.decomposition import cp, svd, tt_matrix, tucker
+from tensorfact.nn._common import (Contraction, Kind, balanced_factors, check_input, cp_fibres,
+                                   draw, no_bias, params_key, resolve_rank, spread_cp,
+                                   tensorize, tt_apply, tt_core_shapes, weight_of)
+from tensorfact.nn._base import FactorizedLayer
+from tensorfact.nn._partitioning import param, partition_specs
+from tensorfact.tensors import CPTensor, LowRankMatrix, TTMatrix, TuckerTensor
 
 __all__ = ["FactorizedDense", "balanced_factors"]
-
-_KINDS = ("lowrank", "cp", "tucker", "tt")
-_IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
-_KERNEL_IMPLS = ("auto", "pallas", "xla")
-_DEFAULT_ORDER = {"cp": 2, "tucker": 2, "tt": 3}
-_TRUNC_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
-_List = getattr(nnx, "List", list)  # flax >= 0.12 wants lists of Variables wrapped
-
-
-def _tt_tools():
-    """``(TTMatrix, tt_matrix)``, or None while the TT modules are not there."""
-    try:
-        from tensorfact.decomposition._tt import tt_matrix
-        from tensorfact.tensors._tt import TTMatrix
-    except ImportError:
-        return None
-    return TTMatrix, tt_matrix
-
-
-def _check_kind(kind):
-    kind = check_choice(kind, _KINDS, "kind")
-    if kind == "tt" and _tt_tools() is None:
-        raise ValueError('kind="tt" is not available yet: it needs tensorfact.decomposition.tt '
-                         '(tt_matrix); use "lowrank", "cp" or "tucker".')
-    return kind
-
-
-# ---------------------------------------------------------------------------------------------
-# tensorized shapes
-
-
-@functools.lru_cache(maxsize=None)
-def _balanced(n: int, order: int, low: int = 1):
-    """Lexicographically smallest decreasing factorization of ``n`` into ``order`` factors that
-    are all ``>= low`` (None if there is none): try each smallest factor ``d``, and for it the
-    best factorization of ``n / d`` into factors ``>= d``."""
-    if order == 1:
-        return (n,) if n >= low else None
-    best, d = None, low
-    while d ** order <= n:
-        if n % d == 0:
-            rest = _balanced(n // d, order - 1, d)
-            if rest is not None and (best is None or rest + (d,) < best):
-                best = rest + (d,)
-        d += 1
-    return best
-
-
-def balanced_factors(n: int, order: int) -> tuple[int, ...]:
-    """The most balanced factorization ``n = f_1 ⋯ f_order``, factors in decreasing order.
-
-    Among all ordered factorizations it returns the one whose sorted factors are smallest in
-    lexicographic order: the largest factor is as small as possible, then the next one, ...
-    Factors of 1 appear when ``n`` has fewer than ``order`` prime factors.
-
-    Example:
-      >>> balanced_factors(768, 2), balanced_factors(4096, 3), balanced_factors(210, 2)
-      ((32, 24), (16, 16, 16), (15, 14))
-    """
-    return _balanced(check_positive_int(n, "n"), check_positive_int(order, "order"))
-
-
-def _check_shape(shape, features: int, name: str, features_name: str) -> tuple[int, ...]:
-    if isinstance(shape, numbers.Integral) or not isinstance(shape, (Sequence, np.ndarray)):
-        raise ValueError(f"{name} must be a sequence of positive ints, got {shape!r}.")
-    shape = tuple(check_positive_int(s, f"{name}[{k}]") for k, s in enumerate(shape))
-    if not shape:
-        raise ValueError(f"{name} must not be empty.")
-    if math.prod(shape) != features:
-        raise ValueError(f"{name} = {shape} has product {math.prod(shape)}, which must equal "
-                         f"{features_name} = {features}.")
-    return shape
-
-
-def _tensorize(kind, in_features, out_features, in_shape, out_shape):
-    if kind == "lowrank":
-        if in_shape is not None or out_shape is not None:
-            raise ValueError('in_shape and out_shape tensorize the kernel for kind "cp", "tucker" '
-                             'or "tt"; kind "lowrank" factorizes the plain matrix, so leave them '
-                             'None.')
-        return (in_features,), (out_features,)
-    order = _DEFAULT_ORDER[kind]
-    if in_shape is None:  # a TT-matrix pairs the input and output factors: match a given split
-        tied = kind == "tt" and out_shape is not None and not isinstance(out_shape, int)
-        in_shape = balanced_factors(in_features, len(out_shape) if tied else order)
-    in_shape = _check_shape(in_shape, in_features, "in_shape", "in_features")
-    if out_shape is None:
-        out_shape = balanced_factors(out_features, len(in_shape) if kind == "tt" else order)
-    out_shape = _check_shape(out_shape, out_features, "out_shape", "out_features")
-    if kind == "tt" and len(in_shape) != len(out_shape):
-        raise ValueError(f'kind "tt" needs as many input as output factors, got in_shape = '
-                         f"{in_shape} and out_shape = {out_shape}.")
-    return in_shape, out_shape
-
-
-# ---------------------------------------------------------------------------------------------
-# ranks and parameter counts
-
-
-def _n_factor_params(kind, in_shape, out_shape, rank) -> int:
-    dims = in_shape + out_shape
-    if kind == "lowrank":
-        return rank * (dims[0] + dims[1])
-    if kind == "cp":
-        return rank * sum(dims)
-    if kind == "tucker":
-        return math.prod(rank) + sum(i * r for i, r in zip(dims, rank))
-    return sum(rank[k] * m * n * rank[k + 1] for k, (m, n) in enumerate(zip(in_shape, out_shape)))
-
-
-def _full_rank(kind, in_shape, out_shape):
-    dims = in_shape + out_shape
-    if kind == "lowrank":
-        return min(dims)
-    if kind == "cp":
-        return math.prod(dims) // max(dims)
-    if kind == "tucker":
-        total = math.prod(dims)
-        return tuple(min(i, total // i) for i in dims)
-    merged = [m * n for m, n in zip(in_shape, out_shape)]
-    inner = tuple(min(math.prod(merged[:k]), math.prod(merged[k:])) for k in range(1, len(merged)))
-    return (1,) + inner + (1,)
-
-
-def _capped(kind, r: int, full):
-    """A single int rank as the kind's rank: Tucker and TT ranks capped at the lossless ones."""
-    if kind in ("lowrank", "cp"):
-        return r
-    if kind == "tucker":
-        return tuple(min(r, f) for f in full)
-    return (1,) + tuple(min(r, f) for f in full[1:-1]) + (1,)
-
-
-def _resolve_rank(kind, rank, in_shape, out_shape):
-    dims = in_shape + out_shape
-    full = _full_rank(kind, in_shape, out_shape)
-    if isinstance(rank, str):
-        if rank != "full":
-            raise ValueError(f'rank must be an int, a float in (0, 1] or "full", got {rank!r}.')
-        return full
-    if isinstance(rank, (bool, np.bool_)):
-        raise ValueError(f"rank must be an int, a float in (0, 1] or \"full\", got {rank!r}.")
-    if isinstance(rank, numbers.Integral):
-        r = check_positive_int(rank, "rank")
-        if kind == "lowrank" and r > full:
-            raise ValueError(f'rank = {r} is larger than min(in_features, out_features) = {full} '
-                             f'for kind "lowrank".')
-        return _capped(kind, r, full)
-    if isinstance(rank, numbers.Real):
-        fraction = float(rank)
-        if not 0 < fraction <= 1:
-            raise ValueError(f"rank as a float is a fraction of the dense parameter count and "
-                             f"must be in (0, 1], got {rank!r}.")
-        budget = fraction * math.prod(dims)
-        if kind == "lowrank":
-            return rank_for_params(dims, fraction)
-        if kind == "cp":
-            return max(int(budget // sum(dims)), 1)
-        best = _capped(kind, 1, full)  # at least rank 1
-        for r in range(2, max(full) + 1):
-            cand = _capped(kind, r, full)
-            if _n_factor_params(kind, in_shape, out_shape, cand) > budget:
-                break
-            best = cand
-        return best
-    if kind in ("tucker", "tt") and isinstance(rank, (Sequence, np.ndarray)):
-        rank = tuple(check_positive_int(r, f"rank[{k}]") for k, r in enumerate(rank))
-        if kind == "tucker":
-            if len(rank) != len(dims):
-                raise ValueError(f"rank must hold one Tucker rank per mode of in_shape + "
-                                 f"out_shape = {dims}, got {rank}.")
-            where = "of in_shape + out_shape"
-        else:
-            if len(rank) != len(full) or rank[0] != 1 or rank[-1] != 1:
-                raise ValueError(f"rank must be the TT ranks (1, r_1, ..., r_{len(full) - 2}, 1) "
-                                 f"of length {len(full)}, got {rank}.")
-            where = "of the TT-matrix"
-        for k, (r, f) in enumerate(zip(rank, full)):
-            if r > f:
-                raise ValueError(f"rank[{k}] = {r} exceeds the lossless rank {f} of that mode "
-                                 f"{where} {dims} (full ranks {full}).")
-        return rank
-    raise ValueError(f"rank must be an int, a float in (0, 1] or \"full\""
-                     f"{' or a tuple' if kind in ('tucker', 'tt') else ''} for kind {kind!r}, "
-                     f"got {rank!r}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +101,9 @@ def _tucker_orders(in_shape, out_shape, rank):
     return in_order, out_order
 
 
-def _flops(kind, in_shape, out_shape, rank, batch):
+def flops(kind, in_shape, out_shape, rank, batch):
+    """``(factorized, dense)``: the forward FLOPs of the two contractions for ``batch`` rows
+    (the formulas in the module docstring)."""
     n_in, n_out = math.prod(in_shape), math.prod(out_shape)
     dense_apply = 2 * batch * n_in * n_out
     if kind == "lowrank":
@@ -324,12 +144,6 @@ def _flops(kind, in_shape, out_shape, rank, batch):
 # the layer
 
 
-def _trunc_normal(key, shape, variance, dtype):
-    """Normal truncated at ±2σ, rescaled to exactly ``variance`` (as Flax's lecun_normal)."""
-    std = math.sqrt(variance) / _TRUNC_STD
-    return std * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
-
-
 def _factor_specs(kind, in_features, out_features, in_shape, out_shape, rank):
     """Shapes of the factors (in ``_param_vars`` order) and the variance of each entry: ``1 /``
     the fan-in of the factor's step in the forward chain (see the module docstring)."""
@@ -346,35 +160,8 @@ def _factor_specs(kind, in_features, out_features, in_shape, out_shape, rank):
         variances = ((1.0 / math.prod(rank[:p]),) + tuple(1.0 / i for i in in_shape)
                      + tuple(1.0 / s for s in rank[p:]))
         return shapes, variances
-    shapes = tuple((rank[k], m, n, rank[k + 1]) for k, (m, n) in enumerate(zip(in_shape,
-                                                                              out_shape)))
-    return shapes, tuple(1.0 / (rank[k] * m) for k, m in enumerate(in_shape))
-
-
-@functools.partial(jax.jit, static_argnames=("shapes", "variances", "dtype"))
-def _draw(key, shapes, variances, dtype):
-    """All factors from one flat draw (one random-bit generator to compile, not one per
-    factor), each cut out, reshaped and scaled to its variance."""
-    sizes = [math.prod(shp) for shp in shapes]
-    flat = _trunc_normal(key, (sum(sizes),), 1.0, dtype)
-    offsets = np.cumsum([0] + sizes)
-    return [math.sqrt(var) * flat[o:o + n].reshape(shp)
-            for o, n, shp, var in zip(offsets, sizes, shapes, variances)]
-
-
-def _tt_apply(x, cores, precision, impl):
-    """``x @ W`` for a TT-matrix ``W``, one core at a time (Novikov et al. 2015), by
-    :func:`tensorfact.kernels.tt_chain_matmul`: the state ``(B, I_k, [I_{k+1}..I_d,
-    J_1..J_{k-1}], r_{k-1})`` meets core ``k`` over ``I_k`` and ``r_{k-1}``, so no transpose is
-    needed. ``impl`` picks the fused Pallas kernel or the XLA einsum chain; a layer's
-    ``precision=None`` (JAX's default) is passed on as ``DEFAULT``, since the kernel reads
-    ``None`` as ``HIGHEST``."""
-    return tt_chain_matmul(x, cores, impl=impl, precision=_type_precision(precision))
-
-
-def _type_precision(precision):
-    """The library's types read ``None`` as HIGHEST; a layer's ``None`` means JAX's default."""
-    return jax.lax.Precision.DEFAULT if precision is None else precision
+    return (tt_core_shapes(in_shape, out_shape, rank),
+            tuple(1.0 / (rank[k] * m) for k, m in enumerate(in_shape)))
 
 
 def _mode_contract(t, axis, matrix, contract_axis, precision):
@@ -384,10 +171,10 @@ def _mode_contract(t, axis, matrix, contract_axis, precision):
     return jnp.moveaxis(out, -1, axis)
 
 
-class FactorizedDense(nnx.Module):
+class FactorizedDense(FactorizedLayer):
     """A dense layer ``y = x W + b`` whose ``(in_features, out_features)`` kernel ``W`` is held
     in a factorized format (see the module docstring for the formats, ranks, initialisation
-    and the FLOP model of ``implementation="auto"``).
+    and the FLOP model of ``contraction="auto"``).
 
     Args:
       in_features, out_features: sizes of the input's last axis and of the output's.
@@ -395,10 +182,13 @@ class FactorizedDense(nnx.Module):
       rank: an int, a tuple (Tucker, TT), a float in ``(0, 1]`` (fraction of the dense
         parameter count) or ``"full"``.
       in_shape, out_shape: the tensorization of ``in_features`` and ``out_features`` for the
-        tensor kinds (products must match); by default :func:`balanced_factors`.
+        tensor kinds (products must match); by default :func:`balanced_factors`. For ``"tt"``
+        the shorter is padded with trailing 1s.
       use_bias: add a bias (zeros by default, as in ``nnx.Linear``).
-      implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
-      dtype, param_dtype, precision, bias_init: as in ``nnx.Linear``.
+      contraction: ``"auto"`` (default), ``"factorized"`` or ``"dense"``: whether the forward
+        contracts ``x`` with the factors or with the rebuilt ``W`` (``"auto"``: fewer FLOPs).
+      dtype, param_dtype, precision, bias_init: as in ``nnx.Linear`` (``precision=None``:
+        JAX's default).
       rngs: ``nnx.Rngs``: one ``params`` key for the factors (drawn together, in one compiled
         program per configuration) and one for the bias.
       partitioning: optional sharding annotations, a mapping from parameter name (``"u"``,
@@ -414,16 +204,20 @@ class FactorizedDense(nnx.Module):
         with ``Auto`` axes (:func:`tensorfact.sharding.make_mesh`): the factorized contractions
         leave the layout of their outputs to the SPMD partitioner, which ``Explicit`` axes
         refuse when a contracted axis is split.
-      kernel_impl: ``"auto"`` (default), ``"pallas"`` or ``"xla"``: *which code* runs the
-        factorized TT chain (:func:`tensorfact.kernels.tt_chain_matmul`: the fused Pallas
-        kernel, interpreted off GPUs, or XLA's einsums; ``"auto"`` takes the kernel on a GPU
-        when it fits on chip, XLA elsewhere). ``implementation`` decides *whether* the layer
-        contracts the factors or rebuilds ``W``; ``kernel_impl`` only matters when a
-        ``kind="tt"`` layer contracts the factors, and is ignored by the other kinds.
+      impl: ``"auto"`` (default), ``"pallas"`` or ``"xla"``: the kernel switch, *which code*
+        runs the factorized TT chain (:func:`tensorfact.kernels.tt_chain_matmul`: the fused
+        Pallas kernel, interpreted off GPUs, or XLA's einsums; ``"auto"`` takes the kernel on a
+        GPU when it fits on chip, XLA elsewhere). ``contraction`` decides *whether* the layer
+        contracts the factors or rebuilds ``W``; ``impl`` only matters when a ``kind="tt"``
+        layer contracts the factors, and is ignored by the other kinds.
 
     Attributes:
       u, vt (lowrank); factors (cp); core, factors (tucker, input modes first); cores (tt):
-      the ``nnx.Param`` factors. ``weight`` assembles them as the library's type.
+      the ``nnx.Param`` factors. ``weight`` assembles them as the library's type: a
+      ``LowRankMatrix`` of shape ``(in, out)``, a ``CPTensor`` or ``TuckerTensor`` of shape
+      ``in_shape + out_shape``, or a ``TTMatrix`` of shape ``(in, out)``; ``dense_weight()``
+      is the rebuilt ``(in, out)`` kernel, ``to_layer()`` an ``nnx.Linear`` holding it and
+      ``choose_contraction(batch_size)`` what the forward does for that many rows.
 
     Example:
       >>> import jax.numpy as jnp
@@ -436,6 +230,13 @@ class FactorizedDense(nnx.Module):
       (2, 48)
       >>> layer.n_params, 64 * 48 + 48   # factors and bias, against nnx.Linear
       (424, 3120)
+
+      A TT layer with three input and two output factors (the output gets a trailing 1):
+
+      >>> tt = FactorizedDense(64, 48, kind="tt", rank=4, in_shape=(4, 4, 4),
+      ...                      out_shape=(8, 6), rngs=nnx.Rngs(0))
+      >>> tt.out_shape, [c.shape for c in tt.cores]
+      ((8, 6, 1), [(1, 4, 8, 4), (4, 4, 6, 4), (4, 4, 1, 1)])
 
       Megatron-style model parallelism of a low-rank layer: the rank is split over ``"model"``
       (``x U`` comes out split, ``(x U) Vᵀ`` sums over the devices)::
@@ -451,24 +252,25 @@ class FactorizedDense(nnx.Module):
         (True, P('model',))
     """
 
-    def __init__(self, in_features: int, out_features: int, *, kind: str = "lowrank", rank,
+    def __init__(self, in_features: int, out_features: int, *, kind: Kind = "lowrank", rank,
                  in_shape=None, out_shape=None, use_bias: bool = True,
-                 implementation: str = "auto", dtype=None, param_dtype=jnp.float32,
-                 precision=None, bias_init=nnx.initializers.zeros_init(), rngs: nnx.Rngs,
-                 partitioning=None, kernel_impl: str = "auto", _values=None):
+                 contraction: Contraction = "auto", dtype=None, param_dtype=jnp.float32,
+                 precision: Precision = None, bias_init=nnx.initializers.zeros_init(),
+                 rngs: nnx.Rngs, partitioning=None, impl: Impl = "auto"):
         in_features = check_positive_int(in_features, "in_features")
         out_features = check_positive_int(out_features, "out_features")
-        kind = _check_kind(kind)
-        self.implementation = check_choice(implementation, _IMPLEMENTATIONS, "implementation")
-        self.kernel_impl = check_choice(kernel_impl, _KERNEL_IMPLS, "kernel_impl")
-        in_shape, out_shape = _tensorize(kind, in_features, out_features, in_shape, out_shape)
-        rank = _resolve_rank(kind, rank, in_shape, out_shape)
+        kind = check_choice(kind, Kind, "kind")
+        self.contraction = check_choice(contraction, Contraction, "contraction")
+        self.impl = check_choice(impl, Impl, "impl")
+        in_shape, out_shape = tensorize(kind, in_features, out_features, in_shape, out_shape)
+        rank = resolve_rank(kind, rank, in_shape, out_shape)
         self.in_features, self.out_features = in_features, out_features
         self.kind, self.rank = kind, rank
         self.in_shape = in_shape if kind != "lowrank" else None
         self.out_shape = out_shape if kind != "lowrank" else None
         self.use_bias = bool(use_bias)
-        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.dtype, self.param_dtype = dtype, param_dtype
+        self.precision = resolve_precision(precision)
 
         shapes, variances = _factor_specs(kind, in_features, out_features, in_shape,
                                           out_shape, rank)
@@ -477,29 +279,32 @@ class FactorizedDense(nnx.Module):
                   "tucker": [("core", shapes[:1]), ("factors", shapes[1:])],
                   "tt": [("cores", shapes)]}[kind]
         groups += [("bias", [(out_features,)])] if self.use_bias else []
-        specs = _partition_specs(partitioning, groups)  # checked before any array is drawn
-        # ``_values`` is private: from_dense passes the fitted factors and bias instead of rngs
-        if _values is None:
-            arrays = _draw(rngs.params(), shapes, variances, jnp.dtype(param_dtype))
-            bias = (bias_init(rngs.params(), (out_features,), param_dtype) if self.use_bias
-                    else None)
-        else:  # from_dense: the decomposition's factors
-            arrays, bias = _values
-            arrays = [jnp.asarray(a, param_dtype).reshape(s) for a, s in zip(arrays, shapes)]
-        factor_specs = [sp for name, _ in groups if name != "bias" for sp in specs[name]]
-        params = [_param(a, sp) for a, sp in zip(arrays, factor_specs)]
-        if kind == "lowrank":
+        specs = partition_specs(partitioning, groups)  # checked before any array is drawn
+        self._shapes = shapes
+        self._specs = tuple(sp for name, _ in groups for sp in specs[name])
+        why = "to draw FactorizedDense's factors"
+        arrays = draw(params_key(rngs, why), shapes, variances, jnp.dtype(param_dtype))
+        bias = (bias_init(params_key(rngs, why), (out_features,), param_dtype)
+                if self.use_bias else None)
+        self._set_factors(arrays, bias)
+
+    def _set_factors(self, arrays, bias):
+        """Holds ``arrays`` (in :meth:`_param_vars` order) and ``bias`` as the parameters, with
+        their sharding annotations."""
+        params = [param(jnp.asarray(a, self.param_dtype).reshape(s), sp)
+                  for a, s, sp in zip(arrays, self._shapes, self._specs)]
+        if self.kind == "lowrank":
             self.u, self.vt = params
-        elif kind == "cp":
-            self.factors = _List(params)
-        elif kind == "tucker":
-            self.core, self.factors = params[0], _List(params[1:])
+        elif self.kind == "cp":
+            self.factors = nnx.List(params)
+        elif self.kind == "tucker":
+            self.core, self.factors = params[0], nnx.List(params[1:])
         else:
-            self.cores = _List(params)
+            self.cores = nnx.List(params)
         if self.use_bias:
-            self.bias = _param(jnp.asarray(bias, param_dtype), specs["bias"][0])
+            self.bias = param(jnp.asarray(bias, self.param_dtype), self._specs[-1])
         else:
-            self.bias = nnx.data(None) if hasattr(nnx, "data") else None
+            self.bias = no_bias()
 
     # -- parameters as arrays and as the library's types ------------------------------------
     def _param_vars(self):
@@ -519,68 +324,37 @@ class FactorizedDense(nnx.Module):
             return CPTensor(None, arrays)
         if self.kind == "tucker":
             return TuckerTensor(arrays[0], arrays[1:])
-        return _tt_tools()[0](arrays)
+        return TTMatrix(arrays)
 
     @property
-    def weight(self):
-        """The kernel in the library's type: a ``LowRankMatrix`` of shape ``(in, out)``, a
-        ``CPTensor`` or ``TuckerTensor`` of shape ``in_shape + out_shape``, or a ``TTMatrix``
-        of shape ``(in, out)``."""
-        return self._build([v[...] for v in self._param_vars()])
+    def kernel_shape(self) -> tuple[int, int]:
+        """``(in_features, out_features)``, the shape of ``nnx.Linear``'s kernel."""
+        return self.in_features, self.out_features
 
-    @property
-    def n_params(self) -> int:
-        """Number of trainable scalars: the factors plus the bias."""
-        bias = self.out_features if self.use_bias else 0
-        return sum(int(v[...].size) for v in self._param_vars()) + bias
-
-    def dense_kernel(self) -> jax.Array:
-        """The reconstructed ``(in_features, out_features)`` kernel."""
-        return self._kernel([v[...] for v in self._param_vars()])
-
-    def _kernel(self, arrays):
-        dense = self._build(arrays).to_dense(precision=_type_precision(self.precision))
-        return dense.reshape(self.in_features, self.out_features)
-
-    def to_linear(self) -> nnx.Linear:
-        """An ``nnx.Linear`` with the reconstructed kernel and the same bias, dtype and
-        precision."""
-        layer = nnx.Linear(self.in_features, self.out_features, use_bias=self.use_bias,
-                           dtype=self.dtype, param_dtype=self.param_dtype,
-                           precision=self.precision, kernel_init=nnx.initializers.zeros_init(),
-                           rngs=nnx.Rngs(0))
-        layer.kernel[...] = self.dense_kernel().astype(layer.kernel[...].dtype)
-        if self.use_bias:
-            layer.bias[...] = self.bias[...]
-        return layer
+    def to_layer(self) -> nnx.Linear:
+        """An ``nnx.Linear`` with the rebuilt kernel (:meth:`dense_weight`) and the same bias,
+        dtype and precision."""
+        return self._fill(nnx.Linear(
+            self.in_features, self.out_features, use_bias=self.use_bias, dtype=self.dtype,
+            param_dtype=self.param_dtype, precision=self.precision,
+            kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0)))
 
     # -- cost model ------------------------------------------------------------------------
     def flops(self, batch_size: int) -> dict:
         """Forward FLOPs (2 × multiply-adds) for ``batch_size`` rows: ``{"factorized": ...,
-        "reconstructed": ..., "dense": 2·B·in·out}`` (the formulas in the module docstring;
-        the bias is left out)."""
+        "dense": ..., "plain": 2·B·in·out}``, the two contractions and the plain
+        ``nnx.Linear`` (the formulas in the module docstring; the bias is left out)."""
         batch = check_positive_int(batch_size, "batch_size")
         in_shape = self.in_shape or (self.in_features,)
         out_shape = self.out_shape or (self.out_features,)
-        fact, recon = _flops(self.kind, in_shape, out_shape, self.rank, batch)
-        return {"factorized": fact, "reconstructed": recon,
-                "dense": 2 * batch * self.in_features * self.out_features}
-
-    def choose_implementation(self, batch_size: int) -> str:
-        """What the forward does for ``batch_size`` rows: the set ``implementation``, or under
-        ``"auto"`` the one with fewer FLOPs (factorized on ties)."""
-        if self.implementation != "auto":
-            return self.implementation
-        f = self.flops(batch_size)
-        return "factorized" if f["factorized"] <= f["reconstructed"] else "reconstructed"
+        fact, dense = flops(self.kind, in_shape, out_shape, self.rank, batch)
+        return {"factorized": fact, "dense": dense,
+                "plain": 2 * batch * self.in_features * self.out_features}
 
     # -- forward ---------------------------------------------------------------------------
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x @ W + b`` over the last axis of ``x``."""
-        x = jnp.asarray(x)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape (..., {self.in_features}), got "
-                             f"{tuple(x.shape)}.")
+        x = check_input(x, self.in_features)
         bias = self.bias[...] if self.use_bias else None
         params = [v[...] for v in self._param_vars()]
         x, *arrays, bias = promote_dtype((x, *params, bias), dtype=self.dtype)
@@ -588,8 +362,8 @@ class FactorizedDense(nnx.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] == 0:  # an empty batch (the reshapes below need a size)
             y = jnp.zeros((0, self.out_features), x.dtype)
-        elif self.choose_implementation(x2.shape[0]) == "reconstructed":
-            y = jnp.matmul(x2, self._kernel(arrays), precision=self.precision)
+        elif self.choose_contraction(x2.shape[0]) == "dense":
+            y = jnp.matmul(x2, self._kernel(arrays, self.precision), precision=self.precision)
         else:
             y = self._factorized(x2, arrays)
         y = y.reshape(lead + (self.out_features,))
@@ -618,32 +392,33 @@ class FactorizedDense(nnx.Module):
             for k in out_order:                       # ×_l V_l
                 t = _mode_contract(t, 1 + k, factors[p + k], 1, prec)
             return t.reshape(batch, self.out_features)
-        return _tt_apply(x, arrays, prec, self.kernel_impl)
+        return tt_apply(x, arrays, prec, self.impl)
 
     # -- from a trained layer --------------------------------------------------------------
     @classmethod
-    def from_dense(cls, layer_or_kernel, *, kind: str = "lowrank", rank, bias=None,
-                   in_shape=None, out_shape=None, implementation: str = "auto", dtype=None,
-                   param_dtype=None, precision=None, key=None, partitioning=None,
-                   kernel_impl: str = "auto", **fit_kwargs):
+    def from_layer(cls, layer, *, kind: Kind = "lowrank", rank, bias=None, in_shape=None,
+                   out_shape=None, contraction: Contraction = "auto", dtype=None,
+                   param_dtype=None, precision: Precision = None, key=None, partitioning=None,
+                   impl: Impl = "auto", **fit_kwargs):
         """A factorized layer initialised by decomposing a trained kernel.
 
         ``lowrank``: the truncated SVD ``U S Vᵀ`` (:func:`tensorfact.svd`), stored as
         ``U S^{1/2}`` and ``S^{1/2} Vᵀ``; ``cp``: CP-ALS (:func:`tensorfact.cp`) with the weights
         spread evenly over the factors (``|w_r|^{1/N}`` each); ``tucker``: HOOI
-        (:func:`tensorfact.tucker`); ``tt``: TT-SVD (``tensorfact.tt_matrix``). At
+        (:func:`tensorfact.tucker`); ``tt``: TT-SVD (:func:`tensorfact.tt_matrix`). At
         ``rank="full"`` the result equals the dense layer up to rounding for lowrank, tucker
         and tt, and for cp too (through an explicit construction: one rank-one term per fibre
         of the largest mode, ``∏ dims / max dims`` of them).
 
         Args:
-          layer_or_kernel: an ``nnx.Linear`` (its kernel, bias, dtype and precision are used)
-            or a kernel array of shape ``(in_features, out_features)``.
-          kind, rank, in_shape, out_shape, implementation, partitioning, kernel_impl: as in
-            the constructor.
+          layer: an ``nnx.Linear`` (its kernel, bias, dtype and precision are used) or a
+            kernel array of shape ``(in_features, out_features)``. NaN or Inf in it is an
+            error (in eager calls).
+          kind, rank, in_shape, out_shape, contraction, partitioning, impl: as in the
+            constructor.
           bias: with a kernel array, an optional bias of shape ``(out_features,)`` (the layer
             then has ``use_bias=True``); must be None with a layer.
-          dtype, precision: the layer's; by default those of ``layer_or_kernel`` if a layer.
+          dtype, precision: the layer's; by default those of ``layer`` if an ``nnx.Linear``.
           param_dtype: dtype of the factors; by default the kernel's.
           key: ``jax.random`` key for decompositions that use randomness (``cp`` when the
             rank exceeds a mode, randomized ``svd``, random Tucker init).
@@ -655,25 +430,21 @@ class FactorizedDense(nnx.Module):
           >>> from tensorfact.nn import FactorizedDense
           >>> dense = nnx.Linear(32, 24, rngs=nnx.Rngs(0))
           >>> x = jax.random.normal(jax.random.key(1), (4, 32))
-          >>> small = FactorizedDense.from_dense(dense, kind="tucker", rank="full")
+          >>> small = FactorizedDense.from_layer(dense, kind="tucker", rank="full")
           >>> bool(jnp.allclose(small(x), dense(x), atol=1e-5))
           True
         """
-        kind = _check_kind(kind)
-        if isinstance(layer_or_kernel, nnx.Linear):
+        kind = check_choice(kind, Kind, "kind")
+        if key is not None:
+            key = check_key(key, f"by FactorizedDense.from_layer (kind {kind!r})")
+        kernel, linear = weight_of(layer, nnx.Linear, "kernel")
+        if linear is not None:
             if bias is not None:
-                raise ValueError("bias must be None when layer_or_kernel is an nnx.Linear (its "
-                                 "own bias is used).")
-            layer = layer_or_kernel
-            kernel = as_matrix(layer.kernel[...], "layer_or_kernel.kernel")
-            bias = None if layer.bias is None else layer.bias[...]
-            dtype = layer.dtype if dtype is None else dtype
-            precision = layer.precision if precision is None else precision
-        elif isinstance(layer_or_kernel, nnx.Module):
-            raise TypeError(f"layer_or_kernel must be an nnx.Linear or a kernel array, got "
-                            f"{type(layer_or_kernel).__name__}.")
-        else:
-            kernel = as_matrix(layer_or_kernel, "layer_or_kernel")
+                raise ValueError("bias must be None when layer is an nnx.Linear (its own bias is "
+                                 "used).")
+            bias = None if linear.bias is None else linear.bias[...]
+            dtype = linear.dtype if dtype is None else dtype
+            precision = linear.precision if precision is None else precision
         in_features, out_features = kernel.shape
         if bias is not None:
             bias = jnp.asarray(bias)
@@ -681,17 +452,19 @@ class FactorizedDense(nnx.Module):
                 raise ValueError(f"bias must have shape ({out_features},), got "
                                  f"{tuple(bias.shape)}.")
         param_dtype = kernel.dtype if param_dtype is None else param_dtype
-        in_shape, out_shape = _tensorize(kind, in_features, out_features, in_shape, out_shape)
-        resolved = _resolve_rank(kind, rank, in_shape, out_shape)
+        in_shape, out_shape = tensorize(kind, in_features, out_features, in_shape, out_shape)
+        resolved = resolve_rank(kind, rank, in_shape, out_shape)
         full = isinstance(rank, str) and rank == "full"
         arrays = _decompose(kind, resolved, in_shape, out_shape, kernel, full, key, fit_kwargs)
         if kind == "lowrank":
             in_shape = out_shape = None
-        out = cls(in_features, out_features, kind=kind, rank=resolved, in_shape=in_shape,
-                  out_shape=out_shape, use_bias=bias is not None,
-                  implementation=implementation, dtype=dtype, param_dtype=param_dtype,
-                  precision=precision, rngs=None, partitioning=partitioning,
-                  kernel_impl=kernel_impl, _values=(arrays, bias))
+        # the layer's structure without drawing (nnx.eval_shape), then the fitted factors
+        out = nnx.eval_shape(lambda: cls(
+            in_features, out_features, kind=kind, rank=resolved, in_shape=in_shape,
+            out_shape=out_shape, use_bias=bias is not None, contraction=contraction,
+            dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(0),
+            partitioning=partitioning, impl=impl))
+        out._set_factors(arrays, bias)
         return out
 
 
@@ -706,29 +479,10 @@ def _decompose(kind, rank, in_shape, out_shape, kernel, full, key, fit_kwargs):
     tensor = kernel.reshape(in_shape + out_shape)
     if kind == "cp":
         if full:
-            return _cp_fibres(tensor)
-        weights, factors = cp_decomposition(tensor, rank, key=key, **fit_kwargs)
-        spread = jnp.abs(weights) ** (1.0 / len(factors))
-        factors = [a * spread for a in factors]
-        factors[0] = factors[0] * jnp.where(weights < 0, -1.0, 1.0).astype(factors[0].dtype)
-        return factors
+            return cp_fibres(tensor)
+        weights, factors = cp(tensor, rank, key=key, **fit_kwargs)
+        return spread_cp(weights, factors)
     if kind == "tucker":
         core, factors = tucker(tensor, rank, key=key, **fit_kwargs)
         return [core] + list(factors)
-    tt_matrix = _tt_tools()[1]
     return list(tt_matrix(kernel, in_shape, out_shape, rank, **fit_kwargs).cores)
-
-
-def _cp_fibres(tensor):
-    """An exact CP form of any tensor: one rank-one term per fibre of the largest mode ``m``,
-    ``x = Σ_c x[.., :, ..]_c ∘ e_{c_1} ∘ ...`` over the multi-indices ``c`` of the other modes."""
-    dims = tensor.shape
-    m = int(np.argmax(dims))
-    others = [k for k in range(len(dims)) if k != m]
-    columns = algebra.unfold(tensor, m)           # (I_m, ∏ others), others in C order
-    index = np.unravel_index(np.arange(columns.shape[1]), [dims[k] for k in others])
-    factors = [None] * len(dims)
-    factors[m] = columns
-    for k, idx in zip(others, index):
-        factors[k] = jnp.eye(dims[k], dtype=tensor.dtype)[:, idx]
-    return factors

@@ -24,33 +24,28 @@ has fan-in ``features``).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-from tensorfact._checks import as_matrix, check_positive_int
-from tensorfact.decomposition._tt import tt_matrix
-from tensorfact.nn._partitioning import _param, _partition_specs
-from tensorfact.nn._dense import _List, _resolve_rank, _tensorize, _type_precision
-from tensorfact.tensors._tt import TTMatrix
+from tensorfact._checks import Precision, check_positive_int
+from tensorfact._numerics import resolve_precision
+from tensorfact.decomposition import tt_matrix
+from tensorfact.nn._common import (draw, params_key, resolve_rank, tensorize, tt_core_shapes,
+                                   weight_of)
+from tensorfact.nn._partitioning import param, partition_specs
+from tensorfact.tensors import TTMatrix
 
 __all__ = ["TTEmbed"]
 
 
-@functools.partial(jax.jit, static_argnames=("specs", "dtype"))
-def _draw(key, specs, dtype):
-    """All cores from one key (one program per configuration): ``specs`` holds each core's
-    shape and standard deviation."""
-    keys = jax.random.split(key, len(specs))
-    return [std * jax.random.normal(k, shape, dtype) for k, (shape, std) in zip(keys, specs)]
-
-
 def _lookup(ids, cores, in_shape, precision):
-    """Rows of the TT-matrix at integer ``ids`` (flat, shape ``(B,)``): ``(B, features)``."""
+    """Rows of the TT-matrix at integer ``ids`` (flat, shape ``(B,)``, in ``[0, ∏ in_shape)``):
+    ``(B, features)``."""
     strides = [math.prod(in_shape[k + 1:]) for k in range(len(in_shape))]
     t = None
     for g, m, stride in zip(cores, in_shape, strides):
@@ -62,6 +57,18 @@ def _lookup(ids, cores, in_shape, precision):
             t = jnp.einsum("bpa,abnc->bpnc", t, piece, precision=precision)
             t = t.reshape(t.shape[0], -1, t.shape[-1])
     return t[..., 0]                                   # r_d = 1
+
+
+def _valid_ids(ids, n: int):
+    """``(valid, ids)``: which ids lie in ``[0, n)``, and the ids as a signed integer type wide
+    enough for ``n`` (0 where invalid). The test runs in the ids' own dtype with a bound it can
+    represent: a ``uint8`` id compared with ``n = 1000`` would wrap ``n`` to 232."""
+    info = jnp.iinfo(ids.dtype)
+    valid = ids >= 0 if info.min < 0 else jnp.ones(ids.shape, bool)
+    if n <= info.max:
+        valid = valid & (ids < jnp.asarray(n, ids.dtype))
+    wide = jnp.int64 if n > np.iinfo(np.int32).max else jnp.int32
+    return valid, jnp.where(valid, ids, 0).astype(wide)
 
 
 class TTEmbed(nnx.Module):
@@ -76,14 +83,15 @@ class TTEmbed(nnx.Module):
         cores hold at most that fraction of the ``num_embeddings · features`` table entries) or
         ``"full"`` (lossless).
       in_shape, out_shape: the factorisations ``(m_1..m_d)`` of ``num_embeddings`` and
-        ``(n_1..n_d)`` of ``features`` (same length, exact products). By default
-        :func:`~tensorfact.nn.balanced_factors` with ``d = 3`` (or the given one's length).
+        ``(n_1..n_d)`` of ``features`` (exact products; of different lengths, the shorter is
+        padded with trailing 1s). By default :func:`~tensorfact.nn.balanced_factors` with
+        ``d = 3`` (or the given one's length).
         A prime ``num_embeddings`` gives ``(p, 1, 1)``: pick a padded vocabulary size instead.
       dtype: the dtype of the lookup (None: the parameters' and the promotion of JAX).
       param_dtype: the cores' dtype.
       precision: of the core contractions (None: JAX's default, as in ``nnx.Embed``'s
-        neighbours; pass ``jax.lax.Precision.HIGHEST`` for full float32).
-      rngs: ``nnx.Rngs`` with a ``params`` stream.
+        neighbours; pass ``"highest"`` for full float32).
+      rngs: ``nnx.Rngs`` with a ``params`` (or ``default``) stream.
       partitioning: optional sharding annotations ``{"cores": spec}``: a
         :class:`jax.sharding.PartitionSpec` (or tuple of mesh axis names) for every core
         ``(r_{k-1}, m_k, n_k, r_k)``, or a ``list`` with one per core; e.g.
@@ -92,7 +100,8 @@ class TTEmbed(nnx.Module):
         :class:`~tensorfact.nn.FactorizedDense` (placed at once under ``jax.set_mesh``; read
         back with ``nnx.get_partition_spec``).
 
-    Ids outside ``[0, num_embeddings)`` give rows of NaN, as ``nnx.Embed`` (``jnp.take``'s fill
+    Ids of any integer dtype are taken (``int8`` … ``uint64``, as far as JAX enables them); ids
+    outside ``[0, num_embeddings)`` give rows of NaN, as ``nnx.Embed`` (``jnp.take``'s fill
     mode) does; the check is on the values, so it works under ``jit``.
 
     Attributes:
@@ -113,25 +122,29 @@ class TTEmbed(nnx.Module):
     """
 
     def __init__(self, num_embeddings: int, features: int, *, rank, in_shape=None,
-                 out_shape=None, dtype=None, param_dtype=jnp.float32, precision=None,
-                 rngs: nnx.Rngs, partitioning=None, _cores=None):
+                 out_shape=None, dtype=None, param_dtype=jnp.float32,
+                 precision: Precision = None, rngs: nnx.Rngs, partitioning=None):
         num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
         features = check_positive_int(features, "features")
-        in_shape, out_shape = _tensorize("tt", num_embeddings, features, in_shape, out_shape)
-        rank = _resolve_rank("tt", rank, in_shape, out_shape)
+        in_shape, out_shape = tensorize("tt", num_embeddings, features, in_shape, out_shape,
+                                        names=("num_embeddings", "features"))
+        rank = resolve_rank("tt", rank, in_shape, out_shape)
         self.num_embeddings, self.features = num_embeddings, features
         self.in_shape, self.out_shape, self.rank = in_shape, out_shape, rank
-        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
-        shapes = tuple((rank[k], m, n, rank[k + 1])
-                       for k, (m, n) in enumerate(zip(in_shape, out_shape)))
-        core_specs = _partition_specs(partitioning, [("cores", shapes)])["cores"]
-        if _cores is None:
-            specs = tuple((s, 1.0 / math.sqrt(rank[k] * s[2])) for k, s in enumerate(shapes))
-            cores = _draw(rngs.params(), specs, jnp.dtype(param_dtype))
-        else:  # from_dense: the TT-SVD's cores
-            cores = _cores
-        self.cores = _List([_param(jnp.asarray(g, param_dtype).reshape(s), spec)
-                            for g, s, spec in zip(cores, shapes, core_specs)])
+        self.dtype, self.param_dtype = dtype, param_dtype
+        self.precision = resolve_precision(precision)
+        shapes = tt_core_shapes(in_shape, out_shape, rank)
+        self._specs = tuple(partition_specs(partitioning, [("cores", shapes)])["cores"])
+        variances = tuple(1.0 / (rank[k] * s[2]) for k, s in enumerate(shapes))
+        cores = draw(params_key(rngs, "to draw TTEmbed's cores"), shapes, variances,
+                     jnp.dtype(param_dtype), truncated=False)
+        self._set_cores(cores)
+
+    def _set_cores(self, cores):
+        """Holds ``cores`` as the parameters, with their sharding annotations."""
+        shapes = tt_core_shapes(self.in_shape, self.out_shape, self.rank)
+        self.cores = nnx.List([param(jnp.asarray(g, self.param_dtype).reshape(s), spec)
+                               for g, s, spec in zip(cores, shapes, self._specs)])
 
     @property
     def weight(self) -> TTMatrix:
@@ -144,21 +157,22 @@ class TTEmbed(nnx.Module):
         """Number of trainable scalars (the cores)."""
         return sum(int(g[...].size) for g in self.cores)
 
-    def dense_table(self) -> jax.Array:
-        """The ``(num_embeddings, features)`` table, formed (for export or inspection)."""
-        return self.weight.to_dense(precision=_type_precision(self.precision))
+    def dense_weight(self, *, precision: Precision = "highest") -> jax.Array:
+        """The ``(num_embeddings, features)`` table, formed (for export or inspection), at
+        ``precision`` (default ``"highest"``: true float32)."""
+        return self.weight.to_dense(precision=resolve_precision(precision))
 
-    def to_embed(self) -> nnx.Embed:
-        """An ``nnx.Embed`` holding the formed table."""
+    def to_layer(self) -> nnx.Embed:
+        """An ``nnx.Embed`` holding the formed table (:meth:`dense_weight`)."""
         layer = nnx.Embed(self.num_embeddings, self.features, dtype=self.dtype,
                           param_dtype=self.param_dtype,
                           embedding_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
-        layer.embedding[...] = self.dense_table().astype(layer.embedding[...].dtype)
+        layer.embedding[...] = self.dense_weight().astype(layer.embedding[...].dtype)
         return layer
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        """The rows of the table at the integer ``ids`` (any shape): ``ids.shape + (features,)``.
-        """
+        """The rows of the table at the integer ``ids`` (any shape and integer dtype):
+        ``ids.shape + (features,)``."""
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}.")
@@ -168,20 +182,20 @@ class TTEmbed(nnx.Module):
         if flat.shape[0] == 0:
             out = jnp.zeros((0, self.features), cores[0].dtype)
         else:
+            valid, flat = _valid_ids(flat, self.num_embeddings)
             out = _lookup(flat, cores, self.in_shape, self.precision)
-            valid = (flat >= 0) & (flat < self.num_embeddings)
             out = jnp.where(valid[:, None], out, jnp.nan)
         return out.reshape(ids.shape + (self.features,))
 
     @classmethod
-    def from_dense(cls, table_or_embed, rank, *, in_shape=None, out_shape=None, dtype=None,
-                   param_dtype=None, precision=None, partitioning=None):
+    def from_layer(cls, layer, *, rank, in_shape=None, out_shape=None, dtype=None,
+                   param_dtype=None, precision: Precision = None, partitioning=None):
         """A TT embedding fitted to a table by TT-SVD (:func:`tensorfact.tt_matrix`); exact up to
         rounding at ``rank="full"``.
 
         Args:
-          table_or_embed: an ``nnx.Embed`` (its table and dtype are used) or a
-            ``(num_embeddings, features)`` array.
+          layer: an ``nnx.Embed`` (its table and dtype are used) or a
+            ``(num_embeddings, features)`` array, finite.
           rank, in_shape, out_shape, dtype, precision, partitioning: as in the constructor.
           param_dtype: the cores' dtype; by default the table's.
 
@@ -190,24 +204,24 @@ class TTEmbed(nnx.Module):
           >>> from flax import nnx
           >>> from tensorfact.nn import TTEmbed
           >>> dense = nnx.Embed(60, 12, rngs=nnx.Rngs(0))
-          >>> tt = TTEmbed.from_dense(dense, "full")
+          >>> tt = TTEmbed.from_layer(dense, rank="full")
           >>> ids = jnp.array([0, 7, 59])
           >>> bool(jnp.allclose(tt(ids), dense(ids), atol=1e-5))
           True
         """
-        if isinstance(table_or_embed, nnx.Embed):
-            table = as_matrix(table_or_embed.embedding[...], "table_or_embed.embedding")
-            dtype = table_or_embed.dtype if dtype is None else dtype
-        elif isinstance(table_or_embed, nnx.Module):
-            raise TypeError(f"table_or_embed must be an nnx.Embed or a table array, got "
-                            f"{type(table_or_embed).__name__}.")
-        else:
-            table = as_matrix(table_or_embed, "table_or_embed")
+        table, embed = weight_of(layer, nnx.Embed, "embedding")
+        if embed is not None and dtype is None:
+            dtype = embed.dtype
         num_embeddings, features = table.shape
-        in_shape, out_shape = _tensorize("tt", num_embeddings, features, in_shape, out_shape)
-        resolved = _resolve_rank("tt", rank, in_shape, out_shape)
+        in_shape, out_shape = tensorize("tt", num_embeddings, features, in_shape, out_shape,
+                                        names=("num_embeddings", "features"))
+        resolved = resolve_rank("tt", rank, in_shape, out_shape)
         cores = tt_matrix(table, in_shape, out_shape, resolved).cores
         param_dtype = table.dtype if param_dtype is None else param_dtype
-        return cls(num_embeddings, features, rank=resolved, in_shape=in_shape,
-                   out_shape=out_shape, dtype=dtype, param_dtype=param_dtype,
-                   precision=precision, rngs=None, partitioning=partitioning, _cores=cores)
+        # the layer's structure without drawing (nnx.eval_shape), then the fitted cores
+        out = nnx.eval_shape(lambda: cls(
+            num_embeddings, features, rank=resolved, in_shape=in_shape, out_shape=out_shape,
+            dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(0),
+            partitioning=partitioning))
+        out._set_cores(cores)
+        return out

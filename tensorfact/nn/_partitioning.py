@@ -1,7 +1,8 @@
 """Sharding annotations of the factorized layers' parameters (Flax's ``out_sharding``
 Variable metadata): the ``partitioning=`` argument of :class:`~tensorfact.nn.FactorizedDense`
 and :class:`~tensorfact.nn.TTEmbed`, checked against the layer's parameter shapes and the
-current mesh before any array is drawn."""
+current mesh before any array is drawn. Shared by the layers (public names in a private
+module)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Mapping
 
 import jax
 from flax import nnx
+
+__all__ = ["partition_specs", "param"]
 
 
 def _spec_axes(entry, where):
@@ -53,7 +56,7 @@ def _check_spec(spec, shape, where):
     return jax.sharding.PartitionSpec(*entries)
 
 
-def _partition_specs(partitioning, groups):
+def partition_specs(partitioning, groups):
     """``{name: [PartitionSpec or None, one per array]}`` from a layer's ``partitioning``
     argument; ``groups`` lists ``(name, shapes)`` of the layer's parameters."""
     out = {name: [None] * len(shapes) for name, shapes in groups}
@@ -82,7 +85,7 @@ def _partition_specs(partitioning, groups):
     return out
 
 
-def _param(value, spec):
+def param(value, spec):
     """An ``nnx.Param``, with ``out_sharding`` metadata when ``spec`` is set: Flax places it on
     the current mesh at once (its default eager sharding) and ``nnx.get_partition_spec`` reads
     the spec back."""

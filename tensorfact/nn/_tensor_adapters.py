@@ -7,7 +7,7 @@ of an ``nnx.Conv`` kernel over all its modes (FLoRA).
   the ``(in, out)`` kernel is a TT-matrix,
   ``ΔW[(i_1..i_d), (j_1..j_d)] = s · G_1[:, i_1, j_1, :] ⋯ G_d[:, i_d, j_d, :]``,
   ``Σ_k r_{k-1} m_k n_k r_k`` parameters, and ``x ΔW`` is contracted core by core
-  (:func:`tensorfact.tensors.tt.tt_matmul`), never forming ``ΔW`` (Novikov et al.,
+  (:func:`tensorfact.kernels.tt_chain_matmul`), never forming ``ΔW`` (Novikov et al.,
   "Tensorizing Neural Networks", NeurIPS 2015).
 * **TuckerAdapter** (Si, Wang, Yang, Zhuang, Zhang & Zheng, "FLoRA: Low-Rank Core Space for
   N-dimension", 2024): a convolution kernel ``K`` of shape ``(k_1, ..., k_s, c_in, c_out)``
@@ -24,10 +24,11 @@ that keeps ``x G_1 ⋯ G_k`` at the scale of ``x``), the Tucker factors with ort
 (the Q of a Gaussian), so ``‖ΔK‖_F = s ‖G‖_F`` while training starts. The scale is
 ``s = alpha / r`` with ``r`` the largest rank (``alpha=None``: ``s = 1``).
 
-As for the LoRA family (:mod:`tensorfact.nn.adapters`) the trainable parameters are
+As for the LoRA family (:class:`~tensorfact.nn.LoRA`, ...) the trainable parameters are
 ``nnx.LoRAParam`` and the base layer's stay ``nnx.Param``, so
-``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains only the adapters; ``merge()`` returns a
-plain ``nnx.Linear`` / ``nnx.Conv`` with the adapted kernel.
+``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains only the adapters; ``delta_weight()`` is
+the update ``ΔW``, ``dense_weight()`` the adapted kernel and ``merge()`` a plain ``nnx.Linear`` /
+``nnx.Conv`` holding it (formed at ``"highest"`` precision; the forward runs at the base's).
 """
 
 from __future__ import annotations
@@ -39,38 +40,26 @@ import string
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn.dtypes import promote_dtype
 
-from tensorfact.nn._adapters import LoRAParam, _Adapter, _conv, _require_rngs, _scale
-from tensorfact.nn._dense import _List, _resolve_rank, _tensorize
-from tensorfact.tensors._tt import TTMatrix, tt_matmul
+from tensorfact.nn._base import Adapter, LoRAParam, adapter_scale
+from tensorfact.nn._common import (draw, params_key, resolve_rank, tensorize, tt_apply,
+                                   tt_core_shapes)
+from tensorfact.tensors import TTMatrix
 
 __all__ = ["TTAdapter", "TuckerAdapter"]
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 
-
-@functools.partial(jax.jit, static_argnames=("shapes", "dtype"))
-def _tt_init(key, shapes, dtype):
-    """Cores ``k < d`` from ``N(0, 1 / (r_{k-1} m_k))``, the last core zero (so ``ΔW = 0``
-    exactly at the start), in one program."""
-    keys = jax.random.split(key, len(shapes))
-    cores = [math.sqrt(1.0 / (s[0] * s[1])) * jax.random.normal(k, s, dtype)
-             for k, s in zip(keys[:-1], shapes[:-1])]
-    return cores + [jnp.zeros(shapes[-1], dtype)]
-
-
-class TTAdapter(_Adapter):
+class TTAdapter(Adapter):
     """TT-matrix adaptation of an ``nnx.Linear`` (LoRETTA): ``y = base(x) + s · x ΔW`` with
     ``ΔW`` a TT-matrix of shape ``(in, out)``.
 
     Args:
       base: the ``nnx.Linear`` to adapt (kernel ``(in, out)``).
       rank: the maximal TT rank (an int, capped core by core at the lossless ranks), or the
-        full rank vector ``(1, r_1, ..., r_{d-1}, 1)``.
-      in_shape, out_shape: the factorizations ``in = ∏ m_k`` and ``out = ∏ n_k`` (same length
-        ``d``); by default the most balanced ones with ``d = 3``
-        (:func:`tensorfact.nn.balanced_factors`).
+        TT ranks ``(1, r_1, ..., r_{d-1}, 1)`` (or the ``d − 1`` inner ones).
+      in_shape, out_shape: the factorizations ``in = ∏ m_k`` and ``out = ∏ n_k``; of different
+        lengths, the shorter is padded with trailing 1s. By default the most balanced ones with
+        ``d = 3`` (:func:`tensorfact.nn.balanced_factors`).
       alpha: the scale is ``s = alpha / max(r_k)``; ``None`` means ``s = 1``.
       param_dtype: dtype of the cores (default: the base kernel's).
       rngs: ``nnx.Rngs`` for the random cores (the last one is zero).
@@ -90,55 +79,43 @@ class TTAdapter(_Adapter):
       >>> x = jnp.ones((3, 64))
       >>> bool((tt(x) == base(x)).all())
       True
+      >>> tt.delta_weight().shape, tt(jnp.ones((0, 64))).shape
+      ((64, 48), (0, 48))
     """
 
     def __init__(self, base: nnx.Linear, rank, *, in_shape=None, out_shape=None, alpha=None,
-                 param_dtype=None, rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype)
+                 param_dtype=None, rngs: nnx.Rngs):
+        self._set_base(base, param_dtype, conv=False)
         if isinstance(rank, float):
             raise ValueError(f"rank must be an int or a TT rank tuple, got {rank!r}.")
-        self.in_shape, self.out_shape = _tensorize("tt", self.in_features, self.out_features,
-                                                   in_shape, out_shape)
-        self.rank = _resolve_rank("tt", rank, self.in_shape, self.out_shape)
-        self.scale = _scale(alpha, max(self.rank), False)
-        _require_rngs(rngs, "for TTAdapter's random cores")
-        r = self.rank
-        shapes = tuple((r[k], m, n, r[k + 1])
-                       for k, (m, n) in enumerate(zip(self.in_shape, self.out_shape)))
-        cores = _tt_init(rngs.params(), shapes, jnp.dtype(self.param_dtype))
-        self.tt_cores = _List([LoRAParam(g) for g in cores])
+        self.in_shape, self.out_shape = tensorize("tt", self.in_features, self.out_features,
+                                                  in_shape, out_shape)
+        self.rank = resolve_rank("tt", rank, self.in_shape, self.out_shape)
+        self.scale = adapter_scale(alpha, max(self.rank))
+        shapes = tt_core_shapes(self.in_shape, self.out_shape, self.rank)
+        # cores k < d from N(0, 1 / (r_{k-1} m_k)), the last core zero (so ΔW = 0 exactly)
+        cores = draw(params_key(rngs, "for TTAdapter's random cores"), shapes[:-1],
+                     tuple(1.0 / (s[0] * s[1]) for s in shapes[:-1]),
+                     jnp.dtype(self.param_dtype), truncated=False)
+        cores.append(jnp.zeros(shapes[-1], self.param_dtype))
+        self.tt_cores = nnx.List([LoRAParam(g) for g in cores])
 
     @property
     def n_params(self) -> int:
         """The number of trainable parameters, ``Σ_k r_{k-1} m_k n_k r_k``."""
         return sum(math.prod(g.shape) for g in self.tt_cores)
 
-    def delta(self) -> TTMatrix:
-        """``ΔW / s`` as a :class:`~tensorfact.tensors.TTMatrix` of shape ``(in, out)``."""
-        return TTMatrix([g[...] for g in self.tt_cores])
+    def _params(self):
+        return [g[...] for g in self.tt_cores]
 
-    def _change(self, x, y):
-        x, *cores = self._promote(x, *(g[...] for g in self.tt_cores))
-        return self.scale * tt_matmul(x, TTMatrix(cores), precision=self.base.precision)
+    def _delta(self, arrays, precision):
+        """``s ΔW``, the TT-matrix of the cores formed."""
+        return self.scale * TTMatrix(arrays).to_dense(precision=precision)
 
-    def adapted_kernel(self):
-        """``W + s ΔW``."""
-        w = self.base.kernel[...]
-        delta = TTMatrix([g[...].astype(w.dtype) for g in self.tt_cores])
-        return w + self.scale * delta.to_dense(precision=_HIGHEST)
-
-
-def _check_conv(base):
-    if not isinstance(base, nnx.Conv):
-        raise TypeError(f"base must be an nnx.Conv, got {type(base).__name__}.")
-
-
-def _broadcast(value, n):
-    if value is None:
-        return (1,) * n
-    if isinstance(value, int):
-        return (value,) * n
-    return tuple(value)
+    def _linear_change(self, x, arrays):
+        lead = x.shape[:-1]
+        y = tt_apply(x.reshape(-1, self.in_features), arrays, self.base.precision, "auto")
+        return self.scale * y.reshape(lead + (self.out_features,))
 
 
 @functools.partial(jax.jit, static_argnames=("shapes", "dtype"))
@@ -150,7 +127,7 @@ def _orthonormal(key, shapes, dtype):
             for k, shape in zip(keys, shapes)]
 
 
-class TuckerAdapter(nnx.Module):
+class TuckerAdapter(Adapter):
     """Tucker adaptation of an ``nnx.Conv`` over all its kernel's modes (FLoRA):
     ``y = base(x) + conv(x, ΔK)`` with ``ΔK = s · G ×_1 U_1 ⋯ ×_N U_N``.
 
@@ -184,21 +161,17 @@ class TuckerAdapter(nnx.Module):
     """
 
     def __init__(self, base: nnx.Conv, rank, *, alpha=None, param_dtype=None,
-                 rngs: nnx.Rngs | None = None):
-        _check_conv(base)
-        self.base = base
-        kernel = base.kernel[...]
-        self.kernel_shape = tuple(int(d) for d in kernel.shape)
-        self.param_dtype = kernel.dtype if param_dtype is None else param_dtype
+                 rngs: nnx.Rngs):
+        self._set_base(base, param_dtype, linear=False, grouped=True)
         if isinstance(rank, float):
             raise ValueError(f"rank must be an int or one int per kernel mode, got {rank!r}.")
-        self.rank = _resolve_rank("tucker", rank, self.kernel_shape, ())
-        self.scale = _scale(alpha, max(self.rank), False)
-        _require_rngs(rngs, "for TuckerAdapter's random factors")
+        self.rank = resolve_rank("tucker", rank, self.kernel_shape, ())
+        self.scale = adapter_scale(alpha, max(self.rank))
         dtype = self.param_dtype
         shapes = tuple(zip(self.kernel_shape, self.rank))
-        factors = _orthonormal(rngs.params(), shapes, jnp.dtype(dtype))
-        self.tucker_factors = _List([LoRAParam(u) for u in factors])
+        factors = _orthonormal(params_key(rngs, "for TuckerAdapter's random factors"), shapes,
+                               jnp.dtype(dtype))
+        self.tucker_factors = nnx.List([LoRAParam(u) for u in factors])
         self.tucker_core = LoRAParam(jnp.zeros(self.rank, dtype))
 
     @property
@@ -207,50 +180,14 @@ class TuckerAdapter(nnx.Module):
         return math.prod(self.tucker_core.shape) + sum(math.prod(u.shape)
                                                        for u in self.tucker_factors)
 
-    def _delta(self, core, factors, precision):
+    def _params(self):
+        return [self.tucker_core[...]] + [u[...] for u in self.tucker_factors]
+
+    def _delta(self, arrays, precision):
+        """``ΔK = s · G ×_1 U_1 ⋯ ×_N U_N``, the shape of the base kernel."""
+        core, *factors = arrays
         n = len(factors)
         letters = string.ascii_letters
         inner, outer = letters[:n], letters[n:2 * n]
         spec = (inner + "," + ",".join(outer[m] + inner[m] for m in range(n)) + "->" + outer)
         return self.scale * jnp.einsum(spec, core, *factors, precision=precision)
-
-    def delta_kernel(self) -> jax.Array:
-        """``ΔK = s · G ×_1 U_1 ⋯ ×_N U_N``, the shape of the base kernel."""
-        return self._delta(self.tucker_core[...], [u[...] for u in self.tucker_factors],
-                           _HIGHEST)
-
-    def adapted_kernel(self) -> jax.Array:
-        """``K + ΔK`` (what :meth:`merge` stores)."""
-        w = self.base.kernel[...]
-        return w + self.delta_kernel().astype(w.dtype)
-
-    def merge(self) -> nnx.Conv:
-        """A plain ``nnx.Conv``: a copy of the base layer with the kernel ``K + ΔK`` (and the
-        base's bias, strides, padding, ...). The adapter and its base are left as they are."""
-        merged = nnx.clone(self.base)
-        kernel = merged.kernel[...]
-        merged.kernel[...] = self.adapted_kernel().astype(kernel.dtype)
-        return merged
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``base(x) + conv(x, ΔK)``, with ``x`` channels-last as for ``nnx.Conv``."""
-        x = jnp.asarray(x)
-        n_spatial = len(self.kernel_shape) - 2
-        if x.ndim < n_spatial + 1 or x.shape[-1] != self.base.in_features:
-            raise ValueError(f"x must have shape (..., {n_spatial} spatial dims, "
-                             f"{self.base.in_features}), got {tuple(x.shape)}.")
-        y = self.base(x)
-        return y + self._conv(x, y.dtype)
-
-    def _conv(self, x, out_dtype):
-        """``conv(x, ΔK)`` exactly as ``nnx.Conv`` convolves with its kernel (the adapters'
-        shared :func:`~tensorfact.nn.adapters._conv`: batch flattening, padding modes,
-        strides, dilations, groups), with the base's mask and without the bias."""
-        base = self.base
-        x, core, *factors = promote_dtype((x, self.tucker_core[...],
-                                           *(u[...] for u in self.tucker_factors)),
-                                          dtype=base.dtype)
-        kernel = self._delta(core, factors, base.precision)
-        if base.mask is not None:
-            kernel = kernel * base.mask
-        return _conv(base, x, kernel).astype(out_dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 from flax import nnx
 
 __all__ = ["save", "restore"]
@@ -81,6 +82,11 @@ def restore(path, abstract_model_or_factory):
     Returns:
       A new model with the structure of the template and the saved values.
 
+    Raises:
+      ValueError: naming the parameter path and both shapes when the checkpoint does not fit
+        the template (a parameter of another shape, missing or extra parameters), before
+        anything is read.
+
     Example:
       >>> import tempfile, os
       >>> from flax import nnx
@@ -107,7 +113,48 @@ def restore(path, abstract_model_or_factory):
     graphdef, abstract_state = nnx.split(template)
     checkpointer = ocp.StandardCheckpointer()
     try:
+        _check_layout(checkpointer, path, abstract_state)
         state = checkpointer.restore(path, abstract_state)
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, state)
+
+
+def _name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _check_layout(checkpointer, path, abstract_state):
+    """Compares the arrays saved at ``path`` (from Orbax's metadata) with those the template
+    expects, so that a mismatch names the parameter instead of surfacing as a TensorStore
+    error; skipped when the metadata cannot be read."""
+    try:
+        meta = checkpointer.metadata(path)
+        tree = getattr(getattr(meta, "item_metadata", meta), "tree")
+    except Exception:  # noqa: BLE001 - an older layout: Orbax's own checks still apply
+        return
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda v: hasattr(v, "shape"))[0]
+    saved = {}
+    for keys, leaf in leaves:
+        names = tuple(_name(k) for k in keys)
+        saved[names[:-1] if names and names[-1] == "value" else names] = tuple(leaf.shape)
+    expected = {tuple(str(k) for k in keys): tuple(var.get_value().shape)
+                for keys, var in nnx.to_flat_state(abstract_state)}
+    problems = []
+    for names, shape in expected.items():
+        where = "/".join(names)
+        if names not in saved:
+            problems.append(f"parameter {where!r} of the model (shape {shape}) is not in the "
+                            "checkpoint")
+        elif saved[names] != shape:
+            problems.append(f"parameter {where!r} has shape {saved[names]} in the checkpoint "
+                            f"but {shape} in the model")
+    problems += [f"the checkpoint holds {'/'.join(names)!r} (shape {shape}), which the model "
+                 "does not have" for names, shape in saved.items() if names not in expected]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"the checkpoint at path = {path!r} does not fit the model: "
+                         + "; ".join(problems[:5]) + more + ".")
