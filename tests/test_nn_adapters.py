@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from _helpers import rel
+from _nn_helpers import np64, perturb
 from tensorfact.nn import DoRA, LoHa, LoKr, LoRA, LoRAParam
 
 IN, OUT, RANK = 24, 20, 4
@@ -29,10 +30,6 @@ def base():
 @pytest.fixture(scope="module")
 def x():
     return jax.random.normal(jax.random.key(1), (5, IN))
-
-
-def np64(a):
-    return np.asarray(a, np.float64)
 
 
 def build(name, base, **kw):
@@ -54,15 +51,6 @@ def build(name, base, **kw):
 
 EXACT_START = ("lora", "dora", "lokr", "loha")
 ALL = EXACT_START + ("pissa", "pissa_exact", "olora")
-
-
-def perturb(adapter, seed=3, scale=0.3):
-    """Moves every adapter parameter (in place) so the adapted kernel differs from the base."""
-    keys = iter(jax.random.split(jax.random.key(seed), 16))
-    for _, var in nnx.iter_graph(adapter):
-        if isinstance(var, LoRAParam):
-            var[...] = var[...] + scale * jax.random.normal(next(keys), var[...].shape)
-    return adapter
 
 
 def reference_kernel(adapter):

@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from _helpers import rel
+from _nn_helpers import np64, perturb
 from tensorfact.nn import DoRA, LoHa, LoKr, LoRA, LoRAParam
 
 BIAS = nnx.initializers.normal(1.0)
@@ -65,19 +66,6 @@ def build(name, base):
 
 EXACT_START = ("lora", "dora", "lokr", "loha")
 ALL = EXACT_START + ("pissa", "olora")
-
-
-def np64(a):
-    return np.asarray(a, np.float64)
-
-
-def perturb(adapter, seed=3, scale=0.3):
-    """Moves every adapter parameter (in place) so the adapted kernel differs from the base."""
-    keys = iter(jax.random.split(jax.random.key(seed), 16))
-    for _, var in nnx.iter_graph(adapter):
-        if isinstance(var, LoRAParam):
-            var[...] = var[...] + scale * jax.random.normal(next(keys), var[...].shape)
-    return adapter
 
 
 def reference_kernel(adapter):

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.test_util import check_grads
 
 from _helpers import rel, x64
+from _nn_helpers import np64, perturb, tt_dense_reference
 from tensorfact.nn import (DoRA, FactorizedConv, FactorizedDense, LoHa, LoKr, LoRA, LoRAParam,
                            TTAdapter, TTEmbed, TuckerAdapter, checkpoint, compress)
 
@@ -24,35 +25,20 @@ IN, OUT = 24, 12
 
 
 @pytest.fixture(scope="module")
-def linear():
-    return nnx.Linear(IN, OUT, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(0))
+def bases():
+    """An ``nnx.Linear`` and an ``nnx.Conv`` with random biases, shared by the tests."""
+    init = {"bias_init": nnx.initializers.normal(1.0), "rngs": nnx.Rngs(0)}
+    return nnx.Linear(IN, OUT, **init), nnx.Conv(4, 6, (3, 3), **init)
 
 
 @pytest.fixture(scope="module")
-def conv():
-    return nnx.Conv(4, 6, (3, 3), bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(0))
+def linear(bases):
+    return bases[0]
 
 
-def np64(a):
-    return np.asarray(a, np.float64)
-
-
-def tt_dense_reference(cores):
-    """The ``(∏ m, ∏ n)`` TT-matrix from its cores, in float64 NumPy."""
-    t = np.ones((1, 1, 1))                                     # (rows, cols, rank)
-    for g in map(np64, cores):
-        t = np.einsum("pqa,amnb->pmqnb", t, g)
-        t = t.reshape(t.shape[0] * t.shape[1], t.shape[2] * t.shape[3], t.shape[4])
-    return t[..., 0]
-
-
-def perturb(module, seed=3, scale=0.3):
-    """Moves every adapter parameter (in place) so that the update is not zero."""
-    keys = iter(jax.random.split(jax.random.key(seed), 16))
-    for _, var in nnx.iter_graph(module):
-        if isinstance(var, LoRAParam):
-            var[...] = var[...] + scale * jax.random.normal(next(keys), var[...].shape)
-    return module
+@pytest.fixture(scope="module")
+def conv(bases):
+    return bases[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 from flax import nnx
 
 from _helpers import rel
+from _nn_helpers import np64, perturb, tt_dense_reference
 from tensorfact.nn import (FactorizedDense, LoRA, LoRAParam, TTAdapter, TTEmbed, TuckerAdapter,
                            checkpoint)
 
@@ -49,30 +50,8 @@ def images():
     return jax.random.normal(jax.random.key(2), (2, 7, 6, 4))
 
 
-def np64(a):
-    return np.asarray(a, np.float64)
-
-
-def perturb(adapter, seed=3, scale=0.3):
-    """Moves every adapter parameter (in place) so the update is not zero."""
-    keys = iter(jax.random.split(jax.random.key(seed), 16))
-    for _, var in nnx.iter_graph(adapter):
-        if isinstance(var, LoRAParam):
-            var[...] = var[...] + scale * jax.random.normal(next(keys), var[...].shape)
-    return adapter
-
-
 def n_trainable(module):
     return sum(math.prod(v.shape) for v in jax.tree_util.tree_leaves(nnx.state(module, LoRAParam)))
-
-
-def tt_dense_reference(cores):
-    """The ``(∏ m, ∏ n)`` TT-matrix from its cores, in float64 NumPy."""
-    t = np.ones((1, 1, 1))                                     # (rows, cols, rank)
-    for g in map(np64, cores):
-        t = np.einsum("pqa,amnb->pmqnb", t, g)
-        t = t.reshape(t.shape[0] * t.shape[1], t.shape[2] * t.shape[3], t.shape[4])
-    return t[..., 0]
 
 
 def tucker_reference(core, factors):
