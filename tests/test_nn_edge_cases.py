@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from _helpers import rel, x64
@@ -98,6 +100,28 @@ def test_embed_ids_of_every_integer_dtype(dtype):
             np.testing.assert_allclose(got[valid], table[kept[valid]], rtol=1e-5, atol=1e-6)
             assert np.isnan(got[~valid]).all(), (dtype, n, ids[~valid])
             assert valid.any() and (n == 1000 or (~valid).any())
+
+
+@pytest.fixture(scope="module")
+def emb_1000():
+    emb = TTEmbed(1000, 8, rank=3, rngs=nnx.Rngs(0))
+    return emb, np64(emb.dense_weight())
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(["int8", "int16", "int32", "uint8", "uint16",
+                                              "uint32"]))
+def test_embed_any_id_is_its_row_or_nan(emb_1000, data, dtype):
+    emb, table = emb_1000
+    info = np.iinfo(dtype)
+    ids = np.array(data.draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=4,
+                                      max_size=4)), dtype)
+    got = np64(jax.jit(emb)(ids))
+    for i, row in zip(ids.astype(np.int64), got):
+        if 0 <= i < 1000:
+            np.testing.assert_allclose(row, table[i], rtol=1e-5, atol=1e-6)
+        else:
+            assert np.isnan(row).all()
 
 
 # ---------------------------------------------------------------------------------------------
