@@ -338,7 +338,7 @@ def test_jit_matches_eager(noisy_pair):
     x = noisy_pair[1]
     run = functools.partial(tfa.tensor_ring, ranks=RANKS, method="als", init="random", key=KEY,
                             n_iter=100, return_info=True)
-    eager, _ = run(x)
+    eager, _ = run(x, tol=1e-6)  # the same arguments, the tolerance traced under jit
     jitted, info = jax.jit(lambda x, tol: run(x, tol=tol))(x, 1e-6)
     assert bool(info.converged) and 1 < int(info.n_iter) < 100
     np.testing.assert_allclose(np.asarray(jitted.to_dense()), np.asarray(eager.to_dense()),
@@ -400,11 +400,24 @@ def x3(exact):
     return exact.to_dense()
 
 
+def test_tensorly_ranks_with_the_ring_closed_are_accepted(x3):
+    """TensorLy's d + 1 ranks (r_0, ..., r_{d-1}, r_0) mean the same ring as our d."""
+    ours = tfa.tensor_ring(x3, RANKS)
+    theirs = tfa.tensor_ring(x3, list(RANKS) + [RANKS[0]])
+    assert theirs.rank == RANKS
+    for g, h in zip(ours.cores, theirs.cores):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(h))
+
+
 def test_wrong_number_of_ranks(x3):
     with pytest.raises(ValueError, match=re.escape(
             "ranks must hold one bond size per mode (3: r_0, ..., r_2, with r_3 = r_0 closing "
-            "the ring), got 4: (2, 3, 2, 2)")):
-        tfa.tensor_ring(x3, (2, 3, 2, 2))  # TensorLy's d + 1 convention is not ours
+            "the ring), or 4 with r_3 = r_0 repeated, got 5: (2, 3, 2, 2, 2)")):
+        tfa.tensor_ring(x3, (2, 3, 2, 2, 2))
+    with pytest.raises(ValueError, match=re.escape(
+            "ranks of length 4 (TensorLy's convention) must close the ring with ranks[3] = "
+            "ranks[0], got ranks[0] = 2 and ranks[3] = 1: (2, 3, 2, 1)")):
+        tfa.tensor_ring(x3, (2, 3, 2, 1))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])

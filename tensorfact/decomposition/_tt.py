@@ -36,10 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tensorfact import algebra, sharding
-from tensorfact._checks import (as_float_array, as_matrix, check_nonneg_number,
+from tensorfact._checks import (Precision, as_float_array, as_matrix, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced, report_nonfinite)
+from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition import _sharded
-from tensorfact.tensors._tt import TTMatrix, TTTensor, _flat, _like, tt_orthogonalize
+from tensorfact.tensors._base import pow2_restore
+from tensorfact.tensors._tt import (TTMatrix, TTTensor, flat_cores, from_flat_cores,
+                                    orthogonalize_scaled)
 
 __all__ = ["tt", "tt_round", "tt_matrix"]
 
@@ -48,7 +51,8 @@ __all__ = ["tt", "tt_round", "tt_matrix"]
 # public functions
 
 
-def tt(x, ranks=None, *, eps=None, max_rank=None, precision="highest") -> TTTensor:
+def tt(x, ranks=None, *, eps=None, max_rank=None,
+       precision: Precision = "highest") -> TTTensor:
     """TT-SVD: a tensor train of ``x`` with given ranks or to a relative accuracy ``eps``.
 
     Args:
@@ -95,7 +99,7 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision="highest") -> TTTens
 
     Reference: I. V. Oseledets, "Tensor-Train Decomposition", SIAM J. Sci. Comput. 33(5), 2011.
     """
-    x = as_float_array(x, "x", min_ndim=1)
+    x = as_float_array(x, "x", min_ndim=1, nonempty=True)
     caps, eps = _rank_args(ranks, eps, max_rank, x.shape, strict=True)
     if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
         return _sharded.tt(x, caps, eps=eps, precision=precision)
@@ -103,7 +107,7 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision="highest") -> TTTens
 
 
 def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
-              precision="highest") -> TTMatrix:
+              precision: Precision = "highest") -> TTMatrix:
     """A TT-matrix of the matrix ``w`` of shape ``(∏ m_k, ∏ n_k)``.
 
     ``w`` is reshaped to ``(m_1, ..., m_d, n_1, ..., n_d)``, its axes interleaved to
@@ -116,7 +120,9 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
       w: 2-D array of shape ``(∏ row_shape, ∏ col_shape)``; in a layer ``y = x @ w`` this is
         ``(in, out)``.
       row_shape, col_shape: the factorisations ``(m_1..m_d)`` and ``(n_1..n_d)`` of the
-        numbers of rows and columns (same length ``d``; sizes 1 are allowed for padding).
+        numbers of rows and columns. They may differ in length (as TensorLy's and
+        tensorly-torch's tensorized shapes may): the shorter is padded with 1s at the end, so
+        ``(4, 8, 2), (16, 16)`` gives cores ``(·, 4, 16, ·), (·, 8, 16, ·), (·, 2, 1, ·)``.
       ranks, eps, max_rank, precision: as in :func:`tt`.
 
     Returns:
@@ -130,8 +136,9 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
       ((1, 12, 1), True)
 
     Raises:
-      ValueError: when the shapes differ in length, hold non-positive sizes or do not multiply
-        to ``w``'s shape, and for the rank arguments as in :func:`tt`.
+      ValueError: when the shapes hold non-positive sizes or do not multiply to ``w``'s shape,
+        for a ``w`` with a dimension of size zero, for the rank arguments as in :func:`tt`, and
+        for NaN/Inf in ``w`` in an eager call.
 
     References: I. V. Oseledets, "Approximation of 2^d × 2^d matrices using tensor
     decomposition", SIAM J. Matrix Anal. Appl. 31(4), 2010; A. Novikov, D. Podoprikhin,
@@ -140,9 +147,8 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
     w = as_matrix(w, "w")
     row_shape = _check_shape(row_shape, "row_shape")
     col_shape = _check_shape(col_shape, "col_shape")
-    if len(row_shape) != len(col_shape):
-        raise ValueError(f"row_shape and col_shape must have the same length, got {row_shape} "
-                         f"and {col_shape}.")
+    d = max(len(row_shape), len(col_shape))  # the shorter factorisation is padded with 1s
+    row_shape, col_shape = (s + (1,) * (d - len(s)) for s in (row_shape, col_shape))
     for name, shape, size in (("row_shape", row_shape, w.shape[0]),
                               ("col_shape", col_shape, w.shape[1])):
         if math.prod(shape) != size:
@@ -155,7 +161,7 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
     return TTMatrix(cores)
 
 
-def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision="highest"):
+def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision: Precision = "highest"):
     """TT-rounding: the same tensor (or TT-matrix) at smaller ranks, in the format.
 
     Right-to-left QR orthogonalisation, then left to right a truncated decomposition of each
@@ -190,15 +196,15 @@ def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision="highest"):
     """
     if not isinstance(t, (TTTensor, TTMatrix)):
         raise TypeError(f"t must be a TTTensor or TTMatrix, got {type(t).__name__}.")
-    modes = tuple(g.shape[1] for g in _flat(t))
+    modes = tuple(g.shape[1] for g in flat_cores(t))
     caps, eps = _rank_args(ranks, eps, max_rank, modes, strict=False)
     eager = _eager(t.cores, eps)
     if eps is not None and not eager and max_rank is None:
         raise ValueError(_NEED_MAX_RANK.format(name="tt_round"))
-    cores, keeps = _round_jit(_flat(t), eps, caps=caps, precision=precision)
+    cores, keeps = _round_jit(flat_cores(t), eps, caps=caps, precision=precision)
     if keeps is not None and eager:
         cores = _cut(cores, keeps)
-    return _like(t, cores)
+    return from_flat_cores(t, cores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +372,11 @@ def _decompose(x, caps, eps, capped, precision, name="tt", split=None):
 @functools.partial(jax.jit, static_argnames=("caps", "split", "precision"))
 def _tt_svd_jit(x, eps, *, caps, split, precision):
     n_bad = count_nonfinite(x)
+    # Scale: the sweep runs on x / 2^k (exact), entries of at most 1, so that its Gram matrices
+    # and the eps threshold neither over- nor underflow; the last core (the one that is not
+    # orthonormal) takes 2^k back.
+    scale = jax.lax.stop_gradient(pow2_scale(x))
+    x = x / scale
     if split is not None:  # (M, N) → (m_1 n_1, ..., m_d n_d), row and column indices paired
         rows, cols = split
         d = len(rows)
@@ -379,6 +390,7 @@ def _tt_svd_jit(x, eps, *, caps, split, precision):
         return b.reshape(b.shape[0], shape[k + 1], -1)
 
     cores, keeps = _sweep(x.reshape(1, shape[0], -1), nxt, caps, delta_sq, precision)
+    cores[-1] = cores[-1] * scale
     if split is not None:
         cores = [g.reshape(g.shape[0], m, n, g.shape[-1]) for g, m, n in zip(cores, *split)]
     return cores, keeps, n_bad
@@ -391,11 +403,16 @@ def _tt_svd_jit(x, eps, *, caps, split, precision):
 @functools.partial(jax.jit, static_argnames=("caps", "precision"))
 def _round_jit(cores, eps, *, caps, precision):
     prec = algebra.resolve_precision(precision)
-    cores = tt_orthogonalize(TTTensor(cores), "right", precision=precision).cores
+    # Scale: the orthogonalisation normalises the cores by powers of two (exact) and returns
+    # the exponent apart, which goes back into the last core at the end, so the QRs and the
+    # sweep see entries of at most 1 however the tensor's scale is spread over its cores.
+    cores, exponent = orthogonalize_scaled(cores, "right", precision=precision)
     norm_sq = jnp.vdot(cores[0], cores[0], precision=prec)  # ‖t‖ = ‖G_1‖ now
     delta_sq = _delta_sq(norm_sq, eps, len(cores))
 
     def nxt(b, k):
         return jnp.einsum("ab,bic->aic", b, cores[k + 1], precision=prec)
 
-    return _sweep(cores[0], nxt, caps, delta_sq, precision)
+    out, keeps = _sweep(cores[0], nxt, caps, delta_sq, precision)
+    out[-1] = pow2_restore(out[-1], exponent)
+    return out, keeps
