@@ -125,8 +125,10 @@ def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_iter:
       >>> t, info = tfa.tt_cross(fn, (10,) * 10, 8, key=jax.random.key(0), return_info=True)
       >>> idx = jax.random.randint(jax.random.key(1), (1000, 10), 0, 10)
       >>> err = jnp.linalg.norm(t.gather(idx) - fn(idx)) / jnp.linalg.norm(fn(idx))
-      >>> bool(err < 1e-4), bool(info.rel_error < 1e-4), int(info.n_evals)  # of 10^10 values
-      (True, True, 43024)
+      >>> bool(err < 1e-4), bool(info.rel_error < 1e-4)  # the estimate agrees
+      (True, True)
+      >>> int(info.n_evals) < 50_000  # values of fn used, of the 10^10 of the grid
+      True
 
     Raises:
       ValueError: for a bad ``shape``, ``ranks`` (wrong length, not 1 at the ends,
