@@ -222,6 +222,17 @@ def test_fixed_ranks_match_tensorly():
     assert ours <= theirs * (1 + 1e-9), (ours, theirs)
 
 
+def test_inner_ranks_mean_the_full_list(p64):
+    with x64():
+        x = p64.to_dense()
+        full, inner = tfa.tt(x, RANKS), tfa.tt(x, RANKS[1:-1])
+        assert inner.rank == RANKS
+        for g, h in zip(full.cores, inner.cores):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(h))
+        assert tfa.tt(x, eps=1e-3, max_rank=(2, 2, 2, 2)).rank == (1, 2, 2, 2, 2, 1)
+        assert tfa.tt_round(full, (2, 3, 2, 1)).rank == (1, 2, 3, 2, 1, 1)
+
+
 def test_eps_under_jit_is_masked_and_trims_to_eager(p64):
     with x64():
         x = p64.to_dense() + 1e-3 * jax.random.normal(jax.random.key(6), SHAPE, jnp.float64)

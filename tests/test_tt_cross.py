@@ -141,6 +141,12 @@ def test_int_rank_is_lowered_to_what_each_bond_admits():
     assert int(info.n_evals) == 24 + (4 + 24) + (24 + 16) + 4
 
 
+def test_inner_ranks_mean_the_full_list():
+    full = jax.eval_shape(lambda: tfa.tt_cross(inverse_sum, (4, 5, 6), (1, 3, 2, 1), key=KEY))
+    inner = jax.eval_shape(lambda: tfa.tt_cross(inverse_sum, (4, 5, 6), (3, 2), key=KEY))
+    assert [g.shape for g in inner.cores] == [g.shape for g in full.cores]
+
+
 def test_one_way_grid_is_the_function_itself():
     fn = lambda idx: 2.0 * idx[:, 0] + 1.0  # noqa: E731
     t = tfa.tt_cross(fn, (6,), 3, key=jax.random.key(0))
@@ -265,8 +271,8 @@ def test_maxvol_needs_a_tall_matrix():
 
 
 @pytest.mark.parametrize("ranks,message", [
-    ((1, 2, 1), "ranks must hold 4 TT ranks (1, r_1, ..., r_2, 1) for a 3-way grid of shape "
-                "(4, 5, 6), got 3: (1, 2, 1)"),
+    ((1, 2, 1), "ranks must hold 4 TT ranks (1, r_1, ..., r_2, 1) or the 2 inner ones for a "
+                "3-way grid of shape (4, 5, 6), got 3: (1, 2, 1)"),
     ((2, 2, 2, 1), "ranks must start and end with 1, got (2, 2, 2, 1)"),
     ((1, 0, 2, 1), "ranks[1] must be a positive integer, got 0"),
     ((1, 2, -1, 1), "ranks[2] must be a positive integer, got -1"),

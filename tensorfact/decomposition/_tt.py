@@ -20,6 +20,12 @@ speed where an SVD of the wide unfolding would not; the truncation error used fo
 measured on the projection actually kept, ``‖C − U Uᵀ C‖² = ‖C − U_R U_Rᵀ C‖² + Σ_{j ≥ r}
 ‖u_jᵀ C‖²``, so the bound holds for the returned tensor, not only for exact singular values.
 
+Scale: TT-SVD runs on ``x / 2^k`` with ``2^k`` near ``max |x|`` (exact in binary floating
+point) and the last core, the one that is not orthonormal, takes ``2^k`` back; rounding
+normalises each core by its own power of two the same way. So ``tt(c·x) = c·tt(x)``, the Gram
+matrices and the ``eps`` threshold never over- or underflow, and the ``eps`` bound holds for
+data of any representable magnitude (1e-30 … 1e30 in float32).
+
 Reference: I. V. Oseledets, "Tensor-Train Decomposition", SIAM Journal on Scientific Computing
 33(5), 2295–2317, 2011.
 """
@@ -56,13 +62,15 @@ def tt(x, ranks=None, *, eps=None, max_rank=None,
     """TT-SVD: a tensor train of ``x`` with given ranks or to a relative accuracy ``eps``.
 
     Args:
-      x: array with at least one dimension, shape ``(n_1, ..., n_d)``. A ``jax.Array`` split
+      x: array with at least one dimension, none of size zero, shape ``(n_1, ..., n_d)``
+        (integers and booleans are cast to float32). A ``jax.Array`` split
         over a device mesh (see :mod:`tensorfact.sharding`) is decomposed where it lies, with
         fixed ``ranks``; the cores are replicated on the mesh (details:
         :func:`tensorfact.decomposition._sharded.tt`).
-      ranks: the TT ranks, a full list ``(1, r_1, ..., r_{d-1}, 1)`` (each ``r_k`` at most
-        ``r_{k-1} n_k`` and ``n_{k+1} r_{k+1}``), or an int: the largest rank, clipped per bond
-        by the sizes of the unfolding (so a large int gives an exact decomposition).
+      ranks: the TT ranks, a full list ``(1, r_1, ..., r_{d-1}, 1)`` or the ``d − 1`` inner
+        ones ``(r_1, ..., r_{d-1})`` (each ``r_k`` at most ``r_{k-1} n_k`` and
+        ``n_{k+1} r_{k+1}``), or an int: the largest rank, clipped per bond by the sizes of the
+        unfolding (so a large int gives an exact decomposition).
       eps: instead of ``ranks``, a relative error bound: the result has ``‖x − tt‖ ≤ eps‖x‖``
         with the smallest ranks the truncation finds (unless ``max_rank`` caps them).
       max_rank: with ``eps``, a cap on the ranks (an int or a full list as for ``ranks``).
@@ -92,10 +100,10 @@ def tt(x, ranks=None, *, eps=None, max_rank=None,
       True
 
     Raises:
-      ValueError: for neither or both of ``ranks`` and ``eps``, ``max_rank`` without ``eps``,
-        ``eps`` under ``jit`` without ``max_rank``, ranks that are not positive integers, do not
-        start and end with 1, have the wrong length or exceed what the shape allows, a negative
-        ``eps``, or NaN/Inf in an eager call.
+      ValueError: for a mode of size zero, neither or both of ``ranks`` and ``eps``,
+        ``max_rank`` without ``eps``, ``eps`` under ``jit`` without ``max_rank``, ranks that are
+        not positive integers, do not start and end with 1, have the wrong length or exceed
+        what the shape allows, a negative ``eps``, or NaN/Inf in an eager call.
 
     Reference: I. V. Oseledets, "Tensor-Train Decomposition", SIAM J. Sci. Comput. 33(5), 2011.
     """
@@ -171,8 +179,8 @@ def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision: Precision = "
 
     Args:
       t: a :class:`TTTensor` or :class:`TTMatrix`.
-      ranks: target ranks: an int (largest rank) or a full list ``(1, r_1, ..., 1)``; each is
-        an upper bound (bonds already smaller stay as they are).
+      ranks: target ranks: an int (largest rank), a full list ``(1, r_1, ..., 1)`` or the
+        inner ranks; each is an upper bound (bonds already smaller stay as they are).
       eps: instead of ``ranks``, a relative error bound ``‖t − round(t)‖ ≤ eps‖t‖``.
       max_rank: with ``eps``, a cap on the ranks; required under ``jax.jit``/``vmap``, where the
         cores keep that size and the unused part is zero (``trim()`` drops it eagerly).
@@ -264,10 +272,12 @@ def _bond_caps(ranks, shape, name, *, strict) -> tuple[int, ...]:
         raise ValueError(f"{name} must be an int or a sequence of ints (1, r_1, ..., r_{{d-1}}, "
                          f"1), got {ranks!r}.")
     ranks = tuple(ranks)
-    if len(ranks) != d + 1:
+    if len(ranks) not in (d + 1, d - 1):
         raise ValueError(f"{name} must have d + 1 = {d + 1} entries (1, r_1, ..., r_{{d-1}}, 1) "
-                         f"for a {d}-way tensor of shape {tuple(shape)}, got {len(ranks)}: "
-                         f"{ranks!r}.")
+                         f"or the d - 1 = {d - 1} inner ones (r_1, ..., r_{{d-1}}) for a {d}-way "
+                         f"tensor of shape {tuple(shape)}, got {len(ranks)}: {ranks!r}.")
+    if len(ranks) == d - 1:
+        ranks = (1,) + ranks + (1,)
     ranks = tuple(check_positive_int(r, f"{name}[{k}]") for k, r in enumerate(ranks))
     if ranks[0] != 1 or ranks[-1] != 1:
         raise ValueError(f"{name} must start and end with 1 (a tensor train has boundary "

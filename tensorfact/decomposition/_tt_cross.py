@@ -100,8 +100,9 @@ def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_iter:
         ``lambda`` compiles anew (close over arrays, or wrap the call in ``jax.jit``, to vary
         data without recompiling).
       shape: the grid ``(n_0, ..., n_{d-1})``, ``d ≥ 1`` positive ints.
-      ranks: the TT ranks ``(1, r_1, ..., r_{d-1}, 1)``, or an int: the same rank at every bond,
-        lowered to what the bond admits (``r_k ≤ min(∏_{j<k} n_j, ∏_{j≥k} n_j)``). Explicit
+      ranks: the TT ranks ``(1, r_1, ..., r_{d-1}, 1)`` (or the ``d − 1`` inner ones), or an
+        int: the same rank at every bond, lowered to what the bond admits
+        (``r_k ≤ min(∏_{j<k} n_j, ∏_{j≥k} n_j)``). Explicit
         ranks must satisfy that bound and ``r_{k+1} ≤ r_k n_k``, ``r_k ≤ n_k r_{k+1}``.
       key: ``jax.random`` key (required): the random start of the right index sets, and the
         check set on which the error is estimated.
@@ -197,9 +198,12 @@ def _check_tt_ranks(ranks, shape) -> tuple[int, ...]:
         raise ValueError(f"ranks must be an int or a sequence of {d + 1} ints (1, r_1, ..., "
                          f"r_{d - 1}, 1), got {ranks!r}.")
     ranks = tuple(ranks)
-    if len(ranks) != d + 1:
-        raise ValueError(f"ranks must hold {d + 1} TT ranks (1, r_1, ..., r_{d - 1}, 1) for a "
-                         f"{d}-way grid of shape {shape}, got {len(ranks)}: {ranks!r}.")
+    if len(ranks) not in (d + 1, d - 1):
+        raise ValueError(f"ranks must hold {d + 1} TT ranks (1, r_1, ..., r_{d - 1}, 1) or the "
+                         f"{d - 1} inner ones for a {d}-way grid of shape {shape}, got "
+                         f"{len(ranks)}: {ranks!r}.")
+    if len(ranks) == d - 1:
+        ranks = (1,) + ranks + (1,)
     ranks = tuple(check_positive_int(r, f"ranks[{k}]") for k, r in enumerate(ranks))
     if ranks[0] != 1 or ranks[-1] != 1:
         raise ValueError(f"ranks must start and end with 1, got {ranks!r}.")

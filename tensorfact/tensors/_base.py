@@ -13,10 +13,12 @@ Subclasses declare ``_leaves`` (attribute names holding arrays or tuples of arra
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from tensorfact._numerics import pow2_scale
@@ -130,6 +132,23 @@ def as_leaf(value, name: str) -> jax.Array:
         return jnp.asarray(value)
     except TypeError as err:
         raise TypeError(f"{name} must be an array, got {type(value).__name__}.") from err
+
+
+def as_leaf_sequence(values, name: str, ndim: int, layout: str,
+                     owner: str = "") -> tuple[jax.Array, ...]:
+    """``values``, a non-empty sequence of arrays (not itself an array), as a tuple of
+    ``ndim``-D JAX arrays; errors name ``name[k]`` (followed by ``owner``, e.g. " of a
+    TTTensor") and the expected ``layout``, e.g. ``"(r_k, n_k, r_k+1)"``."""
+    if (isinstance(values, (jax.Array, np.ndarray)) or not isinstance(values, Sequence)
+            or not values):
+        raise ValueError(f"{name} must be a non-empty sequence of {ndim}-D arrays, got "
+                         f"{type(values).__name__}.")
+    leaves = tuple(as_leaf(v, f"{name}[{k}]") for k, v in enumerate(values))
+    for k, v in enumerate(leaves):
+        if v.ndim != ndim:
+            raise ValueError(f"{name}[{k}]{owner} must be {ndim}-D {layout}, got shape "
+                             f"{tuple(v.shape)}.")
+    return leaves
 
 
 # -- scale-safe products of chains of cores ---------------------------------------------------

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from tensorfact import algebra
 from tensorfact._checks import Precision
-from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf, pow2_normalize,
-                                      pow2_restore, pow2_sqrt)
+from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf_sequence,
+                                      pow2_normalize, pow2_restore, pow2_sqrt)
 
 __all__ = ["TRTensor", "chain", "transfer_chain", "transfer_chain_scaled"]
 
@@ -50,14 +50,7 @@ class TRTensor(CoreSequence, FactorizedTensor):
     _leaves = ("cores",)
 
     def __init__(self, cores: Sequence[jax.Array]):
-        if isinstance(cores, jax.Array) or not isinstance(cores, Sequence) or not cores:
-            raise ValueError("cores must be a non-empty sequence of 3-D arrays, got "
-                             f"{type(cores).__name__}.")
-        cores = tuple(as_leaf(g, f"cores[{k}]") for k, g in enumerate(cores))
-        for k, g in enumerate(cores):
-            if g.ndim != 3:
-                raise ValueError(f"cores[{k}] must be 3-D (r_k, n_k, r_k+1), got shape "
-                                 f"{tuple(g.shape)}.")
+        cores = as_leaf_sequence(cores, "cores", 3, "(r_k, n_k, r_k+1)")
         d = len(cores)
         for k in range(d):
             nxt = (k + 1) % d

@@ -13,9 +13,16 @@ tensor of shape ``(m_1 n_1, ..., m_d n_d)``, so most operations below serve both
 
 Everything here is done on the cores, never on the dense tensor (sums, Hadamard products and
 inner products after Oseledets 2011, §4; orthogonalisation by QR, ibid. §3), and needs no SVD:
-TT-SVD, TT-rounding and ``tt_matrix`` live in :mod:`tensorfact.decomposition.tt`. The
-TT-matrix products (:func:`tt_matmul`) are here because the ``@`` operator of the types
-delegates to them and a type may not import from the decompositions above it.
+TT-SVD, TT-rounding and TT-matrices of a dense matrix are :func:`tensorfact.tt`,
+:func:`tensorfact.tt_round` and :func:`tensorfact.tt_matrix`. The TT-matrix products
+(:func:`tt_matmul`) are here because the ``@`` operator of the types delegates to them and a
+type may not import from the decompositions above it; their dense case runs the chain of
+:mod:`tensorfact.kernels` (the layer below the types).
+
+Scale: a train multiplies ``d`` scales, so a tensor whose norm is representable can have
+partial products that are not (cores of entries 1e20, or 1e30 and 1e-30). The norms, inner
+products and orthogonalisations below rescale cores and running products by exact powers of
+two and keep the exponents apart (``tensors/_base.py``).
 
 Reference: I. V. Oseledets, "Tensor-Train Decomposition", SIAM Journal on Scientific
 Computing 33(5), 2295–2317, 2011.
@@ -35,8 +42,8 @@ import numpy as np
 
 from tensorfact import algebra, kernels
 from tensorfact._checks import Impl, Precision, check_choice, is_traced
-from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf, pow2_normalize,
-                                      pow2_restore, pow2_sqrt)
+from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf_sequence,
+                                      pow2_normalize, pow2_restore, pow2_sqrt)
 
 __all__ = ["TTTensor", "TTMatrix", "tt_add", "tt_scale", "tt_hadamard", "tt_inner",
            "tt_orthogonalize", "tt_gather", "tt_matmul", "flat_cores", "from_flat_cores",
@@ -45,15 +52,8 @@ __all__ = ["TTTensor", "TTMatrix", "tt_add", "tt_scale", "tt_hadamard", "tt_inne
 
 def _as_cores(cores, ndim: int, kind: str) -> tuple[jax.Array, ...]:
     """Converts ``cores`` to a tuple of ``ndim``-D arrays with chained ranks, 1 at both ends."""
-    if isinstance(cores, (jax.Array, np.ndarray)) or not isinstance(cores, Sequence) or not cores:
-        raise ValueError(f"cores must be a non-empty sequence of {ndim}-D arrays, got "
-                         f"{type(cores).__name__}.")
-    cores = tuple(as_leaf(g, f"cores[{k}]") for k, g in enumerate(cores))
     layout = "(r_prev, n, r_next)" if ndim == 3 else "(r_prev, m, n, r_next)"
-    for k, g in enumerate(cores):
-        if g.ndim != ndim:
-            raise ValueError(f"cores[{k}] of a {kind} must be {ndim}-D {layout}, got shape "
-                             f"{tuple(g.shape)}.")
+    cores = as_leaf_sequence(cores, "cores", ndim, layout, f" of a {kind}")
     for k in range(1, len(cores)):
         if cores[k].shape[0] != cores[k - 1].shape[-1]:
             raise ValueError(f"cores[{k}] must start with rank {cores[k - 1].shape[-1]} (the last "
@@ -574,16 +574,19 @@ def tt_matmul(a, b, *, impl: Impl = "auto", precision: Precision = "highest"):
       ``t`` of shape ``W.row_shape`` gives ``Wᵀ t``.
 
     The dense product never forms ``W``: it contracts one core at a time, a chain of ``d``
-    einsums ``'bmqa,amnc->bqnc'`` on the reshaped input (Novikov et al. 2015). Step ``k`` costs
+    einsums ``'bmqa,amnc->bqnc'`` on the reshaped input (Novikov et al. 2015;
+    :func:`tensorfact.kernels.tt_chain_xla`). Step ``k`` costs
     ``2 B r_{k-1} r_k (m_k ⋯ m_d)(n_1 ⋯ n_k)`` FLOPs for ``B`` input rows, against ``2 B M N``
-    for the dense product. Differentiable in ``W`` and ``x``.
+    for the dense product. Differentiable in ``W`` and ``x``. Integer input is promoted to the
+    floating dtype of the product; a batch of zero rows gives an empty result of the right
+    shape.
 
     ``impl`` applies to the dense ``x @ W`` case (the TT layer's forward): ``"xla"`` runs the
     einsum chain above, ``"pallas"`` the fused kernel :func:`tensorfact.kernels.tt_chain_matmul`
     (intermediates kept on chip; interpret mode off GPUs; backward through the XLA chain), and
     ``"auto"`` the kernel on a GPU where it fits on chip once measured to pay (not yet), XLA
-    elsewhere. The other cases have no
-    kernel: they ignore ``"auto"``/``"xla"`` and reject ``"pallas"``.
+    elsewhere. The other cases have no kernel: they ignore ``"auto"``/``"xla"`` and reject
+    ``"pallas"``.
 
     References: A. Novikov, D. Podoprikhin, A. Osokin and D. Vetrov, "Tensorizing Neural
     Networks", NeurIPS 2015; I. V. Oseledets, SIAM J. Sci. Comput. 33(5), 2011, §4.3.
@@ -672,14 +675,7 @@ def _tm_tt(a: TTMatrix, t: TTTensor, precision) -> TTTensor:
     if t.shape != a.col_shape:
         raise ValueError(f"TT-matrix × TTTensor needs the tensor's shape to equal the matrix's "
                          f"col_shape {a.col_shape}, got {t.shape}.")
-    return TTTensor(_tm_tt_cores(a.cores, t.cores, precision=precision))
-
-
-@_jit
-def _tm_tt_cores(fa, ft, precision="highest"):
-    precision = algebra.resolve_precision(precision)
-    cores = []
-    for ga, gt in zip(fa, ft):
-        g = jnp.einsum("aijb,cjd->acibd", ga, gt, precision=precision)
-        cores.append(g.reshape(ga.shape[0] * gt.shape[0], ga.shape[1], -1))
-    return cores
+    # t is the TT-matrix of one column (cores (r, n, 1, r')): the product of two TT-matrices
+    as_matrix = [g[:, :, None, :] for g in t.cores]
+    return TTTensor([g[:, :, 0, :] for g in _tm_tm_cores(a.cores, as_matrix,
+                                                         precision=precision)])
