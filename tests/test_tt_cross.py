@@ -363,21 +363,36 @@ def scaled_cross(c):
                         tol=0, return_info=True)
 
 
-@settings(max_examples=8, deadline=None)
-@given(exponent=st.sampled_from([-30.0, -20.0, 20.0, 30.0]) | st.floats(-30, 30))
-def test_scale_equivariance(exponent):
-    """fn·c gives c times the train and the same (true, here exact) error, for c from 1e-30 to
-    1e30 in float32: the cross is scale-invariant (QR, maxvol) and the error estimate uses
-    norms that neither overflow nor underflow."""
-    c = np.float32(10.0 ** exponent)
-    exact = 1.0 / (1.0 + np.indices((4, 5, 6)).sum(axis=0))
+@pytest.mark.parametrize("k", [-99, -66, 66, 99])  # c = 2^k: 1.6e-30, 1.4e-20, 7e19, 6e29
+def test_scale_equivariance_for_powers_of_two(k):
+    """fn·c gives c times the train and the same (here exact) error, for c from 1e-30 to 1e30
+    in float32: the QRs and maxvol are scale-invariant, and the error estimate uses norms that
+    neither over- nor underflow. With c a power of two the scaled values are exact, so the
+    cross is the same one."""
+    c = np.float32(2.0 ** k)
     t1, info1 = scaled_cross(np.float32(1.0))
     tc, infoc = scaled_cross(c)
-    dense = np.asarray(tc.to_dense(), np.float64)
-    assert np.all(np.isfinite(dense)) and np.isfinite(float(infoc.rel_error))
-    assert rel(exact, dense / np.float64(c)) == pytest.approx(rel(exact, t1.to_dense()), rel=1e-2)
-    assert float(infoc.rel_error) == pytest.approx(float(info1.rel_error), rel=1e-2)
+    np.testing.assert_allclose(np.asarray(tc.to_dense(), np.float64) / np.float64(c),
+                               np.asarray(t1.to_dense(), np.float64), rtol=1e-5, atol=1e-7)
+    assert float(infoc.rel_error) == pytest.approx(float(info1.rel_error), rel=1e-4)
     assert float(info1.rel_error) > 1e-6
+
+
+@settings(max_examples=8, deadline=None)
+@given(exponent=st.sampled_from([-30.0, -20.0, 20.0, 30.0]) | st.floats(-30, 30))
+def test_scaled_functions_are_fitted_as_well_and_their_error_is_reported_truly(exponent):
+    """Any c from 1e-30 to 1e30: c·fn rounds differently from fn, so maxvol may break a near
+    tie the other way and pick another cross, but the fit is as good and the reported error is
+    the true one (the check set is the whole 120-point grid here)."""
+    c = np.float32(10.0 ** exponent)
+    exact = 1.0 / (1.0 + np.indices((4, 5, 6)).sum(axis=0))
+    t1, _ = scaled_cross(np.float32(1.0))
+    tc, infoc = scaled_cross(c)
+    dense = np.asarray(tc.to_dense(), np.float64)
+    assert np.all(np.isfinite(dense))
+    err = rel(exact * np.float64(c), dense)
+    assert float(infoc.rel_error) == pytest.approx(err, rel=1e-3)
+    assert err < 1.5 * rel(exact, t1.to_dense())
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
