@@ -16,7 +16,7 @@ from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, m
                                 partial_mttkrp, unfold)
 from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur, factorize_gd,
                                       gaussian_measurements, measure, nmf, rpca, svd,
-                                      tensor_ring, tt, tt_cross, tt_cross_n_evals, tt_matrix,
+                                      tensor_ring, tt, tt_cross, TTCrossInfo, tt_matrix,
                                       tt_round, tucker)
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
@@ -42,7 +42,7 @@ __all__ = [
     "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
     "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors", "FitInfo", "SensingHistory",
     # decompositions
-    "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross", "tt_cross_n_evals",
+    "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross", "TTCrossInfo",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",
     # tensor-train arithmetic
     "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",

@@ -271,6 +271,24 @@ def test_als_from_random_start_reaches_the_noise_level(noisy_pair):
     assert bool(info.converged) and abs(errors[n - 1] - errors[n - 2]) < 1e-6
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_als_from_random_starts_at_ranks_the_data_cannot_fill_stays_finite(seed):
+    """Ranks 5 on a 4 × 5 × 6 tensor: the Gram matrix of a core solve is 25 × 25 but its
+    subchain has only 20 to 30 entries per row, so it is singular (and, formed from transfer
+    matrices in float32, not even numerically positive semi-definite). A plain Cholesky solve
+    gave NaN from the first sweep for most keys; the proximal solve stays finite, and with 125
+    parameters for 120 entries the ring all but interpolates the data."""
+    y = np.random.default_rng(50).standard_normal((4, 5, 6)).astype(np.float32)
+    approx, info = tfa.tensor_ring(y, 5, method="als", init="random", key=jax.random.key(seed),
+                                   n_iter=30, tol=0, return_info=True)
+    errors = np.asarray(info.errors)
+    assert np.all(np.isfinite(errors)) and np.all(np.isfinite(np.asarray(approx.to_dense())))
+    # each proximal step lowers the objective, down to float32 rounding of the error itself
+    assert np.all(np.diff(errors) <= 1e-4) and np.all(errors[1:] < 1e-4)
+    assert float(info.rel_error) == pytest.approx(rel(y, approx.to_dense()), abs=1e-6)
+    assert rel(y, approx.to_dense()) < 1e-3
+
+
 def test_unfolding_rank_bounds_hold_for_both_methods(noisy_pair):
     """The (i_0..i_k) × rest unfolding of any ring has rank ≤ r_0 r_{k+1}, so
     ‖x − x̂‖² ≥ its tail beyond that rank, for every k."""
@@ -338,7 +356,7 @@ def test_jit_matches_eager(noisy_pair):
     x = noisy_pair[1]
     run = functools.partial(tfa.tensor_ring, ranks=RANKS, method="als", init="random", key=KEY,
                             n_iter=100, return_info=True)
-    eager, _ = run(x)
+    eager, _ = run(x, tol=1e-6)  # the same arguments, the tolerance traced under jit
     jitted, info = jax.jit(lambda x, tol: run(x, tol=tol))(x, 1e-6)
     assert bool(info.converged) and 1 < int(info.n_iter) < 100
     np.testing.assert_allclose(np.asarray(jitted.to_dense()), np.asarray(eager.to_dense()),
@@ -400,11 +418,24 @@ def x3(exact):
     return exact.to_dense()
 
 
+def test_tensorly_ranks_with_the_ring_closed_are_accepted(x3):
+    """TensorLy's d + 1 ranks (r_0, ..., r_{d-1}, r_0) mean the same ring as our d."""
+    ours = tfa.tensor_ring(x3, RANKS)
+    theirs = tfa.tensor_ring(x3, list(RANKS) + [RANKS[0]])
+    assert theirs.rank == RANKS
+    for g, h in zip(ours.cores, theirs.cores):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(h))
+
+
 def test_wrong_number_of_ranks(x3):
     with pytest.raises(ValueError, match=re.escape(
             "ranks must hold one bond size per mode (3: r_0, ..., r_2, with r_3 = r_0 closing "
-            "the ring), got 4: (2, 3, 2, 2)")):
-        tfa.tensor_ring(x3, (2, 3, 2, 2))  # TensorLy's d + 1 convention is not ours
+            "the ring), or 4 with r_3 = r_0 repeated, got 5: (2, 3, 2, 2, 2)")):
+        tfa.tensor_ring(x3, (2, 3, 2, 2, 2))
+    with pytest.raises(ValueError, match=re.escape(
+            "ranks of length 4 (TensorLy's convention) must close the ring with ranks[3] = "
+            "ranks[0], got ranks[0] = 2 and ranks[3] = 1: (2, 3, 2, 1)")):
+        tfa.tensor_ring(x3, (2, 3, 2, 1))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
@@ -467,3 +498,22 @@ def test_init_of_the_wrong_ranks(x3):
 def test_non_finite_input(x3, bad):
     with pytest.raises(ValueError, match=r"x contains 1 NaN or Inf value"):
         tfa.tensor_ring(x3.at[0, 1, 2].set(bad), RANKS)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_init(x3, bad):
+    cores = ring_cores(0, SHAPE, RANKS, np.float32)
+    cores[1][0, 2, 1] = bad
+    with pytest.raises(ValueError, match=r"init contains 1 NaN or Inf value"):
+        tfa.tensor_ring(x3, RANKS, method="als", init=tfa.TRTensor(cores))
+
+
+def test_zero_size_mode(x3):
+    with pytest.raises(ValueError, match=re.escape("x has a mode of size zero (shape (8, 0, 10))")):
+        tfa.tensor_ring(jnp.ones((8, 0, 10)), 1)
+
+
+def test_key_is_the_first_keyword_only_argument():
+    import inspect
+    params = inspect.signature(tfa.tensor_ring).parameters.values()
+    assert [p.name for p in params if p.kind is p.KEYWORD_ONLY][0] == "key"

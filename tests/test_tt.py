@@ -222,6 +222,17 @@ def test_fixed_ranks_match_tensorly():
     assert ours <= theirs * (1 + 1e-9), (ours, theirs)
 
 
+def test_inner_ranks_mean_the_full_list(p64):
+    with x64():
+        x = p64.to_dense()
+        full, inner = tfa.tt(x, RANKS), tfa.tt(x, RANKS[1:-1])
+        assert inner.rank == RANKS
+        for g, h in zip(full.cores, inner.cores):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(h))
+        assert tfa.tt(x, eps=1e-3, max_rank=(2, 2, 2, 2)).rank == (1, 2, 2, 2, 2, 1)
+        assert tfa.tt_round(full, (2, 3, 2, 1)).rank == (1, 2, 3, 2, 1, 1)
+
+
 def test_eps_under_jit_is_masked_and_trims_to_eager(p64):
     with x64():
         x = p64.to_dense() + 1e-3 * jax.random.normal(jax.random.key(6), SHAPE, jnp.float64)
@@ -446,8 +457,6 @@ def test_tt_matrix_truncated_and_in_format_products():
 
 def test_tt_matrix_and_matmul_errors(dense_w):
     w = jnp.asarray(dense_w, jnp.float32)
-    with pytest.raises(ValueError, match="same length"):
-        tfa.tt_matrix(w, (3, 4), (2, 3, 4), 2)
     with pytest.raises(ValueError, match=r"row_shape \(3, 5\) multiplies to 15"):
         tfa.tt_matrix(w, (3, 5), (4, 6), 2)
     with pytest.raises(ValueError, match=r"col_shape \(4, 5\) multiplies to 20"):
@@ -469,6 +478,58 @@ def test_tt_matrix_and_matmul_errors(dense_w):
         tm @ tfa.TTTensor([jnp.ones((1, 4, 1)), jnp.ones((1, 5, 1))])
     with pytest.raises(TypeError, match="needs a TTMatrix on at least one side"):
         tfa.tt_matmul(jnp.ones((2, 2)), jnp.ones((2, 2)))
+
+
+@pytest.mark.parametrize("row_shape, col_shape, padded_rows, padded_cols", [
+    ((3, 4), (2, 3, 4), (3, 4, 1), (2, 3, 4)),   # fewer row factors: padded with 1s
+    ((2, 3, 2), (24,), (2, 3, 2), (24, 1, 1)),   # one column factor (tensorly-torch style)
+])
+def test_tt_matrix_with_unequal_numbers_of_factors(dense_w, row_shape, col_shape, padded_rows,
+                                                  padded_cols):
+    with x64():
+        tm = tfa.tt_matrix(jnp.asarray(dense_w), row_shape, col_shape, 10_000)
+        assert tm.row_shape == padded_rows and tm.col_shape == padded_cols
+        np.testing.assert_allclose(np_ttm_dense(tm.cores), dense_w, atol=1e-12)  # NumPy ref
+        x = np.random.default_rng(30).standard_normal((3, 12))
+        np.testing.assert_allclose(x @ tm, x @ dense_w, atol=1e-11)
+        # truncated: the same as the TT-matrix of the explicitly padded shapes
+        a = tfa.tt_matrix(jnp.asarray(dense_w), row_shape, col_shape, 2)
+        b = tfa.tt_matrix(jnp.asarray(dense_w), padded_rows, padded_cols, 2)
+        np.testing.assert_allclose(a.to_dense(), b.to_dense(), atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas", "auto"])
+def test_tt_matmul_of_an_empty_batch_is_empty(impl):
+    tm = tfa.TTMatrix([jnp.asarray(c, jnp.float32)
+                       for c in random_cores(31, NSHAPE, MRANKS, extra=MSHAPE)])
+    for lead in [(0,), (2, 0), (0, 3)]:
+        out = tfa.tt_matmul(jnp.zeros(lead + (12,)), tm, impl=impl)
+        assert out.shape == lead + (24,) and out.dtype == jnp.float32
+    assert (jnp.zeros((0, 12)) @ tm).shape == (0, 24)
+    assert (tm @ jnp.zeros((24, 0))).shape == (12, 0)
+    # and the gradient through an empty batch is the zero gradient, not an error
+    g = jax.grad(lambda w: jnp.sum(jnp.zeros((0, 12)) @ w))(tm)
+    assert all(not np.any(np.asarray(c)) for c in g.cores)
+
+
+def test_tt_matmul_promotes_integer_input():
+    tm = tfa.TTMatrix([jnp.asarray(c, jnp.float32)
+                       for c in random_cores(32, NSHAPE, MRANKS, extra=MSHAPE)])
+    x = np.arange(24, dtype=np.int32).reshape(2, 12)
+    out = x @ tm
+    assert out.dtype == jnp.float32
+    assert rel(x.astype(np.float64) @ np_ttm_dense(tm.cores), out) < 1e-6
+    v = np.arange(24, dtype=np.int8)
+    assert rel(np_ttm_dense(tm.cores) @ v.astype(np.float64), tm @ v) < 1e-6
+
+
+def test_zero_size_modes_are_refused_naming_the_argument():
+    with pytest.raises(ValueError, match=r"x has a mode of size zero \(shape \(3, 0, 4\)\)"):
+        tfa.tt(jnp.ones((3, 0, 4)), 2)
+    with pytest.raises(ValueError, match=r"x has a mode of size zero"):
+        tfa.tt(jnp.ones((3, 0, 4)), eps=0.1)
+    with pytest.raises(ValueError, match=r"w has a dimension of size zero \(shape \(0, 24\)\)"):
+        tfa.tt_matrix(jnp.ones((0, 24)), (1,), (24,), 2)
 
 
 # ---------------------------------------------------------------------------------------------

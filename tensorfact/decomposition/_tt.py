@@ -20,6 +20,12 @@ speed where an SVD of the wide unfolding would not; the truncation error used fo
 measured on the projection actually kept, ``‖C − U Uᵀ C‖² = ‖C − U_R U_Rᵀ C‖² + Σ_{j ≥ r}
 ‖u_jᵀ C‖²``, so the bound holds for the returned tensor, not only for exact singular values.
 
+Scale: TT-SVD runs on ``x / 2^k`` with ``2^k`` near ``max |x|`` (exact in binary floating
+point) and the last core, the one that is not orthonormal, takes ``2^k`` back; rounding
+normalises each core by its own power of two the same way. So ``tt(c·x) = c·tt(x)``, the Gram
+matrices and the ``eps`` threshold never over- or underflow, and the ``eps`` bound holds for
+data of any representable magnitude (1e-30 … 1e30 in float32).
+
 Reference: I. V. Oseledets, "Tensor-Train Decomposition", SIAM Journal on Scientific Computing
 33(5), 2295–2317, 2011.
 """
@@ -36,10 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tensorfact import algebra, sharding
-from tensorfact._checks import (as_float_array, as_matrix, check_nonneg_number,
+from tensorfact._checks import (Precision, as_float_array, as_matrix, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced, report_nonfinite)
+from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition import _sharded
-from tensorfact.tensors._tt import TTMatrix, TTTensor, _flat, _like, tt_orthogonalize
+from tensorfact.tensors._base import pow2_restore
+from tensorfact.tensors._tt import (TTMatrix, TTTensor, flat_cores, from_flat_cores,
+                                    orthogonalize_scaled)
 
 __all__ = ["tt", "tt_round", "tt_matrix"]
 
@@ -48,17 +57,20 @@ __all__ = ["tt", "tt_round", "tt_matrix"]
 # public functions
 
 
-def tt(x, ranks=None, *, eps=None, max_rank=None, precision="highest") -> TTTensor:
+def tt(x, ranks=None, *, eps=None, max_rank=None,
+       precision: Precision = "highest") -> TTTensor:
     """TT-SVD: a tensor train of ``x`` with given ranks or to a relative accuracy ``eps``.
 
     Args:
-      x: array with at least one dimension, shape ``(n_1, ..., n_d)``. A ``jax.Array`` split
+      x: array with at least one dimension, none of size zero, shape ``(n_1, ..., n_d)``
+        (integers and booleans are cast to float32). A ``jax.Array`` split
         over a device mesh (see :mod:`tensorfact.sharding`) is decomposed where it lies, with
         fixed ``ranks``; the cores are replicated on the mesh (details:
         :func:`tensorfact.decomposition._sharded.tt`).
-      ranks: the TT ranks, a full list ``(1, r_1, ..., r_{d-1}, 1)`` (each ``r_k`` at most
-        ``r_{k-1} n_k`` and ``n_{k+1} r_{k+1}``), or an int: the largest rank, clipped per bond
-        by the sizes of the unfolding (so a large int gives an exact decomposition).
+      ranks: the TT ranks, a full list ``(1, r_1, ..., r_{d-1}, 1)`` or the ``d − 1`` inner
+        ones ``(r_1, ..., r_{d-1})`` (each ``r_k`` at most ``r_{k-1} n_k`` and
+        ``n_{k+1} r_{k+1}``), or an int: the largest rank, clipped per bond by the sizes of the
+        unfolding (so a large int gives an exact decomposition).
       eps: instead of ``ranks``, a relative error bound: the result has ``‖x − tt‖ ≤ eps‖x‖``
         with the smallest ranks the truncation finds (unless ``max_rank`` caps them).
       max_rank: with ``eps``, a cap on the ranks (an int or a full list as for ``ranks``).
@@ -88,14 +100,14 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision="highest") -> TTTens
       True
 
     Raises:
-      ValueError: for neither or both of ``ranks`` and ``eps``, ``max_rank`` without ``eps``,
-        ``eps`` under ``jit`` without ``max_rank``, ranks that are not positive integers, do not
-        start and end with 1, have the wrong length or exceed what the shape allows, a negative
-        ``eps``, or NaN/Inf in an eager call.
+      ValueError: for a mode of size zero, neither or both of ``ranks`` and ``eps``,
+        ``max_rank`` without ``eps``, ``eps`` under ``jit`` without ``max_rank``, ranks that are
+        not positive integers, do not start and end with 1, have the wrong length or exceed
+        what the shape allows, a negative ``eps``, or NaN/Inf in an eager call.
 
     Reference: I. V. Oseledets, "Tensor-Train Decomposition", SIAM J. Sci. Comput. 33(5), 2011.
     """
-    x = as_float_array(x, "x", min_ndim=1)
+    x = as_float_array(x, "x", min_ndim=1, nonempty=True)
     caps, eps = _rank_args(ranks, eps, max_rank, x.shape, strict=True)
     if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
         return _sharded.tt(x, caps, eps=eps, precision=precision)
@@ -103,7 +115,7 @@ def tt(x, ranks=None, *, eps=None, max_rank=None, precision="highest") -> TTTens
 
 
 def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
-              precision="highest") -> TTMatrix:
+              precision: Precision = "highest") -> TTMatrix:
     """A TT-matrix of the matrix ``w`` of shape ``(∏ m_k, ∏ n_k)``.
 
     ``w`` is reshaped to ``(m_1, ..., m_d, n_1, ..., n_d)``, its axes interleaved to
@@ -116,7 +128,9 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
       w: 2-D array of shape ``(∏ row_shape, ∏ col_shape)``; in a layer ``y = x @ w`` this is
         ``(in, out)``.
       row_shape, col_shape: the factorisations ``(m_1..m_d)`` and ``(n_1..n_d)`` of the
-        numbers of rows and columns (same length ``d``; sizes 1 are allowed for padding).
+        numbers of rows and columns. They may differ in length (as TensorLy's and
+        tensorly-torch's tensorized shapes may): the shorter is padded with 1s at the end, so
+        ``(4, 8, 2), (16, 16)`` gives cores ``(·, 4, 16, ·), (·, 8, 16, ·), (·, 2, 1, ·)``.
       ranks, eps, max_rank, precision: as in :func:`tt`.
 
     Returns:
@@ -130,8 +144,9 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
       ((1, 12, 1), True)
 
     Raises:
-      ValueError: when the shapes differ in length, hold non-positive sizes or do not multiply
-        to ``w``'s shape, and for the rank arguments as in :func:`tt`.
+      ValueError: when the shapes hold non-positive sizes or do not multiply to ``w``'s shape,
+        for a ``w`` with a dimension of size zero, for the rank arguments as in :func:`tt`, and
+        for NaN/Inf in ``w`` in an eager call.
 
     References: I. V. Oseledets, "Approximation of 2^d × 2^d matrices using tensor
     decomposition", SIAM J. Matrix Anal. Appl. 31(4), 2010; A. Novikov, D. Podoprikhin,
@@ -140,9 +155,8 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
     w = as_matrix(w, "w")
     row_shape = _check_shape(row_shape, "row_shape")
     col_shape = _check_shape(col_shape, "col_shape")
-    if len(row_shape) != len(col_shape):
-        raise ValueError(f"row_shape and col_shape must have the same length, got {row_shape} "
-                         f"and {col_shape}.")
+    d = max(len(row_shape), len(col_shape))  # the shorter factorisation is padded with 1s
+    row_shape, col_shape = (s + (1,) * (d - len(s)) for s in (row_shape, col_shape))
     for name, shape, size in (("row_shape", row_shape, w.shape[0]),
                               ("col_shape", col_shape, w.shape[1])):
         if math.prod(shape) != size:
@@ -155,7 +169,7 @@ def tt_matrix(w, row_shape, col_shape, ranks=None, *, eps=None, max_rank=None,
     return TTMatrix(cores)
 
 
-def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision="highest"):
+def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision: Precision = "highest"):
     """TT-rounding: the same tensor (or TT-matrix) at smaller ranks, in the format.
 
     Right-to-left QR orthogonalisation, then left to right a truncated decomposition of each
@@ -165,8 +179,8 @@ def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision="highest"):
 
     Args:
       t: a :class:`TTTensor` or :class:`TTMatrix`.
-      ranks: target ranks: an int (largest rank) or a full list ``(1, r_1, ..., 1)``; each is
-        an upper bound (bonds already smaller stay as they are).
+      ranks: target ranks: an int (largest rank), a full list ``(1, r_1, ..., 1)`` or the
+        inner ranks; each is an upper bound (bonds already smaller stay as they are).
       eps: instead of ``ranks``, a relative error bound ``‖t − round(t)‖ ≤ eps‖t‖``.
       max_rank: with ``eps``, a cap on the ranks; required under ``jax.jit``/``vmap``, where the
         cores keep that size and the unused part is zero (``trim()`` drops it eagerly).
@@ -190,15 +204,15 @@ def tt_round(t, ranks=None, *, eps=None, max_rank=None, precision="highest"):
     """
     if not isinstance(t, (TTTensor, TTMatrix)):
         raise TypeError(f"t must be a TTTensor or TTMatrix, got {type(t).__name__}.")
-    modes = tuple(g.shape[1] for g in _flat(t))
+    modes = tuple(g.shape[1] for g in flat_cores(t))
     caps, eps = _rank_args(ranks, eps, max_rank, modes, strict=False)
     eager = _eager(t.cores, eps)
     if eps is not None and not eager and max_rank is None:
         raise ValueError(_NEED_MAX_RANK.format(name="tt_round"))
-    cores, keeps = _round_jit(_flat(t), eps, caps=caps, precision=precision)
+    cores, keeps = _round_jit(flat_cores(t), eps, caps=caps, precision=precision)
     if keeps is not None and eager:
         cores = _cut(cores, keeps)
-    return _like(t, cores)
+    return from_flat_cores(t, cores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,10 +272,12 @@ def _bond_caps(ranks, shape, name, *, strict) -> tuple[int, ...]:
         raise ValueError(f"{name} must be an int or a sequence of ints (1, r_1, ..., r_{{d-1}}, "
                          f"1), got {ranks!r}.")
     ranks = tuple(ranks)
-    if len(ranks) != d + 1:
+    if len(ranks) not in (d + 1, d - 1):
         raise ValueError(f"{name} must have d + 1 = {d + 1} entries (1, r_1, ..., r_{{d-1}}, 1) "
-                         f"for a {d}-way tensor of shape {tuple(shape)}, got {len(ranks)}: "
-                         f"{ranks!r}.")
+                         f"or the d - 1 = {d - 1} inner ones (r_1, ..., r_{{d-1}}) for a {d}-way "
+                         f"tensor of shape {tuple(shape)}, got {len(ranks)}: {ranks!r}.")
+    if len(ranks) == d - 1:
+        ranks = (1,) + ranks + (1,)
     ranks = tuple(check_positive_int(r, f"{name}[{k}]") for k, r in enumerate(ranks))
     if ranks[0] != 1 or ranks[-1] != 1:
         raise ValueError(f"{name} must start and end with 1 (a tensor train has boundary "
@@ -366,6 +382,11 @@ def _decompose(x, caps, eps, capped, precision, name="tt", split=None):
 @functools.partial(jax.jit, static_argnames=("caps", "split", "precision"))
 def _tt_svd_jit(x, eps, *, caps, split, precision):
     n_bad = count_nonfinite(x)
+    # Scale: the sweep runs on x / 2^k (exact), entries of at most 1, so that its Gram matrices
+    # and the eps threshold neither over- nor underflow; the last core (the one that is not
+    # orthonormal) takes 2^k back.
+    scale = jax.lax.stop_gradient(pow2_scale(x))
+    x = x / scale
     if split is not None:  # (M, N) → (m_1 n_1, ..., m_d n_d), row and column indices paired
         rows, cols = split
         d = len(rows)
@@ -379,6 +400,7 @@ def _tt_svd_jit(x, eps, *, caps, split, precision):
         return b.reshape(b.shape[0], shape[k + 1], -1)
 
     cores, keeps = _sweep(x.reshape(1, shape[0], -1), nxt, caps, delta_sq, precision)
+    cores[-1] = cores[-1] * scale
     if split is not None:
         cores = [g.reshape(g.shape[0], m, n, g.shape[-1]) for g, m, n in zip(cores, *split)]
     return cores, keeps, n_bad
@@ -391,11 +413,16 @@ def _tt_svd_jit(x, eps, *, caps, split, precision):
 @functools.partial(jax.jit, static_argnames=("caps", "precision"))
 def _round_jit(cores, eps, *, caps, precision):
     prec = algebra.resolve_precision(precision)
-    cores = tt_orthogonalize(TTTensor(cores), "right", precision=precision).cores
+    # Scale: the orthogonalisation normalises the cores by powers of two (exact) and returns
+    # the exponent apart, which goes back into the last core at the end, so the QRs and the
+    # sweep see entries of at most 1 however the tensor's scale is spread over its cores.
+    cores, exponent = orthogonalize_scaled(cores, "right", precision=precision)
     norm_sq = jnp.vdot(cores[0], cores[0], precision=prec)  # ‖t‖ = ‖G_1‖ now
     delta_sq = _delta_sq(norm_sq, eps, len(cores))
 
     def nxt(b, k):
         return jnp.einsum("ab,bic->aic", b, cores[k + 1], precision=prec)
 
-    return _sweep(cores[0], nxt, caps, delta_sq, precision)
+    out, keeps = _sweep(cores[0], nxt, caps, delta_sq, precision)
+    out[-1] = pow2_restore(out[-1], exponent)
+    return out, keeps

@@ -14,17 +14,19 @@ maxvol stabilisation of their Algorithm 2):
 * right to left, for ``k = d−1, ..., 1``: the same on ``C_kᵀ`` (``(n_k r_{k+1}) × r_k``) gives
   ``J_k`` from ``J_{k+1}``, and the core ``G_k = (Q Q[J]⁻¹)ᵀ`` (entries bounded by about 1,
   thanks to maxvol);
-* after the last sweep ``G_0 = C_0``, and ``x ≈ G_0 G_1 ··· G_{d-1}`` interpolates ``fn``
-  exactly on the final cross. A tensor of TT ranks at most ``ranks`` is recovered exactly.
+* at the end of each sweep ``G_0 = C_0``, and ``x ≈ G_0 G_1 ··· G_{d-1}`` interpolates ``fn``
+  exactly on the current cross. A tensor of TT ranks at most ``ranks`` is recovered exactly.
 
 Using ``Q`` rather than ``C_k`` itself keeps the steps well defined when ``C_k`` is rank
 deficient (a function of lower rank than asked for), and the interpolation never inverts the
 cross matrices ``fn(I_k, J_k)``.
 
 The first right index sets are random (nested, distinct; no function values). Ranks are
-fixed, so the number of function evaluations is known in advance,
-``n_sweeps · (Σ_{k<d-1} r_k n_k r_{k+1} + Σ_{k>0} r_k n_k r_{k+1}) + n_0 r_1``, about
-``2 n_sweeps d n r²``, against ``∏ n`` for the dense tensor.
+fixed, so a sweep costs a known number of function evaluations,
+``Σ_{k<d-1} r_k n_k r_{k+1} + Σ_{k>0} r_k n_k r_{k+1} + n_0 r_1``, about ``2 d n r²``, against
+``∏ n`` for the dense tensor. The error is estimated after each sweep on a check set of
+:data:`N_CHECK` random grid points (the whole grid if it is smaller), evaluated once: it is
+what the stopping test ``tol`` and :class:`TTCrossInfo` report.
 
 References: I. Oseledets and E. Tyrtyshnikov, "TT-cross approximation of multidimensional
 arrays", Linear Algebra and its Applications 432(1), 70–88, 2010; S. A. Goreinov,
@@ -38,24 +40,55 @@ import functools
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tensorfact._checks import check_positive_int, check_key
-from tensorfact.tensors._tt import TTTensor
+from tensorfact._checks import (Precision, check_key, check_nonneg_number, check_positive_int,
+                                count_nonfinite, is_traced)
+from tensorfact._numerics import safe_norm
+from tensorfact.decomposition._common import concrete_or_traced
+from tensorfact.decomposition._loop import is_fixed_length, iterate
+from tensorfact.tensors._tt import TTTensor, tt_gather
 
-__all__ = ["tt_cross", "maxvol", "tt_cross_n_evals"]
+__all__ = ["tt_cross", "maxvol", "TTCrossInfo"]
 
 MAXVOL_TOL = 1.05  # stop when no entry of A·A[rows]⁻¹ exceeds this in modulus (Goreinov et al.)
 MAXVOL_MAX_ITERS = 100
+N_CHECK = 1024  # grid points on which the error is estimated (the whole grid if smaller)
 
 
-def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_sweeps: int = 4,
-             precision="highest") -> TTTensor:
+class TTCrossInfo(NamedTuple):
+    """Diagnostics of :func:`tt_cross` (returned with ``return_info=True``).
+
+    The first four fields are :class:`~tensorfact.decomposition.FitInfo`'s. The errors are
+    *estimates*: the tensor is never formed, so they are measured on a check set of
+    :data:`N_CHECK` grid points drawn uniformly at random with the key (independently of the
+    cross), or on the whole grid when it has at most that many points (then they are exact).
+
+    Attributes:
+      n_iter: sweeps run.
+      errors: ``‖x − t‖ / ‖x‖`` on the check set after each sweep, length ``n_iter`` as
+        requested; NaN past the last sweep run.
+      rel_error: that estimate for the returned tensor (the last entry run of ``errors``).
+      converged: whether the estimate changed by less than ``tol`` between two sweeps.
+      n_evals: the number of values of ``fn`` used, check set included:
+        ``N_check + n_iter · (Σ_{k<d−1} s_k + Σ_{k>0} s_k + s_0)`` with
+        ``s_k = r_k n_k r_{k+1}`` the size of core ``k``'s fiber.
+    """
+
+    n_iter: jax.Array
+    errors: jax.Array
+    rel_error: jax.Array
+    converged: jax.Array
+    n_evals: jax.Array
+
+
+def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_iter: int = 4,
+             tol: float = 1e-8, precision: Precision = "highest", return_info: bool = False):
     """TT approximation of ``x[i] = fn(i)`` on the grid ``shape``, by cross interpolation.
 
     Args:
@@ -67,32 +100,44 @@ def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_sweep
         ``lambda`` compiles anew (close over arrays, or wrap the call in ``jax.jit``, to vary
         data without recompiling).
       shape: the grid ``(n_0, ..., n_{d-1})``, ``d ≥ 1`` positive ints.
-      ranks: the TT ranks ``(1, r_1, ..., r_{d-1}, 1)``, or an int: the same rank at every bond,
-        lowered to what the bond admits (``r_k ≤ min(∏_{j<k} n_j, ∏_{j≥k} n_j)``). Explicit
+      ranks: the TT ranks ``(1, r_1, ..., r_{d-1}, 1)`` (or the ``d − 1`` inner ones), or an
+        int: the same rank at every bond, lowered to what the bond admits
+        (``r_k ≤ min(∏_{j<k} n_j, ∏_{j≥k} n_j)``). Explicit
         ranks must satisfy that bound and ``r_{k+1} ≤ r_k n_k``, ``r_k ≤ n_k r_{k+1}``.
-      key: ``jax.random`` key for the random start of the right index sets (required).
-      n_sweeps: number of left-to-right + right-to-left sweeps (static).
-      precision: accepted for uniformity with the other fits; TT-cross has no contraction to
-        apply it to (QRs, rank-one updates and ``fn`` itself), so it changes nothing.
+      key: ``jax.random`` key (required): the random start of the right index sets, and the
+        check set on which the error is estimated.
+      n_iter, tol: at most ``n_iter`` left-to-right + right-to-left sweeps (static), stopping
+        when the error estimate (see :class:`TTCrossInfo`) changes by less than ``tol``
+        between two sweeps (default ``1e-8``: in float32, until it stops changing). A literal
+        ``tol=0`` runs exactly ``n_iter`` sweeps and, without ``return_info``, evaluates no
+        check set.
+      precision: XLA precision of the contractions that evaluate the train on the check set
+        (the sweeps themselves are QRs, rank-one updates and ``fn``).
+      return_info: also return a :class:`TTCrossInfo` (errors and the number of values of
+        ``fn`` used).
 
     Returns:
-      A :class:`TTTensor` of shape ``shape`` and ranks ``ranks``. The number of ``fn``
-      evaluations is :func:`tt_cross_n_evals` ``(shape, ranks, n_sweeps)``.
+      A :class:`TTTensor` of shape ``shape`` and ranks ``ranks``, or ``(TTTensor,
+      TTCrossInfo)`` with ``return_info=True``.
 
     Example:
       >>> import jax, jax.numpy as jnp, tensorfact as tfa
       >>> fn = lambda idx: 1.0 / (1.0 + idx.sum(axis=1))
-      >>> t = tfa.tt_cross(fn, (10,) * 10, 8, key=jax.random.key(0))  # 10^10 entries
+      >>> t, info = tfa.tt_cross(fn, (10,) * 10, 8, key=jax.random.key(0), return_info=True)
       >>> idx = jax.random.randint(jax.random.key(1), (1000, 10), 0, 10)
       >>> err = jnp.linalg.norm(t.gather(idx) - fn(idx)) / jnp.linalg.norm(fn(idx))
-      >>> bool(err < 1e-4), tfa.tt_cross_n_evals((10,) * 10, 8)  # values of fn used
-      (True, 41680)
+      >>> bool(err < 1e-4), bool(info.rel_error < 1e-4)  # the estimate agrees
+      (True, True)
+      >>> int(info.n_evals) < 50_000  # values of fn used, of the 10^10 of the grid
+      True
 
     Raises:
       ValueError: for a bad ``shape``, ``ranks`` (wrong length, not 1 at the ends,
-        non-positive, above a bond's bound), ``n_sweeps``, a missing ``key``, or an ``fn``
-        whose output is not of shape ``(batch,)``.
-      TypeError: for an ``fn`` that is not callable or returns complex values.
+        non-positive, above a bond's bound), ``n_iter`` or ``tol``, a missing ``key``, an
+        ``fn`` whose output is not of shape ``(batch,)``, or (in an eager call) an ``fn`` that
+        returned NaN or Inf.
+      TypeError: for an ``fn`` that is not callable or returns complex values, or a ``key``
+        that is not a key.
 
     References: Oseledets & Tyrtyshnikov, "TT-cross approximation of multidimensional arrays",
     Linear Algebra Appl. 432, 2010; Goreinov et al., "How to find a good submatrix", 2010.
@@ -101,25 +146,26 @@ def tt_cross(fn: Callable[[jax.Array], jax.Array], shape, ranks, *, key, n_sweep
         raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
     shape = _check_shape(shape)
     ranks = _check_tt_ranks(ranks, shape)
-    n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
+    n_iter = check_positive_int(n_iter, "n_iter")
+    check_nonneg_number(tol, "tol")
     check_key(key, "for the random start of tt_cross")
     dtype = _check_fn(fn, shape)
-    del precision
-    return _tt_cross(fn, key, shape=shape, ranks=ranks, n_sweeps=n_sweeps, dtype=dtype)
+    fixed = is_fixed_length(tol)
+    check = bool(return_info) or not fixed
+    cores, info, n_bad = _tt_cross(fn, key, 0.0 if fixed else concrete_or_traced(tol),
+                                   shape=shape, ranks=ranks, n_iter=n_iter, fixed=fixed,
+                                   check=check, dtype=dtype, precision=precision)
+    if not is_traced(n_bad) and int(n_bad):
+        raise ValueError(f"fn returned {int(n_bad)} NaN or Inf value(s) on the grid points it "
+                         "was evaluated at; tt_cross interpolates a finite function.")
+    result = TTTensor(cores)
+    return (result, info) if return_info else result
 
 
-def tt_cross_n_evals(shape, ranks, n_sweeps: int = 4) -> int:
-    """The number of ``fn`` evaluations :func:`tt_cross` makes with these arguments.
-
-    Example:
-      >>> tt_cross_n_evals((10,) * 10, 8, n_sweeps=4)  # of 10^10 grid points
-      41680
-    """
-    shape = _check_shape(shape)
-    ranks = _check_tt_ranks(ranks, shape)
-    n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
+def _n_evals_per_sweep(shape, ranks) -> int:
+    """Values of ``fn`` one sweep uses: both passes' fibers, and the first core's."""
     sizes = [ranks[k] * shape[k] * ranks[k + 1] for k in range(len(shape))]
-    return n_sweeps * (sum(sizes[:-1]) + sum(sizes[1:])) + sizes[0]
+    return sum(sizes[:-1]) + sum(sizes[1:]) + sizes[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +198,12 @@ def _check_tt_ranks(ranks, shape) -> tuple[int, ...]:
         raise ValueError(f"ranks must be an int or a sequence of {d + 1} ints (1, r_1, ..., "
                          f"r_{d - 1}, 1), got {ranks!r}.")
     ranks = tuple(ranks)
-    if len(ranks) != d + 1:
-        raise ValueError(f"ranks must hold {d + 1} TT ranks (1, r_1, ..., r_{d - 1}, 1) for a "
-                         f"{d}-way grid of shape {shape}, got {len(ranks)}: {ranks!r}.")
+    if len(ranks) not in (d + 1, d - 1):
+        raise ValueError(f"ranks must hold {d + 1} TT ranks (1, r_1, ..., r_{d - 1}, 1) or the "
+                         f"{d - 1} inner ones for a {d}-way grid of shape {shape}, got "
+                         f"{len(ranks)}: {ranks!r}.")
+    if len(ranks) == d - 1:
+        ranks = (1,) + ranks + (1,)
     ranks = tuple(check_positive_int(r, f"ranks[{k}]") for k, r in enumerate(ranks))
     if ranks[0] != 1 or ranks[-1] != 1:
         raise ValueError(f"ranks must start and end with 1, got {ranks!r}.")
@@ -242,52 +291,96 @@ def maxvol(a, *, tol=MAXVOL_TOL, max_iters: int = MAXVOL_MAX_ITERS):
 # the sweeps
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "shape", "ranks", "n_sweeps", "dtype"))
-def _tt_cross(fn, key, *, shape, ranks, n_sweeps, dtype):
+@functools.partial(jax.jit, static_argnames=("fn", "shape", "ranks", "n_iter", "fixed", "check",
+                                             "dtype", "precision"))
+def _tt_cross(fn, key, tol, *, shape, ranks, n_iter, fixed, check, dtype, precision):
     # Index sets are stored as full multi-indices of length d, zero outside their own modes
     # (I_k on the modes < k, J_k on the modes >= k): a fiber's indices are then the sums
     # I_k[α] + i·e_k + J_{k+1}[β], and all the steps of a run of cores of equal sizes have the
-    # same shapes, so that each run compiles once, as a lax.scan over its cores.
+    # same shapes, so that each run compiles once, as a lax.scan over its cores. Every fiber
+    # also counts its non-finite values of fn, reported after the call.
     d = len(shape)
     fiber = functools.partial(_fiber, fn, d=d, dtype=dtype)
 
     def left_step(sizes, index, xs):  # I_{k+1} from I_k, given J_{k+1}
         (_, n, r_next), (k, right_next) = sizes, xs
-        q, _ = jnp.linalg.qr(fiber(index, right_next, k, n).reshape(-1, r_next))
+        c, bad = fiber(index, right_next, k, n)
+        q, _ = jnp.linalg.qr(c.reshape(-1, r_next))
         rows, _ = maxvol(q)
         new = index[rows // n] + (rows % n)[:, None] * _unit(k, d)
-        return new, new
+        return new, (new, bad)
 
     def right_step(sizes, index, xs):  # J_k from J_{k+1}, given I_k; and the core G_k
         (r_k, n, r_next), (k, left_k) = sizes, xs
-        c = fiber(left_k, index, k, n)
+        c, bad = fiber(left_k, index, k, n)
         q, _ = jnp.linalg.qr(c.transpose(1, 2, 0).reshape(n * r_next, r_k))
         cols, b = maxvol(q)
         new = index[cols % r_next] + (cols // r_next)[:, None] * _unit(k, d)
-        return new, (new, b.reshape(n, r_next, r_k).transpose(2, 0, 1))
+        return new, (new, b.reshape(n, r_next, r_k).transpose(2, 0, 1), bad)
 
-    def sweep(_, state):
-        left, right, cores = (list(s) for s in state)
+    def sweep(state):
+        left, right, cores, n_bad = state
+        left, right, cores = list(left), list(right), list(cores)
         for run in _runs(range(d - 1), ranks, shape):
             step = functools.partial(left_step, _sizes(run[0], ranks, shape))
             xs = (jnp.asarray(run, jnp.int32), jnp.stack([right[k + 1] for k in run]))
-            _, sets = _scan(step, left[run[0]], xs)
+            _, (sets, bad) = _scan(step, left[run[0]], xs)
+            n_bad = n_bad + jnp.sum(bad, dtype=jnp.int32)
             for j, k in enumerate(run):
                 left[k + 1] = sets[j]
         for run in _runs(range(d - 1, 0, -1), ranks, shape):
             step = functools.partial(right_step, _sizes(run[0], ranks, shape))
             xs = (jnp.asarray(run, jnp.int32), jnp.stack([left[k] for k in run]))
-            _, (sets, blocks) = _scan(step, right[run[0] + 1], xs)
+            _, (sets, blocks, bad) = _scan(step, right[run[0] + 1], xs)
+            n_bad = n_bad + jnp.sum(bad, dtype=jnp.int32)
             for j, k in enumerate(run):
                 right[k], cores[k] = sets[j], blocks[j]
-        return tuple(left), tuple(right), tuple(cores)
+        cores[0], bad = fiber(left[0], right[1], 0, shape[0])  # G_0 = C_0 on the new cross
+        return tuple(left), tuple(right), tuple(cores), n_bad + bad
+
+    start_key, check_key_ = jax.random.split(key)
+    n_bad = jnp.zeros((), jnp.int32)
+    if check:  # the check set: its values once, the train's at every sweep
+        points = _check_points(check_key_, shape)
+        values, n_bad = fiber(points, jnp.zeros((1, d), jnp.int32), 0, 1)
+        values = values.reshape(-1)
+
+        def step(state):
+            state = sweep(state)
+            approx = tt_gather(TTTensor(state[2]), points, precision=precision)
+            return state, _relative_error(values, approx)
+    else:
+        def step(state):
+            return sweep(state), jnp.zeros((), dtype)
 
     left = tuple(jnp.zeros((ranks[k], d), jnp.int32) for k in range(d))
-    right = _initial_right_sets(key, shape, ranks)
+    right = _initial_right_sets(start_key, shape, ranks)
     cores = tuple(jnp.zeros((ranks[k], shape[k], ranks[k + 1]), dtype) for k in range(d))
-    _, right, cores = lax.fori_loop(0, n_sweeps, sweep, (left, right, cores))
-    first = fiber(left[0], right[1], 0, shape[0])
-    return TTTensor((first,) + tuple(cores[1:]))
+    state, n_done, errors, converged = iterate(step, (left, right, cores, n_bad), n_iter=n_iter,
+                                               tol=0 if fixed else tol)
+    cores, n_bad = state[2], state[3]
+    if not check:
+        return cores, None, n_bad
+    n_evals = len(points) + n_done * _n_evals_per_sweep(shape, ranks)
+    rel = errors[jnp.maximum(n_done - 1, 0)]
+    return cores, TTCrossInfo(n_done, errors, rel, converged, n_evals), n_bad
+
+
+def _check_points(key, shape):
+    """The check set: the whole grid when it has at most :data:`N_CHECK` points, else that
+    many drawn uniformly (with replacement) with ``key``; int32 ``(N, d)``."""
+    size = math.prod(shape)
+    if size <= N_CHECK:
+        return jnp.stack(jnp.unravel_index(jnp.arange(size, dtype=jnp.int32), shape), axis=1)
+    return jax.random.randint(key, (N_CHECK, len(shape)), 0, jnp.asarray(shape, jnp.int32),
+                              dtype=jnp.int32)
+
+
+def _relative_error(values, approx):
+    """``‖values − approx‖ / ‖values‖`` without over- or underflow (safe norms); ``inf`` if the
+    values are all zero and the approximation is not (never a reported 0 for a wrong fit)."""
+    num, den = safe_norm(values - approx), safe_norm(values)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1), jnp.where(num > 0, jnp.inf, 0))
 
 
 def _unit(k, d):
@@ -321,12 +414,13 @@ def _scan(step, carry, xs):
 
 
 def _fiber(fn, left, right, k, n, *, d, dtype):
-    """``fn(I_k[α] + i·e_k + J_{k+1}[β])`` for all ``α, i, β``: shape ``(r_k, n_k, r_{k+1})``."""
+    """``fn(I_k[α] + i·e_k + J_{k+1}[β])`` for all ``α, i, β``: shape ``(r_k, n_k, r_{k+1})``,
+    and the number of those values that are NaN or Inf."""
     idx = (left[:, None, None, :]
            + jnp.arange(n, dtype=jnp.int32)[None, :, None, None] * _unit(k, d)
            + right[None, None, :, :])
-    values = fn(idx.reshape(-1, d))
-    return jnp.asarray(values).astype(dtype).reshape(left.shape[0], n, right.shape[0])
+    values = jnp.asarray(fn(idx.reshape(-1, d))).astype(dtype)
+    return values.reshape(left.shape[0], n, right.shape[0]), count_nonfinite(values)
 
 
 def _initial_right_sets(key, shape, ranks):

@@ -41,6 +41,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from tensorfact._checks import Impl, Precision
 from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
 
@@ -52,7 +53,8 @@ _MIN_ROWS = 16
 _KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def tt_chain_matmul(x, cores, *, impl: str = "auto", precision="highest") -> jax.Array:
+def tt_chain_matmul(x, cores, *, impl: Impl = "auto",
+                    precision: Precision = "highest") -> jax.Array:
     """``x @ W`` for ``x`` of shape ``(B, ∏ m_k)`` and the TT-matrix cores ``(r, m_k, n_k, r')``
     of ``W``; returns ``(B, ∏ n_k)``.
 
@@ -127,20 +129,27 @@ def _shape_reason(x, cores):
 
 # -- XLA reference ---------------------------------------------------------------------------
 
-def tt_chain_xla(x, cores, *, precision="highest") -> jax.Array:
-    """The reference chain: one einsum ``'bmqa,amnc->bqnc'`` per core (Novikov et al. 2015)."""
+def tt_chain_xla(x, cores, *, precision: Precision = "highest") -> jax.Array:
+    """The reference chain: one einsum ``'bmqa,amnc->bqnc'`` per core (Novikov et al. 2015);
+    what :func:`tensorfact.tt_matmul` runs for ``x @ W`` on XLA (and ``W @ v`` as
+    ``vᵀ Wᵀ``). A batch of zero rows gives a ``(0, ∏ n_k)`` result."""
     x, cores = _check_args(x, cores)
     return _chain_xla(x, cores, resolve_precision(precision))
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _chain_xla(x, cores, precision):
-    batch = x.shape[0]
-    t = x.reshape(batch, cores[0].shape[1], -1, 1)
+    """The state after step ``k`` is ``(B, m_{k+1}..m_d, n_1..n_k, r_k)``: each step contracts
+    the leading ``m_k`` and the trailing rank with one core and appends ``n_k``, so the output
+    comes out as ``(B, n_1..n_d)`` in C order with no final transpose. Sizes are explicit (no
+    ``-1``), so a batch of zero rows reshapes too."""
+    batch, width = x.shape
+    t = x.reshape(batch, cores[0].shape[1], width // cores[0].shape[1], 1)
     for k, g in enumerate(cores):
         t = jnp.einsum("bmqa,amnc->bqnc", t, g, precision=precision)
         nxt = cores[k + 1].shape[1] if k + 1 < len(cores) else 1
-        t = t.reshape(batch, nxt, -1, g.shape[-1])
-    return t.reshape(batch, -1)
+        t = t.reshape(batch, nxt, t.shape[1] * t.shape[2] // nxt, g.shape[-1])
+    return t.reshape(batch, t.shape[1] * t.shape[2])
 
 
 # -- Pallas kernel ---------------------------------------------------------------------------
@@ -163,7 +172,8 @@ def _plan(shapes):
     return tuple(ms), tuple(ns), tuple(ranks), max(sizes)
 
 
-def tt_chain_pallas(x, cores, *, precision="highest", block_rows=None, _target=None) -> jax.Array:
+def tt_chain_pallas(x, cores, *, precision: Precision = "highest", block_rows=None,
+                    _target=None) -> jax.Array:
     """The fused kernel (module docstring), differentiable through :func:`tt_chain_xla`'s VJP.
     ``block_rows`` (a power of two ≥ 16) overrides the rows per program; ``_target`` forces
     ``"gpu"`` (Triton) or ``"interpret"``."""
@@ -171,6 +181,8 @@ def tt_chain_pallas(x, cores, *, precision="highest", block_rows=None, _target=N
     if block_rows is not None and (block_rows < _MIN_ROWS or block_rows & (block_rows - 1)):
         raise ValueError(f"block_rows must be a power of two >= 16, got {block_rows!r}.")
     precision = resolve_precision(precision)
+    if x.shape[0] == 0:  # no rows: no program to launch (an empty grid); the empty result
+        return _chain_xla(x, cores, precision)
     return _fused(x, cores, precision, block_rows, _pallas.resolve_target(_target))
 
 

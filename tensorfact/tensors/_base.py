@@ -13,10 +13,15 @@ Subclasses declare ``_leaves`` (attribute names holding arrays or tuples of arra
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from tensorfact._numerics import pow2_scale
 
 
 class FactorizedTensor:
@@ -127,3 +132,52 @@ def as_leaf(value, name: str) -> jax.Array:
         return jnp.asarray(value)
     except TypeError as err:
         raise TypeError(f"{name} must be an array, got {type(value).__name__}.") from err
+
+
+def as_leaf_sequence(values, name: str, ndim: int, layout: str,
+                     owner: str = "") -> tuple[jax.Array, ...]:
+    """``values``, a non-empty sequence of arrays (not itself an array), as a tuple of
+    ``ndim``-D JAX arrays; errors name ``name[k]`` (followed by ``owner``, e.g. " of a
+    TTTensor") and the expected ``layout``, e.g. ``"(r_k, n_k, r_k+1)"``."""
+    if (isinstance(values, (jax.Array, np.ndarray)) or not isinstance(values, Sequence)
+            or not values):
+        raise ValueError(f"{name} must be a non-empty sequence of {ndim}-D arrays, got "
+                         f"{type(values).__name__}.")
+    leaves = tuple(as_leaf(v, f"{name}[{k}]") for k, v in enumerate(values))
+    for k, v in enumerate(leaves):
+        if v.ndim != ndim:
+            raise ValueError(f"{name}[{k}]{owner} must be {ndim}-D {layout}, got shape "
+                             f"{tuple(v.shape)}.")
+    return leaves
+
+
+# -- scale-safe products of chains of cores ---------------------------------------------------
+# A chain of d cores multiplies d scales: cores of entries 1e10 give a norm of 1e50 in the middle
+# of a contraction even when the result is representable (its square root, a ratio, ...). The
+# types therefore contract normalised factors and carry the powers of two apart, as an int32
+# exponent: ``value = mantissa · 2^exponent``. Dividing by a power of two is exact, and the
+# scales are constants to autodiff (a multilinear product of normalised factors times the scales
+# is the same function), so gradients are unchanged.
+
+
+def pow2_normalize(value):
+    """``(value / 2^k, k)``: ``value`` rescaled exactly to entries of at most 1 in modulus (by
+    :func:`tensorfact._numerics.pow2_scale`), and the int32 exponent ``k`` taken out."""
+    scale = lax.stop_gradient(pow2_scale(value))
+    _, exponent = jnp.frexp(scale)  # scale = 0.5 · 2^exponent
+    return value / scale, exponent.astype(jnp.int32) - 1
+
+
+def pow2_restore(mantissa, exponent):
+    """``mantissa · 2^exponent`` (``jnp.ldexp``: representable whenever the product is)."""
+    return jnp.ldexp(mantissa, exponent)
+
+
+def pow2_sqrt(mantissa, exponent):
+    """``sqrt(max(mantissa, 0) · 2^exponent)`` without forming the (possibly unrepresentable)
+    square ``mantissa · 2^exponent``; the gradient at 0 is 0, not NaN."""
+    odd = exponent % 2  # exponent = 2q + odd with q = floor(exponent / 2)
+    m = jnp.maximum(pow2_restore(mantissa, odd), 0)
+    positive = m > 0
+    root = jnp.where(positive, jnp.sqrt(jnp.where(positive, m, 1)), 0)
+    return pow2_restore(root, (exponent - odd) // 2)

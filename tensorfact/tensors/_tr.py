@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra
-from tensorfact.tensors._base import CoreSequence, FactorizedTensor, as_leaf
+from tensorfact._checks import Precision
+from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf_sequence,
+                                      pow2_normalize, pow2_restore, pow2_sqrt)
 
-__all__ = ["TRTensor", "chain", "transfer_chain"]
+__all__ = ["TRTensor", "chain", "transfer_chain", "transfer_chain_scaled"]
 
 
 @jax.tree_util.register_pytree_node_class
@@ -48,14 +50,7 @@ class TRTensor(CoreSequence, FactorizedTensor):
     _leaves = ("cores",)
 
     def __init__(self, cores: Sequence[jax.Array]):
-        if isinstance(cores, jax.Array) or not isinstance(cores, Sequence) or not cores:
-            raise ValueError("cores must be a non-empty sequence of 3-D arrays, got "
-                             f"{type(cores).__name__}.")
-        cores = tuple(as_leaf(g, f"cores[{k}]") for k, g in enumerate(cores))
-        for k, g in enumerate(cores):
-            if g.ndim != 3:
-                raise ValueError(f"cores[{k}] must be 3-D (r_k, n_k, r_k+1), got shape "
-                                 f"{tuple(g.shape)}.")
+        cores = as_leaf_sequence(cores, "cores", 3, "(r_k, n_k, r_k+1)")
         d = len(cores)
         for k in range(d):
             nxt = (k + 1) % d
@@ -76,7 +71,7 @@ class TRTensor(CoreSequence, FactorizedTensor):
         """The ``d`` bond sizes ``(r_0, ..., r_{d-1})``; ``r_k`` enters core ``k`` on the left."""
         return tuple(int(g.shape[0]) for g in self.cores)
 
-    def to_dense(self, *, precision="highest"):
+    def to_dense(self, *, precision: Precision = "highest"):
         """The trace of the core chain.
 
         The chain is opened at the smallest bond (a cyclic shift of the cores, undone by a
@@ -89,34 +84,44 @@ class TRTensor(CoreSequence, FactorizedTensor):
         dense = jnp.trace(open_chain, axis1=0, axis2=2).reshape([self.shape[k] for k in order])
         return jnp.transpose(dense, [order.index(k) for k in range(d)])
 
-    def inner(self, other: "TRTensor", *, precision="highest") -> jax.Array:
+    def inner(self, other: "TRTensor", *, precision: Precision = "highest") -> jax.Array:
         """``⟨self, other⟩ = Σ_i self[i] · other[i]``, computed in the format.
 
         ``other`` is any tensor with ring-shaped ``cores`` of the same mode sizes (a
         :class:`TRTensor`, or a tensor train, whose boundary bonds are 1). The inner product is
         the trace of the product of the transfer matrices ``E_k = Σ_i A_k[:, i, :] ⊗ B_k[:, i, :]``
-        of size ``r_k r'_k × r_{k+1} r'_{k+1}``; see :func:`transfer_chain` for the cost.
+        of size ``r_k r'_k × r_{k+1} r'_{k+1}``; see :func:`transfer_chain` for the cost. The
+        product is formed with the cores and the running product rescaled by powers of two
+        (:func:`transfer_chain_scaled`), so it is finite whenever the result is representable.
         """
         other_cores = _ring_cores(other, "other")
         if tuple(int(g.shape[1]) for g in other_cores) != self.shape:
             raise ValueError(f"other must have the shape of this tensor {self.shape}, got "
                              f"{tuple(int(g.shape[1]) for g in other_cores)}.")
-        d = len(self.cores)
-        start = min(range(d), key=lambda k: self.cores[k].shape[0] * other_cores[k].shape[0])
-        order = [(start + j) % d for j in range(d)]
-        w = transfer_chain([self.cores[k] for k in order], [other_cores[k] for k in order],
-                           precision=precision)
-        return jnp.einsum("abab->", w)
+        return pow2_restore(*_inner_scaled(self.cores, other_cores, precision))
 
-    def norm(self, *, precision="highest"):
+    def norm(self, *, precision: Precision = "highest"):
         """``sqrt(⟨x, x⟩)`` from the transfer matrices ``Σ_i G_k[:, i, :] ⊗ G_k[:, i, :]``.
 
         The dense tensor is never formed. The running product of transfer matrices has
         ``r_0² · r_k²`` entries (O(r⁴) memory) and each core is absorbed in two contractions of
         ``O(r_0² r_k r_{k+1} n_k (r_k + r_{k+1}))`` flops: O(d n r⁵) time for equal ranks,
-        against O(r² ∏ n) for the dense route.
+        against O(r² ∏ n) for the dense route. The square ``⟨x, x⟩`` is never formed (its
+        mantissa and power of two are kept apart), so the norm is finite whenever it is
+        representable; the gradient at zero is zero.
         """
-        return jnp.sqrt(jnp.maximum(self.inner(self, precision=precision), 0.0))
+        return pow2_sqrt(*_inner_scaled(self.cores, self.cores, precision))
+
+
+def _inner_scaled(cores_a, cores_b, precision):
+    """``⟨A, B⟩`` of two rings as ``(mantissa, exponent)``, the chain opened at the smallest
+    bond pair."""
+    d = len(cores_a)
+    start = min(range(d), key=lambda k: cores_a[k].shape[0] * cores_b[k].shape[0])
+    order = [(start + j) % d for j in range(d)]
+    w, exponent = transfer_chain_scaled([cores_a[k] for k in order],
+                                        [cores_b[k] for k in order], precision=precision)
+    return jnp.einsum("abab->", w), exponent
 
 
 def _ring_cores(t, name):
@@ -127,7 +132,7 @@ def _ring_cores(t, name):
     return tuple(cores)
 
 
-def chain(cores: Sequence[jax.Array], *, precision="highest") -> jax.Array:
+def chain(cores: Sequence[jax.Array], *, precision: Precision = "highest") -> jax.Array:
     """Contracts a train of cores ``(r_0, n_0, r_1), ..., (r_{m-1}, n_{m-1}, r_m)`` over the
     inner bonds into one array of shape ``(r_0, n_0 ··· n_{m-1}, r_m)`` (the middle index in C
     order, the last mode fastest). Cost ``O(r_0 r² ∏ n)``; memory ``r_0 r_m ∏ n``."""
@@ -141,7 +146,7 @@ def chain(cores: Sequence[jax.Array], *, precision="highest") -> jax.Array:
 
 
 def transfer_chain(cores_a: Sequence[jax.Array], cores_b: Sequence[jax.Array] | None = None, *,
-                   precision="highest") -> jax.Array:
+                   precision: Precision = "highest") -> jax.Array:
     """The product ``E_0 E_1 ··· E_{m-1}`` of the transfer matrices
     ``E_k = Σ_i A_k[:, i, :] ⊗ B_k[:, i, :]`` of two trains with the same mode sizes.
 
@@ -151,10 +156,25 @@ def transfer_chain(cores_a: Sequence[jax.Array], cores_b: Sequence[jax.Array] | 
     contracted chain, without forming the chain. Memory ``p_0 q_0 p_k q_k``; each core costs
     ``O(p_0 q_0 n_k p_k q_k (p_{k+1} + q_{k+1}))`` flops.
     """
+    return pow2_restore(*transfer_chain_scaled(cores_a, cores_b, precision=precision))
+
+
+def transfer_chain_scaled(cores_a, cores_b=None, *, precision: Precision = "highest"):
+    """:func:`transfer_chain` as ``(W / 2^e, e)``: the cores and the running product are
+    rescaled by exact powers of two as the chain goes (the exponents summed apart), so no
+    intermediate over- or underflows however the scale is spread over the cores."""
     cores_b = cores_a if cores_b is None else cores_b
     precision = algebra.resolve_precision(precision)
-    w = jnp.einsum("aib,cid->acbd", cores_a[0], cores_b[0], precision=precision)
-    for a, b in zip(cores_a[1:], cores_b[1:]):
-        t = jnp.einsum("pqbd,bic->pqdic", w, a, precision=precision)
-        w = jnp.einsum("pqdic,die->pqce", t, b, precision=precision)
-    return w
+    exponent = jnp.zeros((), jnp.int32)
+    w = None
+    for core_a, core_b in zip(cores_a, cores_b):
+        a, ea = pow2_normalize(core_a)
+        b, eb = (a, ea) if core_b is core_a else pow2_normalize(core_b)
+        if w is None:
+            w = jnp.einsum("aib,cid->acbd", a, b, precision=precision)
+        else:
+            t = jnp.einsum("pqbd,bic->pqdic", w, a, precision=precision)
+            w = jnp.einsum("pqdic,die->pqce", t, b, precision=precision)
+        w, ew = pow2_normalize(w)
+        exponent = exponent + ea + eb + ew
+    return w, exponent

@@ -13,9 +13,16 @@ tensor of shape ``(m_1 n_1, ..., m_d n_d)``, so most operations below serve both
 
 Everything here is done on the cores, never on the dense tensor (sums, Hadamard products and
 inner products after Oseledets 2011, §4; orthogonalisation by QR, ibid. §3), and needs no SVD:
-TT-SVD, TT-rounding and ``tt_matrix`` live in :mod:`tensorfact.decomposition.tt`. The
-TT-matrix products (:func:`tt_matmul`) are here because the ``@`` operator of the types
-delegates to them and a type may not import from the decompositions above it.
+TT-SVD, TT-rounding and TT-matrices of a dense matrix are :func:`tensorfact.tt`,
+:func:`tensorfact.tt_round` and :func:`tensorfact.tt_matrix`. The TT-matrix products
+(:func:`tt_matmul`) are here because the ``@`` operator of the types delegates to them and a
+type may not import from the decompositions above it; their dense case runs the chain of
+:mod:`tensorfact.kernels` (the layer below the types).
+
+Scale: a train multiplies ``d`` scales, so a tensor whose norm is representable can have
+partial products that are not (cores of entries 1e20, or 1e30 and 1e-30). The norms, inner
+products and orthogonalisations below rescale cores and running products by exact powers of
+two and keep the exponents apart (``tensors/_base.py``).
 
 Reference: I. V. Oseledets, "Tensor-Train Decomposition", SIAM Journal on Scientific
 Computing 33(5), 2295–2317, 2011.
@@ -27,30 +34,26 @@ import functools
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tensorfact import algebra, kernels
-from tensorfact._checks import check_choice, is_traced
-from tensorfact.tensors._base import CoreSequence, FactorizedTensor, as_leaf
+from tensorfact._checks import Impl, Precision, check_choice, is_traced
+from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf_sequence,
+                                      pow2_normalize, pow2_restore, pow2_sqrt)
 
 __all__ = ["TTTensor", "TTMatrix", "tt_add", "tt_scale", "tt_hadamard", "tt_inner",
-           "tt_orthogonalize", "tt_gather", "tt_matmul"]
+           "tt_orthogonalize", "tt_gather", "tt_matmul", "flat_cores", "from_flat_cores",
+           "orthogonalize_scaled"]
 
 
 def _as_cores(cores, ndim: int, kind: str) -> tuple[jax.Array, ...]:
     """Converts ``cores`` to a tuple of ``ndim``-D arrays with chained ranks, 1 at both ends."""
-    if isinstance(cores, (jax.Array, np.ndarray)) or not isinstance(cores, Sequence) or not cores:
-        raise ValueError(f"cores must be a non-empty sequence of {ndim}-D arrays, got "
-                         f"{type(cores).__name__}.")
-    cores = tuple(as_leaf(g, f"cores[{k}]") for k, g in enumerate(cores))
     layout = "(r_prev, n, r_next)" if ndim == 3 else "(r_prev, m, n, r_next)"
-    for k, g in enumerate(cores):
-        if g.ndim != ndim:
-            raise ValueError(f"cores[{k}] of a {kind} must be {ndim}-D {layout}, got shape "
-                             f"{tuple(g.shape)}.")
+    cores = as_leaf_sequence(cores, "cores", ndim, layout, f" of a {kind}")
     for k in range(1, len(cores)):
         if cores[k].shape[0] != cores[k - 1].shape[-1]:
             raise ValueError(f"cores[{k}] must start with rank {cores[k - 1].shape[-1]} (the last "
@@ -73,11 +76,14 @@ class _TrainBase(CoreSequence, FactorizedTensor):
         """The TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
         return (int(self.cores[0].shape[0]),) + tuple(int(g.shape[-1]) for g in self.cores)
 
-    def norm(self, *, precision="highest") -> jax.Array:
-        """``sqrt(⟨x, x⟩)`` by :func:`tt_inner` on the cores (``O(d n r³)``), no dense tensor."""
-        return jnp.sqrt(jnp.maximum(tt_inner(self, self, precision=precision), 0.0))
+    def norm(self, *, precision: Precision = "highest") -> jax.Array:
+        """``sqrt(⟨x, x⟩)`` by the sweep of :func:`tt_inner` on the cores (``O(d n r³)``), no
+        dense tensor. The square is never formed, so the norm is finite whenever it is
+        representable (cores of entries 1e20 included); the gradient at zero is zero."""
+        return _norm_cores(flat_cores(self), precision=precision)
 
-    def orthogonalize(self, side: str = "left", *, precision="highest"):
+    def orthogonalize(self, side: Literal["left", "right"] = "left", *,
+                      precision: Precision = "highest"):
         """Same tensor with left- or right-orthonormal cores; see :func:`tt_orthogonalize`."""
         return tt_orthogonalize(self, side, precision=precision)
 
@@ -173,11 +179,11 @@ class TTTensor(_TrainBase):
     def shape(self) -> tuple[int, ...]:
         return tuple(int(g.shape[1]) for g in self.cores)
 
-    def to_dense(self, *, precision="highest") -> jax.Array:
+    def to_dense(self, *, precision: Precision = "highest") -> jax.Array:
         """Contracts the cores left to right (``d − 1`` matrix products)."""
         return _tt_dense(self.cores, precision=precision)
 
-    def gather(self, indices, *, precision="highest") -> jax.Array:
+    def gather(self, indices, *, precision: Precision = "highest") -> jax.Array:
         """Entries at integer ``indices`` of shape ``(..., d)``; see :func:`tt_gather`."""
         return tt_gather(self, indices, precision=precision)
 
@@ -232,7 +238,7 @@ class TTMatrix(_TrainBase):
         """The transpose, by swapping the row and column axes of every core."""
         return TTMatrix([jnp.swapaxes(g, 1, 2) for g in self.cores])
 
-    def to_dense(self, *, precision="highest") -> jax.Array:
+    def to_dense(self, *, precision: Precision = "highest") -> jax.Array:
         """The ``(∏ m_k, ∏ n_k)`` matrix (contract the cores, then reorder the axes)."""
         return _ttm_dense(self.cores, precision=precision)
 
@@ -247,18 +253,20 @@ class TTMatrix(_TrainBase):
 # helpers on "flat" cores (r, n, r'): a TT-matrix's cores with (m, n) merged
 
 
-def _flat(t: _TrainBase) -> tuple[jax.Array, ...]:
+def flat_cores(t: _TrainBase) -> tuple[jax.Array, ...]:
+    """The cores of ``t`` as 3-D ``(r, n, r')`` arrays: a TT-matrix's ``(m, n)`` axes merged
+    (the cores of a TT tensor of shape ``(m_1 n_1, ..., m_d n_d)``)."""
     if isinstance(t, TTMatrix):
         return tuple(g.reshape(g.shape[0], -1, g.shape[-1]) for g in t.cores)
     return t.cores
 
 
-def _like(t: _TrainBase, flat_cores) -> _TrainBase:
-    """Rebuilds a tensor of ``t``'s type and mode shapes from flat cores (new ranks)."""
+def from_flat_cores(t: _TrainBase, cores) -> _TrainBase:
+    """A tensor of ``t``'s type and mode shapes from flat cores (of any ranks)."""
     if isinstance(t, TTMatrix):
         return TTMatrix([f.reshape(f.shape[0], m, n, f.shape[-1])
-                         for f, m, n in zip(flat_cores, t.row_shape, t.col_shape)])
-    return TTTensor(flat_cores)
+                         for f, m, n in zip(cores, t.row_shape, t.col_shape)])
+    return TTTensor(cores)
 
 
 # The core-level kernels below are jitted: an eager call then compiles one program per shape
@@ -331,7 +339,7 @@ def tt_add(a, b):
       (1, 4, 4, 1)
     """
     _check_same_format(a, b, "tt_add")
-    return _like(a, _add_cores(_flat(a), _flat(b)))
+    return from_flat_cores(a, _add_cores(flat_cores(a), flat_cores(b)))
 
 
 @jax.jit
@@ -373,7 +381,7 @@ def tt_scale(t, alpha):
     return type(t)(cores)
 
 
-def tt_hadamard(a, b, *, precision="highest"):
+def tt_hadamard(a, b, *, precision: Precision = "highest"):
     """Elementwise product ``a ⊙ b`` in the format: ``G_k = A_k[:, i, :] ⊗ B_k[:, i, :]``.
 
     The slices are Kronecker products, so the ranks multiply (``r_k^a · r_k^b``; Oseledets
@@ -386,7 +394,8 @@ def tt_hadamard(a, b, *, precision="highest"):
       (1, 4, 4, 1)
     """
     _check_same_format(a, b, "tt_hadamard")
-    return _like(a, _hadamard_cores(_flat(a), _flat(b), precision=precision))
+    return from_flat_cores(a, _hadamard_cores(flat_cores(a), flat_cores(b),
+                                          precision=precision))
 
 
 @_jit
@@ -399,12 +408,16 @@ def _hadamard_cores(fa, fb, precision="highest"):
     return cores
 
 
-def tt_inner(a, b, *, precision="highest") -> jax.Array:
+def tt_inner(a, b, *, precision: Precision = "highest") -> jax.Array:
     """``⟨a, b⟩ = Σ_i a[i] b[i]``, contracted core by core (``O(d n r³)``, no dense tensor).
 
     Sweeps left to right with the ``r_k^a × r_k^b`` matrix
     ``M_k = Σ_{i} A_k[:, i, :]ᵀ M_{k-1} B_k[:, i, :]`` (Oseledets 2011, §4.2). For two
     TT-matrices this is the Frobenius inner product ``tr(AᵀB)``. Differentiable.
+
+    The cores and each ``M_k`` are rescaled by exact powers of two as the sweep goes, with the
+    exponents summed apart, so no intermediate over- or underflows: the result is finite
+    whenever it is representable, however the scale is spread over the cores.
 
     Example:
       >>> import jax, tensorfact as tfa
@@ -414,20 +427,36 @@ def tt_inner(a, b, *, precision="highest") -> jax.Array:
       True
     """
     _check_same_format(a, b, "tt_inner")
-    return _inner_cores(_flat(a), _flat(b), precision=precision)
+    return _inner_cores(flat_cores(a), flat_cores(b), precision=precision)
+
+
+def _inner_scaled(fa, fb, precision):
+    """``⟨a, b⟩`` as ``(mantissa, exponent)``: the sweep on cores and running products
+    normalised by powers of two (:func:`~tensorfact.tensors._base.pow2_normalize`)."""
+    precision = algebra.resolve_precision(precision)
+    dtype = jnp.result_type(*fa, *fb)
+    m, exponent = jnp.ones((1, 1), dtype), jnp.zeros((), jnp.int32)
+    for ga, gb in zip(fa, fb):
+        ga, ea = pow2_normalize(ga.astype(dtype))
+        gb, eb = pow2_normalize(gb.astype(dtype))
+        m = jnp.einsum("ab,aic->bic", m, ga, precision=precision)
+        m, em = pow2_normalize(jnp.einsum("bic,bid->cd", m, gb, precision=precision))
+        exponent = exponent + ea + eb + em
+    return m[0, 0], exponent
 
 
 @_jit
 def _inner_cores(fa, fb, precision="highest"):
-    precision = algebra.resolve_precision(precision)
-    m = jnp.ones((1, 1), jnp.result_type(*fa, *fb))
-    for ga, gb in zip(fa, fb):
-        m = jnp.einsum("ab,aic->bic", m, ga, precision=precision)
-        m = jnp.einsum("bic,bid->cd", m, gb, precision=precision)
-    return m[0, 0]
+    return pow2_restore(*_inner_scaled(fa, fb, precision))
 
 
-def tt_orthogonalize(t, side: str = "left", *, precision="highest"):
+@_jit
+def _norm_cores(cores, precision="highest"):
+    return pow2_sqrt(*_inner_scaled(cores, cores, precision))
+
+
+def tt_orthogonalize(t, side: Literal["left", "right"] = "left", *,
+                     precision: Precision = "highest"):
     """The same tensor with left- (or right-) orthonormal cores, by a sweep of thin QRs.
 
     ``side="left"``: for ``k = 1..d−1``, ``G_k`` reshaped to ``(r_{k-1} n_k) × r_k`` is
@@ -445,30 +474,48 @@ def tt_orthogonalize(t, side: str = "left", *, precision="highest"):
     """
     _check_train(t, "t")
     check_choice(side, ("left", "right"), "side")
-    return _like(t, _orthogonalize_cores(_flat(t), side, precision=precision))
+    return from_flat_cores(t, _orthogonalize_cores(flat_cores(t), side, precision=precision))
 
 
 @functools.partial(jax.jit, static_argnames=("side", "precision"))
 def _orthogonalize_cores(cores, side, precision="highest"):
+    cores, exponent = orthogonalize_scaled(cores, side, precision=precision)
+    carrier = -1 if side == "left" else 0
+    cores[carrier] = pow2_restore(cores[carrier], exponent)
+    return cores
+
+
+def orthogonalize_scaled(cores, side, *, precision="highest"):
+    """The sweep of :func:`tt_orthogonalize` on flat cores, scale-safe: returns ``(cores,
+    exponent)``, the same tensor divided by ``2^exponent``, with the carrier (the last core for
+    ``"left"``, the first for ``"right"``) the only one not orthonormal.
+
+    Every core is normalised by a power of two before its QR and the carrier again after each
+    ``R`` moves into it, so no intermediate over- or underflows (a chain of ``d`` cores can
+    hold a scale no single core could)."""
     precision = algebra.resolve_precision(precision)
-    cores = list(cores)
+    cores, exponents = (list(v) for v in zip(*(pow2_normalize(g) for g in cores)))
     d = len(cores)
     if side == "left":
         for k in range(d - 1):
             r0, n, r1 = cores[k].shape
             q, r = jnp.linalg.qr(cores[k].reshape(r0 * n, r1))
             cores[k] = q.reshape(r0, n, -1)
-            cores[k + 1] = jnp.einsum("ab,bic->aic", r, cores[k + 1], precision=precision)
+            cores[k + 1], e = pow2_normalize(
+                jnp.einsum("ab,bic->aic", r, cores[k + 1], precision=precision))
+            exponents.append(e)
     else:
         for k in range(d - 1, 0, -1):
             r0, n, r1 = cores[k].shape
             q, r = jnp.linalg.qr(cores[k].reshape(r0, n * r1).T)
             cores[k] = q.T.reshape(-1, n, r1)
-            cores[k - 1] = jnp.einsum("aib,cb->aic", cores[k - 1], r, precision=precision)
-    return cores
+            cores[k - 1], e = pow2_normalize(
+                jnp.einsum("aib,cb->aic", cores[k - 1], r, precision=precision))
+            exponents.append(e)
+    return cores, sum(exponents)
 
 
-def tt_gather(t: TTTensor, indices, *, precision="highest") -> jax.Array:
+def tt_gather(t: TTTensor, indices, *, precision: Precision = "highest") -> jax.Array:
     """Entries ``t[i_1, ..., i_d]`` at integer ``indices`` of shape ``(..., d)``, without the
     dense tensor: per index, ``d`` slices ``G_k[:, i_k, :]`` chained by vector-matrix products
     (``O(batch · d · r²)``).
@@ -512,7 +559,7 @@ def _gather_cores(cores, indices, precision="highest"):
 # TT-matrix products
 
 
-def tt_matmul(a, b, *, impl: str = "auto", precision="highest"):
+def tt_matmul(a, b, *, impl: Impl = "auto", precision: Precision = "highest"):
     """Matrix products with a :class:`TTMatrix`; the result's type depends on the operands.
 
     * ``tt_matmul(W, v)`` (``W @ v``), ``v`` dense of shape ``(N,)`` or ``(N, K)`` → dense
@@ -527,16 +574,19 @@ def tt_matmul(a, b, *, impl: str = "auto", precision="highest"):
       ``t`` of shape ``W.row_shape`` gives ``Wᵀ t``.
 
     The dense product never forms ``W``: it contracts one core at a time, a chain of ``d``
-    einsums ``'bmqa,amnc->bqnc'`` on the reshaped input (Novikov et al. 2015). Step ``k`` costs
+    einsums ``'bmqa,amnc->bqnc'`` on the reshaped input (Novikov et al. 2015;
+    :func:`tensorfact.kernels.tt_chain_xla`). Step ``k`` costs
     ``2 B r_{k-1} r_k (m_k ⋯ m_d)(n_1 ⋯ n_k)`` FLOPs for ``B`` input rows, against ``2 B M N``
-    for the dense product. Differentiable in ``W`` and ``x``.
+    for the dense product. Differentiable in ``W`` and ``x``. Integer input is promoted to the
+    floating dtype of the product; a batch of zero rows gives an empty result of the right
+    shape.
 
     ``impl`` applies to the dense ``x @ W`` case (the TT layer's forward): ``"xla"`` runs the
     einsum chain above, ``"pallas"`` the fused kernel :func:`tensorfact.kernels.tt_chain_matmul`
     (intermediates kept on chip; interpret mode off GPUs; backward through the XLA chain), and
     ``"auto"`` the kernel on a GPU where it fits on chip once measured to pay (not yet), XLA
-    elsewhere. The other cases have no
-    kernel: they ignore ``"auto"``/``"xla"`` and reject ``"pallas"``.
+    elsewhere. The other cases have no kernel: they ignore ``"auto"``/``"xla"`` and reject
+    ``"pallas"``.
 
     References: A. Novikov, D. Podoprikhin, A. Osokin and D. Vetrov, "Tensorizing Neural
     Networks", NeurIPS 2015; I. V. Oseledets, SIAM J. Sci. Comput. 33(5), 2011, §4.3.
@@ -549,7 +599,7 @@ def tt_matmul(a, b, *, impl: str = "auto", precision="highest"):
       >>> bool(jnp.allclose(x @ tm, x @ w, atol=1e-4))
       True
     """
-    check_choice(impl, ("auto", "pallas", "xla"), "impl")
+    check_choice(impl, Impl, "impl")
     a_tm, b_tm = isinstance(a, TTMatrix), isinstance(b, TTMatrix)
     if impl == "pallas" and (a_tm or not b_tm or isinstance(a, FactorizedTensor)):
         raise ValueError("impl='pallas' applies to the dense product x @ W only (x an array, W a "
@@ -567,25 +617,24 @@ def tt_matmul(a, b, *, impl: str = "auto", precision="highest"):
     if isinstance(other, FactorizedTensor):
         raise TypeError(f"tt_matmul multiplies a TTMatrix with a dense array, a TTTensor or a "
                         f"TTMatrix, got {type(other).__name__}.")
+    # The dense products are the kernel module's chain (x @ W directly; W @ v as vᵀ @ Wᵀ), on
+    # a floating operand: integer input is promoted as an einsum with the cores would.
     if a_tm:  # W @ v
         v = _as_dense_operand(b, "v")
         if v.ndim not in (1, 2) or v.shape[0] != a.shape[1]:
             raise ValueError(f"W @ v needs v of shape ({a.shape[1]},) or ({a.shape[1]}, K) for a "
                              f"TTMatrix of shape {a.shape}, got {tuple(v.shape)}.")
-        if v.ndim == 1:
-            return _apply_right(v[None, :], a.T.cores, precision=precision)[0]
-        return _apply_right(v.T, a.T.cores, precision=precision).T
+        cores = a.T.cores
+        rows = v.reshape(1, -1) if v.ndim == 1 else v.T
+        out = kernels.tt_chain_xla(_floating(rows, cores), cores, precision=precision)
+        return out[0] if v.ndim == 1 else out.T
     x = _as_dense_operand(a, "x")  # x @ W
     if x.ndim < 1 or x.shape[-1] != b.shape[0]:
         raise ValueError(f"x @ W needs x of shape (..., {b.shape[0]}) for a TTMatrix of shape "
                          f"{b.shape}, got {tuple(x.shape)}.")
     lead = x.shape[:-1]
-    flat = x.reshape(-1, x.shape[-1])
-    if kernels.resolve_tt_chain_impl(flat, b.cores, impl) == "xla":
-        out = _apply_right(flat, b.cores, precision=precision)
-    else:  # the kernel takes floating input: promote as the einsum chain would
-        flat = flat.astype(jnp.result_type(flat, *b.cores))
-        out = kernels.tt_chain_pallas(flat, b.cores, precision=precision)
+    flat = _floating(x.reshape(math.prod(lead), x.shape[-1]), b.cores)  # a zero-size batch too
+    out = kernels.tt_chain_matmul(flat, b.cores, impl=impl, precision=precision)
     return out.reshape(lead + (b.shape[1],))
 
 
@@ -597,22 +646,10 @@ def _as_dense_operand(v, name):
     return jnp.asarray(v)
 
 
-@_jit
-def _apply_right(x, cores, precision="highest"):
-    """``x @ W`` for ``x`` of shape ``(B, ∏ m_k)`` and ``W``'s cores ``(r, m_k, n_k, r')``.
-
-    The state after step ``k`` is ``(B, m_{k+1}..m_d, n_1..n_k, r_k)``: each step contracts
-    the leading ``m_k`` and the trailing rank with one core and appends ``n_k``, so the output
-    comes out as ``(B, n_1..n_d)`` in C order with no final transpose.
-    """
-    precision = algebra.resolve_precision(precision)
-    batch = x.shape[0]
-    t = x.reshape(batch, cores[0].shape[1], -1, 1)
-    for k, g in enumerate(cores):
-        t = jnp.einsum("bmqa,amnc->bqnc", t, g, precision=precision)
-        nxt = cores[k + 1].shape[1] if k + 1 < len(cores) else 1
-        t = t.reshape(batch, nxt, -1, g.shape[-1])
-    return t.reshape(batch, -1)
+def _floating(x, cores):
+    """``x`` in the dtype of its product with the cores (float32 when all are integers)."""
+    dtype = jnp.result_type(x, *cores)
+    return x.astype(dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32)
 
 
 def _tm_tm(a: TTMatrix, b: TTMatrix, precision) -> TTMatrix:
@@ -638,14 +675,7 @@ def _tm_tt(a: TTMatrix, t: TTTensor, precision) -> TTTensor:
     if t.shape != a.col_shape:
         raise ValueError(f"TT-matrix × TTTensor needs the tensor's shape to equal the matrix's "
                          f"col_shape {a.col_shape}, got {t.shape}.")
-    return TTTensor(_tm_tt_cores(a.cores, t.cores, precision=precision))
-
-
-@_jit
-def _tm_tt_cores(fa, ft, precision="highest"):
-    precision = algebra.resolve_precision(precision)
-    cores = []
-    for ga, gt in zip(fa, ft):
-        g = jnp.einsum("aijb,cjd->acibd", ga, gt, precision=precision)
-        cores.append(g.reshape(ga.shape[0] * gt.shape[0], ga.shape[1], -1))
-    return cores
+    # t is the TT-matrix of one column (cores (r, n, 1, r')): the product of two TT-matrices
+    as_matrix = [g[:, :, None, :] for g in t.cores]
+    return TTTensor([g[:, :, 0, :] for g in _tm_tm_cores(a.cores, as_matrix,
+                                                         precision=precision)])
