@@ -123,7 +123,15 @@ def _others(factors, mode):
 def resolve_mttkrp_impl(x, rank: int, impl: Impl) -> str:
     """``"pallas"`` or ``"xla"``: ``impl`` checked, and ``"auto"`` resolved for the tensor ``x``
     and ``rank`` (logging why it chose XLA under ``TENSORFACT_DEBUG_DISPATCH=1``). Every caller
-    that dispatches MTTKRPs (``tensorfact.mttkrp``, CP-ALS) decides through it."""
+    that dispatches MTTKRPs (``tensorfact.mttkrp``, CP-ALS) decides through it.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import resolve_mttkrp_impl
+      >>> x = jnp.ones((64, 64, 64))
+      >>> resolve_mttkrp_impl(x, 8, "pallas"), resolve_mttkrp_impl(x, 8, "auto")  # on a CPU
+      ('pallas', 'xla')
+    """
     return _pallas.resolve_impl("mttkrp", impl, lambda: _shape_reason(x, rank))
 
 
@@ -141,7 +149,16 @@ def _shape_reason(x, rank):
 
 def mttkrp_xla(x, factors, mode: int, *, precision: Precision = "highest") -> jax.Array:
     """The reference: one einsum over all modes but ``mode``, accumulated in float32 (float64
-    under x64) and returned in ``result_type(x, A_k for k ≠ n)``."""
+    under x64) and returned in ``result_type(x, A_k for k ≠ n)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import mttkrp_xla
+      >>> x = jnp.arange(24.0).reshape(2, 3, 4)
+      >>> mttkrp_xla(x, [None, jnp.ones((3, 1)), jnp.ones((4, 1))], 0)   # slice sums
+      Array([[ 66.],
+             [210.]], dtype=float32)
+    """
     x, factors, mode = _check_args(x, factors, mode)
     out_dtype = jnp.result_type(x, *_others(factors, mode))
     acc = jnp.promote_types(out_dtype, jnp.float32)
@@ -184,7 +201,17 @@ def mttkrp_pallas(x, factors, mode: int, *, precision: Precision = "highest", bl
     of two ≥ 16) and ``n_split`` override the block sizes and the split of the loop axis;
     ``_target`` forces ``"gpu"`` (Triton) or ``"interpret"``. A tensor with a mode of size zero,
     or a rank of zero, has nothing to launch: its (empty or zero) result comes from
-    :func:`mttkrp_xla`."""
+    :func:`mttkrp_xla`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import mttkrp_pallas
+      >>> x = jnp.arange(24.0).reshape(2, 3, 4)
+      >>> mttkrp_pallas(x, [jnp.ones((2, 1)), None, jnp.ones((4, 1))], 1, block_out=16)
+      Array([[ 60.],
+             [ 92.],
+             [124.]], dtype=float32)
+    """
     x, factors, mode = _check_args(x, factors, mode)
     if x.dtype not in _KERNEL_DTYPES and x.dtype != jnp.float64:
         raise ValueError(f"x must be float32, float64, bfloat16 or float16 for impl='pallas', "
