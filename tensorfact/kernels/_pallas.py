@@ -12,8 +12,9 @@ backend unless forced: the tests export the kernels for CUDA from a CPU machine
 catches unsupported operations and block shapes without a GPU.
 
 ``impl="auto"`` takes a kernel on a GPU only once a GPU benchmark has shown it to pay: its name
-must be in :data:`MEASURED_ON_GPU`. Until then ``auto`` keeps the XLA path everywhere (a kernel
-that lowers may still spill or run slowly on hardware); ``impl="pallas"`` opts in.
+must be in :data:`MEASURED_ON_GPU` (``spd_inverse`` is; the MTTKRP and TT-chain kernels are not
+yet). Until then ``auto`` keeps the XLA path for that kernel (a kernel that lowers may still
+spill or run slowly on hardware); ``impl="pallas"`` opts in.
 
 Dispatch logging: set the environment variable ``TENSORFACT_DEBUG_DISPATCH=1`` (read at each
 call) and every ``impl="auto"`` dispatcher logs, on the ``tensorfact.kernels`` logger at
