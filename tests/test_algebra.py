@@ -690,3 +690,19 @@ def test_khatri_rao_and_kronecker_zero_size(rng):
     assert khatri_rao([a, b]).shape == (0, 3)
     assert khatri_rao([b, a]).shape == (0, 3)
     assert kronecker([a, b]).shape == (0, 9)
+
+
+def test_vmap_and_grad_through_the_checked_functions(rng):
+    xs = jnp.asarray(randn(rng, 3, 2, 3, 4))  # a batch of three 2 × 3 × 4 tensors
+    m = jnp.asarray(randn(rng, 5, 3))
+    factors = [jnp.asarray(randn(rng, n, 2)) for n in (2, 3, 4)]
+    batched = jax.vmap(lambda x: (mode_dot(x, m, 1), mttkrp(x, factors, 2), unfold(x, 0)))(xs)
+    for i in range(3):
+        for got, want in zip(batched, (mode_dot(xs[i], m, 1), mttkrp(xs[i], factors, 2),
+                                       unfold(xs[i], 0))):
+            np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want), rtol=1e-6,
+                                       atol=1e-6)
+    # d/dM Σ (x ×_1 M) = Σ over the other modes of x, for every row of M
+    g = jax.grad(lambda m: jnp.sum(mode_dot(xs[0], m, 1)))(m)
+    np.testing.assert_allclose(np.asarray(g), np.broadcast_to(np.asarray(xs[0]).sum((0, 2)),
+                                                              (5, 3)), rtol=1e-5)
