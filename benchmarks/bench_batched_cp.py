@@ -14,17 +14,16 @@ length) and is scaled to the whole batch; the table says so.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _harness import median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import (markdown_table, median_ms, parser, sync_jax, sync_torch, torch_device,
+                      write_json)
 
-import tensorfact as tfa  # noqa: E402
+import tensorfact as tfa
 
 
 def _data(batch, size, rank, seed=0):
@@ -43,25 +42,24 @@ def _fits(x, dense):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--n-iter", type=int, default=20)
-    parser.add_argument("--loop-count", type=int, default=32,
-                        help="tensors the TensorLy loop runs on (scaled to the batch)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--small", action="store_true", help="CPU smoke: 16 × 12³, rank 3")
-    parser.add_argument("--json", help="write the rows to this file")
-    args = parser.parse_args(argv)
-    if args.small:
+    p = parser(__doc__.splitlines()[0], small="16 × 12³, rank 3")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--n-iter", type=int, default=20)
+    p.add_argument("--loop-count", type=int, default=32,
+                   help="tensors the TensorLy loop runs on (scaled to the batch)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="write the rows to this file")
+    args = p.parse_args(argv)
+    if args.preset == "small":
         args.batch, args.size, args.rank, args.n_iter, args.loop_count = 16, 12, 3, 5, 4
     x = jax.block_until_ready(_data(args.batch, args.size, args.rank))
     rank, n_iter = args.rank, args.n_iter
     rows = []
 
     fit_all = jax.jit(jax.vmap(lambda t: tfa.cp(t, rank, n_iter=n_iter, tol=0).to_dense()))
-    dense, ms, first = median_ms(lambda: fit_all(x), jax.block_until_ready, args.repeats)
+    dense, ms, first = median_ms(lambda: fit_all(x), sync_jax, args.repeats)
     rows.append({"backend": "tensorfact (one vmap call)", "fits": args.batch, "median_ms": ms,
                  "first_s": first, "fit": float(_fits(x, dense).mean())})
 
@@ -70,12 +68,10 @@ def main(argv=None):
 
     loop_x = np.asarray(x[:args.loop_count])
     backends = [("numpy", None)]
-    try:
+    if torch_device() is not None:
         import torch
-        backends.append(("pytorch", "cuda" if torch.cuda.is_available() else "cpu"))
-        torch.backends.cuda.matmul.allow_tf32 = False
-    except ImportError:
-        pass
+
+        backends.append(("pytorch", torch_device()))
     for backend, device in backends:
         tl.set_backend(backend)
         tensors = ([torch.tensor(t, device=device) for t in loop_x] if backend == "pytorch"
@@ -85,11 +81,7 @@ def main(argv=None):
             return [tl.cp_to_tensor(parafac(t, rank, init="svd", n_iter_max=n_iter, tol=0))
                     for t in tensors]
 
-        def sync(_):
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-        out, ms, first = median_ms(loop, sync, args.repeats)
+        out, ms, first = median_ms(loop, sync_torch, args.repeats)
         out = np.stack([np.asarray(o.cpu() if backend == "pytorch" else o) for o in out])
         scaled = ms * args.batch / args.loop_count
         rows.append({"backend": f"tensorly-{backend}" + (f" ({device})" if device else "")
@@ -102,15 +94,13 @@ def main(argv=None):
     print(f"# jax {jax.__version__} on {jax.devices()[0].device_kind}; {args.batch} CP fits of "
           f"{args.size}³, rank {rank}, {n_iter} iterations, init='svd', tol=0; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print("| backend | median ms (whole batch) | first call s | mean fit | ratio |")
-    print("|---|---|---|---|---|")
     for r in rows:
         r["ratio"] = r["median_ms"] / base
-        print(f"| {r['backend']} | {r['median_ms']:.1f} | {r['first_s']:.2f} | {r['fit']:.5f} "
-              f"| {r['ratio']:.1f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    print(markdown_table(
+        ("backend", "median ms (whole batch)", "first call s", "mean fit", "ratio"),
+        [(r["backend"], f"{r['median_ms']:.1f}", f"{r['first_s']:.2f}", f"{r['fit']:.5f}",
+          f"{r['ratio']:.1f}") for r in rows]))
+    write_json(args.json, rows)
     return rows
 
 

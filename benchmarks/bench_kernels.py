@@ -16,21 +16,19 @@
 
 Timing: ``_harness.median_ms``: the first call (compile) apart, then the median of
 ``--repeats`` calls, each waited for. On a CPU the kernels run in interpret mode (slow, a check
-that the script works, not a measurement): use ``--quick``. Full float32 precision throughout.
+that the script works, not a measurement): use ``--small``. Full float32 precision throughout.
 
-    python benchmarks/bench_kernels.py --quick                 # CPU smoke, tiny sizes
+    python benchmarks/bench_kernels.py --small                 # CPU smoke, tiny sizes
     python benchmarks/bench_kernels.py --json out/kernels_gpu.json   # on the GPU machine
     python benchmarks/bench_kernels.py --which mttkrp --sizes 512 --tune   # block-size sweep
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
 import math
-import os
 import platform
 
 import numpy as np
@@ -38,7 +36,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from _harness import median_ms
+from _harness import (check_positive, choices, fit_of, ints, median_ms, mttkrp_host, parser,
+                      sync_jax, sync_torch, torch_device, write_json)
 
 import tensorfact as tfa
 from tensorfact.kernels import mttkrp_pallas, tt_chain_matmul
@@ -50,20 +49,12 @@ except ImportError:  # pragma: no cover - depends on the environment
     tensorly = torch = None
 
 PRESETS = {
-    "quick": dict(sizes=(12,), rank=4, n_iter=3, cp_size=10, tt_shape=((2, 4), (4, 2)),
+    "small": dict(sizes=(12,), rank=4, n_iter=3, cp_size=10, tt_shape=((2, 4), (4, 2)),
                   tt_rank=2, batch=16, repeats=2),
     "gpu": dict(sizes=(256, 512), rank=32, n_iter=20, cp_size=256,
                 tt_shape=((4, 8, 8, 4), (4, 8, 8, 4)), tt_rank=8, batch=4096, repeats=20),
 }
-
-
-def _sync(out):
-    jax.block_until_ready(jax.tree_util.tree_leaves(out))
-
-
-def _sync_torch(_out):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+WORKS = ("mttkrp", "cp", "tt")
 
 
 def _row(table, **entry):
@@ -80,7 +71,7 @@ def bench_mttkrp(sizes, rank, repeats, table, tune=False):
         factors = [jax.random.normal(k, (n, rank), jnp.float32) for k in keys[1:]]
         gb = x.nbytes / 1e9
         copy = jax.jit(jnp.negative)
-        _, t_copy, _ = median_ms(lambda: copy(x), _sync, repeats)
+        _, t_copy, _ = median_ms(lambda: copy(x), sync_jax, repeats)
         _row(table, bench="mttkrp", n=n, rank=rank, mode="-", impl="copy", ms=t_copy,
              read_tbs=gb / t_copy)
         x64 = np.asarray(x, np.float64)
@@ -90,9 +81,9 @@ def bench_mttkrp(sizes, rank, repeats, table, tune=False):
                 "xla-library": jax.jit(functools.partial(tfa.mttkrp, mode=mode, impl="xla")),
                 "xla-einsum": jax.jit(functools.partial(_einsum_mttkrp, mode=mode)),
             }
-            reference = _numpy_mttkrp(x64, factors, mode) if mode == 0 else None
+            reference = mttkrp_host(x64, factors, mode) if mode == 0 else None
             for name, fn in sides.items():
-                out, t, first = median_ms(lambda fn=fn: fn(x, factors), _sync, repeats)
+                out, t, first = median_ms(lambda fn=fn: fn(x, factors), sync_jax, repeats)
                 err = float("nan") if reference is None else float(
                     np.linalg.norm(np.asarray(out, np.float64) - reference)
                     / np.linalg.norm(reference))
@@ -104,7 +95,7 @@ def bench_mttkrp(sizes, rank, repeats, table, tune=False):
                     fn = jax.jit(functools.partial(mttkrp_pallas, mode=mode, block_out=bo,
                                                    block_dot=bs, n_split=split))
                     try:
-                        _, t, _ = median_ms(lambda fn=fn: fn(x, factors), _sync, repeats)
+                        _, t, _ = median_ms(lambda fn=fn: fn(x, factors), sync_jax, repeats)
                     except Exception as err:  # noqa: BLE001  (a tiling Triton rejects)
                         print(f"tune mode={mode} bo={bo} bs={bs} split={split}: {err!r}"[:200])
                         continue
@@ -118,41 +109,29 @@ def _einsum_mttkrp(x, factors, mode):
     return jnp.einsum(spec, x, *others, precision=jax.lax.Precision.HIGHEST)
 
 
-def _numpy_mttkrp(x, factors, mode):
-    others = [np.asarray(f, np.float64) for k, f in enumerate(factors) if k != mode]
-    kr = (others[0][:, None, :] * others[1][None, :, :]).reshape(-1, others[0].shape[1])
-    return np.moveaxis(x, mode, 0).reshape(x.shape[mode], -1) @ kr
-
-
-def _fit(x, dense):
-    x, dense = np.asarray(x, np.float64), np.asarray(dense, np.float64)
-    return 1.0 - float(np.linalg.norm(x - dense) / np.linalg.norm(x))
-
-
 def bench_cp(n, rank, n_iter, repeats, table):
     x = tfa.random_cp(jax.random.key(1), (n, n, n), rank=rank).to_dense()
     x = x + 0.1 * jnp.linalg.norm(x) / math.sqrt(x.size) * jax.random.normal(jax.random.key(2),
                                                                               x.shape)
+    x64 = np.asarray(x, np.float64)
     for impl in ("pallas", "xla"):
         fit = jax.jit(functools.partial(tfa.cp, rank=rank, n_iter=n_iter, tol=0, impl=impl))
-        out, t, first = median_ms(lambda fit=fit: fit(x), _sync, repeats)
+        out, t, first = median_ms(lambda fit=fit: fit(x), sync_jax, repeats)
         _row(table, bench="cp_als", n=n, rank=rank, n_iter=n_iter, impl=f"tensorfact-{impl}",
-             ms=t, compile_s=first, fit=_fit(x, out.to_dense()))
+             ms=t, compile_s=first, fit=fit_of(x64, out.to_dense()))
     if torch is None or tensorly is None:
         print("cp_als: torch/tensorly not importable, TensorLy-PyTorch skipped", flush=True)
         return
     from tensorly.decomposition import parafac
     tensorly.set_backend("pytorch")
     try:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        device = torch_device()
         xt = torch.tensor(np.asarray(x), device=device)
         out, t, first = median_ms(
-            lambda: parafac(xt, rank, n_iter_max=n_iter, init="svd", tol=0), _sync_torch, repeats)
-        dense = tensorly.cp_to_tensor(out).cpu().numpy()
+            lambda: parafac(xt, rank, n_iter_max=n_iter, init="svd", tol=0), sync_torch, repeats)
+        dense = tensorly.cp_to_tensor(out)
         _row(table, bench="cp_als", n=n, rank=rank, n_iter=n_iter,
-             impl=f"tensorly-pytorch-{device}", ms=t, compile_s=first, fit=_fit(x, dense))
+             impl=f"tensorly-pytorch-{device}", ms=t, compile_s=first, fit=fit_of(x64, dense))
     finally:
         tensorly.set_backend("numpy")
 
@@ -184,7 +163,7 @@ def bench_tt(row_shape, col_shape, tt_rank, batch, repeats, table):
     }
     reference = None
     for (what, impl), (fn, weights) in sides.items():
-        out, t, first = median_ms(lambda fn=fn, w=weights: fn(x, w), _sync, repeats)
+        out, t, first = median_ms(lambda fn=fn, w=weights: fn(x, w), sync_jax, repeats)
         err = float("nan")
         if what == "forward":
             reference = out if reference is None else reference
@@ -194,18 +173,20 @@ def bench_tt(row_shape, col_shape, tt_rank, batch, repeats, table):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke)")
-    parser.add_argument("--which", default="mttkrp,cp,tt")
-    parser.add_argument("--sizes", type=lambda s: tuple(int(v) for v in s.split(",")))
-    parser.add_argument("--rank", type=int)
-    parser.add_argument("--n-iter", type=int)
-    parser.add_argument("--repeats", type=int)
-    parser.add_argument("--tune", action="store_true",
-                        help="also time the MTTKRP kernel over a grid of block sizes")
-    parser.add_argument("--json", help="write the rows and the environment here")
-    args = parser.parse_args(argv)
-    cfg = dict(PRESETS["quick" if args.quick else "gpu"])
+    p = parser(__doc__.split("\n\n")[0], small="tiny sizes, the kernels in interpret mode",
+               default="gpu")
+    p.add_argument("--which", type=choices("--which", WORKS), default=WORKS,
+                   help=f"comma list among {','.join(WORKS)} (default: all)")
+    p.add_argument("--sizes", type=ints("--sizes"), help="MTTKRP tensor sides n (n^3)")
+    p.add_argument("--rank", type=int)
+    p.add_argument("--n-iter", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--tune", action="store_true",
+                   help="also time the MTTKRP kernel over a grid of block sizes")
+    p.add_argument("--json", help="write the rows and the environment here")
+    args = p.parse_args(argv)
+    check_positive(p, args, ("rank", "n_iter", "repeats"))
+    cfg = dict(PRESETS[args.preset])
     for key in ("sizes", "rank", "n_iter", "repeats"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
@@ -218,17 +199,14 @@ def main(argv=None):
         print("note: not on a GPU; the kernels run in interpret mode (timings are not "
               "meaningful)", flush=True)
     table = []
-    which = set(args.which.split(","))
+    which = set(args.which)
     if "mttkrp" in which:
         bench_mttkrp(cfg["sizes"], cfg["rank"], cfg["repeats"], table, tune=args.tune)
     if "cp" in which:
         bench_cp(cfg["cp_size"], cfg["rank"], cfg["n_iter"], cfg["repeats"], table)
     if "tt" in which:
         bench_tt(*cfg["tt_shape"], cfg["tt_rank"], cfg["batch"], cfg["repeats"], table)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(dict(environment=env, rows=table), f, indent=1, default=str)
+    write_json(args.json, dict(environment=env, rows=table))
     return table
 
 

@@ -22,7 +22,6 @@ ratio sklearn median / tensorfact median (> 1: tensorfact is faster).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import warnings
@@ -30,9 +29,9 @@ import warnings
 import jax
 import numpy as np
 
-from _harness import cpu_name, median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import cpu_name, markdown_table, median_ms, parser, sync_jax, sync_nothing
 
-import tensorfact as tfa  # noqa: E402
+import tensorfact as tfa
 
 
 def _matrix(rows, cols, rank, noise, seed):
@@ -47,18 +46,16 @@ def _matrix(rows, cols, rank, noise, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--cols", type=int, default=800)
-    parser.add_argument("--rank", type=int, default=20)
-    parser.add_argument("--n-iter", type=int, default=200)
-    parser.add_argument("--noise", type=float, default=0.01,
-                        help="noise amplitude relative to the mean entry (default 0.01)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--small", action="store_true",
-                        help="CPU smoke: 200 × 150, rank 8, 50 iterations")
-    args = parser.parse_args(argv)
-    if args.small:
+    p = parser(__doc__.splitlines()[0], small="200 × 150, rank 8, 50 iterations")
+    p.add_argument("--rows", type=int, default=1000)
+    p.add_argument("--cols", type=int, default=800)
+    p.add_argument("--rank", type=int, default=20)
+    p.add_argument("--n-iter", type=int, default=200)
+    p.add_argument("--noise", type=float, default=0.01,
+                   help="noise amplitude relative to the mean entry (default 0.01)")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    if args.preset == "small":
         rows, cols, rank, n_iter = 200, 150, 8, 50
     else:
         rows, cols, rank, n_iter = args.rows, args.cols, args.rank, args.n_iter
@@ -96,7 +93,7 @@ def main(argv=None):
     for method, init, solver in pairs:
         fn = jax.jit(lambda x, method=method, init=init: tfa.nmf(
             x, rank, method=method, init=init, n_iter=n_iter, tol=0))
-        out, t_ms, t_first = median_ms(lambda fn=fn: fn(mj), jax.block_until_ready, args.repeats)
+        out, t_ms, t_first = median_ms(lambda fn=fn: fn(mj), sync_jax, args.repeats)
         w, h = out.factors()
         t_err = err(w, h)
 
@@ -108,7 +105,7 @@ def main(argv=None):
                 w = model.fit_transform(m)
             return w, model.components_
 
-        (sw, sh), s_ms, s_first = median_ms(fit_sklearn, lambda _: None, args.repeats)
+        (sw, sh), s_ms, s_first = median_ms(fit_sklearn, sync_nothing, args.repeats)
         s_err = err(sw, sh)
         ratio = s_ms / t_ms
         rows_out.append({"name": f"tensorfact nmf(method={method!r}, init={init!r})",
@@ -118,11 +115,10 @@ def main(argv=None):
                          "backend": "sklearn", "method": method, "median_ms": s_ms,
                          "first_s": s_first, "rel_error": s_err, "ratio": ratio})
 
-    print("| method | median ms | first call s | rel. error | sklearn / tfa time |")
-    print("|---|---|---|---|---|")
-    for r in rows_out:
-        print(f"| {r['name']} | {r['median_ms']:.2f} | {r['first_s']:.2f} | "
-              f"{r['rel_error']:.3e} | {r['ratio']:.2f} |")
+    print(markdown_table(
+        ("method", "median ms", "first call s", "rel. error", "sklearn / tfa time"),
+        [(r["name"], f"{r['median_ms']:.2f}", f"{r['first_s']:.2f}", f"{r['rel_error']:.3e}",
+          f"{r['ratio']:.2f}") for r in rows_out]))
     load_after = os.getloadavg()[0]
     if load_after > 0.5 + ncpu:
         print(f"# note: load average {load_after:.2f} after the run (this run uses up to {ncpu} "

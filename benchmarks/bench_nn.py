@@ -46,30 +46,28 @@ Baselines are optional: a missing ``torch``, ``tensorly-torch`` or ``peft`` is s
 reason printed. Without ``--gpu`` everything runs on the CPU (JAX forced to the CPU platform,
 torch on the CPU with its default threads).
 
-    python benchmarks/bench_nn.py --quick                      # CPU smoke, under 30 s
+    python benchmarks/bench_nn.py --small                      # CPU smoke, under 30 s
     python benchmarks/bench_nn.py --json out/nn_cpu.json       # CPU: 1024², batch 128
     python benchmarks/bench_nn.py --gpu --json out/nn_gpu.json # GPU: 1024² and 4096², batch 256
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
 import jax
 import jax.numpy as jnp
 
-from _harness import cpu_name, median_ms
+from _harness import (OtherLoad, add_output_flags, apply_preset, check_positive, choices,
+                      command_line, cpu_name, ints, median_ms, parser, sync_jax, write_json)
 
 PRESETS = {
-    "quick": dict(sizes=(256,), batch=32, lowrank_rank=16, cp_rank=16, tucker_rank=4, tt_rank=4,
+    "small": dict(sizes=(256,), batch=32, lowrank_rank=16, cp_rank=16, tucker_rank=4, tt_rank=4,
                   pissa_size=256, pissa_rank=8, repeats=3, inner=2),
     "cpu": dict(sizes=(1024,), batch=128, lowrank_rank=64, cp_rank=64, tucker_rank=16,
                 tt_rank=16, pissa_size=1024, pissa_rank=16, repeats=10, inner=3),
@@ -89,39 +87,6 @@ def _optional(name):
     except Exception as e:  # ImportError, or a broken install of a dependency
         print(f"# skipping the {name} baselines: {type(e).__name__}: {e}", flush=True)
         return None
-
-
-class OtherLoad:
-    """Cores kept busy by other processes during the run (Linux ``/proc/stat`` minus this
-    process's own CPU time): on a shared CPU, torch's OpenMP threads slow down many times while
-    another process holds a core, so the tables carry this figure."""
-
-    @staticmethod
-    def _sample():
-        try:
-            with open("/proc/stat") as fh:
-                ticks = [int(v) for v in fh.readline().split()[1:]]
-        except OSError:
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / tick  # all but idle and iowait
-        own = sum(os.times()[:2])
-        return busy, own, time.perf_counter()
-
-    def start(self):
-        self.begin = self._sample()
-        return self
-
-    def stop(self):
-        end = self._sample()
-        if self.begin is None or end is None:
-            return None
-        (b0, o0, t0), (b1, o1, t1) = self.begin, end
-        return round(max(b1 - b0 - (o1 - o0), 0.0) / (t1 - t0), 2)
-
-
-def _sync_jax(out):
-    jax.block_until_ready(jax.tree_util.tree_leaves(out))
 
 
 def _rel(a, b):
@@ -203,7 +168,7 @@ class Bench:
     def _run_layer(self, n, kind, label, passes, reference, n_params, flops, x64):
         """Times both passes of one contender and records the rows."""
         for name, call in passes.items():
-            sync = self._sync_torch if label.startswith(("tltorch", "torch")) else _sync_jax
+            sync = self._sync_torch if label.startswith(("tltorch", "torch")) else sync_jax
             out, ms, first = self._time(call, sync, self.args.inner)
             err = None
             if name == "fwd":
@@ -322,7 +287,7 @@ class Bench:
             return tfa.nn.LoRA(base, r, init="pissa", rngs=rngs)
 
         def sync(lora):
-            _sync_jax((lora.lora_a[...], lora.lora_b[...], lora.base.kernel[...]))
+            sync_jax((lora.lora_a[...], lora.lora_b[...], lora.base.kernel[...]))
 
         for label, call in (("tfa LoRA(init='pissa')", eager),
                             ("tfa LoRA(init='pissa') under nnx.jit",
@@ -442,40 +407,17 @@ def environment(bench):
 # command line
 
 
-def _ints(text, name):
-    try:
-        values = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{name} needs positive sizes, got {text!r}")
-    return values
-
-
-def _choices(text, allowed, name):
-    items = tuple(w.strip() for w in text.split(",") if w.strip())
-    if not items or any(w not in allowed for w in items):
-        raise argparse.ArgumentTypeError(f"{name} takes a comma list of {', '.join(allowed)}; "
-                                         f"got {text!r}")
-    return items
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Time tensorfact's FactorizedDense (forward, forward+backward) against "
-                    "nnx.Linear, tensorly-torch FactorizedLinear and torch Linear, and PiSSA "
-                    "initialisation against PEFT. Default: the CPU preset (1024^2, batch 128).")
-    preset = p.add_mutually_exclusive_group()
-    preset.add_argument("--quick", dest="preset", action="store_const", const="quick",
-                        help="CPU smoke preset (256^2, batch 32, small ranks): under 30 s")
-    preset.add_argument("--gpu", dest="preset", action="store_const", const="gpu",
-                        help="JAX on the GPU and torch on CUDA; 1024^2 and 4096^2, batch 256, "
-                             "PiSSA on 4096^2")
-    p.set_defaults(preset="cpu")
-    p.add_argument("--sizes", type=lambda t: _ints(t, "--sizes"),
+    p = parser("Time tensorfact's FactorizedDense (forward, forward+backward) against nnx.Linear, "
+               "tensorly-torch FactorizedLinear and torch Linear, and PiSSA initialisation "
+               "against PEFT. Default: the CPU preset (1024^2, batch 128).",
+               small="256^2, batch 32, small ranks: under 30 s",
+               gpu="JAX on the GPU and torch on CUDA; 1024^2 and 4096^2, batch 256, PiSSA on "
+                   "4096^2")
+    p.add_argument("--sizes", type=ints("--sizes"),
                    help="square layer sizes n (n -> n), comma list")
     p.add_argument("--batch", type=int, help="rows of the input")
-    p.add_argument("--kinds", type=lambda t: _choices(t, KINDS, "--kinds"), default=KINDS,
+    p.add_argument("--kinds", type=choices("--kinds", KINDS), default=KINDS,
                    help=f"comma list among {','.join(KINDS)} (default: all)")
     p.add_argument("--order", type=int, default=2,
                    help="factors of n for cp/tucker/tt (balanced_factors; default 2)")
@@ -485,7 +427,7 @@ def parse_args(argv=None):
     p.add_argument("--tt-rank", type=int, help="maximal TT-matrix rank")
     p.add_argument("--pissa-size", type=int, help="PiSSA weight size (square)")
     p.add_argument("--pissa-rank", type=int, help="PiSSA / LoRA rank")
-    p.add_argument("--which", type=lambda t: _choices(t, WORKS, "--which"), default=WORKS,
+    p.add_argument("--which", type=choices("--which", WORKS), default=WORKS,
                    help="comma list among layers,pissa (default: both)")
     p.add_argument("--precision", choices=("highest", "default"), default="highest",
                    help="highest: full float32 everywhere (torch TF32 off); default: JAX's "
@@ -496,17 +438,12 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip every torch baseline")
     p.add_argument("--no-tltorch", action="store_true", help="skip tensorly-torch")
     p.add_argument("--no-peft", action="store_true", help="skip PEFT")
-    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_output_flags(p)
     args = p.parse_args(argv)
     args.gpu = args.preset == "gpu"
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name in ("batch", "order", "lowrank_rank", "cp_rank", "tucker_rank", "tt_rank",
-                 "pissa_size", "pissa_rank", "repeats", "inner"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer")
+    apply_preset(args, PRESETS)
+    check_positive(p, args, ("batch", "order", "lowrank_rank", "cp_rank", "tucker_rank",
+                             "tt_rank", "pissa_size", "pissa_rank", "repeats", "inner"))
     return args
 
 
@@ -536,12 +473,9 @@ def main(argv=None) -> dict:
     print(f"# other processes kept {env['other_processes_cores']} cores busy on average (of "
           f"{os.cpu_count()}); load average {env['load_average_1min']} at the start, "
           f"{env['load_average_1min_end']} at the end")
-    command = " ".join(sys.argv if argv is None else ["bench_nn.py", *argv])
-    out = dict(environment=env, config=config, command=command, results=bench.rows)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    out = dict(environment=env, config=config, command=command_line("bench_nn.py", argv),
+               results=bench.rows)
+    write_json(args.json, out)
     return out
 
 

@@ -46,6 +46,9 @@ import os
 import subprocess
 import sys
 
+from _harness import (cp_to_dense, median_ms, parser, planted_cp, tt_to_dense, tucker_to_dense,
+                      write_json)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MARKER = "BENCH-SHARDING-JSON"
@@ -72,9 +75,6 @@ def _layouts(n):
 
 def worker(n, batch, steps):
     """One device count: every layout, as JSON on stdout."""
-    sys.path.insert(0, HERE)
-    from _harness import median_ms  # also puts a checkout's tensorfact on the path
-
     import jax
     from flax import nnx
 
@@ -109,19 +109,6 @@ def worker(n, batch, steps):
 # --decompositions: sharded CP-ALS, HOOI and TT-SVD
 
 
-def _planted(size, rank, noise=0.01, seed=0):
-    """A CP tensor of rank ``rank`` (standard normal factors) plus ``noise`` relative Gaussian
-    noise, float32."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    factors = [rng.standard_normal((size, rank)) for _ in range(3)]
-    x = np.einsum("ir,jr,kr->ijk", *factors)
-    e = rng.standard_normal(x.shape)
-    x += noise * np.linalg.norm(x) / np.linalg.norm(e) * e
-    return x.astype(np.float32)
-
-
 def _decomp_layouts(n):
     """(name, mesh shape, axis names, spec of the 3-way tensor) for ``n`` devices."""
     out = [("1-D", (n,), ("i",), ("i", None, None))]
@@ -132,25 +119,15 @@ def _decomp_layouts(n):
 
 def _dense64(name, fit):
     """The reconstruction of a fit in NumPy float64 (independent of tensorfact's to_dense)."""
-    import numpy as np
-
     if name == "cp":
-        w = np.asarray(fit.weights, np.float64)
-        a, b, c = (np.asarray(f, np.float64) for f in fit.factors)
-        return np.einsum("r,ir,jr,kr->ijk", w, a, b, c)
+        return cp_to_dense(fit.weights, fit.factors)
     if name == "tucker":
-        g = np.asarray(fit.core, np.float64)
-        a, b, c = (np.asarray(f, np.float64) for f in fit.factors)
-        return np.einsum("pqr,ip,jq,kr->ijk", g, a, b, c)
-    g1, g2, g3 = (np.asarray(g, np.float64) for g in fit.cores)
-    return np.einsum("ip,pjq,qk->ijk", g1[0], g2, g3[:, :, 0])
+        return tucker_to_dense(fit.core, fit.factors)
+    return tt_to_dense(fit.cores)
 
 
 def decomp_worker(n, size, rank, n_iter, repeats):
     """One device count: CP-ALS, HOOI and TT-SVD on every layout, as JSON on stdout."""
-    sys.path.insert(0, HERE)
-    from _harness import median_ms  # also puts a checkout's tensorfact on the path
-
     import jax
     import numpy as np
 
@@ -181,7 +158,7 @@ def decomp_worker(n, size, rank, n_iter, repeats):
         "tucker": lambda x: tfa.tucker(x, (rank,) * 3, n_iter=n_iter, tol=0.0),
         "tt": lambda x: tfa.tt(x, [1, rank, rank, 1]),
     }
-    x_np = _planted(size, rank)
+    x_np = planted_cp((size,) * 3, rank, 0.01, 0)
     x64 = x_np.astype(np.float64)
     # the single-device fits of the same tensor, in this process
     x_one = jax.device_put(x_np, jax.devices()[0])
@@ -271,40 +248,41 @@ def run(counts, worker_args, gpu):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", default=None, help="device counts, e.g. 1,2,4,8")
-    parser.add_argument("--batch", type=int, default=256, help="global batch (default 256)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    parser.add_argument("--small", action="store_true", help="smoke run: 1, 2 devices, 3 steps")
-    parser.add_argument("--gpu", action="store_true",
-                        help="use the machine's accelerators instead of CPU devices")
-    parser.add_argument("--json", default=None, help="also write the rows here")
-    parser.add_argument("--decompositions", action="store_true",
-                        help="benchmark sharded CP-ALS, HOOI and TT-SVD instead of training")
-    parser.add_argument("--size", type=int, default=None,
-                        help="--decompositions: tensor side S of S^3 (default 128; 32 --small)")
-    parser.add_argument("--rank", type=int, default=8, help="--decompositions: rank (default 8)")
-    parser.add_argument("--n-iter", type=int, default=10,
-                        help="--decompositions: CP/HOOI iterations (default 10)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="--decompositions: timed runs per fit (default 3)")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    size = args.size or (32 if args.small else 128)
+    p = parser(__doc__.splitlines()[0],
+               small="1 and 2 devices, 3 steps (--decompositions: 32^3)")
+    p.add_argument("--devices", default=None, help="device counts, e.g. 1,2,4,8")
+    p.add_argument("--batch", type=int, default=256, help="global batch (default 256)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    p.add_argument("--gpu", action="store_true",
+                   help="use the machine's accelerators instead of CPU devices")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--decompositions", action="store_true",
+                   help="benchmark sharded CP-ALS, HOOI and TT-SVD instead of training")
+    p.add_argument("--size", type=int, default=None,
+                   help="--decompositions: tensor side S of S^3 (default 128; 32 --small)")
+    p.add_argument("--rank", type=int, default=8, help="--decompositions: rank (default 8)")
+    p.add_argument("--n-iter", type=int, default=10,
+                   help="--decompositions: CP/HOOI iterations (default 10)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="--decompositions: timed runs per fit (default 3)")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    small = args.preset == "small"
+    size = args.size or (32 if small else 128)
     if args.worker is not None:
         if args.decompositions:
             return decomp_worker(args.worker, size, args.rank, args.n_iter, args.repeats)
         return worker(args.worker, args.batch, args.steps)
     counts = [int(c) for c in args.devices.split(",")] if args.devices else (
-        [1, 2] if args.small else [1, 2, 4, 8])
+        [1, 2] if small else [1, 2, 4, 8])
     if args.decompositions:
         rows, info = run(counts, ["--decompositions", "--size", str(size), "--rank",
                                   str(args.rank), "--n-iter", str(args.n_iter), "--repeats",
                                   str(args.repeats)], args.gpu)
         print_decompositions(rows, info)
-        _write_json(args.json, {"mode": "decompositions", "rows": rows, "info": info})
+        write_json(args.json, {"mode": "decompositions", "rows": rows, "info": info})
         return rows
-    steps = 3 if args.small else args.steps
+    steps = 3 if small else args.steps
     rows, info = run(counts, ["--batch", str(args.batch), "--steps", str(steps)], args.gpu)
     print(f"{info['platform']} ({info['device_kind']}), jax {info['jax']}; "
           f"{info['n_params']:,} parameters (float32), global batch {args.batch}, Adam")
@@ -315,15 +293,8 @@ def main(argv=None):
         print(f"{r['devices']:7d} {r['layout']:>6} {mesh:>7} {r['param_bytes_max']:11,d} "
               f"{r['opt_bytes_max']:10,d} {r['param_bytes_total']:11,d} {r['step_ms']:8.2f} "
               f"{r['first_s']:8.2f}")
-    _write_json(args.json, {"mode": "training", "rows": rows, "info": info})
+    write_json(args.json, {"mode": "training", "rows": rows, "info": info})
     return rows
-
-
-def _write_json(path, obj):
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=1)
 
 
 if __name__ == "__main__":

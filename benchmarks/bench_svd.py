@@ -12,15 +12,14 @@ error over the optimal (exact truncated SVD) error, so a fast but worse answer c
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _harness import median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import (markdown_table, median_ms, parser, sync_jax, sync_nothing, sync_torch,
+                      torch_device)
 
-import tensorfact as tfa  # noqa: E402
+import tensorfact as tfa
 
 
 def _matrix(n, spectrum, seed):
@@ -37,18 +36,17 @@ def _matrix(n, spectrum, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--spectrum", choices=["decay", "flat"], default="decay")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--small", action="store_true", help="CPU smoke: 256 × 256, rank 16")
-    parser.add_argument("--stages", action="store_true",
-                        help="also time the building blocks (matmul, QR, SVDs) in JAX and torch")
-    parser.add_argument("--no-numpy", dest="numpy", action="store_false",
-                        help="skip the NumPy rows (slow at 4096²)")
-    args = parser.parse_args(argv)
-    n, rank = (256, 16) if args.small else (args.size, args.rank)
+    p = parser(__doc__.splitlines()[0], small="256 × 256, rank 16")
+    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--rank", type=int, default=64)
+    p.add_argument("--spectrum", choices=["decay", "flat"], default="decay")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--stages", action="store_true",
+                   help="also time the building blocks (matmul, QR, SVDs) in JAX and torch")
+    p.add_argument("--no-numpy", dest="numpy", action="store_false",
+                   help="skip the NumPy rows (slow at 4096²)")
+    args = p.parse_args(argv)
+    n, rank = (256, 16) if args.preset == "small" else (args.size, args.rank)
     m = jax.block_until_ready(_matrix(n, args.spectrum, 0))
     m64 = np.asarray(m, np.float64)
     s_all = np.linalg.svd(m64, compute_uv=False) if n <= 4096 else None
@@ -58,7 +56,6 @@ def main(argv=None):
     def err(dense):
         return np.linalg.norm(m64 - np.asarray(dense, np.float64)) / np.linalg.norm(m64)
 
-    sync = jax.block_until_ready
     key = jax.random.key(1)
     for name, fn in {
         "tensorfact exact": jax.jit(lambda m: tfa.svd(m, rank)),
@@ -67,7 +64,7 @@ def main(argv=None):
         "tensorfact randomized q=4": jax.jit(lambda m: tfa.svd(m, rank, method="randomized",
                                                                 key=key, n_power_iter=4)),
     }.items():
-        out, ms, first = median_ms(lambda: fn(m), sync, args.repeats)
+        out, ms, first = median_ms(lambda: fn(m), sync_jax, args.repeats)
         rows.append((name, ms, first, err(out.to_dense())))
     if args.numpy:
         m_np = np.asarray(m)
@@ -88,36 +85,28 @@ def main(argv=None):
 
         for name, fn in {"numpy randomized q=2 (cpu)": numpy_randomized,
                          "numpy.linalg.svd (cpu)": numpy_exact}.items():
-            dense, ms, first = median_ms(fn, lambda _: None, args.repeats)
+            dense, ms, first = median_ms(fn, sync_nothing, args.repeats)
             rows.append((name, ms, first, err(dense)))
-    try:
+    dev = torch_device()
+    if dev is not None:
         import torch
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.backends.cuda.matmul.allow_tf32 = False
+
         mt = torch.tensor(np.asarray(m), device=dev)
-
-        def tsync(_):
-            if dev == "cuda":
-                torch.cuda.synchronize()
-
         for name, fn in {
             f"torch.svd_lowrank q={rank}, niter=4": lambda: torch.svd_lowrank(mt, q=rank, niter=4),
             f"torch.svd_lowrank q={rank + 10}, niter=4": lambda: torch.svd_lowrank(
                 mt, q=rank + 10, niter=4),
             "torch.linalg.svd": lambda: torch.linalg.svd(mt, full_matrices=False),
         }.items():
-            (u, s, v), ms, first = median_ms(fn, tsync, args.repeats)
+            (u, s, v), ms, first = median_ms(fn, sync_torch, args.repeats)
             vt = v.mT if "lowrank" in name else v
             dense = (u[:, :rank] * s[:rank]) @ vt[:rank]
             rows.append((name + f" ({dev})", ms, first, err(dense.cpu().numpy())))
-    except ImportError:
-        pass
     print(f"# jax {jax.__version__} on {jax.devices()[0].device_kind}; {n}×{n} float32, "
           f"{args.spectrum} spectrum, rank {rank}; optimal rel. error {optimal:.6f}")
-    print("| method | median ms | first call s | rel. error | error / optimal |")
-    print("|---|---|---|---|---|")
-    for name, ms, first, e in rows:
-        print(f"| {name} | {ms:.2f} | {first:.2f} | {e:.6f} | {e / optimal:.4f} |")
+    print(markdown_table(("method", "median ms", "first call s", "rel. error", "error / optimal"),
+                         [(name, f"{ms:.2f}", f"{first:.2f}", f"{e:.6f}", f"{e / optimal:.4f}")
+                          for name, ms, first, e in rows]))
     if args.stages:
         _time_stages(m, rank + 10, args.repeats)
     return rows
@@ -137,25 +126,22 @@ def _time_stages(m, width, repeats):
         f"svd {width}×{n}": (jax.jit(lambda a: jnp.linalg.svd(a, full_matrices=False)), (y.T,)),
         f"svd {width}×{width}": (jax.jit(lambda a: jnp.linalg.svd(a)), (r,)),
     }
-    print(f"| stage ({width} columns) | jax ms | torch ms |")
-    print("|---|---|---|")
-    try:
+    dev = torch_device()
+    if dev is not None:
         import torch
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+
         mt, yt, rt = (torch.tensor(np.asarray(a), device=dev) for a in (m, y, r))
         torch_ops = [lambda: mt @ yt, lambda: torch.linalg.qr(yt),
                      lambda: torch.linalg.svd(yt.T, full_matrices=False),
                      lambda: torch.linalg.svd(rt)]
-
-        def tsync(_):
-            if dev == "cuda":
-                torch.cuda.synchronize()
-    except ImportError:
+    else:
         torch_ops = [None] * len(jax_ops)
+    rows = []
     for (name, (fn, args)), top in zip(jax_ops.items(), torch_ops):
-        _, ms, _ = median_ms(lambda: fn(*args), jax.block_until_ready, repeats)
-        tms = f"{median_ms(top, tsync, repeats)[1]:.3f}" if top is not None else "–"
-        print(f"| {name} | {ms:.3f} | {tms} |")
+        _, ms, _ = median_ms(lambda: fn(*args), sync_jax, repeats)
+        tms = f"{median_ms(top, sync_torch, repeats)[1]:.3f}" if top is not None else "–"
+        rows.append((name, f"{ms:.3f}", tms))
+    print(markdown_table((f"stage ({width} columns)", "jax ms", "torch ms"), rows))
 
 
 if __name__ == "__main__":

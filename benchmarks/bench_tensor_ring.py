@@ -14,7 +14,8 @@ benchmarked ranks plus Gaussian noise of relative norm ``--noise``), the same ra
   the normal equations as tensorfact does). Random starts differ between the sides, and TR-ALS
   has local minima, so compare fits with that in mind.
 * TensorLy runs on its NumPy backend and, when ``torch`` imports, on its PyTorch backend (CUDA
-  when available, TF32 off). tensorfact runs at full float32 precision (``precision=None``).
+  when available, TF32 off). tensorfact runs at full float32 precision (its default
+  ``precision="highest"``).
 * Timing: the first call (compilation for tensorfact) is reported apart; then the median of
   ``--repeats`` calls, each waited for (``jax.block_until_ready``, ``torch.cuda.synchronize``).
 * Quality: every row carries its fit ``1 − ‖x − x̂‖/‖x‖`` with ``x̂`` rebuilt from the cores in
@@ -27,21 +28,20 @@ benchmarked ranks plus Gaussian noise of relative norm ``--noise``), the same ra
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import platform
-import sys
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _harness import cpu_name, median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import (apply_preset, check_positive, command_line, cpu_name, fit_of, median_ms,
+                      parser, sync_jax, sync_nothing, sync_torch, tensorly_backend, to_host,
+                      torch_device, write_json)
 
-import tensorfact as tfa  # noqa: E402
+import tensorfact as tfa
 
 try:  # the PyTorch backend of TensorLy is optional
     import torch
@@ -62,12 +62,6 @@ def planted_ring(shape, ranks, noise, seed):
     return (clean + noise * np.linalg.norm(clean) / np.linalg.norm(e) * e).astype(np.float32)
 
 
-def to_host(a) -> np.ndarray:
-    if torch is not None and isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a, np.float64)
-
-
 def ring_to_dense(cores) -> np.ndarray:
     """``Tr(G_0[:, i_0, :] ··· G_{d-1}[:, i_{d-1}, :])`` in float64 NumPy."""
     cores = [to_host(g) for g in cores]
@@ -77,27 +71,8 @@ def ring_to_dense(cores) -> np.ndarray:
     return np.trace(out, axis1=0, axis2=2).reshape([g.shape[1] for g in cores])
 
 
-def fit_of(x64, cores) -> float:
-    return float(1.0 - np.linalg.norm(x64 - ring_to_dense(cores)) / np.linalg.norm(x64))
-
-
-def _sync_jax(out):
-    jax.block_until_ready(out)
-
-
-def _sync_torch(_out):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _sync_nothing(_out):
-    return None
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", dest="preset", action="store_const", const="small",
-                   default="cpu", help="CPU smoke preset: 12^4, ranks 3, 10 sweeps")
+    p = parser(__doc__.splitlines()[0], small="12^4, ranks 3, 10 sweeps")
     p.add_argument("--size", type=int, help="mode size (overrides the preset)")
     p.add_argument("--ndim", type=int, help="number of modes (overrides the preset)")
     p.add_argument("--rank", type=int, help="every bond size (overrides the preset)")
@@ -108,12 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip TensorLy's PyTorch backend")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     args = p.parse_args(argv)
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name in ("size", "ndim", "rank", "n_iter", "repeats"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer")
+    apply_preset(args, PRESETS)
+    check_positive(p, args, ("size", "ndim", "rank", "n_iter", "repeats"))
     if args.rank * args.rank > args.size:
         p.error(f"TR-SVD needs rank^2 <= size (the first unfolding's rank bound), got "
                 f"--rank {args.rank} and --size {args.size}")
@@ -135,32 +106,31 @@ def main(argv=None):
     it = args.n_iter
     tl_ranks = list(ranks) + [ranks[0]]
 
-    backends = [("numpy", x_np, _sync_nothing)]
-    if torch is not None and not args.no_torch:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.backends.cuda.matmul.allow_tf32 = False
+    backends = [("numpy", x_np, sync_nothing)]
+    device = torch_device(torch is not None and not args.no_torch)
+    if device is not None:
         backends.append((f"pytorch ({device})",
-                         torch.tensor(x_np, dtype=torch.float32, device=device), _sync_torch))
+                         torch.tensor(x_np, dtype=torch.float32, device=device), sync_torch))
 
     def tl_call(backend, fn, *a, **kw):
         name = backend.split(" ")[0]
 
         def call():
-            with tl.backend_context(name), warnings.catch_warnings():
+            with tensorly_backend(name), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return fn(*a, **kw)
         return call
 
     works = {
-        "tr-svd": [("tensorfact", "", lambda: tfa.tensor_ring(x_jax, ranks), _sync_jax)]
+        "tr-svd": [("tensorfact", "", lambda: tfa.tensor_ring(x_jax, ranks), sync_jax)]
         + [(f"tensorly-{b}", "", tl_call(b, tl_tensor_ring, x, tl_ranks), sync)
            for b, x, sync in backends],
         "tr-als": [
             ("tensorfact", "init=svd",
-             lambda: tfa.tensor_ring(x_jax, ranks, method="als", n_iter=it, tol=0), _sync_jax),
+             lambda: tfa.tensor_ring(x_jax, ranks, method="als", n_iter=it, tol=0), sync_jax),
             ("tensorfact", "init=random",
              lambda: tfa.tensor_ring(x_jax, ranks, method="als", init="random", key=key,
-                                     n_iter=it, tol=0), _sync_jax),
+                                     n_iter=it, tol=0), sync_jax),
         ] + [(f"tensorly-{b}", f"ls_solve={ls}, random init",
               tl_call(b, tl_tensor_ring_als, x, tl_ranks, n_iter_max=it, tol=0, ls_solve=ls,
                       random_state=args.seed), sync)
@@ -184,7 +154,8 @@ def main(argv=None):
             if backend == "tensorfact" and base is None:
                 base = ms
             rows.append(dict(work=work, backend=backend, notes=notes, median_ms=ms,
-                             first_s=first, fit=fit_of(x64, list(out)), ratio=ms / base))
+                             first_s=first, fit=fit_of(x64, ring_to_dense(list(out))),
+                             ratio=ms / base))
     print("| work | backend | notes | median ms | first call s | fit | time / tensorfact's |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -193,17 +164,15 @@ def main(argv=None):
     print("# time / tensorfact's: each row's median over the first tensorfact row of its work "
           "(> 1: tensorfact is faster)")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         config = dict(shape=list(shape), ranks=list(ranks), n_iter=it, noise=args.noise,
                       repeats=args.repeats, seed=args.seed, preset=args.preset)
         env = dict(jax=jax.__version__, tensorly=tl.__version__, numpy=np.__version__,
                    torch=None if torch is None else torch.__version__, cpu=cpu_name(),
                    cpus=os.cpu_count(), load_average_1min=load,
                    device=str(jax.devices()[0].platform))
-        with open(args.json, "w") as f:
-            json.dump(dict(environment=env, config=config,
-                           command=" ".join(["bench_tensor_ring.py", *(argv or sys.argv[1:])]),
-                           results=rows), f, indent=1)
+        write_json(args.json, dict(environment=env, config=config,
+                                   command=command_line("bench_tensor_ring.py", argv),
+                                   results=rows))
     return rows
 
 

@@ -33,25 +33,19 @@ issue's target; the same product with batch 4096).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import os
-import sys
-from dataclasses import asdict
 
 import numpy as np
 
 import jax
 import jax.numpy as jnp
 
-import _harness  # noqa: F401  (puts a checkout's tensorfact on the path)
-from tensorly.decomposition import tensor_train as tl_tensor_train
+from _harness import (TFA, Contenders, Side, add_anchor_flags, add_output_flags, apply_preset,
+                      check_positive, choices, fit_assessor, ints, parser, rel_error, run_entries,
+                      sync_jax, to_host, tt_to_dense)
 
-from bench_decompositions import (TFA, OtherLoad, Side, environment, fit_of, format_table,
-                                  set_ratios, time_sides, to_host, torch, _sync_jax,
-                                  _sync_nothing, _sync_torch)
+from tensorly.decomposition import tensor_train as tl_tensor_train
 
 import tensorfact as tfa
 
@@ -86,20 +80,11 @@ def random_tt_cores(rng, shape, ranks):
             for k, n in enumerate(shape)]
 
 
-def tt_to_dense_host(cores) -> np.ndarray:
-    """Contracts TT cores ``(r, n, r')`` (any backend) into a dense float64 array."""
-    cores = [to_host(g) for g in cores]
-    out = np.ones((1, 1))
-    for g in cores:
-        out = (out @ g.reshape(g.shape[0], -1)).reshape(-1, g.shape[-1])
-    return out.reshape(tuple(g.shape[1] for g in cores))
-
-
 def make_data(shape, ranks, kind, noise, seed) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if kind == "normal":
         return rng.standard_normal(shape, dtype=np.float32)
-    clean = tt_to_dense_host(random_tt_cores(rng, shape, ranks))
+    clean = tt_to_dense(random_tt_cores(rng, shape, ranks))
     e = rng.standard_normal(shape)
     return (clean + noise * np.linalg.norm(clean) / np.linalg.norm(e) * e).astype(np.float32)
 
@@ -121,40 +106,21 @@ def _cores_of(result):
 # the benchmark
 
 
-class Bench:
-    """Holds the data and builds the contenders of each requested work."""
+class Bench(Contenders):
+    """The data and the contenders of each requested work."""
 
     def __init__(self, args):
-        self.args = args
         self.ranks = tt_ranks(args.shape, args.rank)
-        self.x_np = make_data(args.shape, self.ranks, args.data, args.noise, args.seed)
-        self.x64 = self.x_np.astype(np.float64)
-        self.x_jax = jax.block_until_ready(jnp.asarray(self.x_np))
-        self.torch_device = None
-        if torch is not None and not args.no_torch:
-            self.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-            torch.backends.cuda.matmul.allow_tf32 = False  # full float32, like tensorfact
-            torch.backends.cudnn.allow_tf32 = False
-            self.x_torch = torch.tensor(self.x_np, dtype=torch.float32, device=self.torch_device)
-
-    def _log(self, message):
-        if not self.args.quiet:
-            print(message, file=sys.stderr, flush=True)
+        super().__init__(args, make_data(args.shape, self.ranks, args.data, args.noise,
+                                         args.seed))
 
     def ttsvd_sides(self):
         work, ranks = "tt-svd", self.ranks
 
-        def assess(result, _seconds):
-            return dict(fit=fit_of(self.x64, tt_to_dense_host(_cores_of(result))))
-
-        sides = [Side(work, TFA, functools.partial(tfa.tt, self.x_jax, ranks), _sync_jax,
+        assess = fit_assessor(self.x64, lambda result: tt_to_dense(_cores_of(result)))
+        sides = [Side(work, TFA, functools.partial(tfa.tt, self.x_jax, ranks), sync_jax,
                       assess=assess, notes=f"ranks {ranks}")]
-        anchors = [] if self.args.no_numpy else [("tensorly-numpy", "numpy", self.x_np,
-                                                  _sync_nothing)]
-        if self.torch_device is not None:
-            anchors.append((f"tensorly-pytorch ({self.torch_device})", "pytorch", self.x_torch,
-                            _sync_torch))
-        for label, backend, x, sync in anchors:
+        for label, backend, x, sync in self.tensorly_sides():
             sides.append(Side(work, label, functools.partial(tl_tensor_train, x, list(ranks)),
                               sync, tensorly_backend=backend, assess=assess))
         return [sides]
@@ -176,8 +142,7 @@ class Bench:
 
         def assess(flops):
             def inner(result, seconds):
-                err = float(np.linalg.norm(to_host(result) - reference)
-                            / np.linalg.norm(reference))
+                err = rel_error(reference, result)
                 return dict(extra=dict(flops=flops, gflops_per_s=flops / seconds / 1e9,
                                        rel_err_vs_f64=err),
                             notes=f"{flops / 1e9:.3g} GFLOP, {flops / seconds / 1e9:.1f} "
@@ -187,66 +152,33 @@ class Bench:
         tt_fn = jax.jit(lambda x, tm: x @ tm)
         dense_fn = jax.jit(lambda x, w: jnp.matmul(x, w, precision=_HIGHEST))
         return [[
-            Side(work, TFA, functools.partial(tt_fn, x, tm), _sync_jax, inner=a.inner,
+            Side(work, TFA, functools.partial(tt_fn, x, tm), sync_jax, inner=a.inner,
                  assess=assess(tt_flops)),
-            Side(work, "dense jnp.matmul (jitted)", functools.partial(dense_fn, x, w), _sync_jax,
+            Side(work, "dense jnp.matmul (jitted)", functools.partial(dense_fn, x, w), sync_jax,
                  inner=a.inner, assess=assess(dense_flops)),
         ]]
-
-    def run(self):
-        entries = []
-        for work in self.args.which:
-            self._log(f"{work}:")
-            for sides in getattr(self, f"{work}_sides")():
-                entries += time_sides(sides, self.args.repeats, self._log)
-        set_ratios(entries)
-        return entries
 
 
 # ----------------------------------------------------------------------------------------------
 # command line
 
 
-def _ints(text, name, min_len=1):
-    try:
-        values = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers, got {text!r}")
-    if len(values) < min_len or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{name} needs at least {min_len} positive sizes, got "
-                                         f"{text!r}")
-    return values
-
-
-def _which(text):
-    works = tuple(w.strip() for w in text.split(",") if w.strip())
-    if not works or any(w not in WORKS for w in works):
-        raise argparse.ArgumentTypeError(f"--which takes a comma list of {', '.join(WORKS)}; "
-                                         f"got {text!r}")
-    return works
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Time tensorfact's TT-SVD against TensorLy's tensor_train (NumPy, PyTorch) "
-                    "and the TT-matrix product x @ W against the dense product, with the fit "
-                    "or error of every answer. Default preset: 100^3, rank 10; 4096x4096 TT "
-                    "matrix of rank 8, batch 256.")
-    preset = p.add_mutually_exclusive_group()
-    preset.add_argument("--small", dest="preset", action="store_const", const="small",
-                        help="CPU smoke preset: 24^3, rank 6; 64x64 TT-matrix")
-    preset.add_argument("--gpu", dest="preset", action="store_const", const="gpu",
-                        help="GPU preset: 256^3, rank 32; batch 4096 for the product")
-    p.set_defaults(preset="cpu")
-    p.add_argument("--shape", type=lambda t: _ints(t, "shape", 2), help="tensor shape")
+    p = parser("Time tensorfact's TT-SVD against TensorLy's tensor_train (NumPy, PyTorch) and "
+               "the TT-matrix product x @ W against the dense product, with the fit or error of "
+               "every answer. Default preset: 100^3, rank 10; 4096x4096 TT matrix of rank 8, "
+               "batch 256.",
+               small="24^3, rank 6; 64x64 TT-matrix",
+               gpu="256^3, rank 32; batch 4096 for the product")
+    p.add_argument("--shape", type=ints("shape", 2), help="tensor shape")
     p.add_argument("--rank", type=int, help="TT rank R of the TT-SVD (ranks [1, R, ..., 1])")
-    p.add_argument("--row-shape", type=lambda t: _ints(t, "row shape"),
+    p.add_argument("--row-shape", type=ints("row shape"),
                    help="TT-matrix row factorisation, e.g. 8,8,8,8")
-    p.add_argument("--col-shape", type=lambda t: _ints(t, "col shape"),
+    p.add_argument("--col-shape", type=ints("col shape"),
                    help="TT-matrix column factorisation (same length)")
     p.add_argument("--tt-rank", type=int, help="TT-matrix rank of the product benchmark")
     p.add_argument("--batch", type=int, help="rows of x in x @ W")
-    p.add_argument("--which", type=_which, default=WORKS,
+    p.add_argument("--which", type=choices("--which", WORKS), default=WORKS,
                    help=f"comma list among {','.join(WORKS)} (default: all)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed rounds after the first call (default %(default)s)")
@@ -257,18 +189,11 @@ def parse_args(argv=None):
     p.add_argument("--noise", type=float, default=0.1,
                    help="relative noise norm for --data lowrank (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data (default %(default)s)")
-    p.add_argument("--no-numpy", action="store_true", help="skip the TensorLy NumPy anchor")
-    p.add_argument("--no-torch", action="store_true",
-                   help="skip the TensorLy PyTorch anchor even when torch is importable")
-    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_anchor_flags(p)
+    add_output_flags(p)
     args = p.parse_args(argv)
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name in ("rank", "tt_rank", "batch", "repeats", "inner"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer")
+    apply_preset(args, PRESETS)
+    check_positive(p, args, ("rank", "tt_rank", "batch", "repeats", "inner"))
     if len(args.row_shape) != len(args.col_shape):
         p.error("--row-shape and --col-shape must have the same length")
     return args
@@ -277,30 +202,12 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     """Runs the benchmark, prints the environment and the table; returns everything as a dict."""
     args = parse_args(argv)
-    env = environment()
     config = dict(preset=args.preset, shape=list(args.shape), rank=args.rank,
                   row_shape=list(args.row_shape), col_shape=list(args.col_shape),
                   tt_rank=args.tt_rank, batch=args.batch, which=list(args.which),
                   repeats=args.repeats, inner=args.inner, data=args.data, noise=args.noise,
                   seed=args.seed, dtype="float32")
-    print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print("# " + ", ".join(f"{k} {v}" for k, v in config.items()))
-    other_load = OtherLoad().start()
-    entries = Bench(args).run()
-    env["other_processes_cores"] = other_load.stop()
-    env["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    print(format_table(entries))
-    print(f"# other processes kept {env['other_processes_cores']} cores busy on average during "
-          f"the run (of {os.cpu_count()}); load average {env['load_average_1min']} at the start, "
-          f"{env['load_average_1min_end']} at the end. anchor/tfa > 1: tensorfact is faster")
-    command = " ".join(sys.argv if argv is None else ["bench_tt.py", *argv])
-    out = dict(environment=env, config=config, command=command,
-               results=[asdict(e) for e in entries])
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return run_entries("bench_tt.py", argv, args, config, Bench(args).run)
 
 
 if __name__ == "__main__":

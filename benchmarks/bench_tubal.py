@@ -36,8 +36,6 @@ Works, for an ``n1 × n2 × n3`` tensor (default 256³; ``--small``: 48 × 40 ×
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 
@@ -45,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _harness import cpu_name, median_ms  # noqa: E402  (also puts a checkout's tensorfact on the path)
+from _harness import (add_output_flags, choices, cpu_name, median_ms, parser, rel_error, sync_jax,
+                      sync_nothing, sync_torch, to_host, torch_device, write_json)
 
-import tensorfact as tfa  # noqa: E402
+import tensorfact as tfa
 
 try:  # the PyTorch contender is optional
     import torch
@@ -131,12 +130,6 @@ def torch_tprod(a, b):
 # quality, in float64 on the host
 
 
-def to_host(a) -> np.ndarray:
-    if torch is not None and isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a)
-
-
 def tsvd_error(x64, u, s, v) -> float:
     """``‖X − U * S * Vᵀ‖ / ‖X‖`` from real spatial-domain factors, rebuilt with the rfft."""
     n3 = x64.shape[2]
@@ -155,36 +148,27 @@ def tsvd_error_fourier(x64, u, s, vh) -> float:
     return float(np.linalg.norm(x64 - approx) / np.linalg.norm(x64))
 
 
-def rel_error(ref, approx) -> float:
-    return float(np.linalg.norm(ref - to_host(approx).astype(np.float64)) / np.linalg.norm(ref))
-
-
 # ----------------------------------------------------------------------------------------------
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="256,256,256", help="n1,n2,n3 (default 256,256,256)")
-    parser.add_argument("--small", action="store_true", help="CPU smoke: 48 × 40 × 16")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--which", default="tsvd,tprod", help="comma-separated: tsvd, tprod")
-    parser.add_argument("--no-numpy-full", dest="numpy_full", action="store_false",
-                        help="skip the full-spectrum NumPy rows")
-    parser.add_argument("--no-torch", dest="use_torch", action="store_false")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = parser.parse_args(argv)
-    shape = (48, 40, 16) if args.small else tuple(int(d) for d in args.shape.split(","))
+    p = parser(__doc__.splitlines()[0], small="48 × 40 × 16")
+    p.add_argument("--shape", default="256,256,256", help="n1,n2,n3 (default 256,256,256)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--which", type=choices("--which", WORKS), default=WORKS,
+                   help="comma-separated: tsvd, tprod")
+    p.add_argument("--no-numpy-full", dest="numpy_full", action="store_false",
+                   help="skip the full-spectrum NumPy rows")
+    p.add_argument("--no-torch", dest="use_torch", action="store_false")
+    add_output_flags(p)
+    args = p.parse_args(argv)
+    shape = ((48, 40, 16) if args.preset == "small"
+             else tuple(int(d) for d in args.shape.split(",")))
     if len(shape) != 3:
-        parser.error(f"--shape needs three sizes, got {args.shape!r}")
-    which = [w.strip() for w in args.which.split(",") if w.strip()]
-    for w in which:
-        if w not in WORKS:
-            parser.error(f"--which: unknown work {w!r} (choose from {', '.join(WORKS)})")
+        p.error(f"--shape needs three sizes, got {args.shape!r}")
+    which = args.which
+    dev = torch_device(args.use_torch and torch is not None) or "cpu"
     use_torch = args.use_torch and torch is not None
-    dev = "cuda" if use_torch and torch.cuda.is_available() else "cpu"
-    if use_torch:
-        torch.backends.cuda.matmul.allow_tf32 = False
 
     def log(message):
         if not args.quiet:
@@ -198,13 +182,6 @@ def main(argv=None):
     x64 = x.astype(np.float64)
     xj, aj, bj = (jax.block_until_ready(jnp.asarray(t)) for t in (x, a, b))
 
-    def tsync(_):
-        if dev == "cuda":
-            torch.cuda.synchronize()
-
-    def nosync(_):
-        return None
-
     rows = []
 
     def add(work, backend, fn, sync, error_of, notes=""):
@@ -214,30 +191,30 @@ def main(argv=None):
                      "rel_error": error_of(out), "notes": notes})
 
     if "tsvd" in which:
-        add("tsvd", "tensorfact", lambda: tfa.tubal.svd(xj),
-            lambda t: jax.block_until_ready(jax.tree_util.tree_leaves(t)),
+        add("tsvd", "tensorfact", lambda: tfa.tubal.svd(xj), sync_jax,
             lambda t: tsvd_error(x64, t.u, t.s, t.v), "jax real FFT, n3//2+1 slice SVDs")
-        add("tsvd", "numpy rfft + batched svd", lambda: numpy_tsvd_half(x), nosync,
+        add("tsvd", "numpy rfft + batched svd", lambda: numpy_tsvd_half(x), sync_nothing,
             lambda f: tsvd_error(x64, *f), "n3//2+1 slice SVDs")
         if args.numpy_full:
-            add("tsvd", "numpy fft + batched svd (all n3)", lambda: numpy_tsvd_full(x), nosync,
-                lambda f: tsvd_error_fourier(x64, *f[0]), "n3 slice SVDs, no symmetry")
+            add("tsvd", "numpy fft + batched svd (all n3)", lambda: numpy_tsvd_full(x),
+                sync_nothing, lambda f: tsvd_error_fourier(x64, *f[0]),
+                "n3 slice SVDs, no symmetry")
         if use_torch:
             xt = torch.tensor(x, device=dev)
-            add("tsvd", f"torch rfft + batched svd ({dev})", lambda: torch_tsvd(xt), tsync,
+            add("tsvd", f"torch rfft + batched svd ({dev})", lambda: torch_tsvd(xt), sync_torch,
                 lambda f: tsvd_error(x64, *f), "n3//2+1 slice SVDs")
     if "tprod" in which:
         ref = numpy_tprod_half(a.astype(np.float64), b.astype(np.float64))
-        add("tprod", "tensorfact", lambda: tfa.tubal.product(aj, bj), jax.block_until_ready,
+        add("tprod", "tensorfact", lambda: tfa.tubal.product(aj, bj), sync_jax,
             lambda c: rel_error(ref, c), "jax rfft + matmul (HIGHEST) + irfft")
-        add("tprod", "numpy rfft + matmul", lambda: numpy_tprod_half(a, b), nosync,
+        add("tprod", "numpy rfft + matmul", lambda: numpy_tprod_half(a, b), sync_nothing,
             lambda c: rel_error(ref, c))
         if args.numpy_full:
-            add("tprod", "numpy fft + matmul (all n3)", lambda: numpy_tprod_full(a, b), nosync,
-                lambda c: rel_error(ref, c))
+            add("tprod", "numpy fft + matmul (all n3)", lambda: numpy_tprod_full(a, b),
+                sync_nothing, lambda c: rel_error(ref, c))
         if use_torch:
             at, bt = torch.tensor(a, device=dev), torch.tensor(b, device=dev)
-            add("tprod", f"torch rfft + matmul ({dev})", lambda: torch_tprod(at, bt), tsync,
+            add("tprod", f"torch rfft + matmul ({dev})", lambda: torch_tprod(at, bt), sync_torch,
                 lambda c: rel_error(ref, c))
 
     base = {r["work"]: r["median_ms"] for r in rows if r["backend"] == "tensorfact"}
@@ -263,11 +240,7 @@ def main(argv=None):
     for r in rows:
         print(f"| {r['work']} | {r['backend']} | {r['median_ms']:.2f} | {r['first_s']:.2f} | "
               f"{r['rel_error']:.2e} | {r['ratio']:.2f} |")
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "results": rows}, f, indent=1)
+    write_json(args.json, {"environment": env, "results": rows})
     return rows
 
 

@@ -66,19 +66,43 @@ def _print_demo(rows, shape, noise):
               f"{r['run_ms']:8.1f}")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(_positive_int(s) for s in text.split(","))
+    except argparse.ArgumentTypeError:
+        shape = ()
+    if len(shape) < 2:
+        raise argparse.ArgumentTypeError(f"must be at least two positive sizes separated by "
+                                         f"commas, e.g. 60,70,80; got {text!r}")
+    return shape
+
+
 def main(argv=None) -> int:
     """Entry point of the ``tensorfact`` command."""
     parser = argparse.ArgumentParser(prog="tensorfact", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="decompose a noisy low-rank tensor with CP and Tucker")
-    p.add_argument("--shape", default="60,70,80", help="tensor shape, comma-separated")
-    p.add_argument("--rank", type=int, default=6, help="planted and fitted rank")
+    p.add_argument("--shape", type=_shape, default=(60, 70, 80),
+                   help="tensor shape, comma-separated (default 60,70,80)")
+    p.add_argument("--rank", type=_positive_int, default=6, help="planted and fitted rank")
     p.add_argument("--noise", type=float, default=0.05, help="noise level ‖e‖/‖x‖")
-    p.add_argument("--n-iter", type=int, default=50, help="iterations of the iterative fits")
+    p.add_argument("--n-iter", type=_positive_int, default=50,
+                   help="iterations of the iterative fits")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs after the first")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs after the first")
     args = parser.parse_args(argv)
-    shape = tuple(int(s) for s in args.shape.split(","))
-    rows = demo(shape, args.rank, args.noise, args.seed, args.n_iter, args.repeats)
-    _print_demo(rows, shape, args.noise)
+    if not 0 <= args.noise < 1:
+        p.error(f"argument --noise: must be in [0, 1), got {args.noise!r}")
+    rows = demo(args.shape, args.rank, args.noise, args.seed, args.n_iter, args.repeats)
+    _print_demo(rows, args.shape, args.noise)
     return 0

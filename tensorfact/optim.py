@@ -24,15 +24,15 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from tensorfact import algebra
-from tensorfact._checks import check_positive_int, is_traced, check_key
+from tensorfact._checks import (Precision, check_key, check_nonneg_number, check_positive_int,
+                                check_positive_number, is_traced)
+from tensorfact._numerics import resolve_precision
 from tensorfact.ranks import stable_rank
 from tensorfact.tensors._cp import CPTensor
 from tensorfact.tensors._tt import TTMatrix, TTTensor
@@ -49,21 +49,11 @@ class ProximalState(NamedTuple):
     count: jax.Array
 
 
-def _check_scalar(value, name, *, positive=False, schedule=False):
-    """A non-negative (or positive) Python/NumPy scalar (or an Optax schedule where allowed);
-    traced values pass through."""
-    if is_traced(value) or (schedule and callable(value)):
-        return value
-    real = isinstance(value, numbers.Real) or (
-        hasattr(value, "dtype") and jnp.ndim(value) == 0
-        and (jnp.issubdtype(value.dtype, jnp.floating)
-             or jnp.issubdtype(value.dtype, jnp.integer)))
-    if isinstance(value, bool) or not real:
-        raise ValueError(f"{name} must be a real scalar, got {value!r}.")
-    v = float(value)
-    if not (v > 0 if positive else v >= 0):  # also catches NaN
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}.")
-    return value
+def _check_learning_rate(learning_rate):
+    """A finite ``η > 0`` or an Optax schedule (a callable of the step count)."""
+    if callable(learning_rate):
+        return learning_rate
+    return check_positive_number(learning_rate, "learning_rate")
 
 
 def _default_mask(ndim_ok):
@@ -72,8 +62,8 @@ def _default_mask(ndim_ok):
 
 def _proximal(prox, lam, learning_rate, mask, name):
     """A transform mapping ``u`` to ``prox_{η λ}(p + u) − p`` on the leaves selected by mask."""
-    lam = _check_scalar(lam, "lam")
-    learning_rate = _check_scalar(learning_rate, "learning_rate", positive=True, schedule=True)
+    lam = check_nonneg_number(lam, "lam")
+    learning_rate = _check_learning_rate(learning_rate)
 
     def init_fn(params):
         del params
@@ -87,9 +77,13 @@ def _proximal(prox, lam, learning_rate, mask, name):
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
         def one(u, p):
+            # in float32 at least: LAPACK has no bfloat16/float16 SVD, and a threshold of
+            # ηλ rounded to 8 bits would move every singular value by up to 0.4%
             p = jnp.asarray(p)
-            moved = p + u.astype(p.dtype)
-            return (prox(moved, jnp.asarray(lr * lam, p.dtype)) - p).astype(u.dtype)
+            work = jnp.promote_types(p.dtype, jnp.float32)
+            start = p.astype(work)
+            moved = start + u.astype(work)
+            return (prox(moved, jnp.asarray(lr * lam, work)) - start).astype(u.dtype)
 
         new = jax.tree_util.tree_map(one, updates, params)
         return new, ProximalState(count=optax.safe_increment(state.count))
@@ -97,7 +91,7 @@ def _proximal(prox, lam, learning_rate, mask, name):
     return optax.masked(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
-def proximal_nuclear(lam, learning_rate, *, mask=None, precision="highest"
+def proximal_nuclear(lam, learning_rate, *, mask=None, precision: Precision = "highest"
                      ) -> optax.GradientTransformationExtraArgs:
     """Proximal step of ``λ Σ_W ‖W‖_*`` (nuclear norms of the selected matrices), as an Optax
     transform chained after the gradient step.
@@ -114,17 +108,18 @@ def proximal_nuclear(lam, learning_rate, *, mask=None, precision="highest"
     Chain it **last** (after momentum, Adam, clipping, ...): it must see the final step.
 
     Args:
-      lam: the penalty weight ``λ ≥ 0``.
-      learning_rate: the step size ``η > 0`` of the preceding optimizer (a float or an Optax
-        schedule; the transform counts steps itself, in sync with ``optax.sgd``'s schedule).
+      lam: the penalty weight ``λ ≥ 0`` (finite).
+      learning_rate: the step size ``η > 0`` (finite) of the preceding optimizer, or an Optax
+        schedule (the transform counts steps itself, in sync with ``optax.sgd``'s schedule).
       mask: which leaves to threshold, as in ``optax.masked`` (a pytree of bools or a callable
         of the params). Default: every 2-D leaf; other leaves pass through unchanged. Selected
         leaves must be 2-D.
-      precision: matmul precision of the reconstruction ("highest" by default: full float32; None:
-        JAX's default).
+      precision: matmul precision of the reconstruction (``"highest"`` by default: full
+        float32; ``None``: JAX's default).
 
-    ``update`` needs ``params`` and raises ``ValueError`` without them. State:
-    :class:`ProximalState` (wrapped by ``optax.masked``).
+    ``update`` needs ``params`` and raises ``ValueError`` without them. The SVD runs in float32
+    for bfloat16 and float16 leaves (and the step is cast back). State: :class:`ProximalState`
+    (wrapped by ``optax.masked``).
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -135,7 +130,7 @@ def proximal_nuclear(lam, learning_rate, *, mask=None, precision="highest"
       >>> [round(float(v), 4) for v in jnp.diag(optax.apply_updates(w, u))]  # SVT, τ = 0.1
       [2.9, 0.0]
     """
-    hp = algebra.resolve_precision(precision)
+    hp = resolve_precision(precision)
 
     def svt(x, tau):
         if x.ndim != 2:
@@ -158,8 +153,9 @@ def proximal_l1(lam, learning_rate, *, mask=None) -> optax.GradientTransformatio
         θ⁺ = S_{ηλ}(θ − η ∇f(θ)),   S_τ(x) = sign(x) max(|x| − τ, 0)   (entrywise).
 
     Args:
-      lam: the penalty weight ``λ ≥ 0``.
-      learning_rate: the step size ``η > 0`` of the preceding optimizer (float or schedule).
+      lam: the penalty weight ``λ ≥ 0`` (finite).
+      learning_rate: the step size ``η > 0`` (finite) of the preceding optimizer, or an Optax
+        schedule.
       mask: which leaves to threshold, as in ``optax.masked`` (default: all). For the tensor
         lasso select the CP weight vectors, e.g.
         ``mask=lambda p: jax.tree.map(lambda x: x.ndim == 1, p)``.
@@ -193,6 +189,8 @@ def nuclear_norm(tree) -> jax.Array:
     total = jnp.zeros([], jnp.float32)
     for leaf in jax.tree_util.tree_leaves(tree):
         if jnp.ndim(leaf) == 2:
+            leaf = jnp.asarray(leaf)  # no LAPACK SVD in bfloat16/float16: float32 at least
+            leaf = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
             total = total + jnp.sum(jnp.linalg.svd(leaf, compute_uv=False))
     return total
 
@@ -214,7 +212,8 @@ def l1_penalty(tree) -> jax.Array:
 def _check_rate(rate):
     if is_traced(rate):
         return rate
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+    check_nonneg_number(rate, "rate")
+    if not float(rate) < 1:
         raise ValueError(f"rate must be a number in [0, 1), got {rate!r}.")
     return float(rate)
 
@@ -225,7 +224,7 @@ def _keep(key, n, rate, dtype):
     return keep.astype(dtype) / jnp.asarray(1 - rate, dtype)
 
 
-def tensor_dropout(key, factorized, rate):
+def tensor_dropout(factorized, rate, *, key):
     """Tensor dropout (Kolbeinsson, Kossaifi, Panagakis, Bulat, Anandkumar, Tzoulaki &
     Matthews, "Tensor dropout for robust learning", IEEE J. Sel. Topics Signal Process. 2021):
     drops rank components of a factorized tensor with probability ``rate`` and rescales the
@@ -244,14 +243,14 @@ def tensor_dropout(key, factorized, rate):
     type and shapes (dropped components become zeros, ranks stay static).
 
     Args:
-      key: a ``jax.random`` key.
       factorized: a ``CPTensor``, ``TuckerTensor``, ``TTTensor`` or ``TTMatrix``.
       rate: the drop probability in ``[0, 1)``; ``0`` returns ``factorized`` unchanged.
+      key: a ``jax.random`` key (required, keyword-only; map over keys with ``jax.vmap``).
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> cp = CPTensor(jnp.ones(4), [jnp.ones((3, 4)), jnp.ones((5, 4))])
-      >>> out = tensor_dropout(jax.random.key(0), cp, 0.5)
+      >>> out = tensor_dropout(cp, 0.5, key=jax.random.key(0))
       >>> type(out).__name__, sorted(set(out.weights.tolist())) <= [0.0, 2.0]
       ('CPTensor', True)
     """
@@ -512,7 +511,7 @@ def suggest_factorization(opt_state, *, threshold=0.01, scaled: bool = True
     Args:
       opt_state: a :class:`StableRankState` or an optimizer state (e.g. of ``optax.chain``)
         holding exactly one.
-      threshold: the largest relative change of a stable layer (a number ``≥ 0``).
+      threshold: the largest relative change of a stable layer (a finite number ``≥ 0``).
       scaled: use the scaled stable rank (default) or the plain one.
 
     Returns:
@@ -531,7 +530,7 @@ def suggest_factorization(opt_state, *, threshold=0.01, scaled: bool = True
       >>> int(suggest_factorization(state, scaled=False).ranks["w"])
       7
     """
-    threshold = _check_scalar(threshold, "threshold")
+    threshold = check_nonneg_number(threshold, "threshold")
     state = _find_monitor_state(opt_state)
     measured = state.n_measurements >= 2
     stable = jax.tree_util.tree_map(lambda c: measured & (c <= threshold),

@@ -188,5 +188,12 @@ def sharded_modes(x) -> dict[int, tuple[str, ...]]:
 
 
 def is_mode_sharded(x) -> bool:
-    """True when ``x`` is a concrete array with at least one mode split over a mesh axis."""
+    """True when ``x`` is a concrete array with at least one mode split over a mesh axis.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> mesh = tfa.sharding.make_mesh((1,), ("data",))
+      >>> tfa.sharding.is_mode_sharded(tfa.sharding.shard_tensor(jnp.ones((4, 3)), mesh, ("data",)))
+      False
+    """
     return bool(sharded_modes(x))

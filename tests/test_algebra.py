@@ -1,5 +1,7 @@
 """Tests for tensorfact.algebra against NumPy (float64) and TensorLy's NumPy backend."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +12,9 @@ from hypothesis import strategies as st
 from tensorly import tenalg
 
 from tensorfact import algebra
+from tensorfact import kernels as tfa_kernels
 from tensorfact.algebra import (contract_with_rank, fold, khatri_rao, kronecker, mode_dot, mttkrp,
-                                multi_mode_dot, partial_mttkrp, unfold)
+                                multi_mode_dot, natural_rank_axis, partial_mttkrp, unfold)
 
 tl.set_backend("numpy")
 
@@ -385,13 +388,14 @@ def test_precision_argument_is_accepted(rng):
 def test_mode_out_of_range_errors():
     x = jnp.zeros((2, 3, 4))
     for bad in (3, -4):
-        with pytest.raises(ValueError, match=r"mode must hold mode indices in \[-3, 3\)"):
+        with pytest.raises(ValueError, match=r"mode must be an int in \[-3, 3\) \(a mode of shape "
+                                             r"\(2, 3, 4\)\), got " + str(bad)):
             unfold(x, bad)
-        with pytest.raises(ValueError, match=r"mode must hold mode indices"):
+        with pytest.raises(ValueError, match=r"mode must be an int in \[-3, 3\)"):
             mode_dot(x, jnp.zeros((2, 2)), bad)
-        with pytest.raises(ValueError, match=r"mode must hold mode indices"):
+        with pytest.raises(ValueError, match=r"mode must be an int in \[-3, 3\)"):
             mttkrp(x, [jnp.zeros((n, 2)) for n in x.shape], bad)
-        with pytest.raises(ValueError, match=r"mode must hold mode indices"):
+        with pytest.raises(ValueError, match=r"mode must be an int in \[-3, 3\)"):
             fold(jnp.zeros((2, 12)), bad, (2, 3, 4))
     with pytest.raises(ValueError, match=r"modes must hold mode indices"):
         multi_mode_dot(x, [jnp.zeros((2, 2))], [5])
@@ -403,20 +407,102 @@ def test_mode_out_of_range_errors():
         multi_mode_dot(x, [jnp.zeros((2, 2)), jnp.zeros((2, 2))], [0, -3])
 
 
+@pytest.mark.parametrize("bad", [1.0, np.float32(1), True, [1], "1", None, jnp.array([1, 2])])
+def test_modes_that_are_not_ints_are_refused(bad):
+    x = jnp.zeros((2, 3, 4))
+    factors = [jnp.zeros((n, 2)) for n in x.shape]
+    calls = [lambda: unfold(x, bad), lambda: fold(jnp.zeros((3, 8)), bad, (2, 3, 4)),
+             lambda: mode_dot(x, jnp.zeros((5, 3)), bad), lambda: mttkrp(x, factors, bad),
+             lambda: tfa_kernels.mttkrp(x, factors, bad, impl="pallas")]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"mode must be an int in \[-3, 3\).*got " +
+                           re.escape(repr(bad))):
+            call()
+
+
+def test_integer_like_modes_are_accepted(rng):
+    x = jnp.asarray(randn(rng, 2, 3, 4))
+    for mode in (np.int64(1), jnp.int32(1)):  # NumPy and concrete JAX integers
+        np.testing.assert_array_equal(np.asarray(unfold(x, mode)), np.asarray(unfold(x, 1)))
+
+
+def test_lists_and_numpy_arrays_are_accepted(rng):
+    x = randn(rng, 2, 3, 4)
+    m = randn(rng, 5, 3)
+    factors = [randn(rng, n, 2) for n in x.shape]
+    as_list = x.tolist()
+    np.testing.assert_array_equal(np.asarray(unfold(as_list, 1)), tl.base.unfold(x, 1))
+    np.testing.assert_array_equal(np.asarray(fold(tl.base.unfold(x, 1).tolist(), 1, list(x.shape))),
+                                  x)
+    ref, bound = reference(lambda x, m: np.einsum("ijk,pj->ipk", x, m), x, m)
+    assert_matches(mode_dot(as_list, m.tolist(), 1), ref, bound)
+    assert_matches(multi_mode_dot(x, [m], [1]), ref, bound)
+    for n in range(3):
+        ref, bound = reference(lambda x, *fs: mttkrp_reference(x, list(fs), n), x, *factors)
+        assert_matches(mttkrp(as_list, [f.tolist() for f in factors], n), ref, bound)
+        assert_matches(mttkrp(x, factors, n), ref, bound)  # NumPy arrays
+    ref, bound = reference(lambda *m: np_kr(list(m)), *factors)
+    assert_matches(khatri_rao([f.tolist() for f in factors]), ref, bound)
+    np.testing.assert_allclose(np.asarray(kronecker([factors[0], factors[1].tolist()])),
+                               np.kron(factors[0], factors[1]), rtol=1e-6)
+    # integers and booleans are data too: cast to float32, as the fits do
+    ints = np.arange(24).reshape(2, 3, 4)
+    out = unfold(ints, 0)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out), ints.reshape(2, 12))
+
+
+def test_low_precision_floats_keep_their_dtype():
+    # the layers run the algebra on bfloat16 parameters: no silent upcast
+    x = jnp.ones((2, 3, 4), jnp.bfloat16)
+    a = [jnp.ones((n, 2), jnp.bfloat16) for n in x.shape]
+    assert unfold(x, 1).dtype == jnp.bfloat16
+    assert mode_dot(x, jnp.ones((5, 3), jnp.bfloat16), 1).dtype == jnp.bfloat16
+    assert khatri_rao(a).dtype == jnp.bfloat16
+    assert float(khatri_rao(a)[0, 0]) == 1.0
+
+
+@pytest.mark.parametrize("bad", ["abc", [[1.0, 2.0], [3.0]], np.ones(3, complex),
+                                 np.array(["a", "b"])])
+def test_non_numeric_data_is_refused(bad):
+    with pytest.raises(TypeError, match=r"^x must be"):
+        unfold(bad, 0)
+    with pytest.raises(TypeError, match=r"^matrix_or_vector must be"):
+        mode_dot(jnp.ones((3, 2)), bad, 0)
+
+
 def test_mismatched_matrix_shape_errors():
     x = jnp.zeros((2, 3, 4))
-    with pytest.raises(ValueError, match=r"matrix of shape \(5, 4\) does not match mode 1 of size 3"):
+    with pytest.raises(ValueError, match=r"matrix_or_vector: matrix of shape \(5, 4\) does not "
+                                         r"match mode 1 of size 3 \(x has shape \(2, 3, 4\)\)"):
         mode_dot(x, jnp.zeros((5, 4)), 1)
-    with pytest.raises(ValueError, match=r"\(transposed\) does not match mode 1 of size 3"):
+    with pytest.raises(ValueError, match=r"\(transposed\) \(5, 3\) does not match mode 1 of size 3"):
         mode_dot(x, jnp.zeros((5, 3)), 1, transpose=True)
     with pytest.raises(ValueError, match=r"vector of length 5 does not match mode 2 of size 4"):
         mode_dot(x, jnp.zeros(5), 2)
-    with pytest.raises(ValueError, match=r"must be 1-D or 2-D"):
+    with pytest.raises(ValueError, match=r"matrix_or_vector must be 1-D \(a vector\) or 2-D \(a "
+                                         r"matrix\), got shape \(2, 2, 2\)"):
         mode_dot(x, jnp.zeros((2, 2, 2)), 0)
-    with pytest.raises(ValueError, match=r"does not match mode 2"):
+    with pytest.raises(ValueError, match=r"must be 1-D .* got shape \(\)"):
+        mode_dot(x, 2.0, 0)
+    with pytest.raises(ValueError, match=r"x must have at least 1 dimension"):
+        mode_dot(3.0, jnp.zeros((2, 2)), 0)
+    with pytest.raises(ValueError, match=r"matrices\[2\]: matrix of shape \(1, 5\) does not match "
+                                         r"mode 2"):
         multi_mode_dot(x, [jnp.zeros((1, 2)), jnp.zeros((1, 3)), jnp.zeros((1, 5))])
+    with pytest.raises(ValueError, match=r"matrices\[1\] must be 1-D .* got shape \(3, 3, 1\)"):
+        multi_mode_dot(x, [jnp.zeros((1, 2)), jnp.zeros((3, 3, 1))])
     with pytest.raises(ValueError, match=r"got 2 matrices for 1 modes"):
         multi_mode_dot(x, [jnp.zeros((1, 2)), jnp.zeros((1, 3))], [0])
+    with pytest.raises(ValueError, match=r"matrices holds 4 matrices, but x has only 3 modes"):
+        multi_mode_dot(x, [jnp.zeros((1, 2)), jnp.zeros((1, 3)), jnp.zeros((1, 4)),
+                           jnp.zeros((1, 1))])
+    for bad in (2, 1.0, "0"):
+        with pytest.raises(ValueError, match=r"skip must be None or an int in \[-2, 2\).*got "
+                           + re.escape(repr(bad))):
+            multi_mode_dot(x, [jnp.zeros((1, 2)), jnp.zeros((1, 3))], skip=bad)
+    with pytest.raises(TypeError, match=r"matrices must be a list or tuple of arrays, got ArrayImpl"):
+        multi_mode_dot(x, jnp.zeros((2, 2)))
 
 
 def test_mismatched_matrix_shape_error_also_under_jit():
@@ -427,16 +513,17 @@ def test_mismatched_matrix_shape_error_also_under_jit():
 
 def test_factor_errors():
     x = jnp.zeros((2, 3, 4))
-    with pytest.raises(ValueError, match=r"factor for mode 1 has 5 rows; the tensor's mode 1 has "
-                                         r"size 3"):
+    with pytest.raises(ValueError, match=r"factors\[1\] has 5 rows, but mode 1 of x has size 3 "
+                                         r"\(x has shape \(2, 3, 4\)\)"):
         mttkrp(x, [jnp.zeros((2, 2)), jnp.zeros((5, 2)), jnp.zeros((4, 2))], 0)
-    with pytest.raises(ValueError, match=r"factor for mode 2 has 1 rows"):
+    with pytest.raises(ValueError, match=r"factors\[0\] has 1 rows, but mode 2 of x has size 4"):
         partial_mttkrp(x, [jnp.zeros((1, 2))], [2])
     with pytest.raises(ValueError, match=r"one matrix per mode \(3\), got 2"):
         mttkrp(x, [jnp.zeros((2, 2)), jnp.zeros((3, 2))], 0)
     with pytest.raises(ValueError, match=r"common number of columns"):
         mttkrp(x, [jnp.zeros((2, 2)), jnp.zeros((3, 2)), jnp.zeros((4, 3))], 0)
-    with pytest.raises(ValueError, match=r"got 1 factors for 2 modes"):
+    with pytest.raises(ValueError, match=r"factors must hold one matrix per mode of \(0, 1\) "
+                                         r"\(2\), got 1"):
         partial_mttkrp(x, [jnp.zeros((2, 2))], [0, 1])
     with pytest.raises(ValueError, match=r"common number of columns"):
         khatri_rao([jnp.zeros((2, 2)), jnp.zeros((3, 3))])
@@ -444,6 +531,35 @@ def test_factor_errors():
         khatri_rao([jnp.zeros((2, 2))], skip=0)
     with pytest.raises(ValueError, match=r"at least one matrix"):
         kronecker([])
+    with pytest.raises(ValueError, match=r"weights must have one entry per column \(2\), got "
+                                         r"shape \(3,\)"):
+        khatri_rao([jnp.zeros((2, 2)), jnp.zeros((3, 2))], weights=jnp.ones(3))
+    with pytest.raises(ValueError, match=r"skip must be None or an int in \[-2, 2\)"):
+        kronecker([jnp.zeros((2, 2)), jnp.zeros((3, 2))], skip=5)
+    with pytest.raises(ValueError, match=r"x must have at least 2 dimension"):
+        mttkrp(jnp.zeros(3), [jnp.zeros((3, 2))], 0)
+    with pytest.raises(TypeError, match=r"factors must be a list or tuple of arrays"):
+        mttkrp(x, jnp.zeros((3, 3, 2)), 0)
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 2, 2), ()])
+def test_factors_that_are_not_matrices_are_refused(shape):
+    # 1-D and 3-D factors (and scalars) where matrices are needed: an error naming the factor
+    x = jnp.zeros((2, 3, 4))
+    good = [jnp.zeros((n, 2)) for n in x.shape]
+    bad = jnp.zeros(shape)
+    pattern = r"factors\[2\] must be 2-D \(a matrix of shape \(4, rank\)\), got shape " + \
+        re.escape(str(shape))
+    for call in (lambda: mttkrp(x, good[:2] + [bad], 0),
+                 lambda: tfa_kernels.mttkrp(x, good[:2] + [bad], 1, impl="pallas"),
+                 lambda: partial_mttkrp(x, good[:2] + [bad], [0, 1, 2])):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+    with pytest.raises(ValueError, match=r"matrices\[1\] must be 2-D \(a matrix\), got shape "
+                       + re.escape(str(shape))):
+        khatri_rao([good[0], bad])
+    with pytest.raises(ValueError, match=r"matrices\[0\] must be 2-D"):
+        kronecker([bad, good[0]])
 
 
 def test_khatri_rao_rejects_non_matrix_with_value_error():
@@ -458,8 +574,135 @@ def test_khatri_rao_rejects_non_matrix_with_value_error():
 
 def test_fold_wrong_size_errors():
     with pytest.raises(ValueError, match=r"matrix of shape \(2, 10\) cannot be folded into shape "
-                                         r"\(2, 3, 4\) along mode 0"):
+                                         r"\(2, 3, 4\) along mode 0: that unfolding has shape "
+                                         r"\(2, 12\)"):
         fold(jnp.zeros((2, 10)), 0, (2, 3, 4))
     # right size, wrong leading dimension
     with pytest.raises(ValueError, match=r"cannot be folded into shape \(2, 3, 4\) along mode 1"):
         fold(jnp.zeros((4, 6)), 1, (2, 3, 4))
+    # not a matrix, even of the right size
+    with pytest.raises(ValueError, match=r"matrix of shape \(3, 2, 4\) cannot be folded"):
+        fold(jnp.zeros((3, 2, 4)), 1, (2, 3, 4))
+
+
+@pytest.mark.parametrize("shape", [(2.0, 3), (2, -1), (2, "3"), 6, "23", (2, None)])
+def test_fold_refuses_shapes_that_are_not_ints(shape):
+    with pytest.raises(ValueError, match=r"shape must be a sequence of non-negative ints, got "
+                       + re.escape(repr(tuple(shape) if isinstance(shape, tuple) else shape))):
+        fold(jnp.zeros((2, 3)), 0, shape)
+    with pytest.raises(ValueError, match=r"shape must have at least one mode"):
+        fold(jnp.zeros((1, 1)), 0, ())
+
+
+def test_partial_mttkrp_and_contract_with_rank_argument_errors():
+    x = jnp.zeros((2, 3, 4))
+    f = [jnp.zeros((4, 2))]
+    for bad in (1, 0.0, True, "0"):
+        with pytest.raises(ValueError, match=r"rank_axis must be 0 or -1, got " +
+                           re.escape(repr(bad))):
+            partial_mttkrp(x, f, [2], rank_axis=bad)
+    t = jnp.zeros((2, 3, 5))  # labels (0, 2) and a rank axis of 5
+    with pytest.raises(ValueError, match=r"t_modes must hold one distinct label per axis of t "
+                                         r"but the rank axis \(2"):
+        contract_with_rank(t, (0, 2, 3), [jnp.zeros((3, 5))], [2])
+    with pytest.raises(ValueError, match=r"t_modes must be a sequence of non-negative ints"):
+        contract_with_rank(t, (0, 2.0), [jnp.zeros((3, 5))], [2])
+    with pytest.raises(ValueError, match=r"modes must hold distinct labels among t_modes \(0, 2\), "
+                                         r"got \(1,\)"):
+        contract_with_rank(t, (0, 2), [jnp.zeros((3, 5))], [1])
+    with pytest.raises(ValueError, match=r"factors\[0\] has 4 rows, but mode 2 of t has size 3"):
+        contract_with_rank(t, (0, 2), [jnp.zeros((4, 5))], [2])
+    with pytest.raises(ValueError, match=r"factors must have 5 columns, the size of the rank axis "
+                                         r"of t"):
+        contract_with_rank(t, (0, 2), [jnp.zeros((3, 4))], [2])
+    with pytest.raises(ValueError, match=r"modes must hold mode indices"):
+        natural_rank_axis(3, [3])
+
+
+# -- zero-size modes -------------------------------------------------------------------------
+
+EMPTY_SHAPES = [(0, 3, 4), (2, 0, 4), (2, 3, 0), (0, 0, 0)]
+
+
+@pytest.mark.parametrize("shape", EMPTY_SHAPES)
+def test_unfold_fold_zero_size_modes(shape):
+    x = np.zeros(shape, np.float32)
+    for mode in range(3):
+        u = unfold(x, mode)  # (TensorLy's own unfold fails here: reshape(0, -1))
+        assert u.shape == (shape[mode], int(np.prod(shape[:mode] + shape[mode + 1:])))
+        assert fold(u, mode, shape).shape == shape
+
+
+@pytest.mark.parametrize("shape", EMPTY_SHAPES)
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_mode_dot_zero_size_modes(rng, shape, mode):
+    # an empty result of the right shape; a contracted mode of size zero is an empty sum: zeros
+    x = np.zeros(shape, np.float32)
+    m = randn(rng, 5, shape[mode])
+    out_shape = shape[:mode] + (5,) + shape[mode + 1:]
+    for got in (mode_dot(x, m, mode), mode_dot(x, m.T, mode, transpose=True),
+                jax.jit(mode_dot, static_argnums=2)(x, m, mode),
+                multi_mode_dot(x, [m], [mode])):
+        assert got.shape == out_shape
+        np.testing.assert_array_equal(np.asarray(got), np.zeros(out_shape))
+    v = randn(rng, shape[mode])
+    assert mode_dot(x, v, mode).shape == shape[:mode] + shape[mode + 1:]
+    # every mode at once, matrices and a vector mixed
+    ms = [randn(rng, 2, n) for n in shape]
+    ms[mode] = randn(rng, shape[mode])
+    got = multi_mode_dot(x, ms)
+    assert got.shape == tuple(2 for k in range(3) if k != mode)
+    np.testing.assert_array_equal(np.asarray(got), 0)
+
+
+def test_mode_dot_empty_output_mode(rng):
+    x = randn(rng, 2, 3, 4)
+    assert mode_dot(x, np.zeros((0, 3), np.float32), 1).shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize("shape", EMPTY_SHAPES)
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_mttkrp_zero_size_modes(rng, shape, impl):
+    rank = 3
+    x = np.zeros(shape, np.float32)
+    factors = [randn(rng, n, rank) for n in shape]
+    for mode in range(3):
+        got = mttkrp(x, factors, mode, impl=impl)
+        assert got.shape == (shape[mode], rank)
+        np.testing.assert_array_equal(np.asarray(got), 0)
+        got = tfa_kernels.mttkrp(x, factors, mode, impl=impl)
+        assert got.shape == (shape[mode], rank)
+        np.testing.assert_array_equal(np.asarray(got), 0)
+    others = [1, 2]
+    assert partial_mttkrp(x, [factors[m] for m in others], others).shape == (shape[0], rank)
+
+
+def test_mttkrp_rank_zero(rng):
+    x = randn(rng, 2, 3, 4)
+    factors = [np.zeros((n, 0), np.float32) for n in x.shape]
+    for impl in ("xla", "pallas"):
+        assert mttkrp(x, factors, 1, impl=impl).shape == (3, 0)
+    assert khatri_rao(factors).shape == (24, 0)
+
+
+def test_khatri_rao_and_kronecker_zero_size(rng):
+    a, b = randn(rng, 0, 3), randn(rng, 4, 3)
+    assert khatri_rao([a, b]).shape == (0, 3)
+    assert khatri_rao([b, a]).shape == (0, 3)
+    assert kronecker([a, b]).shape == (0, 9)
+
+
+def test_vmap_and_grad_through_the_checked_functions(rng):
+    xs = jnp.asarray(randn(rng, 3, 2, 3, 4))  # a batch of three 2 × 3 × 4 tensors
+    m = jnp.asarray(randn(rng, 5, 3))
+    factors = [jnp.asarray(randn(rng, n, 2)) for n in (2, 3, 4)]
+    batched = jax.vmap(lambda x: (mode_dot(x, m, 1), mttkrp(x, factors, 2), unfold(x, 0)))(xs)
+    for i in range(3):
+        for got, want in zip(batched, (mode_dot(xs[i], m, 1), mttkrp(xs[i], factors, 2),
+                                       unfold(xs[i], 0))):
+            np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want), rtol=1e-6,
+                                       atol=1e-6)
+    # d/dM Σ (x ×_1 M) = Σ over the other modes of x, for every row of M
+    g = jax.grad(lambda m: jnp.sum(mode_dot(xs[0], m, 1)))(m)
+    np.testing.assert_allclose(np.asarray(g), np.broadcast_to(np.asarray(xs[0]).sum((0, 2)),
+                                                              (5, 3)), rtol=1e-5)

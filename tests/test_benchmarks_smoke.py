@@ -87,3 +87,59 @@ def test_bench_batched_cp_smoke(monkeypatch):
     assert any(r["backend"].startswith("tensorly-numpy") for r in rows)
     for r in rows:
         assert r["median_ms"] > 0 and 0.5 < r["fit"] <= 1, r
+
+
+def test_every_script_uses_the_harness_and_no_other_script():
+    """One harness, one ``--small`` flag: every script builds its command line with
+    ``_harness.parser`` (which owns ``--small``) and imports no helper from another script."""
+    import ast
+
+    scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+    assert len(scripts) >= 10
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        harness = [node for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.module == "_harness"]
+        assert any("parser" in {a.name for a in node.names} for node in harness), path.name
+        imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for a in node.names}
+        imported |= {node.module for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {m for m in imported if m.startswith("bench_")}, path.name
+        assert "--quick" not in path.read_text(), path.name
+
+
+def test_bench_kernels_smoke(monkeypatch, tmp_path):
+    """The kernel benchmark runs on the CPU (interpret mode): every MTTKRP contender agrees with
+    NumPy, both CP-ALS paths fit alike, and the TT layer's paths agree."""
+    path = tmp_path / "kernels.json"
+    rows = _load_script("bench_kernels", monkeypatch).main(
+        ["--small", "--sizes", "8", "--repeats", "1", "--json", str(path)])
+    mttkrp = [r for r in rows if r["bench"] == "mttkrp" and r["mode"] == 0]
+    assert {r["impl"] for r in mttkrp} == {"pallas", "xla-library", "xla-einsum"}
+    assert all(r["rel_err"] < 1e-5 and r["ms"] > 0 for r in mttkrp), mttkrp
+    cp = {r["impl"]: r for r in rows if r["bench"] == "cp_als"}
+    assert 0.5 < cp["tensorfact-xla"]["fit"] <= 1
+    assert abs(cp["tensorfact-pallas"]["fit"] - cp["tensorfact-xla"]["fit"]) < 1e-4
+    forward = [r for r in rows if r["bench"] == "tt_layer" and r["pass_"] == "forward"]
+    assert len(forward) == 3 and all(r["rel_to_pallas"] < 1e-5 for r in forward)
+    assert len(json.loads(path.read_text())["rows"]) == len(rows)
+
+
+def test_bench_nn_smoke(tmp_path):
+    """The layer benchmark's ``--small`` preset runs (in a subprocess: it pins JAX to the CPU),
+    every layer's forward matches its own dense kernel, and PiSSA is near the optimum."""
+    path = tmp_path / "nn.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_nn.py"), "--small", "--sizes", "64",
+         "--pissa-size", "64", "--repeats", "1", "--inner", "1", "--no-torch", "--quiet",
+         "--json", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(path.read_text())["results"]
+    forward = [r for r in rows if r["work"] == "layer" and r["pass_"] == "fwd"]
+    assert {r["kind"] for r in forward} == {"dense", "lowrank", "cp", "tucker", "tt"}
+    assert all(r["err"] < 1e-5 and r["ms"] > 0 for r in forward), forward
+    pissa = [r for r in rows if r["work"] == "pissa"]
+    assert pissa and all(0.999 < r["quality"] < 1.05 for r in pissa), pissa
+    assert "| 64 | tucker | fwd | tfa factorized |" in run.stdout

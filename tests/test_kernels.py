@@ -73,6 +73,13 @@ def test_jit():
                                atol=1e-5)
 
 
+def test_lists_and_empty_batches():
+    v = [[4.0, 1.0], [1.0, 3.0]]
+    np.testing.assert_allclose(spd_inverse(v), np.linalg.inv(np.asarray(v)), rtol=1e-5)
+    for impl in ("pallas", "xla", "auto"):
+        assert spd_inverse(jnp.zeros((0, 3, 3)), impl=impl).shape == (0, 3, 3)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match=r"v must be a \(batch of\) square matrices, got shape"):
         spd_inverse(jnp.ones((3, 4)))
@@ -80,6 +87,8 @@ def test_bad_input():
         spd_inverse(jnp.eye(SPD_INVERSE_MAX_SIZE + 1))
     with pytest.raises(ValueError, match=r"impl must be one of"):
         spd_inverse(jnp.eye(2), impl="cuda")
+    with pytest.raises(TypeError, match=r"v must be a numeric array, got dtype <U1"):
+        spd_inverse(np.array([["a"]]))
 
 
 @pytest.mark.parametrize("n", [5, 32])

@@ -149,18 +149,43 @@ def test_bad_arguments():
     for fn in (mttkrp, tfa.mttkrp):
         with pytest.raises(ValueError, match=r"impl must be one of .*got 'cuda'"):
             fn(x, factors, 0, impl="cuda")
-    with pytest.raises(ValueError, match=r"factors\[1\] has 3 rows; mode 1 of x has size 4"):
+    with pytest.raises(ValueError, match=r"factors\[1\] has 3 rows, but mode 1 of x has size 4"):
         mttkrp(x, [factors[0], factors[0], factors[2]], 0, impl="pallas")
     with pytest.raises(ValueError, match=r"one matrix per mode \(3\), got 2"):
         mttkrp(x, factors[:2], 0)
-    with pytest.raises(ValueError, match=r"mode must hold mode indices"):
+    with pytest.raises(ValueError, match=r"mode must be an int in \[-3, 3\)"):
         mttkrp(x, factors, 3, impl="pallas")
     with pytest.raises(ValueError, match=r"block_dot must be a power of two >= 16, got 24"):
         mttkrp_pallas(x, factors, 0, block_dot=24)
+    with pytest.raises(ValueError, match=r"block_out must be a power of two >= 16, got 32.0"):
+        mttkrp_pallas(x, factors, 0, block_out=32.0)
+    with pytest.raises(ValueError, match=r"precision must be None, one of"):
+        mttkrp(x, factors, 0, impl="xla", precision="fast")
     with pytest.raises(ValueError, match=r"n_split must be a positive integer, got 0"):
         mttkrp_pallas(x, factors, 0, n_split=0)
     with pytest.raises(ValueError, match=r"impl must be one of .*got 'gpu'"):
         tfa.cp(x, 2, impl="gpu")
+
+
+def test_the_factor_of_the_mode_is_not_read():
+    x, factors, x_np, f_np = _data(6, (4, 5, 6), 3)
+    for impl in ("pallas", "xla"):
+        for mode in range(3):
+            garbage = list(factors)
+            garbage[mode] = None
+            out = mttkrp(x, garbage, mode, impl=impl)
+            assert rel(_numpy_mttkrp(x_np, f_np, mode), out) < 2e-6
+            assert rel(_numpy_mttkrp(x_np, f_np, mode), tfa.mttkrp(x, garbage, mode,
+                                                                   impl=impl)) < 2e-6
+
+
+def test_lists_and_integer_tensors_are_taken_as_float32():
+    x = np.arange(60).reshape(3, 4, 5)
+    factors = [np.ones((n, 2), np.float32).tolist() for n in x.shape]
+    for impl in ("pallas", "xla"):
+        out = mttkrp(x.tolist(), factors, 2, impl=impl)
+        assert out.dtype == jnp.float32
+        np.testing.assert_array_equal(out, np.repeat(x.sum((0, 1))[:, None], 2, 1))
 
 
 def test_cp_with_the_kernel_agrees_with_xla():
@@ -179,6 +204,21 @@ def _export_for_cuda(fn, *args):
     """Runs the Pallas → Triton lowering for CUDA without a GPU (the custom call is not run)."""
     check = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
     return jax.export.export(jax.jit(fn), platforms=("cuda",), disabled_checks=[check])(*args)
+
+
+@pytest.mark.parametrize("precision", ["highest", None, jax.lax.Precision.HIGHEST])
+def test_dispatcher_lowers_for_cuda_with_every_precision(monkeypatch, precision):
+    """``mttkrp(..., impl="pallas", precision=...)`` through the public dispatchers, with the
+    backend taken for a GPU (so the kernel's target is Triton), exported for CUDA."""
+    monkeypatch.setattr(_pallas, "on_gpu", lambda: True)
+    spec = jax.ShapeDtypeStruct
+    shape = (6, 7, 9)
+    factors = [spec((n, 8), jnp.float32) for n in shape]
+    for fn in (mttkrp, tfa.mttkrp):
+        exported = _export_for_cuda(
+            lambda x, fs: fn(x, fs, 1, impl="pallas", precision=precision),
+            spec(shape, jnp.float32), factors)
+        assert "triton" in exported.mlir_module()
 
 
 @pytest.mark.parametrize("shape,dtype", [((5, 7, 9), jnp.float32), ((12, 3, 10), jnp.bfloat16),

@@ -152,6 +152,29 @@ def test_proximal_nuclear_drives_rank_down(rng):
     np.testing.assert_allclose(w_prox, ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype, tol", [(jnp.bfloat16, 1e-2), (jnp.float16, 2e-3)])
+def test_proximal_nuclear_on_low_precision_leaves(rng, dtype, tol):
+    # LAPACK has no bfloat16/float16 SVD: the step runs in float32 and is cast back
+    lr = 0.1
+    w = jnp.asarray(rng.standard_normal((6, 4)), dtype)
+    g = jnp.asarray(rng.standard_normal((6, 4)), dtype)
+    start = np.asarray(w, np.float64) - lr * np.asarray(g, np.float64)
+    s = np.linalg.svd(start, compute_uv=False)
+    lam = float(s[1] + s[2]) / 2 / lr
+    tx = optax.chain(optax.sgd(lr), optim.proximal_nuclear(lam, lr))
+    state = tx.init(w)
+    updates, _ = jax.jit(tx.update)(g, state, w)
+    assert updates.dtype == dtype
+    out = np.asarray(optax.apply_updates(w, updates), np.float64)
+    want = np_svt(start, lr * lam)
+    assert np.linalg.norm(out - want) <= tol * np.linalg.norm(want)
+    assert np.linalg.svd(out, compute_uv=False)[2] <= tol * s[0]  # thresholded away
+    # the penalty as a loss term, too
+    np.testing.assert_allclose(float(optim.nuclear_norm({"w": w})),
+                               np.linalg.svd(np.asarray(w, np.float64), compute_uv=False).sum(),
+                               rtol=1e-5)
+
+
 def test_errors():
     w = jnp.ones((3, 3))
     tx = optim.proximal_nuclear(1.0, 0.1)
@@ -207,10 +230,10 @@ def _factorized(kind):
 @pytest.mark.parametrize("kind", ["cp", "tucker", "tt"])
 def test_tensor_dropout(kind):
     t = _factorized(kind)
-    assert optim.tensor_dropout(jax.random.key(0), t, 0.0) is t
+    assert optim.tensor_dropout(t, 0.0, key=jax.random.key(0)) is t
     rate, n = 0.3, 4000
-    drop = jax.jit(jax.vmap(lambda k: optim.tensor_dropout(k, t, rate).to_dense()))
-    one = optim.tensor_dropout(jax.random.key(1), t, rate)
+    drop = jax.jit(jax.vmap(lambda k: optim.tensor_dropout(t, rate, key=k).to_dense()))
+    one = optim.tensor_dropout(t, rate, key=jax.random.key(1))
     assert type(one) is type(t)
     assert [x.shape for x in jax.tree.leaves(one)] == [x.shape for x in jax.tree.leaves(t)]
     samples = np.asarray(drop(jax.random.split(jax.random.key(2), n)), np.float64)
@@ -219,14 +242,14 @@ def test_tensor_dropout(kind):
     assert np.all(np.abs(mean - dense) <= 5 * sem + 1e-6)
     assert np.max(samples.std(0)) > 0.05  # something was actually dropped
     # deterministic
-    again = optim.tensor_dropout(jax.random.key(1), t, rate)
+    again = optim.tensor_dropout(t, rate, key=jax.random.key(1))
     for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(again)):
         np.testing.assert_array_equal(x, y)
 
 
 def test_tensor_dropout_cp_weights():
     t = _factorized("cp")
-    out = optim.tensor_dropout(jax.random.key(5), t, 0.5)
+    out = optim.tensor_dropout(t, 0.5, key=jax.random.key(5))
     ratio = np.asarray(out.weights / t.weights)
     assert set(np.round(ratio, 5).tolist()) <= {0.0, 2.0}
     for a, b in zip(out.factors, t.factors):
@@ -235,12 +258,75 @@ def test_tensor_dropout_cp_weights():
 
 def test_tensor_dropout_errors():
     t = _factorized("cp")
-    with pytest.raises(ValueError, match=r"rate must be a number in \[0, 1\), got 1"):
-        optim.tensor_dropout(jax.random.key(0), t, 1)
-    with pytest.raises(ValueError, match="key is required"):
-        optim.tensor_dropout(None, t, 0.1)
+    for rate in (1, 1.5, -0.1, float("nan"), float("inf"), None, [0.5]):
+        with pytest.raises(ValueError, match=r"^rate must be"):
+            optim.tensor_dropout(t, rate, key=jax.random.key(0))
     with pytest.raises(TypeError, match="got ndarray"):
-        optim.tensor_dropout(jax.random.key(0), np.ones((2, 2)), 0.1)
+        optim.tensor_dropout(np.ones((2, 2)), 0.1, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="required keyword-only argument: 'key'"):
+        optim.tensor_dropout(t, 0.1)
+    with pytest.raises(TypeError, match="positional"):  # 0.1's key-first order
+        optim.tensor_dropout(jax.random.key(0), t, 0.1)
+
+
+BAD_KEYS = {
+    "none": (None, ValueError, r"key is required for tensor_dropout"),
+    "int": (0, TypeError, r"key must be a jax.random key, got int 0"),
+    "float array": (np.zeros(2, np.float32), TypeError, r"key must be a jax.random key, got an "
+                    r"array of dtype float32"),
+    "batch of keys": (jax.random.split(jax.random.key(0), 3), ValueError,
+                      r"key must be a single key, got a batch of keys of shape \(3,\)"),
+    "batch of raw keys": (jax.random.split(jax.random.PRNGKey(0), 3), TypeError,
+                          r"key must be a jax.random key, got an array of dtype uint32 and shape "
+                          r"\(3, 2\)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_KEYS))
+def test_tensor_dropout_bad_keys_name_key(kind):
+    key, error, message = BAD_KEYS[kind]
+    with pytest.raises(error, match=message):
+        optim.tensor_dropout(_factorized("tucker"), 0.3, key=key)
+
+
+def test_tensor_dropout_takes_a_raw_prng_key():
+    t = _factorized("tt")
+    raw = optim.tensor_dropout(t, 0.5, key=jax.random.PRNGKey(7))
+    typed = optim.tensor_dropout(t, 0.5, key=jax.random.wrap_key_data(jax.random.PRNGKey(7)))
+    for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(typed)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -float("inf"), np.float32("nan")])
+def test_hyper_parameters_must_be_finite(bad):
+    for make in (optim.proximal_nuclear, optim.proximal_l1):
+        with pytest.raises(ValueError, match=r"^lam must be >= 0, got .*\(a finite number\)"):
+            make(bad, 0.1)
+        with pytest.raises(ValueError, match=r"^learning_rate must be > 0, got .*\(a finite "
+                                             r"number\)"):
+            make(1.0, bad)
+    with pytest.raises(ValueError, match=r"^rate must be"):
+        optim.tensor_dropout(_factorized("cp"), bad, key=jax.random.key(0))
+    state = optim.stable_rank_monitor().init({"w": jnp.eye(2)})
+    with pytest.raises(ValueError, match=r"^threshold must be >= 0"):
+        optim.suggest_factorization(state, threshold=bad)
+    with pytest.raises(ValueError, match=r"^every must be a positive integer"):
+        optim.stable_rank_monitor(every=bad)
+
+
+def test_hyper_parameters_may_be_traced_and_schedules():
+    w = jnp.diag(jnp.array([3.0, 0.05]))
+
+    @jax.jit
+    def step(lam, lr):
+        tx = optim.proximal_nuclear(lam, lr)
+        u, _ = tx.update(jnp.zeros_like(w), tx.init(w), w)
+        return optax.apply_updates(w, u)
+
+    np.testing.assert_allclose(jnp.diag(step(1.0, 0.1)), [2.9, 0.0], atol=1e-6)
+    tx = optim.proximal_l1(1.0, optax.constant_schedule(0.5))
+    u, _ = tx.update(jnp.zeros(2), tx.init(jnp.array([2.0, 0.1])), jnp.array([2.0, 0.1]))
+    np.testing.assert_allclose(u, [-0.5, -0.1])
 
 
 # -- stable ranks ------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from tensorfact._checks import check_modes, check_positive_int
+from tensorfact._arrays import as_tensor, check_factors, check_mode
+from tensorfact._checks import Impl, Precision, check_positive_int
 from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
 
@@ -66,26 +67,28 @@ _KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 _TARGET_PROGRAMS = 1024  # enough programs to fill a GPU several times over
 
 
-def mttkrp(x, factors, mode: int, *, impl: str = "auto", precision="highest") -> jax.Array:
+def mttkrp(x, factors, mode: int, *, impl: Impl = "auto",
+           precision: Precision = "highest") -> jax.Array:
     """Matricised tensor times Khatri–Rao product, ``unfold(x, n) · khatri_rao(A_k, k ≠ n)``.
 
     ``M[i_n, r] = Σ_{i_k, k≠n} x[i_0, ..., i_{N−1}] ∏_{k≠n} A_k[i_k, r]``, shape ``(I_n, R)``;
-    ``factors[mode]`` is ignored (its shape is still checked).
+    ``factors[mode]`` is not read (it may be anything, ``None`` included).
 
     Args:
-      x: array with at least 2 dimensions (float32, float64, bfloat16, float16).
+      x: array with at least 2 dimensions (float32, float64, bfloat16, float16; lists, NumPy
+        and integer arrays are taken as float32).
       factors: one ``(I_k, R)`` matrix per mode.
       mode: the mode ``n`` (negative counts from the end).
       impl: ``"pallas"`` (the kernel; interpret mode off GPUs), ``"xla"`` (the einsum
         reference), or ``"auto"`` (the kernel on a GPU where the dtype, size and rank suit it,
         XLA elsewhere; ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it fell back).
-      precision: of the float32 contractions; ``"highest"`` (the default) is full float32, ``None``
-        JAX's default ( on the
-        GPU kernel, IEEE float32 rather than TF32 dots).
+      precision: of the float32 contractions: ``"highest"`` (the default) is full float32
+        (IEEE float32 dots in the GPU kernel rather than TF32), ``None`` JAX's default.
 
     Returns:
-      ``(I_n, R)`` array of dtype ``result_type(x, *factors)``, accumulated in float32 (or
-      float64 under x64).
+      ``(I_n, R)`` array of dtype ``result_type(x, A_k for k ≠ n)``, accumulated in float32 (or
+      float64 under x64). A tensor with a mode of size zero gives an empty (``I_n = 0``) or
+      all-zero (another mode: an empty sum) result without launching the kernel.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -98,36 +101,37 @@ def mttkrp(x, factors, mode: int, *, impl: str = "auto", precision="highest") ->
       True
     """
     x, factors, mode = _check_args(x, factors, mode)
-    if resolve_mttkrp_impl(x, factors[0].shape[1], impl) == "xla":
+    if resolve_mttkrp_impl(x, _rank(factors, mode), impl) == "xla":
         return mttkrp_xla(x, factors, mode, precision=precision)
     return mttkrp_pallas(x, factors, mode, precision=precision)
 
 
 def _check_args(x, factors, mode):
-    if not hasattr(x, "shape"):
-        x = jnp.asarray(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dimensions, got shape {tuple(x.shape)}.")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must be a real floating array, got dtype {x.dtype}.")
-    factors = [jnp.asarray(a) for a in factors]
-    if len(factors) != x.ndim:
-        raise ValueError(f"factors must hold one matrix per mode ({x.ndim}), got {len(factors)}.")
-    if any(a.ndim != 2 for a in factors) or len({int(a.shape[1]) for a in factors}) != 1:
-        raise ValueError(f"factors must be 2-D with a common number of columns, got shapes "
-                         f"{[tuple(a.shape) for a in factors]}.")
-    for k, a in enumerate(factors):
-        if a.shape[0] != x.shape[k]:
-            raise ValueError(f"factors[{k}] has {a.shape[0]} rows; mode {k} of x has size "
-                             f"{x.shape[k]} (shape {tuple(x.shape)}).")
-    (mode,) = check_modes(mode, x.ndim, "mode")
-    return x, factors, mode
+    x = as_tensor(x, "x", min_ndim=2)
+    mode = check_mode(mode, x.ndim, shape=x.shape)
+    return x, check_factors(factors, x.shape, skip=mode), mode
 
 
-def resolve_mttkrp_impl(x, rank: int, impl: str) -> str:
+def _rank(factors, mode):
+    return factors[1 if mode == 0 else 0].shape[1]
+
+
+def _others(factors, mode):
+    return [a for k, a in enumerate(factors) if k != mode]
+
+
+def resolve_mttkrp_impl(x, rank: int, impl: Impl) -> str:
     """``"pallas"`` or ``"xla"``: ``impl`` checked, and ``"auto"`` resolved for the tensor ``x``
     and ``rank`` (logging why it chose XLA under ``TENSORFACT_DEBUG_DISPATCH=1``). Every caller
-    that dispatches MTTKRPs (``tensorfact.mttkrp``, CP-ALS) decides through it."""
+    that dispatches MTTKRPs (``tensorfact.mttkrp``, CP-ALS) decides through it.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import resolve_mttkrp_impl
+      >>> x = jnp.ones((64, 64, 64))
+      >>> resolve_mttkrp_impl(x, 8, "pallas"), resolve_mttkrp_impl(x, 8, "auto")  # on a CPU
+      ('pallas', 'xla')
+    """
     return _pallas.resolve_impl("mttkrp", impl, lambda: _shape_reason(x, rank))
 
 
@@ -143,11 +147,20 @@ def _shape_reason(x, rank):
 
 # -- XLA reference ---------------------------------------------------------------------------
 
-def mttkrp_xla(x, factors, mode: int, *, precision="highest") -> jax.Array:
+def mttkrp_xla(x, factors, mode: int, *, precision: Precision = "highest") -> jax.Array:
     """The reference: one einsum over all modes but ``mode``, accumulated in float32 (float64
-    under x64) and returned in ``result_type(x, *factors)``."""
+    under x64) and returned in ``result_type(x, A_k for k ≠ n)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import mttkrp_xla
+      >>> x = jnp.arange(24.0).reshape(2, 3, 4)
+      >>> mttkrp_xla(x, [None, jnp.ones((3, 1)), jnp.ones((4, 1))], 0)   # slice sums
+      Array([[ 66.],
+             [210.]], dtype=float32)
+    """
     x, factors, mode = _check_args(x, factors, mode)
-    out_dtype = jnp.result_type(x, *factors)
+    out_dtype = jnp.result_type(x, *_others(factors, mode))
     acc = jnp.promote_types(out_dtype, jnp.float32)
     letters = string.ascii_letters[:x.ndim]
     others = [k for k in range(x.ndim) if k != mode]
@@ -169,8 +182,8 @@ def _khatri_rao(mats, rank, dtype):
 
 def _view(x, factors, mode):
     """The 3-D view ``(P, Q, S)`` of ``x``, the output axis, the loop- and dot-axis factors."""
-    n, shape, rank = x.ndim, x.shape, factors[0].shape[1]
-    dtype = jnp.result_type(*factors)
+    n, shape, rank = x.ndim, x.shape, _rank(factors, mode)
+    dtype = jnp.result_type(*_others(factors, mode))
     if mode == 0:  # (I_0, I_1, ∏ rest): loop over mode 1, dot over the rest
         view = (shape[0], shape[1], math.prod(shape[2:]))
         return x.reshape(view), 0, factors[1], _khatri_rao(factors[2:], rank, dtype)
@@ -182,24 +195,39 @@ def _view(x, factors, mode):
             _khatri_rao(factors[mode + 1:], rank, dtype))
 
 
-def mttkrp_pallas(x, factors, mode: int, *, precision="highest", block_out=None, block_dot=None,
-                  n_split=None, _target=None) -> jax.Array:
+def mttkrp_pallas(x, factors, mode: int, *, precision: Precision = "highest", block_out=None,
+                  block_dot=None, n_split=None, _target=None) -> jax.Array:
     """The kernel (see the module docstring for the tiling). ``block_out``/``block_dot`` (powers
     of two ≥ 16) and ``n_split`` override the block sizes and the split of the loop axis;
-    ``_target`` forces ``"gpu"`` (Triton) or ``"interpret"``."""
+    ``_target`` forces ``"gpu"`` (Triton) or ``"interpret"``. A tensor with a mode of size zero,
+    or a rank of zero, has nothing to launch: its (empty or zero) result comes from
+    :func:`mttkrp_xla`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import mttkrp_pallas
+      >>> x = jnp.arange(24.0).reshape(2, 3, 4)
+      >>> mttkrp_pallas(x, [jnp.ones((2, 1)), None, jnp.ones((4, 1))], 1, block_out=16)
+      Array([[ 60.],
+             [ 92.],
+             [124.]], dtype=float32)
+    """
     x, factors, mode = _check_args(x, factors, mode)
     if x.dtype not in _KERNEL_DTYPES and x.dtype != jnp.float64:
         raise ValueError(f"x must be float32, float64, bfloat16 or float16 for impl='pallas', "
                          f"got dtype {x.dtype}.")
     target = _pallas.resolve_target(_target)
-    view, out_axis, loop_f, dot_f = _view(x, factors, mode)
-    out_dtype = jnp.result_type(x, *factors)
-    acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
     for name, b in (("block_out", block_out), ("block_dot", block_dot)):
-        if b is not None and (b < 16 or b & (b - 1)):
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 16
+                              or b & (b - 1)):
             raise ValueError(f"{name} must be a power of two >= 16, got {b!r}.")
     if n_split is not None:
         n_split = check_positive_int(n_split, "n_split")
+    if x.size == 0 or _rank(factors, mode) == 0:
+        return mttkrp_xla(x, factors, mode, precision=precision)
+    view, out_axis, loop_f, dot_f = _view(x, factors, mode)
+    out_dtype = jnp.result_type(x, *_others(factors, mode))
+    acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
     return _mttkrp_view(view, loop_f.astype(acc_dtype), dot_f.astype(acc_dtype), out_axis,
                         resolve_precision(precision), block_out, block_dot, n_split, target,
                         jnp.dtype(out_dtype))

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from tensorfact._arrays import as_tensor
+from tensorfact._checks import Impl
 from tensorfact.kernels import _pallas
 
 __all__ = ["spd_inverse", "MAX_SIZE"]
@@ -27,14 +29,14 @@ __all__ = ["spd_inverse", "MAX_SIZE"]
 MAX_SIZE = 64  # the matrix is unrolled pivot by pivot; beyond this use a Cholesky solve
 
 
-def spd_inverse(v: jax.Array, *, impl: str = "auto", _target=None) -> jax.Array:
+def spd_inverse(v: jax.Array, *, impl: Impl = "auto", _target=None) -> jax.Array:
     """Inverse of symmetric positive definite matrices of size ``n ≤ 64`` (leading batch axes ok).
 
     Args:
       v: array of shape ``(..., n, n)``, float32 or float64, symmetric positive definite.
       impl: ``"pallas"`` (one kernel; interpret mode off GPUs), ``"xla"`` (unrolled
-        Gauss–Jordan in XLA ops: the reference), or ``"auto"`` (Pallas for float32 on GPU,
-        XLA elsewhere).
+        Gauss–Jordan in XLA ops: the reference), or ``"auto"`` (Pallas for float32 on a GPU,
+        XLA elsewhere; ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it chose XLA).
 
     Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``. ``_target`` forces the kernel's lowering
     (``"gpu"``: Triton, ``"interpret"``); by default it follows the backend.
@@ -46,22 +48,19 @@ def spd_inverse(v: jax.Array, *, impl: str = "auto", _target=None) -> jax.Array:
       >>> bool(jnp.allclose(spd_inverse(v, impl="pallas") @ v, jnp.eye(2), atol=1e-5))
       True
     """
-    impl = _pallas.check_impl(impl)
+    v = as_tensor(v, "v")
     if v.ndim < 2 or v.shape[-1] != v.shape[-2]:
         raise ValueError(f"v must be a (batch of) square matrices, got shape {tuple(v.shape)}.")
     if v.shape[-1] > MAX_SIZE:
         raise ValueError(f"v must be at most {MAX_SIZE} × {MAX_SIZE} for spd_inverse, got "
                          f"{v.shape[-1]} × {v.shape[-1]}; use a Cholesky solve instead.")
-    if impl == "auto":
-        if not _pallas.on_gpu():
-            _pallas.explain_fallback("spd_inverse", f"the default backend is "
-                                     f"{jax.default_backend()!r}, not a GPU")
-            impl = "xla"
-        elif v.dtype != jnp.float32:
-            _pallas.explain_fallback("spd_inverse", f"v has dtype {v.dtype}, not float32")
-            impl = "xla"
-        else:
-            impl = "pallas"
+
+    def dtype_reason():
+        return None if v.dtype == jnp.float32 else f"v has dtype {v.dtype}, not float32"
+
+    impl = _pallas.resolve_impl("spd_inverse", impl, dtype_reason)
+    if v.size == 0:  # an empty batch, or 0 × 0 matrices: nothing to invert
+        return v
     return _inverse(v, impl, _pallas.resolve_target(_target))
 
 
