@@ -34,7 +34,10 @@ def as_float_array(x, name: str, *, min_ndim: int = 0, nonempty: bool = False) -
         except (TypeError, ValueError) as err:  # ragged lists, objects
             raise TypeError(f"{name} must be an array (or nested sequence of numbers), got "
                             f"{type(x).__name__}: {err}") from None
-    dtype = jnp.result_type(x) if x.dtype != object else np.dtype(object)
+    if isinstance(x, np.ndarray) and not (np.issubdtype(x.dtype, np.number)
+                                          or x.dtype == np.bool_):
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}.")
+    dtype = jnp.result_type(x)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(f"{name} must be real, got dtype {dtype}.")
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
@@ -195,7 +198,8 @@ def check_choice(value, choices, name: str):
 
 
 def _check_real_scalar(value, name: str):
-    if isinstance(value, (bool, np.bool_)) or not (np.isscalar(value) or np.ndim(value) == 0):
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not (np.isscalar(value)
+                                                               or np.ndim(value) == 0):
         raise ValueError(f"{name} must be a real scalar, got {value!r}.")
     try:
         number = float(value)
