@@ -1,0 +1,138 @@
+"""What the tubal modules share: argument checks, and the slice-wise linear algebra of the
+transform domain (SVDs, singular value thresholding, t-SVD assembly) as traceable functions.
+
+Real in, real out. With the FFT, only the ``n3 // 2 + 1`` frequencies of the real FFT are
+factorised (the others are their complex conjugates). The zero frequency (and the Nyquist one
+for even ``n3``) of a real tensor is a real slice; those slices are factorised in real
+arithmetic, because an SVD computed in complex arithmetic may give them factors with arbitrary
+complex phases, which the inverse real FFT would silently drop (``U * S * Vᵀ ≠ X``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tensorfact import _tproduct
+from tensorfact._checks import check_positive_int, check_positive_number, is_traced
+from tensorfact.decomposition._common import concrete_or_traced
+from tensorfact.tensors import TSVDTensor
+
+#: ADMM (``rpca`` and ``complete(method="tnn")``): growth factor of the penalty ``μ`` (Lu et
+#: al.'s value; a faster growth, e.g. the matrix RPCA's 1.5, freezes the completion iteration at
+#: a feasible point before it reaches the minimiser) and its cap relative to the initial ``μ``.
+ADMM_RHO = 1.1
+ADMM_MU_CAP = 1e7
+
+
+def check_tensor(x, name: str = "x") -> jax.Array:
+    """One real ``(n1, n2, n3)`` tensor with no empty mode (what every decomposition takes)."""
+    return _tproduct.check_tensor(x, name, nonempty=True)
+
+
+def check_rank(rank, n1: int, n2: int, *, required: bool, method=None) -> int:
+    """A tubal rank in ``[1, min(n1, n2)]``; ``None`` is ``min(n1, n2)`` unless ``required``."""
+    if rank is None:
+        if required:
+            raise ValueError(f"rank is required for method={method!r}: pass the tubal rank "
+                             f"(an int in [1, {min(n1, n2)}]).")
+        return min(n1, n2)
+    rank = check_positive_int(rank, "rank")
+    if rank > min(n1, n2):
+        raise ValueError(f"rank must be at most min(n1, n2) = {min(n1, n2)} for a tensor with "
+                         f"n1 = {n1}, n2 = {n2}, got {rank}.")
+    return rank
+
+
+def check_mu(mu):
+    """The ADMM penalty ``μ₀``: None (the default) or a finite scalar > 0."""
+    if mu is None:
+        return None
+    check_positive_number(mu, "mu")
+    return concrete_or_traced(mu)
+
+
+def orthogonal_transform(transform, n3: int) -> _tproduct.Transform:
+    """Resolves a transform for the tensor nuclear norm, which needs an orthogonal one (up to the
+    FFT's known scale): "fft", "dct", or a matrix with ``M Mᵀ = I`` (checked when concrete)."""
+    t = _tproduct.resolve_transform(transform, n3)
+    if t.kind == "matrix" and not is_traced(t.matrix):
+        m = np.asarray(t.matrix, np.float64)
+        dev = float(np.max(np.abs(m @ m.T - np.eye(n3))))
+        if dev > 1e-4:
+            raise ValueError(f"transform matrix must be orthogonal (M Mᵀ = I) for the tensor "
+                             f"nuclear norm and its prox, got max |M Mᵀ − I| = {dev:.3g}; use "
+                             f"'fft', 'dct' or an orthogonal matrix.")
+    return t
+
+
+def slicewise(fn, hat, t: _tproduct.Transform, n3: int):
+    """Applies a slice-batched factorisation ``fn`` (returning a tuple of arrays batched over
+    the slices, axis 0) to the transformed slices ``hat (k, n1, n2)``, in real arithmetic for the
+    real ones (the FFT's zero and, for even ``n3``, Nyquist frequencies; every slice of a real
+    transform) and complex arithmetic for the others."""
+    if t.kind != "fft":
+        return fn(hat)
+    k = hat.shape[0]
+    last_real = n3 % 2 == 0 and n3 > 1
+    stop = k - 1 if last_real else k
+    parts = [fn(jnp.real(hat[:1]))]
+    if stop > 1:
+        parts.append(fn(hat[1:stop]))
+    if last_real:
+        parts.append(fn(jnp.real(hat[k - 1:])))
+    out = []
+    for pieces in zip(*parts):
+        dtype = jnp.result_type(*pieces)
+        out.append(jnp.concatenate([p.astype(dtype) for p in pieces], axis=0))
+    return tuple(out)
+
+
+def svd_hat(hat, t, n3):
+    """Thin SVD of every transformed slice: ``(Û, σ, V̂ᴴ)``, σ real and nonincreasing."""
+    return slicewise(functools.partial(jnp.linalg.svd, full_matrices=False), hat, t, n3)
+
+
+def slice_sigma(x, t, precision="highest"):
+    """Singular values of the transformed slices of ``x``, ``(k, min(n1, n2))``."""
+    hat = _tproduct.to_transform_domain(x, t, precision=precision)
+    return jnp.linalg.svd(hat, compute_uv=False)
+
+
+def tsvd_from_hat(uh, sigma, vh, t, n3) -> TSVDTensor:
+    """A :class:`TSVDTensor` from transform-domain factors ``uh (k, n1, r)``, singular values
+    ``sigma (k, r)`` and ``vh (k, n2, r)``."""
+    u = _tproduct.from_transform_domain(uh, n3, t)
+    v = _tproduct.from_transform_domain(vh, n3, t)
+    s = _tproduct.from_transform_domain(sigma[..., None], n3, t)[..., 0, :]
+    dtype = u.dtype
+    return TSVDTensor(u, s.astype(dtype), v.astype(dtype), t)
+
+
+def truncated_tsvd(x, t, rank, precision) -> TSVDTensor:
+    """The t-SVD of ``x`` truncated to ``rank`` tubes (traceable; no argument checks)."""
+    n3 = x.shape[-1]
+    hat = _tproduct.to_transform_domain(x, t, precision=precision)
+    u, s, vh = svd_hat(hat, t, n3)
+    u, s, vh = u[..., :rank], s[..., :rank], vh[..., :rank, :]
+    return tsvd_from_hat(u, s, jnp.conj(jnp.swapaxes(vh, -1, -2)), t, n3)
+
+
+def svt(x, tau, t, precision):
+    """Tubal singular value thresholding, the prox of ``τ‖·‖_TNN`` (traceable): every
+    transformed slice ``Û Σ V̂ᴴ`` becomes ``Û max(Σ − τ, 0) V̂ᴴ``."""
+    n3 = x.shape[-1]
+    hat = _tproduct.to_transform_domain(x, t, precision=precision)
+    u, s, vh = svd_hat(hat, t, n3)
+    shrunk = jnp.maximum(s - tau, 0).astype(s.dtype)
+    z = _tproduct.facewise(u * shrunk[..., None, :], vh, precision=precision)
+    return _tproduct.from_transform_domain(z, n3, t).astype(x.dtype)
+
+
+def scaled_tsvd(t: TSVDTensor, scale) -> TSVDTensor:
+    """``t`` with its singular tubes multiplied by ``scale`` (a fit on ``x / scale`` scaled
+    back)."""
+    return TSVDTensor.tree_unflatten((t.kind,), (t.u, t.s * scale, t.v, t.matrix))
