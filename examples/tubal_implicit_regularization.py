@@ -16,11 +16,11 @@ tubes with ``‖s_j‖_F > 10⁻² ‖s_1‖_F`` (see :func:`tensorfact.tubal.ef
 The default run (10 000 steps, about 15 s on 2 CPU cores) prints::
 
            α  train loss  test error  eff. tubal rank  recovered
-       1e-06    3.32e-08    7.26e-04                2       True
-       1e-04    1.16e-07    2.14e-03                2       True
-       1e-02    1.41e-06    2.73e-02                4      False
-       1e-01    2.43e-05    1.58e-01                6      False
-       1e+00    8.28e-02    2.99e+00                6      False
+       1e-06    3.27e-08    7.20e-04                2       True
+       1e-04    1.14e-07    2.11e-03                2       True
+       1e-02    1.37e-06    2.66e-02                4      False
+       1e-01    2.10e-05    1.49e-01                6      False
+       1e+00    6.93e-02    2.79e+00                6      False
 
 Setting: ``X*`` of size 10 × 10 × 4 with tubal rank 2 and ``‖X*‖_F = 1``; ``N = 150`` Gaussian
 measurements (a t-symmetric 10 × 10 × 4 tensor has 210 free entries); ``R = 10``; plain

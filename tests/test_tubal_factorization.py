@@ -353,16 +353,60 @@ def test_dct_transform_recovers_dct_planted_tensor():
     assert int(info.ranks[-1]) == TRUE_RANK
 
 
-def test_nonfinite_observations_are_reported():
+def test_nonfinite_observations_are_reported_by_name():
     x, a, y = sensing_problem(150)
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match=r"^y contains 1 NaN or Inf"):
         sym_fit(y.at[0].set(jnp.nan), a)
+    with pytest.raises(ValueError, match=r"^a contains 1 NaN or Inf"):
+        sym_fit(y, a.at[0, 1, 2, 3].set(-jnp.inf))
+    with pytest.raises(ValueError, match=r"^x_true contains 1 NaN or Inf"):
+        sym_fit(y, a, x_true=x.at[0, 0, 0].set(jnp.inf))
     mask = np.ones(x.shape, bool)
     mask[0, 0, 0] = False
     # a NaN where the mask says unobserved is fine, one in an observed entry is not
     completion_fit(x.at[0, 0, 0].set(jnp.nan), mask)
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match=r"^y \(observed entries\) contains 1 NaN or Inf"):
         completion_fit(x.at[1, 0, 0].set(jnp.nan), mask)
+
+
+def test_all_zero_observations_take_a_sane_default_step():
+    """Zero measurements or entries: a finite default step (no division by zero); the start
+    shrinks toward X* = 0 and the error relative to zero data is Inf, not 0."""
+    x, a, y = sensing_problem(150)
+    for args, kwargs in (((jnp.zeros_like(y), a), {}),
+                         ((jnp.zeros_like(x), None), {"mask": np.ones(x.shape, bool)})):
+        f, info = factorize_gd(*args, 3, key=KEY, init_scale=0.1, n_iter=100, return_info=True,
+                               **kwargs)
+        start = factorize_gd(*args, 3, key=KEY, init_scale=0.1, n_iter=1, **kwargs)
+        dense = np.asarray(f.to_dense())
+        assert np.all(np.isfinite(dense)) and np.all(np.isfinite(np.asarray(info.losses)))
+        assert np.linalg.norm(dense) < 0.5 * np.linalg.norm(np.asarray(start.to_dense()))
+        assert np.isinf(float(info.rel_error))
+
+
+@settings(max_examples=4, deadline=None)
+@given(c=st.sampled_from((1e-30, 1e-20, 1e20, 1e30)), model=st.sampled_from(("a", "entries")))
+def test_property_scale_equivariance(c, model):
+    """The factors of c·y are √c times those of y and the reported errors are the same, from
+    measurements and from entries (before: NaN or zeros at these scales)."""
+    x, a, y = sensing_problem(150)
+    mask = jax.random.bernoulli(jax.random.key(3), 0.6, x.shape)
+    data = (y, a) if model == "a" else (jnp.where(mask, x, jnp.nan), None)
+    kwargs = dict(key=KEY, symmetric=True, init_scale=1e-3, n_iter=400, return_info=True,
+                  mask=None if model == "a" else mask)
+    base, base_info = factorize_gd(*data, INNER, x_true=x, **kwargs)
+    got, info = factorize_gd(data[0] * np.float32(c), data[1], INNER, x_true=x * np.float32(c),
+                             **kwargs)
+    np.testing.assert_allclose(np.asarray(got.left, np.float64) / np.sqrt(c), base.left,
+                               rtol=1e-3, atol=1e-4 * float(np.abs(base.left).max()))
+    assert rel(base.to_dense(), np.asarray(got.to_dense(), np.float64) / c) < 1e-3
+    for field in ("errors", "true_errors"):
+        np.testing.assert_allclose(getattr(info, field), getattr(base_info, field), rtol=1e-3,
+                                   atol=1e-6)
+    np.testing.assert_array_equal(info.ranks, base_info.ranks)
+    np.testing.assert_allclose(np.asarray(info.spectra, np.float64) / c, base_info.spectra,
+                               rtol=1e-3, atol=1e-6)
+    assert float(base_info.true_errors[-1]) < 0.1       # a real fit, not a zero or a NaN one
 
 
 def _bad_calls():
@@ -380,6 +424,8 @@ def _bad_calls():
         (dict(y=y, a=rect, rank=2, symmetric=True), "symmetric"),
         (dict(y=y, a=a, rank=2, key=None), "key"),
         (dict(y=y, a=a, rank=2, init_scale=-1e-3), "init_scale"),
+        (dict(y=y, a=a, rank=2, init_scale=np.inf), "init_scale"),
+        (dict(y=y, a=a, rank=2, learning_rate=np.inf), "learning_rate"),
         (dict(y=y, a=a, rank=2, learning_rate=-0.1), "learning_rate"),
         (dict(y=y, a=a, rank=2, learning_rate=0.1, optimizer=optax.sgd(0.1)),
          "optimizer"),

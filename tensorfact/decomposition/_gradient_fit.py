@@ -16,12 +16,14 @@ size of ``X``:
 * observed entries (``a=None``, ``mask`` True where observed):
   ``L = 1/(2p) Σ_Ω (X_ij… − Y_ij…)²`` with ``p = |Ω| / size``.
 
-Scale. The fit runs on ``y / s`` with ``s = 4^j`` the power of four nearest the estimate
-``ŝ ≈ ‖X*‖_F`` (``‖y‖/√N`` for measurements, ``‖P_Ω(Y)‖_F/√p`` for entries; ``s = 1`` for
-``ŝ ∈ [½, 2)``), and multiplies the factors by ``√s = 2^j`` at the end: exact in binary floating
-point, so ``fit(c·y) = √c·fit(y)`` factor-wise for ``c`` a power of four, and the relative errors
-are the same for data of any magnitude. ``init_scale``, ``learning_rate`` and a custom optimizer
-act on this normalised problem.
+Scale. The fit runs on ``y / ŝ`` with ``ŝ`` the estimate of ``‖X*‖_F`` (``‖y‖/√N`` for
+measurements, ``‖P_Ω(Y)‖_F/√p`` for entries, computed without overflow), so that the
+normalised target has ``‖X*‖_F ≈ 1``, and multiplies the factors by ``√ŝ`` at the end.
+``init_scale``, ``learning_rate`` and a custom optimizer act on this normalised problem, which
+is the same for ``c·y`` as for ``y``: ``fit(c·y) = √c·fit(y)`` factor-wise (up to rounding) and
+the relative errors are the same for data of any magnitude, 1e-30 to 1e30 in float32. (Unlike
+the ALS and ADMM fits, gradient descent from a fixed ``init_scale`` is not homogeneous, so the
+scale is the estimate itself, not a power of two near it.)
 """
 
 from __future__ import annotations
@@ -198,14 +200,11 @@ def _relative(numer, denom):
     return jnp.where(denom > 0, safe_divide(numer, denom), jnp.where(numer > 0, jnp.inf, 0))
 
 
-def _power_of_four(estimate):
-    """``(4^j, 2^j)`` with ``4^j`` the power of four nearest ``estimate`` (within a factor of
-    two; 1 for a zero or non-finite estimate)."""
+def _data_scale(estimate):
+    """``(s, √s)``: the ``‖X*‖_F`` estimate, or 1 when it is zero or not finite."""
     ok = jnp.isfinite(estimate) & (estimate > 0)
-    _, e = jnp.frexp(jnp.where(ok, estimate, 1))     # estimate ∈ [2^(e−1), 2^e)
-    j = jnp.where(ok, jnp.floor_divide(e, 2), 0)
-    one = jnp.ones((), estimate.dtype)
-    return jnp.ldexp(one, 2 * j), jnp.ldexp(one, j)
+    scale = jnp.where(ok, estimate, 1)
+    return scale, jnp.sqrt(scale)
 
 
 def descend(y, a, mask, x_true, key, init_scale, learning_rate, rank_tol, *,
@@ -233,7 +232,7 @@ def descend(y, a, mask, x_true, key, init_scale, learning_rate, rank_tol, *,
         n_data = (jnp.asarray(y.size, dtype) if mask is None else
                   jnp.maximum(jnp.sum(mask), 1).astype(dtype))
         estimate = safe_norm(y) * jnp.sqrt(y.size / n_data)
-    scale, root = _power_of_four(estimate)
+    scale, root = _data_scale(estimate)
     y = y / scale
     if x_true is not None:
         x_true = x_true / scale
@@ -250,7 +249,7 @@ def descend(y, a, mask, x_true, key, init_scale, learning_rate, rank_tol, *,
         return data_loss(dense(p), y, a, mask, precision)
 
     if optimizer is None:
-        size = estimate / scale
+        size = jnp.where(estimate > 0, 1, 0).astype(dtype)     # the normalised estimate
         if init_bounds_step:
             # The Hessian of the loss scales with ‖X‖: a large initial product lowers the step.
             size = jnp.maximum(size, safe_norm(dense(params)))

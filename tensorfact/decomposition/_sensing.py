@@ -128,10 +128,12 @@ def factorize_gd(y, a, rank: int, *, key, symmetric: bool = False, init_scale: f
     ``lax.scan`` inside a jitted core. See the module docstring for how ``rank`` (over-
     parameterization), ``symmetric`` and ``init_scale`` govern the convergence rate.
 
-    Scale: the fit runs on ``y / s``, ``s`` the power of four nearest ``‖y‖/√N`` (an estimate
-    of ``‖X*‖_F``; ``s = 1`` between ½ and 2), and scales ``F``, ``G`` back by ``√s``, so it is
-    scale-equivariant and ``init_scale``, ``learning_rate`` and ``optimizer`` act on a problem
-    with ``‖X*‖_F ≈ 1`` whatever the magnitude of the data.
+    Scale: the fit runs on ``y / ŝ`` with ``ŝ = ‖y‖/√N``, an estimate of ``‖X*‖_F``, and
+    scales ``F``, ``G`` back by ``√ŝ``: it is scale-equivariant (``F, G`` of ``c·y`` are ``√c``
+    times those of ``y``, for data from 1e-30 to 1e30 in float32), and ``init_scale``,
+    ``learning_rate`` and ``optimizer`` act on a problem with ``‖X*‖_F ≈ 1`` whatever the
+    magnitude of the data. ``info.losses`` are in the data's units (``ŝ²`` times the normalised
+    ones), and overflow to Inf where those are not representable.
 
     Args:
       y: ``(N,)`` measurements.
@@ -139,11 +141,12 @@ def factorize_gd(y, a, rank: int, *, key, symmetric: bool = False, init_scale: f
       rank: search rank ``k`` (a positive int; ``k`` larger than the true rank is allowed).
       key: ``jax.random`` key for the initialisation (required).
       symmetric: fit ``X = F Fᵀ`` (PSD); needs square ``a``.
-      init_scale: ``α ≥ 0``, the standard deviation of the initial factor entries (of the
-        normalised problem). This is *the* hyper-parameter: small ``α`` keeps gradient descent
-        near low-rank solutions but, with ``rank`` above the true rank, slows convergence
-        (sublinear in the symmetric case; a linear rate that degrades as ``α → 0`` in the
-        asymmetric case). ``α = 0`` is a stationary point (nothing moves).
+      init_scale: ``α ≥ 0``, the standard deviation of the initial factor entries of the
+        normalised problem (``α √ŝ`` in the data's units). This is *the* hyper-parameter:
+        small ``α`` keeps gradient descent near low-rank solutions but, with ``rank`` above the
+        true rank, slows convergence (sublinear in the symmetric case; a linear rate that
+        degrades as ``α → 0`` in the asymmetric case). ``α = 0`` is a stationary point
+        (nothing moves).
       optimizer: an Optax ``GradientTransformation``; default ``optax.sgd(learning_rate)``
         (plain gradient descent). It is a static argument: reuse the same object to avoid
         recompiling.

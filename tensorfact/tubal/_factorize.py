@@ -213,11 +213,13 @@ def factorize_gd(y, a, rank: int, *, key, symmetric: bool = False, init_scale: f
     singular tubes cost a QR of each transformed factor slice and an ``R × R`` SVD per step,
     about as much as the gradient itself when ``R`` is close to ``n1, n2``.
 
-    Scale: the fit runs on ``y / s``, ``s`` the power of four nearest the estimate of
-    ``‖X*‖_F`` (``‖y‖/√N`` for measurements, ``‖P_Ω(Y)‖_F/√p`` for entries; ``s = 1`` between
-    ½ and 2), and scales the factors back by ``√s``: it is scale-equivariant, and
-    ``init_scale``, ``learning_rate`` and ``optimizer`` act on a problem with ``‖X*‖_F ≈ 1``
-    whatever the magnitude of the data.
+    Scale: the fit runs on ``y / ŝ`` with ``ŝ`` the estimate of ``‖X*‖_F`` (``‖y‖/√N`` for
+    measurements, ``‖P_Ω(Y)‖_F/√p`` for entries) and scales the factors back by ``√ŝ``: it is
+    scale-equivariant (the factors of ``c·y`` are ``√c`` times those of ``y``, for data from
+    1e-30 to 1e30 in float32), and ``init_scale``, ``learning_rate`` and ``optimizer`` act on a
+    problem with ``‖X*‖_F ≈ 1`` whatever the magnitude of the data. ``info.losses`` are in the
+    data's units (``ŝ²`` times the normalised ones), and overflow to Inf where those are not
+    representable.
 
     Args:
       y: ``(N,)`` measurements (with ``a``), or the ``(n1, n2, n3)`` tensor whose entries are
@@ -228,9 +230,10 @@ def factorize_gd(y, a, rank: int, *, key, symmetric: bool = False, init_scale: f
       key: ``jax.random`` key for the initialisation (required).
       symmetric: fit ``X = U * Uᵀ`` (t-symmetric, positive semidefinite slices), the seed
         paper's model; needs ``n1 = n2``.
-      init_scale: ``α ≥ 0``, the standard deviation of the initial factor entries (of the
-        normalised problem). Small ``α`` biases gradient descent toward low tubal rank (at the
-        price of a longer initial phase, ``∝ log(1/α)``); ``α = 0`` is a stationary point.
+      init_scale: ``α ≥ 0``, the standard deviation of the initial factor entries of the
+        normalised problem (``α √ŝ`` in the data's units). Small ``α`` biases gradient descent
+        toward low tubal rank (at the price of a longer initial phase, ``∝ log(1/α)``);
+        ``α = 0`` is a stationary point.
       optimizer: an Optax ``GradientTransformation``; default ``optax.sgd(learning_rate)``
         (plain gradient descent). A static argument: reuse the object to avoid recompiling.
       learning_rate: SGD step of the default optimizer (must be None when ``optimizer`` is
