@@ -310,7 +310,7 @@ def test_tnn_grad_is_u_times_v_transpose(rng):
 
 
 @pytest.mark.parametrize("kind", ("fft", "dct"))
-def test_prox_tnn_optimality(rng, kind):
+def test_prox_optimality(rng, kind):
     """Z = prox_{τ TNN}(X) iff G = (X − Z)/τ ∈ ∂‖Z‖_TNN, i.e. ‖G‖ ≤ 1 (the spectral norm, the
     dual norm) and ⟨G, Z⟩ = ‖Z‖_TNN; also, Z beats random perturbations of itself."""
     with x64():
@@ -338,7 +338,7 @@ def test_prox_tnn_optimality(rng, kind):
         assert rel(x, tfa.tubal.prox(x, 0.0, transform=kind)) < 1e-12
 
 
-def test_prox_tnn_jit_vmap_grad(rng):
+def test_prox_jit_vmap_grad(rng):
     x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)), jnp.float32)
     eager = jnp.stack([tfa.tubal.prox(xi, 0.7) for xi in x])
     mapped = jax.jit(jax.vmap(lambda x, tau: tfa.tubal.prox(x, tau), in_axes=(0, None)))(x, 0.7)
@@ -364,13 +364,13 @@ def corrupted(seed, rank=2, frac=0.1):
 
 
 @pytest.fixture(scope="module")
-def trpca_fit():
+def rpca_fit():
     low, sparse = corrupted(0)
     return low, sparse, tfa.tubal.rpca(low + sparse, return_info=True)
 
 
-def test_trpca_recovers_planted(trpca_fit):
-    low, sparse, (l, s, info) = trpca_fit
+def test_rpca_recovers_planted(rpca_fit):
+    low, sparse, (l, s, info) = rpca_fit
     assert l.shape == SHAPE and l.dtype == jnp.float32
     assert rel(low, l) < 1e-4 and rel(sparse, s) < 1e-4
     assert tfa.tubal.rank(l, tol=1e-3 * float(tfa.tubal.norm(l, "spectral"))) == 2
@@ -380,7 +380,7 @@ def test_trpca_recovers_planted(trpca_fit):
     assert np.all(np.isnan(np.asarray(info.errors[n:])))
 
 
-def test_trpca_vmap_and_fixed_length():
+def test_rpca_vmap_and_fixed_length():
     lows, sparses = zip(*(corrupted(seed, frac=0.05) for seed in (1, 2)))
     xs = jnp.stack([a + b for a, b in zip(lows, sparses)])
     fit = jax.jit(jax.vmap(lambda x: tfa.tubal.rpca(x, n_iter=60, tol=0)))
@@ -396,7 +396,7 @@ def completion_problem():
     return x, mask, jnp.where(mask, x, jnp.nan)
 
 
-def test_tubal_complete_tnn_recovers_planted(completion_problem):
+def test_complete_tnn_recovers_planted(completion_problem):
     x, mask, data = completion_problem
     t, info = tfa.tubal.complete(data, mask, return_info=True)
     assert isinstance(t, TSVDTensor) and t.rank == 30 and t.shape == SHAPE
@@ -408,7 +408,7 @@ def test_tubal_complete_tnn_recovers_planted(completion_problem):
     assert tfa.tubal.rank(t.to_dense(), tol=1e-4 * float(tfa.tubal.norm(x, "spectral"))) == 2
 
 
-def test_tubal_complete_factor_recovers_planted(completion_problem):
+def test_complete_factor_recovers_planted(completion_problem):
     x, mask, data = completion_problem
     t, info = tfa.tubal.complete(data, mask, rank=2, method="factor", return_info=True)
     assert isinstance(t, TSVDTensor) and t.rank == 2
@@ -422,7 +422,7 @@ def test_tubal_complete_factor_recovers_planted(completion_problem):
     assert n < 500 and errors[-1] < 1e-5 and errors[-1] <= errors[0]
 
 
-def test_tubal_complete_factor_dct():
+def test_complete_factor_dct():
     """The factor model under another transform: X = A *_L Bᵀ with the DCT."""
     x = planted(4, (10, 9, 4), 2, "dct")
     mask = random_mask(44, x.shape, 0.6)
@@ -430,7 +430,7 @@ def test_tubal_complete_factor_dct():
     assert t.kind == "dct" and rel(x, t.to_dense()) < 1e-4
 
 
-def test_tubal_complete_jit_vmap():
+def test_complete_jit_vmap():
     """vmap over problems, for the factor model from a random start and the TNN model
     truncated to ``rank``."""
     xs = jnp.stack([planted(s, (10, 9, 4), 1) for s in (5, 6)])
@@ -539,7 +539,7 @@ def test_errors(rng):
     assert check_rank(None, 6, 5, required=False) == 5
 
 
-def test_trpca_grad_fixed_length(rng):
+def test_rpca_grad_fixed_length(rng):
     """With ``tol=0`` the ADMM is a ``lax.scan`` that reverse-mode autodiff traverses."""
     with x64():
         x = jnp.asarray(rng.standard_normal((5, 4, 3)))

@@ -41,7 +41,8 @@ from tensorfact._numerics import resolve_precision, safe_divide, safe_norm
 from tensorfact.decomposition._loop import FitInfo
 
 __all__ = ["GDInfo", "DEFAULT_LEARNING_RATE", "DEFAULT_RANK_TOL", "check_fit_args",
-           "check_rank_tol", "check_measurements", "check_x_true", "gaussian", "measure_dense",
+           "check_rank_tol", "check_measurements", "check_x_true", "gaussian", "measure",
+           "measure_dense",
            "data_loss", "product_spectrum", "rank_from_norms", "descend", "report"]
 
 #: Default SGD step of the normalised loss: ``0.2 / ŝ`` (halved for a symmetric fit, whose
@@ -150,6 +151,19 @@ def gaussian(key, shape, n_measurements, dtype, shape_names: str):
 def measure_dense(a, x, precision="highest"):
     """``y_i = ⟨A_i, X⟩`` for a dense ``x`` (a contraction over all of ``x``'s axes)."""
     return jnp.tensordot(a, x, axes=x.ndim, precision=resolve_precision(precision))
+
+
+def measure(a, x, shape_names: str, precision="highest"):
+    """:func:`measure_dense` after the checks of the public ``measure`` functions (``x`` is
+    dense; ``shape_names`` reads e.g. "m, n")."""
+    a = as_float_array(a, "a")
+    x = as_float_array(x, "x")
+    if a.ndim != 1 + len(shape_names.split(",")):
+        raise ValueError(f"a must have shape (N, {shape_names}), got {tuple(a.shape)}.")
+    if tuple(x.shape) != tuple(a.shape[1:]):
+        raise ValueError(f"x must have shape {tuple(a.shape[1:])} to match a, got "
+                         f"{tuple(x.shape)}.")
+    return measure_dense(a, x, precision)
 
 
 def data_loss(x, y, a, mask, precision="highest"):

@@ -44,12 +44,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tensorfact._checks import as_float_array
 from tensorfact._numerics import resolve_precision
 from tensorfact.decomposition._gradient_fit import (DEFAULT_LEARNING_RATE, DEFAULT_RANK_TOL,
                                                     GDInfo, check_fit_args, check_measurements,
                                                     check_x_true, descend, gaussian,
-                                                    measure_dense, product_spectrum, report)
+                                                    product_spectrum, report)
+from tensorfact.decomposition._gradient_fit import measure as measure_shared
 from tensorfact.tensors import LowRankMatrix
 
 __all__ = ["gaussian_measurements", "measure", "factorize_gd", "GDInfo",
@@ -106,14 +106,7 @@ def measure(a, x, *, precision="highest") -> jax.Array:
     """
     if isinstance(x, LowRankMatrix):
         x = x.to_dense(precision=precision)
-    a = as_float_array(a, "a")
-    x = as_float_array(x, "x")
-    if a.ndim != 3:
-        raise ValueError(f"a must have shape (N, m, n), got {tuple(a.shape)}.")
-    if tuple(x.shape) != tuple(a.shape[1:]):
-        raise ValueError(f"x must have shape {tuple(a.shape[1:])} to match a, got "
-                         f"{tuple(x.shape)}.")
-    return measure_dense(a, x, precision)
+    return measure_shared(a, x, "m, n", precision)
 
 
 def factorize_gd(y, a, rank: int, *, key, symmetric: bool = False, init_scale: float = 1e-3,

@@ -18,6 +18,7 @@ import numpy as np
 
 from tensorfact import _tproduct
 from tensorfact._checks import check_positive_int, check_positive_number, is_traced
+from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition._common import concrete_or_traced
 from tensorfact.tensors import TSVDTensor
 
@@ -97,9 +98,14 @@ def svd_hat(hat, t, n3):
 
 
 def slice_sigma(x, t, precision="highest"):
-    """Singular values of the transformed slices of ``x``, ``(k, min(n1, n2))``."""
-    hat = _tproduct.to_transform_domain(x, t, precision=precision)
-    return jnp.linalg.svd(hat, compute_uv=False)
+    """``(σ, w, 2^j)``: the singular values ``σ (k, min(n1, n2))`` of the transformed slices of
+    ``x / 2^j`` (``2^j`` near ``max |x|``, so that sums of their squares neither over- nor
+    underflow; multiply by ``2^j`` for those of ``x``), the Parseval weights ``w (k,)`` of the
+    slices, and ``2^j`` (constant under differentiation)."""
+    scale = jax.lax.stop_gradient(pow2_scale(x))
+    hat = _tproduct.to_transform_domain(x / scale, t, precision=precision)
+    sigma = jnp.linalg.svd(hat, compute_uv=False)
+    return sigma, _tproduct.frequency_weights(x.shape[-1], t, sigma.dtype), scale
 
 
 def tsvd_from_hat(uh, sigma, vh, t, n3) -> TSVDTensor:

@@ -31,7 +31,7 @@ from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate
 from tensorfact.metrics import relative_error
 from tensorfact.tensors import TSVDTensor
 from tensorfact.tubal._common import (ADMM_MU_CAP, ADMM_RHO, check_mu, check_rank, check_tensor,
-                                      orthogonal_transform, scaled_tsvd, slice_sigma, slicewise,
+                                      orthogonal_transform, scaled_tsvd, slicewise,
                                       svd_hat, svt, truncated_tsvd, tsvd_from_hat)
 
 __all__ = ["complete"]
@@ -59,7 +59,7 @@ def complete(x, mask, *, key=None, rank=None, method: Method = "tnn", init: Init
     It is solved by ADMM on the splitting ``X + E = P_Ω(M)``, ``P_Ω(E) = 0`` (Lu et al.'s
     ``lrtc_tnn``); eliminating ``E`` leaves, with the multiplier ``Y`` supported on ``Ω``:
 
-        X ← prox_tnn(P_Ω(M + Y/μ) + P_Ω⊥(X), 1/μ)
+        X ← prox(P_Ω(M + Y/μ) + P_Ω⊥(X), 1/μ)         (:func:`prox`, tubal SVT)
         Y ← P_Ω(Y + μ (M − X)),    μ ← min(ρ μ, μ̄)
 
     from ``X = Y = 0`` and ``μ₀ = 1.25 / ‖P_Ω(M)‖`` (tensor spectral norm), ``ρ = 1.1``,
@@ -201,7 +201,7 @@ def _complete_tnn(m0, mask, mu, tol, t, n_iter, precision, rank):
     dtype = m0.dtype
     tiny = jnp.finfo(dtype).tiny
     norm_obs = jnp.maximum(jnp.linalg.norm(m0.ravel()), tiny)
-    mu0 = (1.25 / jnp.maximum(jnp.max(slice_sigma(m0, t, precision)), tiny)
+    mu0 = (1.25 / jnp.maximum(_tproduct.norm(m0, "spectral", transform=t), tiny)
            if mu is None else jnp.asarray(mu, dtype))
     mu_cap = ADMM_MU_CAP * mu0
 

@@ -77,8 +77,8 @@ from tensorfact import _tproduct
 from tensorfact._checks import as_float_array, check_mask
 from tensorfact.decomposition._gradient_fit import (DEFAULT_RANK_TOL, check_fit_args,
                                                     check_measurements, check_x_true, data_loss,
-                                                    descend, gaussian, measure_dense,
-                                                    product_spectrum, report)
+                                                    descend, gaussian, product_spectrum, report)
+from tensorfact.decomposition._gradient_fit import measure as measure_shared
 from tensorfact.tensors import TubalFactors
 from tensorfact.tensors._tubal import factor_hats, hat_product
 
@@ -125,14 +125,7 @@ def measure(a, x, *, precision="highest") -> jax.Array:
     """
     if isinstance(x, TubalFactors):
         x = x.to_dense(precision=precision)
-    a = as_float_array(a, "a")
-    x = as_float_array(x, "x")
-    if a.ndim != 4:
-        raise ValueError(f"a must have shape (N, n1, n2, n3), got {tuple(a.shape)}.")
-    if tuple(x.shape) != tuple(a.shape[1:]):
-        raise ValueError(f"x must have shape {tuple(a.shape[1:])} to match a, got "
-                         f"{tuple(x.shape)}.")
-    return measure_dense(a, x, precision)
+    return measure_shared(a, x, "n1, n2, n3", precision)
 
 
 def _check_observations(y, a, mask, shape=None):

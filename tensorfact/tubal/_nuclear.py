@@ -55,9 +55,7 @@ def tnn(x, *, transform: _tproduct.TransformLike = "fft"):
 
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _tnn(x, matrix, *, kind):
-    scale = jax.lax.stop_gradient(pow2_scale(x))
-    s = slice_sigma(x / scale, _tproduct.Transform(kind, matrix))
-    w = _tproduct.frequency_weights(x.shape[-1], _tproduct.Transform(kind, matrix), s.dtype)
+    s, w, scale = slice_sigma(x, _tproduct.Transform(kind, matrix))
     return (jnp.sum(w * jnp.sum(s, axis=-1)) * scale).astype(x.dtype)
 
 

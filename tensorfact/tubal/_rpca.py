@@ -19,7 +19,7 @@ from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition._common import check_iteration_args, concrete_or_traced
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate
 from tensorfact.tubal._common import (ADMM_MU_CAP, ADMM_RHO, check_mu, check_tensor,
-                                      orthogonal_transform, slice_sigma, svt)
+                                      orthogonal_transform, svt)
 
 __all__ = ["rpca"]
 
@@ -35,7 +35,7 @@ def rpca(x, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6,
 
     solved by ADMM (Lu et al., Algorithm 1). With the multiplier ``Y`` and penalty ``μ``:
 
-        L ← prox_tnn(X − S + Y/μ, 1/μ)       (tubal singular value thresholding, :func:`prox`)
+        L ← prox(X − S + Y/μ, 1/μ)           (tubal singular value thresholding, :func:`prox`)
         S ← shrink_{λ/μ}(X − L + Y/μ)        (entrywise soft-thresholding)
         Y ← Y + μ (X − L − S)
         μ ← min(ρ μ, μ̄)
@@ -120,7 +120,7 @@ def _rpca(x, matrix, lam, mu, tol, *, kind, n_iter, fixed, precision, return_inf
     n1, n2, n3 = x.shape
     lam = jnp.asarray(1.0 / np.sqrt(max(n1, n2) * n3) if lam is None else lam, dtype)
     norm_fro = jnp.maximum(jnp.linalg.norm(m.ravel()), tiny)
-    norm_two = jnp.maximum(jnp.max(slice_sigma(m, t, precision)), tiny)
+    norm_two = jnp.maximum(_tproduct.norm(m, "spectral", transform=t), tiny)
     norm_inf = jnp.max(jnp.abs(m)) / jnp.maximum(lam, tiny)
     # μ has the units of 1/x: a given μ₀ is scaled with the data.
     mu0 = 1.25 / norm_two if mu is None else jnp.asarray(mu, dtype) * scale

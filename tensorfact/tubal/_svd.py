@@ -140,8 +140,7 @@ def rank(x, tol=None, *, transform: _tproduct.TransformLike = "fft"):
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _rank(x, matrix, tol, *, kind):
     n1, n2 = x.shape[:2]
-    scale = jax.lax.stop_gradient(pow2_scale(x))
-    s = slice_sigma(x / scale, _tproduct.Transform(kind, matrix))
+    s, _, scale = slice_sigma(x, _tproduct.Transform(kind, matrix))
     if tol is None:
         tol = jnp.max(s) * max(n1, n2) * jnp.finfo(x.dtype).eps
     else:
@@ -186,9 +185,7 @@ def singular_tube_norms(x, *, transform: _tproduct.TransformLike = "fft"):
 
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _tube_norms(x, matrix, *, kind):
-    scale = jax.lax.stop_gradient(pow2_scale(x))
-    s = slice_sigma(x / scale, _tproduct.Transform(kind, matrix))
-    w = _tproduct.frequency_weights(x.shape[-1], _tproduct.Transform(kind, matrix), s.dtype)
+    s, w, scale = slice_sigma(x, _tproduct.Transform(kind, matrix))
     return (jnp.sqrt(jnp.sum(w[:, None] * jnp.square(s), axis=0)) * scale).astype(x.dtype)
 
 
