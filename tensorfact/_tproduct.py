@@ -49,7 +49,7 @@ from tensorfact._numerics import pow2_scale, resolve_precision, safe_norm
 
 __all__ = [
     "Transform", "TransformLike", "resolve_transform", "check_tensor", "map_batch",
-    "unit_scaled",
+    "unit_scaled", "safe_sqrt",
     "to_transform_domain", "from_transform_domain", "frequency_weights", "facewise",
     "product", "transpose", "identity", "inverse", "norm",
 ]
@@ -137,6 +137,13 @@ def unit_scaled(*arrays):
     scales = [jax.lax.stop_gradient(pow2_scale(x)) for x in arrays]
     exponent = sum(jnp.frexp(s)[1] - 1 for s in scales)  # s = 2^k exactly: mantissa ½
     return tuple(x / s for x, s in zip(arrays, scales)), exponent
+
+
+def safe_sqrt(sq):
+    """``sqrt(max(sq, 0))`` with a zero (not NaN) gradient at ``sq ≤ 0`` (the ``where`` trick):
+    the norms of the types, computed from Gram matrices, meet zero factors."""
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
 
 
 def _along_tubes(fn, x, *args, **kwargs):
@@ -382,6 +389,8 @@ def inverse(a, *, transform: TransformLike = "fft") -> jax.Array:
         raise ValueError(f"a must have square frontal slices (n, n, n3) to be inverted, got "
                          f"shape {tuple(a.shape)}.")
     t = resolve_transform(transform, a.shape[-1])
+    if a.size == 0:  # the inverse of a 0 × 0 × n3 tensor is itself
+        return a
     inv, n_nonfinite, singular = _inverse(a, t.matrix, kind=t.kind)
     report_nonfinite(n_nonfinite, "a")
     if not is_traced(singular):
@@ -428,6 +437,8 @@ def norm(a, ord: Literal["fro", "spectral"] = "fro", *,
     if ord == "fro":
         return safe_norm(a)
     t = resolve_transform(transform, a.shape[-1])
+    if a.size == 0:  # the operator norm of a map from or to a zero-dimensional space
+        return jnp.zeros((), a.dtype)
     return _spectral_norm(a, t.matrix, kind=t.kind)
 
 

@@ -288,6 +288,19 @@ def test_vmap_and_batch_errors(rng):
         tproduct.facewise(jnp.ones((3, 4, 2)), jnp.ones((2, 2, 5)))
 
 
+def test_empty_modes(rng):
+    """Empty n1/n2 give empty results of the right shape; tubes of length zero are refused."""
+    a, b = jnp.ones((0, 3, 4)), randn(rng, 3, 2, 4)
+    assert tfa.tubal.product(a, b).shape == (0, 2, 4)
+    assert tfa.tubal.product(jnp.ones((2, 0, 4)), jnp.ones((0, 3, 4))).shape == (2, 3, 4)
+    assert float(jnp.abs(tfa.tubal.product(jnp.ones((2, 0, 4)), jnp.ones((0, 3, 4)))).max()) == 0
+    assert tfa.tubal.transpose(a).shape == (3, 0, 4)
+    assert float(tfa.tubal.norm(a)) == 0 and float(tfa.tubal.norm(a, "spectral")) == 0
+    assert tfa.tubal.inverse(jnp.ones((0, 0, 4))).shape == (0, 0, 4)
+    with pytest.raises(ValueError, match=r"a has tubes of length zero \(shape \(2, 3, 0\)\)"):
+        tfa.tubal.product(jnp.ones((2, 3, 0)), jnp.ones((3, 3, 0)))
+
+
 def test_inverse_of_a_singular_tensor_is_an_error(rng):
     """A singular transformed slice (exactly, or to working precision) is reported eagerly,
     naming a; under jit the values are unknown and the result is returned as is."""

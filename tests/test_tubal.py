@@ -629,3 +629,21 @@ def test_property_tsvd_tensor_norm_is_scale_equivariant(c):
     assert float(t.norm()) == pytest.approx(ref * c, rel=1e-5)
     lopsided = TSVDTensor(t.u * np.float32(1e20), t.s / np.float32(c), t.v * np.float32(1e-20))
     assert float(lopsided.norm()) == pytest.approx(ref, rel=1e-4)
+
+
+def test_gradients_are_finite_at_zero():
+    """The prox (and so the ADMM steps) and the types' norms at zero: the SVD's derivative at
+    repeated zero singular values and that of sqrt at 0 would give NaN where the math has
+    finite gradients (the prox is locally zero; a norm is minimal)."""
+    z = jnp.zeros((4, 3, 5))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(tfa.tubal.prox(x, 0.5))))(z)
+    np.testing.assert_array_equal(np.asarray(g), 0)
+    x = jnp.asarray(np.random.default_rng(9).standard_normal((4, 3, 5)), jnp.float32)
+    # a slice thresholded away next to kept ones: still the derivative of the kept part
+    g = jax.grad(lambda x: jnp.sum(tfa.tubal.prox(x, 1.0) ** 2))(x)
+    assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).max()) > 0
+    for norm in (lambda f: TSVDTensor(f, jnp.ones((3, 5)), f).norm(),
+                 lambda f: tfa.TubalFactors(f, f).norm(),
+                 lambda f: tfa.TubalFactors(f).norm()):
+        g = jax.grad(norm)(jnp.zeros((4, 3, 5)))
+        np.testing.assert_array_equal(np.asarray(g), 0)

@@ -171,6 +171,6 @@ def _norm(t: TSVDTensor, *, precision):
             per_slice = jnp.einsum("ki,kj,kij->k", jnp.conj(sh), sh, gu * jnp.conj(gv),
                                    precision=hp)
             sq = jnp.sum(w * jnp.real(per_slice))
-        return jnp.ldexp(jnp.sqrt(jnp.maximum(jnp.real(sq), 0.0)).astype(real), exponent)
+        return jnp.ldexp(_tproduct.safe_sqrt(jnp.real(sq)).astype(real), exponent)
 
     return t._mapped(one)

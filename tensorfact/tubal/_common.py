@@ -132,9 +132,18 @@ def svt(x, tau, t, precision):
     transformed slice ``Û Σ V̂ᴴ`` becomes ``Û max(Σ − τ, 0) V̂ᴴ``."""
     n3 = x.shape[-1]
     hat = _tproduct.to_transform_domain(x, t, precision=precision)
-    u, s, vh = svd_hat(hat, t, n3)
+    # A slice with ‖X̂_k‖_F ≤ τ is thresholded to zero (and so is its neighbourhood: zero
+    # derivative), but the SVD's derivative at its repeated singular values (a zero slice) is
+    # NaN. Such slices are factorised as a harmless matrix with distinct singular values and
+    # their result zeroed: the where() trick, so gradients stay finite (e.g. at x = 0).
+    n1, n2 = hat.shape[1:]
+    vanishes = jax.lax.stop_gradient(
+        jnp.sqrt(jnp.sum(jnp.abs(hat) ** 2, axis=(1, 2))) <= tau)[:, None, None]
+    harmless = (jnp.eye(n1, n2) * jnp.arange(1, n2 + 1)).astype(hat.dtype)
+    u, s, vh = svd_hat(jnp.where(vanishes, harmless, hat), t, n3)
     shrunk = jnp.maximum(s - tau, 0).astype(s.dtype)
     z = _tproduct.facewise(u * shrunk[..., None, :], vh, precision=precision)
+    z = jnp.where(vanishes, 0, z)
     return _tproduct.from_transform_domain(z, n3, t).astype(x.dtype)
 
 

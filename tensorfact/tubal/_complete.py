@@ -24,7 +24,7 @@ import numpy as np
 from tensorfact import _tproduct
 from tensorfact._checks import (Init, check_choice, check_key, check_mask, check_nonneg_number,
                                 count_nonfinite, is_traced, report_nonfinite)
-from tensorfact._numerics import pow2_scale, resolve_precision
+from tensorfact._numerics import pow2_scale, resolve_precision, safe_norm
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               solve_normal_equations)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate
@@ -200,7 +200,7 @@ def _complete(x, mask, matrix, key, mu, l2, tol, *, rank, kind, method, init, n_
 def _complete_tnn(m0, mask, mu, tol, t, n_iter, precision, rank):
     dtype = m0.dtype
     tiny = jnp.finfo(dtype).tiny
-    norm_obs = jnp.maximum(jnp.linalg.norm(m0.ravel()), tiny)
+    norm_obs = jnp.maximum(safe_norm(m0), tiny)
     mu0 = (1.25 / jnp.maximum(_tproduct.norm(m0, "spectral", transform=t), tiny)
            if mu is None else jnp.asarray(mu, dtype))
     mu_cap = ADMM_MU_CAP * mu0
@@ -211,8 +211,8 @@ def _complete_tnn(m0, mask, mu, tol, t, n_iter, precision, rank):
         resid = jnp.where(mask, m0 - x, 0)
         y = y + mu * resid
         mu = jnp.minimum(ADMM_RHO * mu, mu_cap)
-        err = jnp.maximum(jnp.linalg.norm(resid.ravel()),
-                          jnp.linalg.norm((x - x0).ravel())) / norm_obs
+        err = jnp.maximum(safe_norm(resid),
+                          safe_norm(x - x0)) / norm_obs
         return (x, y, mu), err
 
     state = (jnp.zeros_like(m0), jnp.zeros_like(m0), jnp.asarray(mu0, dtype))

@@ -15,7 +15,7 @@ import numpy as np
 
 from tensorfact import _tproduct
 from tensorfact._checks import check_nonneg_number, count_nonfinite, report_nonfinite
-from tensorfact._numerics import pow2_scale
+from tensorfact._numerics import pow2_scale, safe_norm
 from tensorfact.decomposition._common import check_iteration_args, concrete_or_traced
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate
 from tensorfact.tubal._common import (ADMM_MU_CAP, ADMM_RHO, check_mu, check_tensor,
@@ -119,7 +119,7 @@ def _rpca(x, matrix, lam, mu, tol, *, kind, n_iter, fixed, precision, return_inf
     m = x / scale
     n1, n2, n3 = x.shape
     lam = jnp.asarray(1.0 / np.sqrt(max(n1, n2) * n3) if lam is None else lam, dtype)
-    norm_fro = jnp.maximum(jnp.linalg.norm(m.ravel()), tiny)
+    norm_fro = jnp.maximum(safe_norm(m), tiny)
     norm_two = jnp.maximum(_tproduct.norm(m, "spectral", transform=t), tiny)
     norm_inf = jnp.max(jnp.abs(m)) / jnp.maximum(lam, tiny)
     # μ has the units of 1/x: a given μ₀ is scaled with the data.
@@ -134,9 +134,9 @@ def _rpca(x, matrix, lam, mu, tol, *, kind, n_iter, fixed, precision, return_inf
         resid = m - low - sparse
         y = y + mu * resid
         mu = jnp.minimum(ADMM_RHO * mu, mu_cap)
-        err = jnp.maximum(jnp.linalg.norm(resid.ravel()),
-                          jnp.maximum(jnp.linalg.norm((low - low0).ravel()),
-                                      jnp.linalg.norm((sparse - sparse0).ravel()))) / norm_fro
+        err = jnp.maximum(safe_norm(resid),
+                          jnp.maximum(safe_norm(low - low0),
+                                      safe_norm(sparse - sparse0))) / norm_fro
         return (low, sparse, y, mu), err
 
     state = (jnp.zeros_like(m), jnp.zeros_like(m), y, jnp.asarray(mu0, dtype))
@@ -145,5 +145,5 @@ def _rpca(x, matrix, lam, mu, tol, *, kind, n_iter, fixed, precision, return_inf
     low, sparse = state[0] * scale, state[1] * scale
     if not return_info:
         return (low, sparse), n_nonfinite
-    rel = jnp.linalg.norm((m - state[0] - state[1]).ravel()) / norm_fro
+    rel = safe_norm(m - state[0] - state[1]) / norm_fro
     return (low, sparse, FitInfo(n_done, errors, rel, converged)), n_nonfinite
