@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact.decomposition._sensing import factorize_gd, gaussian_measurements, measure
+import tensorfact as tfa
 
 try:  # optional progress bar
     from tqdm import tqdm as _progress
@@ -35,16 +35,16 @@ except ImportError:  # pragma: no cover - depends on the environment
         return it
 
 
-def run_experiments(n=20, true_rank=2, over_rank=5, n_measurements=500, n_steps=5000,
+def run_experiments(n=20, true_rank=2, over_rank=5, n_measurements=500, n_iter=5000,
                     alphas=(0.03, 0.1, 0.3), seed=0):
     """Runs every configuration; returns ``[(label, errors per step), ...]``."""
     k_u, k_sym, k_asym, k_init = jax.random.split(jax.random.key(seed), 4)
     u = jax.random.normal(k_u, (n, true_rank))
     x_true = u @ u.T
     x_true = x_true / jnp.linalg.norm(x_true)
-    a_sym = gaussian_measurements(k_sym, (n, n), n_measurements, symmetric=True)
-    a_asym = gaussian_measurements(k_asym, (n, n), n_measurements)
-    y_sym, y_asym = measure(a_sym, x_true), measure(a_asym, x_true)
+    a_sym = tfa.gaussian_measurements((n, n), n_measurements, key=k_sym, symmetric=True)
+    a_asym = tfa.gaussian_measurements((n, n), n_measurements, key=k_asym)
+    y_sym, y_asym = tfa.measure(a_sym, x_true), tfa.measure(a_asym, x_true)
 
     configs = [(f"symmetric, k = r = {true_rank}, α = 1e-3", True, true_rank, 1e-3),
                (f"symmetric, k = {over_rank}, α = 1e-3", True, over_rank, 1e-3),
@@ -54,9 +54,10 @@ def run_experiments(n=20, true_rank=2, over_rank=5, n_measurements=500, n_steps=
     results = []
     for label, symmetric, rank, alpha in _progress(configs, desc="fits"):
         y, a = (y_sym, a_sym) if symmetric else (y_asym, a_asym)
-        _, history = factorize_gd(y, a, rank, key=k_init, symmetric=symmetric,
-                                  init_scale=alpha, n_steps=n_steps, x_true=x_true)
-        results.append((label, np.asarray(history.error)))
+        _, info = tfa.factorize_gd(y, a, rank, key=k_init, symmetric=symmetric,
+                                   init_scale=alpha, n_iter=n_iter, x_true=x_true,
+                                   return_info=True)
+        results.append((label, np.asarray(info.true_errors)))
     return results
 
 
@@ -85,11 +86,11 @@ def main(argv=None):
     parser.add_argument("--out", default="matrix_sensing.png", help="output PNG path")
     parser.add_argument("--steps", type=int, default=None, help="gradient steps per run")
     args = parser.parse_args(argv)
-    n_steps = args.steps or (200 if args.quick else 5000)
+    n_iter = args.steps or (200 if args.quick else 5000)
     start = time.perf_counter()
     results = run_experiments(n=12 if args.quick else 20,
-                              n_measurements=300 if args.quick else 500, n_steps=n_steps)
-    marks = sorted({n_steps // 10, n_steps // 2, n_steps - 1})
+                              n_measurements=300 if args.quick else 500, n_iter=n_iter)
+    marks = sorted({n_iter // 10, n_iter // 2, n_iter - 1})
     print(f"relative error ‖FGᵀ − X*‖_F / ‖X*‖_F at step ({time.perf_counter() - start:.1f} s)")
     print(f"{'run':36s}" + "".join(f"{m:>11d}" for m in marks))
     for label, errors in results:

@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import tensorfact as tfa
-from tensorfact.tubal._factorize import tubal_factorize_gd
 
 #: Soft-Impute baseline: rank (a fraction of the image side) and threshold (a fraction of each
 #: channel's σ_max).
@@ -107,8 +106,8 @@ def complete_image(img, *, missing=0.7, block=2, seed=0, gd_steps=1000, tnn_iter
     seconds["tubal, TNN"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    factors, _ = tubal_factorize_gd(x_obs, None, min(x_obs.shape[:2]), key=jax.random.key(seed),
-                                    mask=x_mask, init_scale=1e-3, n_steps=gd_steps)
+    factors = tfa.tubal.factorize_gd(x_obs, None, min(x_obs.shape[:2]), key=jax.random.key(seed),
+                                     mask=x_mask, init_scale=1e-3, n_iter=gd_steps)
     images["tubal, GD"] = from_blocks(np.asarray(factors.to_dense()), block, img.shape)
     seconds["tubal, GD"] = time.perf_counter() - start
 

@@ -11,16 +11,16 @@ The training loss falls in every run (many tensors fit the measurements), but on
 small-``α`` runs pick the low-tubal-rank one. The large-``α`` runs keep much of their random
 start in the directions the measurements do not see, which gives a high effective tubal rank
 and a large test error ``‖X − X*‖_F / ‖X*‖_F``. The effective tubal rank counts the singular
-tubes with ``‖s_j‖_F > 10⁻² ‖s_1‖_F`` (see :mod:`tensorfact.decomposition.tubal_factorization`).
+tubes with ``‖s_j‖_F > 10⁻² ‖s_1‖_F`` (see :func:`tensorfact.tubal.effective_rank`).
 
 The default run (10 000 steps, about 15 s on 2 CPU cores) prints::
 
            α  train loss  test error  eff. tubal rank  recovered
-       1e-06    3.32e-08    7.26e-04                2       True
-       1e-04    1.16e-07    2.14e-03                2       True
-       1e-02    1.41e-06    2.73e-02                4      False
-       1e-01    2.43e-05    1.58e-01                6      False
-       1e+00    8.28e-02    2.99e+00                6      False
+       1e-06    3.27e-08    7.20e-04                2       True
+       1e-04    1.14e-07    2.11e-03                2       True
+       1e-02    1.37e-06    2.66e-02                4      False
+       1e-01    2.10e-05    1.49e-01                6      False
+       1e+00    6.93e-02    2.79e+00                6      False
 
 Setting: ``X*`` of size 10 × 10 × 4 with tubal rank 2 and ``‖X*‖_F = 1``; ``N = 150`` Gaussian
 measurements (a t-symmetric 10 × 10 × 4 tensor has 210 free entries); ``R = 10``; plain
@@ -40,10 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact.tubal._factorize import (tubal_factorize_gd,
-                                                          tubal_gaussian_measurements,
-                                                          tubal_measure)
-from tensorfact._tproduct import tprod, ttranspose
+import tensorfact as tfa
 
 ALPHAS = (1e-6, 1e-4, 1e-2, 1e-1, 1.0)
 #: A run "recovers" when its final test error is below this.
@@ -53,25 +50,26 @@ RECOVERY_THRESHOLD = 1e-2
 def planted(key, n=10, n3=4, tubal_rank=2):
     """``X* = V * Vᵀ`` with Gaussian ``V`` (``n × r × n3``), scaled to ``‖X*‖_F = 1``."""
     v = jax.random.normal(key, (n, tubal_rank, n3))
-    x = tprod(v, ttranspose(v))
+    x = tfa.tubal.product(v, tfa.tubal.transpose(v))
     return x / jnp.linalg.norm(x.ravel())
 
 
-def run_experiments(n=10, n3=4, tubal_rank=2, inner_size=10, n_measurements=150, n_steps=10000,
+def run_experiments(n=10, n3=4, tubal_rank=2, rank=10, n_measurements=150, n_iter=10000,
                     alphas=ALPHAS, seed=0):
-    """Runs one fit per ``α``; returns a list of dicts with the per-step history."""
+    """Runs one fit per ``α``; returns a list of dicts with the per-step record."""
     k_x, k_a, k_init = jax.random.split(jax.random.key(seed), 3)
     x_true = planted(k_x, n, n3, tubal_rank)
-    a = tubal_gaussian_measurements(k_a, x_true.shape, n_measurements)
-    y = tubal_measure(a, x_true)
+    a = tfa.tubal.gaussian_measurements(x_true.shape, n_measurements, key=k_a)
+    y = tfa.tubal.measure(a, x_true)
     results = []
     for alpha in alphas:
-        _, hist = tubal_factorize_gd(y, a, inner_size, key=k_init, symmetric=True,
-                                     init_scale=alpha, n_steps=n_steps, x_true=x_true)
-        results.append(dict(alpha=alpha, loss=np.asarray(hist.loss),
-                            error=np.asarray(hist.error),
-                            tubal_rank=np.asarray(hist.tubal_rank),
-                            tube_norms=np.asarray(hist.tube_norms[-1])))
+        _, info = tfa.tubal.factorize_gd(y, a, rank, key=k_init, symmetric=True,
+                                         init_scale=alpha, n_iter=n_iter, x_true=x_true,
+                                         return_info=True)
+        results.append(dict(alpha=alpha, loss=np.asarray(info.losses),
+                            error=np.asarray(info.true_errors),
+                            tubal_rank=np.asarray(info.ranks),
+                            tube_norms=np.asarray(info.spectra[-1])))
     return results
 
 
@@ -110,11 +108,11 @@ def main(argv=None):
                         help="output PNG path")
     parser.add_argument("--steps", type=int, default=None, help="gradient steps per run")
     args = parser.parse_args(argv)
-    n_steps = args.steps or (2000 if args.quick else 10000)
+    n_iter = args.steps or (2000 if args.quick else 10000)
     true_rank = 2
     start = time.perf_counter()
-    results = run_experiments(tubal_rank=true_rank, n_steps=n_steps)
-    print(f"{len(results)} runs of {n_steps} steps in {time.perf_counter() - start:.1f} s")
+    results = run_experiments(tubal_rank=true_rank, n_iter=n_iter)
+    print(f"{len(results)} runs of {n_iter} steps in {time.perf_counter() - start:.1f} s")
     print(f"{'α':>8s} {'train loss':>11s} {'test error':>11s} {'eff. tubal rank':>16s} "
           f"{'recovered':>10s}")
     for res in results:

@@ -14,7 +14,7 @@ from tensorfact import (algebra, decomposition, kernels, metrics, optim, random,
                         tensors, tubal)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
-from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur, factorize_gd,
+from tensorfact.decomposition import (FitInfo, GDInfo, complete, cp, cur, factorize_gd,
                                       gaussian_measurements, measure, nmf, rpca, svd,
                                       tensor_ring, tt, tt_cross, TTCrossInfo, tt_matrix,
                                       tt_round, tucker)
@@ -40,7 +40,7 @@ def __getattr__(name):
 __all__ = [
     # types
     "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
-    "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors", "FitInfo", "SensingHistory",
+    "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors", "FitInfo", "GDInfo",
     # decompositions
     "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross", "TTCrossInfo",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",

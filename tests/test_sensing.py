@@ -9,9 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tensorfact.decomposition._sensing import (SensingHistory, factorize_gd,
-                                              gaussian_measurements, measure)
+import tensorfact as tfa
+
+from tensorfact import GDInfo, factorize_gd, gaussian_measurements, measure
 from tensorfact.tensors import LowRankMatrix
 
 KEY = jax.random.key(0)
@@ -25,7 +28,7 @@ def _problem(symmetric):
     u = jax.random.normal(k_u, (N_SIZE, TRUE_RANK))
     x = u @ u.T
     x = x / jnp.linalg.norm(x)
-    a = gaussian_measurements(k_a, (N_SIZE, N_SIZE), N_MEAS, symmetric=symmetric)
+    a = gaussian_measurements((N_SIZE, N_SIZE), N_MEAS, key=k_a, symmetric=symmetric)
     return x, a, measure(a, x)
 
 
@@ -45,24 +48,36 @@ def test_measure_matches_numpy_einsum(rng):
 
 
 def test_gaussian_measurements_shape_scaling_and_symmetry():
-    a = gaussian_measurements(KEY, (6, 6), 4000, symmetric=True)
+    a = gaussian_measurements((6, 6), 4000, key=KEY, symmetric=True)
     assert a.shape == (4000, 6, 6) and a.dtype == jnp.float32
     np.testing.assert_array_equal(a, jnp.swapaxes(a, 1, 2))
     # E⟨A_i, X⟩² = ‖X‖_F² for symmetric X (diagonal variance 1, off-diagonal ½)
     x = np.random.default_rng(0).standard_normal((6, 6))
     x = (x + x.T) / np.linalg.norm(x + x.T)
     assert float(jnp.mean(measure(a, x) ** 2)) == pytest.approx(1.0, abs=0.08)
-    b = gaussian_measurements(KEY, (3, 5), 10)
+    b = gaussian_measurements((3, 5), 10, key=KEY)
     assert b.shape == (10, 3, 5) and not np.allclose(b[:, 0, 1], b[:, 1, 0])
 
 
 def test_exact_recovery_asymmetric_exact_rank():
     x, a, y = _problem(False)
-    lr, hist = factorize_gd(y, a, TRUE_RANK, key=KEY, init_scale=0.1, n_steps=1500, x_true=x)
+    lr, info = factorize_gd(y, a, TRUE_RANK, key=KEY, init_scale=0.1, n_iter=1500, x_true=x,
+                            return_info=True)
     assert isinstance(lr, LowRankMatrix) and lr.shape == x.shape and lr.rank == TRUE_RANK
     err = float(jnp.linalg.norm(lr.to_dense() - x) / jnp.linalg.norm(x))
     assert err < 1e-3
-    assert float(hist.error[-1]) < 1e-3 and float(hist.loss[-1]) < 1e-6 * float(hist.loss[0])
+    assert float(info.true_errors[-1]) == pytest.approx(err, rel=1e-2, abs=1e-7)  # result
+    assert float(info.losses[-1]) < 1e-6 * float(info.losses[0])
+    # FitInfo's fields: the relative error on the measurements, after every step
+    assert int(info.n_iter) == 1500 and not bool(info.converged)
+    resid = np.linalg.norm(np.asarray(measure(a, lr), np.float64) - np.asarray(y, np.float64))
+    assert float(info.rel_error) == pytest.approx(resid / np.linalg.norm(np.asarray(y)),
+                                                  rel=1e-2, abs=1e-6)
+    assert float(info.rel_error) == float(info.errors[-1]) < 1e-3
+    assert int(info.ranks[-1]) == TRUE_RANK and info.spectra.shape == (1500, TRUE_RANK)
+    np.testing.assert_allclose(info.spectra[-1], np.linalg.svd(np.asarray(lr.to_dense()),
+                                                               compute_uv=False)[:TRUE_RANK],
+                               rtol=1e-4)
     np.testing.assert_allclose(lr.s, np.ones(TRUE_RANK))
 
 
@@ -71,57 +86,62 @@ def test_symmetric_overparameterization_is_much_slower_than_asymmetric():
     x_s, a_s, y_s = _problem(True)
     x_a, a_a, y_a = _problem(False)
     steps = 2000
-    _, sym = factorize_gd(y_s, a_s, 5, key=KEY, symmetric=True, init_scale=0.1, n_steps=steps,
-                          x_true=x_s)
-    _, asym = factorize_gd(y_a, a_a, 5, key=KEY, init_scale=0.3, n_steps=steps, x_true=x_a)
-    assert float(asym.error[-1]) * 10 <= float(sym.error[-1])
+    _, sym = factorize_gd(y_s, a_s, 5, key=KEY, symmetric=True, init_scale=0.1, n_iter=steps,
+                          x_true=x_s, return_info=True)
+    _, asym = factorize_gd(y_a, a_a, 5, key=KEY, init_scale=0.3, n_iter=steps, x_true=x_a,
+                           return_info=True)
+    assert float(asym.true_errors[-1]) * 10 <= float(sym.true_errors[-1])
     # sublinear: doubling the steps far from halves the log-error; the error at the end is
     # still above 1e-4 although the loss keeps decreasing
-    assert float(sym.error[-1]) > 1e-4
-    assert float(sym.error[-1]) > 0.2 * float(sym.error[steps // 2])
+    assert float(sym.true_errors[-1]) > 1e-4
+    assert float(sym.true_errors[-1]) > 0.2 * float(sym.true_errors[steps // 2])
 
 
 def test_larger_init_scale_converges_faster_when_asymmetric():
     x, a, y = _problem(False)
     hits = []
     for alpha in (0.03, 0.1, 0.3):
-        _, hist = factorize_gd(y, a, 5, key=KEY, init_scale=alpha, n_steps=2500, x_true=x)
-        hits.append(_first_below(hist.error, 1e-4))
+        _, info = factorize_gd(y, a, 5, key=KEY, init_scale=alpha, n_iter=2500, x_true=x,
+                               return_info=True)
+        hits.append(_first_below(info.true_errors, 1e-4))
     assert hits[2] < hits[1] < hits[0], hits
     assert hits[1] < 2500  # α = 0.1 and 0.3 reach the target within the budget
 
 
 def test_loss_is_nonincreasing_for_a_small_learning_rate():
     _, a, y = _problem(False)
-    _, hist = factorize_gd(y, a, 3, key=KEY, init_scale=0.1, learning_rate=0.05, n_steps=600)
-    tail = np.asarray(hist.loss[100:], np.float64)
+    _, info = factorize_gd(y, a, 3, key=KEY, init_scale=0.1, learning_rate=0.05, n_iter=600,
+                           return_info=True)
+    tail = np.asarray(info.losses[100:], np.float64)
     assert np.all(np.diff(tail) <= 1e-6 * tail[:-1] + 1e-12)
     assert tail[-1] < tail[0]
-    assert np.all(np.isnan(np.asarray(hist.error)))  # no x_true: errors are NaN
+    assert np.all(np.isnan(np.asarray(info.true_errors)))  # no x_true: test errors are NaN
+    assert np.all(np.isfinite(np.asarray(info.errors)))   # errors on the data always exist
 
 
 def test_custom_optimizer():
     x, a, y = _problem(False)
-    _, hist = factorize_gd(y, a, 2, key=KEY, init_scale=0.1, optimizer=optax.adam(1e-2),
-                           n_steps=800, x_true=x)
-    assert float(hist.error[-1]) < 0.05 < float(hist.error[0])
+    _, info = factorize_gd(y, a, 2, key=KEY, init_scale=0.1, optimizer=optax.adam(1e-2),
+                           n_iter=800, x_true=x, return_info=True)
+    assert float(info.true_errors[-1]) < 0.05 < float(info.true_errors[0])
 
 
 def test_jit_vmap_over_keys_and_determinism():
     _, a, y = _problem(True)
-    fit = functools.partial(factorize_gd, rank=3, symmetric=True, init_scale=0.1, n_steps=50)
+    fit = functools.partial(factorize_gd, rank=3, symmetric=True, init_scale=0.1, n_iter=50,
+                            return_info=True)
     keys = jax.random.split(KEY, 3)
     dense = jax.vmap(lambda k: fit(y, a, key=k)[0].to_dense())(keys)
     jitted = jax.jit(lambda k: fit(y, a, key=k))
     for i, k in enumerate(keys):
-        lr, hist = jitted(k)
-        assert isinstance(hist, SensingHistory) and hist.loss.shape == (50,)
+        lr, info = jitted(k)
+        assert isinstance(info, GDInfo) and info.losses.shape == (50,)
         np.testing.assert_allclose(dense[i], lr.to_dense(), atol=1e-5)
         np.testing.assert_allclose(lr.to_dense(), lr.to_dense().T, atol=1e-6)
     one, h1 = fit(y, a, key=keys[0])
     two, h2 = fit(y, a, key=keys[0])
     np.testing.assert_array_equal(one.u, two.u)
-    np.testing.assert_array_equal(h1.loss, h2.loss)
+    np.testing.assert_array_equal(h1.losses, h2.losses)
     assert not np.allclose(dense[0], dense[1])
 
 
@@ -133,14 +153,17 @@ def _bad_calls():
         (dict(y=y, a=a, rank=0), "rank"),
         (dict(y=y, a=a, rank=2.0), "rank"),
         (dict(y=y, a=a, rank=True), "rank"),
-        (dict(y=y, a=a, rank=2, n_steps=0), "n_steps"),
-        (dict(y=y, a=a, rank=2, n_steps=1.5), "n_steps"),
+        (dict(y=y, a=a, rank=2, n_iter=0), "n_iter"),
+        (dict(y=y, a=a, rank=2, n_iter=1.5), "n_iter"),
         (dict(y=y[:9], a=a, rank=2), "y must have shape"),
         (dict(y=y[:, None], a=a, rank=2), "y must have shape"),
         (dict(y=y, a=a[0], rank=2), "a must have shape"),
         (dict(y=y, a=rect, rank=2, symmetric=True), "symmetric"),
         (dict(y=y, a=a, rank=2, key=None), "key"),
         (dict(y=y, a=a, rank=2, init_scale=-1e-3), "init_scale"),
+        (dict(y=y, a=a, rank=2, init_scale=np.inf), "init_scale"),
+        (dict(y=y, a=a, rank=2, learning_rate=np.inf), "learning_rate"),
+        (dict(y=y, a=a, rank=2, rank_tol=1.0), "rank_tol"),
         (dict(y=y, a=a, rank=2, learning_rate=-0.1), "learning_rate"),
         (dict(y=y, a=a, rank=2, learning_rate=0.1, optimizer=optax.sgd(0.1)), "optimizer"),
         (dict(y=y, a=a, rank=2, x_true=np.zeros((4, 5))), "x_true"),
@@ -154,6 +177,77 @@ def test_bad_inputs(kwargs, match):
         factorize_gd(**kwargs)
 
 
+def test_key_is_required_keyword_only():
+    _, a, y = _problem(False)
+    with pytest.raises(TypeError, match="key"):
+        factorize_gd(y, a, 2)                              # no default
+    with pytest.raises(TypeError, match="positional"):
+        factorize_gd(y, a, 2, KEY)                         # keyword-only
+    with pytest.raises(TypeError, match="key must be a jax.random key"):
+        factorize_gd(y, a, 2, key=0)
+    with pytest.raises(TypeError, match="key"):
+        gaussian_measurements((3, 3), 4)
+
+
+def test_result_alone_by_default_and_info_convention():
+    """No tuple by default; the info's first fields are FitInfo's (docs/glossary.md)."""
+    _, a, y = _problem(False)
+    lr = factorize_gd(y, a, 2, key=KEY, init_scale=0.1, n_iter=5)
+    assert isinstance(lr, LowRankMatrix)
+    assert GDInfo._fields[:4] == tfa.FitInfo._fields
+    assert GDInfo._fields[4] == "losses"
+
+
+def test_nonfinite_measurements_are_reported_by_name():
+    x, a, y = _problem(False)
+    fit = functools.partial(factorize_gd, rank=2, key=KEY, n_iter=3)
+    with pytest.raises(ValueError, match=r"^y contains 1 NaN or Inf"):
+        fit(y.at[3].set(jnp.nan), a)
+    with pytest.raises(ValueError, match=r"^a contains 2 NaN or Inf"):
+        fit(y, a.at[0, 0, :2].set(jnp.inf))
+    with pytest.raises(ValueError, match=r"^x_true contains 1 NaN or Inf"):
+        fit(y, a, x_true=x.at[1, 1].set(jnp.nan))
+    # under jit the values are unknown: nothing is raised (the documented checkify case)
+    jax.jit(lambda y: fit(y, a))(y.at[3].set(jnp.nan))
+
+
+def test_all_zero_measurements_take_a_sane_default_step():
+    """y = 0 (X* = 0): the default step no longer divides by zero; gradient descent shrinks the
+    start toward zero, and the error relative to zero data is reported as Inf, not 0."""
+    _, a, y = _problem(False)
+    lr, info = factorize_gd(jnp.zeros_like(y), a, 3, key=KEY, init_scale=0.1, n_iter=200,
+                            return_info=True)
+    dense = np.asarray(lr.to_dense())
+    assert np.all(np.isfinite(dense)) and np.all(np.isfinite(np.asarray(info.losses)))
+    start = factorize_gd(jnp.zeros_like(y), a, 3, key=KEY, init_scale=0.1, n_iter=1)
+    assert np.linalg.norm(dense) < 0.5 * np.linalg.norm(np.asarray(start.to_dense()))
+    assert float(info.losses[-1]) < float(info.losses[0])
+    assert np.isinf(float(info.rel_error))
+
+
+@settings(max_examples=4, deadline=None)
+@given(c=st.sampled_from((1e-30, 1e-20, 1e20, 1e30)))
+def test_property_scale_equivariance(c):
+    """The factors of c·y are √c times those of y, the product c times, and the reported
+    errors are the same (before: NaN, or zeros and a step of 0.2 / 1e-30)."""
+    x, a, y = _problem(False)
+    kwargs = dict(key=KEY, init_scale=0.1, n_iter=300, return_info=True)
+    base, base_info = factorize_gd(y, a, 3, x_true=x, **kwargs)
+    got, info = factorize_gd(y * np.float32(c), a, 3, x_true=x * np.float32(c), **kwargs)
+    root = np.sqrt(c)
+    np.testing.assert_allclose(np.asarray(got.u, np.float64) / root, base.u, rtol=1e-3,
+                               atol=1e-4 * float(np.abs(base.u).max()))
+    dense = np.asarray(got.u, np.float64) @ np.asarray(got.vt, np.float64) / c
+    assert np.linalg.norm(dense - np.asarray(base.to_dense())) < 1e-3 * np.linalg.norm(x)
+    for field in ("errors", "true_errors"):
+        np.testing.assert_allclose(getattr(info, field), getattr(base_info, field), rtol=1e-3,
+                                   atol=1e-6)
+    assert float(info.rel_error) == pytest.approx(float(base_info.rel_error), rel=1e-3,
+                                                  abs=1e-6)
+    assert float(base_info.true_errors[-1]) < 1e-2          # it is a real fit
+    np.testing.assert_array_equal(info.ranks, base_info.ranks)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(shape=(4, 5), n_measurements=3, symmetric=True), "square"),
     (dict(shape=(4, 4), n_measurements=0), "n_measurements"),
@@ -161,7 +255,7 @@ def test_bad_inputs(kwargs, match):
 ])
 def test_bad_measurement_inputs(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        gaussian_measurements(KEY, **kwargs)
+        gaussian_measurements(**kwargs, key=KEY)
     with pytest.raises(ValueError, match="x must have shape"):
         measure(np.zeros((3, 4, 4)), np.zeros((4, 5)))
 

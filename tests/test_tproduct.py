@@ -1,11 +1,12 @@
-"""Tests of ``tensorfact.tproduct`` (the t-product algebra) against an independent NumPy float64
+"""Tests of the t-product algebra (``tensorfact._tproduct``, public as ``tensorfact.tubal``) against an independent NumPy float64
 implementation written here: the block-circulant matrix ``bcirc(A)`` for the FFT product (no
 FFT at all), and the explicit transform matrices (orthonormal DCT-II, a random invertible
 matrix) applied along the tubes for the other transforms.
 
-Covers ``tprod``, ``ttranspose`` (with ``(A * B)ᵀ = Bᵀ * Aᵀ``), ``tidentity``, ``tinv``,
-``tnorm`` (Frobenius, and spectral = ``‖bcirc(A)‖₂``), the transform-domain helpers, batch
-axes, odd/even ``n3`` and ``n3 = 1``, ``jit``/``vmap``/``grad``, and the argument errors.
+Covers ``product``, ``transpose`` (with ``(A * B)ᵀ = Bᵀ * Aᵀ``), ``identity``, ``inverse``,
+``norm`` (Frobenius, and spectral = ``‖bcirc(A)‖₂``), the transform-domain helpers, vmap over
+batches (and the errors for a batch passed directly), odd/even ``n3`` and ``n3 = 1``,
+``jit``/``grad``, singular inverses, scale, and the argument errors.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def test_reference_fft_is_circular_convolution_of_tubes(rng):
 
 
 # ---------------------------------------------------------------------------------------------
-# tprod, ttranspose, tidentity, tinv, tnorm against the reference
+# product, transpose, identity, inverse, norm against the reference
 # ---------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames="kind")
@@ -160,23 +161,23 @@ def test_ops_match_reference(rng, name, n3):
     transform, mat = transform_arg(name, n3)
     a, b, sq = randn(rng, 4, 3, n3), randn(rng, 3, 2, n3), randn(rng, 3, 3, n3)
     out = all_ops(a, b, sq, transform if name == "matrix" else None, name)
-    # tprod
+    # product
     assert out["c"].shape == (4, 2, n3) and out["c"].dtype == jnp.float32
     assert rel(ref_tprod(a, b, mat), out["c"]) < 1e-5
-    # ttranspose, exactly; (A * B)ᵀ = Bᵀ * Aᵀ in tensorfact and in the reference; involution
+    # transpose, exactly; (A * B)ᵀ = Bᵀ * Aᵀ in tensorfact and in the reference; involution
     np.testing.assert_array_equal(np.asarray(out["at"]), ref_ttranspose(a, mat).astype(np.float32))
     assert rel(out["ct"], out["bt_at"]) < 1e-5
     assert rel(ref_tprod(ref_ttranspose(b, mat), ref_ttranspose(a, mat), mat), out["ct"]) < 1e-5
     np.testing.assert_array_equal(np.asarray(out["att"]), np.asarray(a))
-    # tidentity: I * A = A * I = A in the reference product
+    # identity: I * A = A * I = A in the reference product
     ref_eye = ref_identity(3, n3, mat)
     np.testing.assert_allclose(np.asarray(out["eye"]), ref_eye, atol=1e-6)
     np.testing.assert_allclose(ref_tprod(out["eye"], sq, mat), np.asarray(sq), atol=1e-5)
     np.testing.assert_allclose(ref_tprod(sq, out["eye"], mat), np.asarray(sq), atol=1e-5)
-    # tinv: A * A⁻¹ = A⁻¹ * A = I in the reference product
+    # inverse: A * A⁻¹ = A⁻¹ * A = I in the reference product
     np.testing.assert_allclose(ref_tprod(sq, out["inv"], mat), ref_eye, atol=1e-4)
     np.testing.assert_allclose(ref_tprod(out["inv"], sq, mat), ref_eye, atol=1e-4)
-    # tnorm
+    # norm
     assert float(out["fro"]) == pytest.approx(np.linalg.norm(np.asarray(a, np.float64)), rel=1e-6)
     assert float(out["spectral"]) == pytest.approx(ref_spectral(a, mat), rel=1e-5)
 
@@ -191,13 +192,13 @@ def test_eager_calls_and_matrix_check(rng):
     assert t.kind == "matrix" and tproduct.resolve_transform(t, 5).kind == "matrix"
 
 
-def test_tidentity_fft_is_identity_in_first_slice():
+def test_identity_fft_is_identity_in_first_slice():
     eye = np.asarray(tfa.tubal.identity(4, 6, dtype=jnp.float32))
     np.testing.assert_allclose(eye[:, :, 0], np.eye(4), atol=1e-7)
     np.testing.assert_allclose(eye[:, :, 1:], 0.0, atol=1e-7)
 
 
-def test_tnorm_spectral_is_operator_norm(rng):
+def test_spectral_norm_is_operator_norm(rng):
     """``‖A‖ = max ‖A * B‖_F / ‖B‖_F`` over B, attained at the leading right singular vector of
     ``bcirc(A)`` folded into a lateral slice (``n4 = 1``)."""
     a = randn(rng, 5, 4, 6)
@@ -245,24 +246,19 @@ def test_facewise(rng):
 # batches, float64, transformations
 # ---------------------------------------------------------------------------------------------
 
-def test_batch_axes_and_vmap(rng):
-    """Leading batch axes broadcast as in matmul, and agree with vmap and the reference."""
+def test_vmap_and_batch_errors(rng):
+    """One tensor per call: jax.vmap maps over a batch and agrees with the reference; a batch
+    passed directly (matching or not) is refused with an error naming the argument."""
     a, b, sq = randn(rng, 2, 4, 3, 5), randn(rng, 3, 2, 5), randn(rng, 2, 3, 3, 5)
 
     @jax.jit
-    def batched(a, b, sq):
-        return (tfa.tubal.product(a, b), tfa.tubal.transpose(a), tfa.tubal.inverse(sq), tfa.tubal.norm(a, "spectral"),
-                tfa.tubal.norm(a))
-
-    @jax.jit
     def mapped(a, b, sq):
-        return jax.vmap(lambda a, sq: (tfa.tubal.product(a, b), tfa.tubal.transpose(a), tfa.tubal.inverse(sq),
-                                       tfa.tubal.norm(a, "spectral"), tfa.tubal.norm(a)))(a, sq)
+        return jax.vmap(lambda a, sq: (tfa.tubal.product(a, b), tfa.tubal.transpose(a),
+                                       tfa.tubal.inverse(sq), tfa.tubal.norm(a, "spectral"),
+                                       tfa.tubal.norm(a)))(a, sq)
 
-    c, at, inv, spectral, fro = batched(a, b, sq)
+    c, at, inv, spectral, fro = mapped(a, b, sq)
     assert c.shape == (2, 4, 2, 5) and spectral.shape == (2,) and fro.shape == (2,)
-    for x, y in zip((c, at, inv, spectral, fro), mapped(a, b, sq)):
-        assert rel(x, y) < 1e-6
     for i in range(2):
         assert rel(ref_tprod(a[i], b), c[i]) < 1e-5
         np.testing.assert_array_equal(np.asarray(at[i]), ref_ttranspose(a[i]).astype(np.float32))
@@ -270,8 +266,84 @@ def test_batch_axes_and_vmap(rng):
         assert float(spectral[i]) == pytest.approx(ref_spectral(a[i]), rel=1e-5)
         assert float(fro[i]) == pytest.approx(np.linalg.norm(np.asarray(a[i], np.float64)),
                                               rel=1e-6)
-    with pytest.raises(ValueError, match="inner sizes must match"):
-        tfa.tubal.product(a, a)
+    # vmap over both operands, and over the second only
+    both = jax.vmap(tfa.tubal.product)(a, jnp.stack([b, 2 * b]))
+    assert rel(ref_tprod(a[1], 2 * b), both[1]) < 1e-5
+    second = jax.vmap(tfa.tubal.product, in_axes=(None, 0))(a[0], jnp.stack([b, b]))
+    assert rel(ref_tprod(a[0], b), second[1]) < 1e-5
+    batch = r"a must be a third-order tensor \(n1, n2, n3\), got shape \(2, 4, 3, 5\); map " \
+            r"over a batch with jax.vmap"
+    with pytest.raises(ValueError, match=batch):
+        tfa.tubal.product(a, b)
+    # mismatched batch shapes: the first argument with a batch is named, with its shape
+    with pytest.raises(ValueError, match=r"b must be a third-order tensor .* \(3, 3, 2, 5\)"):
+        tfa.tubal.product(a[0], jnp.stack([b] * 3))
+    for fn in (tfa.tubal.transpose, tfa.tubal.inverse, tfa.tubal.norm):
+        with pytest.raises(ValueError, match=r"map over a batch with jax.vmap"):
+            fn(sq)
+    with pytest.raises(ValueError, match=r"x must be a third-order tensor"):
+        tproduct.to_transform_domain(a)
+    with pytest.raises(ValueError, match=r"a_hat \(k, n1, n2\) and b_hat \(k, n2, n4\) must "
+                                         r"agree on k and n2"):
+        tproduct.facewise(jnp.ones((3, 4, 2)), jnp.ones((2, 2, 5)))
+
+
+def test_empty_modes(rng):
+    """Empty n1/n2 give empty results of the right shape; tubes of length zero are refused."""
+    a, b = jnp.ones((0, 3, 4)), randn(rng, 3, 2, 4)
+    assert tfa.tubal.product(a, b).shape == (0, 2, 4)
+    assert tfa.tubal.product(jnp.ones((2, 0, 4)), jnp.ones((0, 3, 4))).shape == (2, 3, 4)
+    assert float(jnp.abs(tfa.tubal.product(jnp.ones((2, 0, 4)), jnp.ones((0, 3, 4)))).max()) == 0
+    assert tfa.tubal.transpose(a).shape == (3, 0, 4)
+    assert float(tfa.tubal.norm(a)) == 0 and float(tfa.tubal.norm(a, "spectral")) == 0
+    assert tfa.tubal.inverse(jnp.ones((0, 0, 4))).shape == (0, 0, 4)
+    with pytest.raises(ValueError, match=r"a has tubes of length zero \(shape \(2, 3, 0\)\)"):
+        tfa.tubal.product(jnp.ones((2, 3, 0)), jnp.ones((3, 3, 0)))
+
+
+def test_inverse_of_a_singular_tensor_is_an_error(rng):
+    """A singular transformed slice (exactly, or to working precision) is reported eagerly,
+    naming a; under jit the values are unknown and the result is returned as is."""
+    # I − e₁e₁ᵀ ⊗ (constant tube 1/n3): every transformed slice is I but the zero frequency,
+    # diag(0, 1, 1)
+    e11 = np.zeros((3, 3, 1))
+    e11[0, 0] = 1.0
+    ones = jnp.asarray(ref_identity(3, 4) - e11 * np.full(4, 0.25), jnp.float32)
+    with pytest.raises(ValueError, match=r"a is singular to working precision: transformed "
+                                         r"frontal slice\(s\) \[0\] \(of 3\)"):
+        tfa.tubal.inverse(ones)
+    np.testing.assert_allclose(  # the other slices are fine: a + e₁e₁ᵀ ⊗ 1/n3 = I inverts
+        np.asarray(tfa.tubal.inverse(ones + e11 * 0.25)), ref_identity(3, 4), atol=1e-6)
+    # numerically singular (rank 2 from a product), where LU leaves a rounding-size pivot
+    low = tfa.tubal.product(randn(rng, 3, 2, 4), randn(rng, 2, 3, 4))
+    with pytest.raises(ValueError, match=r"a is singular"):
+        tfa.tubal.inverse(low)
+    with pytest.raises(ValueError, match=r"a contains 1 NaN or Inf"):
+        tfa.tubal.inverse(jnp.eye(3)[:, :, None].repeat(4, 2).at[0, 0, 0].set(jnp.inf))
+    # under jit nothing is raised (documented): the singular slice shows as non-finite values
+    out = jax.jit(tfa.tubal.inverse)(ones)
+    assert not np.all(np.isfinite(np.asarray(out))) or float(jnp.abs(out).max()) > 1e6
+    # a well-conditioned tensor of tiny or huge scale is not singular
+    for c in (1e-30, 1e30):
+        sq = c * (randn(rng, 3, 3, 4) + 3 * jnp.asarray(ref_identity(3, 4), jnp.float32))
+        inv = tfa.tubal.inverse(sq)
+        np.testing.assert_allclose(ref_tprod(np.asarray(sq, np.float64) / c,
+                                             np.asarray(inv, np.float64) * c),
+                                   ref_identity(3, 4), atol=1e-4)
+
+
+@settings(max_examples=6, deadline=None)
+@given(exponent=st.sampled_from((-30, -20, 20, 30)), kind=st.sampled_from(("fft", "dct")))
+def test_norms_do_not_overflow(exponent, kind):
+    """‖c·A‖ = |c|·‖A‖ (Frobenius and spectral) for c = 10^±20, 10^±30 in float32, where the
+    squares of the entries under- or overflow."""
+    rng = np.random.default_rng(exponent + 100)
+    a = randn(rng, 4, 3, 5)
+    c = np.float32(10.0 ** exponent)
+    for ord_ in ("fro", "spectral"):
+        ref = float(tfa.tubal.norm(a, ord_, transform=kind))
+        got = float(tfa.tubal.norm(a * c, ord_, transform=kind))
+        assert got == pytest.approx(ref * float(c), rel=1e-5), (ord_, exponent)
 
 
 def test_float64(rng):
@@ -290,7 +362,7 @@ def test_float64(rng):
 
 
 @pytest.mark.parametrize("kind", ("fft", "dct"))
-def test_grad_tprod(rng, kind):
+def test_grad_product(rng, kind):
     with x64():
         a = jnp.asarray(rng.standard_normal((3, 2, 4)))
         b = jnp.asarray(rng.standard_normal((2, 3, 4)))
@@ -303,7 +375,7 @@ def test_grad_tprod(rng, kind):
         assert rel(ref_tprod(ref_ttranspose(a, mat), c, mat), grad_b) < 1e-12
 
 
-def test_grad_tinv_and_tnorm(rng):
+def test_grad_inverse_and_norm(rng):
     with x64():
         a = jnp.asarray(rng.standard_normal((3, 3, 5)) + 3 * ref_identity(3, 5))
         check_grads(jax.jit(tfa.tubal.inverse), (a,), order=1, modes=("rev",))
@@ -319,7 +391,7 @@ def prop_ops(a, b, kind):
 @settings(max_examples=10, deadline=None)
 @given(n1=st.integers(1, 4), n2=st.integers(1, 4), n4=st.integers(1, 3), n3=st.integers(1, 6),
        kind=st.sampled_from(("fft", "dct")), seed=st.integers(0, 2**16))
-def test_property_tprod_and_transpose(n1, n2, n4, n3, kind, seed):
+def test_property_product_and_transpose(n1, n2, n4, n3, kind, seed):
     rng = np.random.default_rng(seed)
     a, b = randn(rng, n1, n2, n3), randn(rng, n2, n4, n3)
     mat = None if kind == "fft" else dct_matrix(n3)
@@ -355,7 +427,7 @@ def test_errors(rng):
         tfa.tubal.product(a, b, transform=np.ones((5, 5)))
     with pytest.raises(ValueError, match=r"a must have square frontal slices .* \(4, 3, 5\)"):
         tfa.tubal.inverse(a)
-    with pytest.raises(ValueError, match=r"ord must be 'fro' or 'spectral', got 'nuc'"):
+    with pytest.raises(ValueError, match=r"ord must be one of \['fro', 'spectral'\], got 'nuc'"):
         tfa.tubal.norm(a, "nuc")
     with pytest.raises(ValueError, match=r"n must be a positive integer, got 0"):
         tfa.tubal.identity(0, 3)

@@ -1,11 +1,13 @@
-"""Tests of the tubal decompositions (``tensorfact.decomposition.tubal``) and ``TSVDTensor``.
+"""Tests of the tubal decompositions (``tensorfact.tubal``: svd, rank, tnn, prox, rpca,
+complete) and ``TSVDTensor``.
 
 The reference is NumPy float64, slice-wise in the full Fourier domain (``np.fft.fft`` over all
 ``n3`` frequencies, no half-spectrum trick) or with an explicit DCT-II matrix: singular values
 of every transformed slice, the truncation error of the t-SVD (Eckart–Young), the tensor
 nuclear norm. Also: exact reconstruction and t-orthogonality (``Uᵀ * U = I`` with
-``tensorfact.tproduct``), tubal rank and TNN of planted tensors, the optimality conditions of
-the TNN prox, TRPCA and completion of planted tensors, jit/vmap/grad and argument errors.
+``tensorfact.tubal.product``), tubal rank and TNN of planted tensors, the optimality conditions
+of the TNN prox, TRPCA and completion of planted tensors, scale equivariance (hypothesis over
+1e-30 … 1e30), jit/vmap/grad and argument errors.
 
 Compiling is what costs time here, so the tests share a few shapes and jitted wrappers.
 """
@@ -24,7 +26,7 @@ from jax.test_util import check_grads
 
 import tensorfact as tfa
 from tensorfact import TSVDTensor
-from tensorfact.tubal import _decompositions as tubal
+from tensorfact.tubal._common import check_rank
 from _helpers import rel, x64
 
 
@@ -155,18 +157,24 @@ def test_truncated_tsvd_error_is_discarded_spectrum(kind):
             assert rel(x, moved.to_dense()) > best
 
 
-def test_tsvd_batch_and_vmap(rng):
+def test_tsvd_vmap_and_batched_type(rng):
+    """svd takes one tensor; jax.vmap maps it, and the batched TSVDTensor's methods map over
+    its leading axis."""
     x = jnp.asarray(rng.standard_normal((2, 5, 4, 6)), jnp.float32)
-    batched = jax.jit(lambda x: tfa.tubal.svd(x, 2))(x)
+    with pytest.raises(ValueError, match=r"x must be a third-order tensor \(n1, n2, n3\), got "
+                                         r"shape \(2, 5, 4, 6\); map over a batch with jax.vmap"):
+        tfa.tubal.svd(x, 2)
     mapped = jax.jit(jax.vmap(lambda x: tfa.tubal.svd(x, 2)))(x)
-    assert batched.shape == (2, 5, 4, 6) and batched.rank == 2
-    assert rel(batched.to_dense(), mapped.to_dense()) < 1e-5
-    norms = batched.norm()
-    assert norms.shape == (2,)
+    assert mapped.shape == (2, 5, 4, 6) and mapped.rank == 2
+    norms = mapped.norm()
+    dense = mapped.to_dense()
+    assert norms.shape == (2,) and dense.shape == (2, 5, 4, 6)
     for i in range(2):
         single = tfa.tubal.svd(x[i], 2)
-        assert rel(single.to_dense(), batched.to_dense()[i]) < 1e-5
+        assert rel(single.to_dense(), dense[i]) < 1e-5
         assert float(norms[i]) == pytest.approx(float(single.norm()), rel=1e-5)
+    uh, sh, vh = mapped.transformed()
+    assert uh.shape == (2, 4, 5, 2) and sh.shape == (2, 4, 2) and vh.shape == (2, 4, 4, 2)
     # vmap with a transform matrix broadcasts it with the factors; to_dense maps over it
     m = jnp.asarray(orthogonal_matrix(6), jnp.float32)
     mapped_m = jax.vmap(lambda x: tfa.tubal.svd(x, transform=m))(x)
@@ -244,7 +252,7 @@ def test_tubal_rank_of_planted(kind):
     assert tfa.tubal.rank(x, tol=float(np.max(sigma[:, 1])) * 1.0001, transform=kind) == 1
     jitted = jax.jit(lambda x: tfa.tubal.rank(x, transform=kind))(x)
     assert isinstance(jitted, jax.Array) and jitted.dtype == jnp.int32 and int(jitted) == 3
-    batch = tfa.tubal.rank(jnp.stack([x, jnp.zeros_like(x)]), transform=kind)
+    batch = jax.vmap(lambda x: tfa.tubal.rank(x, transform=kind))(jnp.stack([x, 0 * x]))
     assert batch.shape == (2,) and list(np.asarray(batch)) == [3, 0]
 
 
@@ -281,7 +289,7 @@ def test_tnn_closed_forms():
     assert float(tfa.tubal.tnn(jnp.asarray(m[:, :, None] * np.ones(6), jnp.float32))) == \
         pytest.approx(nuc, rel=1e-5)
     # scaling and batch
-    batch = tfa.tubal.tnn(jnp.asarray(np.stack([x, 2 * x]), jnp.float32))
+    batch = jax.vmap(tfa.tubal.tnn)(jnp.asarray(np.stack([x, 2 * x]), jnp.float32))
     np.testing.assert_allclose(np.asarray(batch), [nuc, 2 * nuc], rtol=1e-5)
 
 
@@ -302,7 +310,7 @@ def test_tnn_grad_is_u_times_v_transpose(rng):
 
 
 @pytest.mark.parametrize("kind", ("fft", "dct"))
-def test_prox_tnn_optimality(rng, kind):
+def test_prox_optimality(rng, kind):
     """Z = prox_{τ TNN}(X) iff G = (X − Z)/τ ∈ ∂‖Z‖_TNN, i.e. ‖G‖ ≤ 1 (the spectral norm, the
     dual norm) and ⟨G, Z⟩ = ‖Z‖_TNN; also, Z beats random perturbations of itself."""
     with x64():
@@ -330,9 +338,9 @@ def test_prox_tnn_optimality(rng, kind):
         assert rel(x, tfa.tubal.prox(x, 0.0, transform=kind)) < 1e-12
 
 
-def test_prox_tnn_jit_vmap_grad(rng):
+def test_prox_jit_vmap_grad(rng):
     x = jnp.asarray(rng.standard_normal((3, 5, 4, 6)), jnp.float32)
-    eager = tfa.tubal.prox(x, 0.7)
+    eager = jnp.stack([tfa.tubal.prox(xi, 0.7) for xi in x])
     mapped = jax.jit(jax.vmap(lambda x, tau: tfa.tubal.prox(x, tau), in_axes=(0, None)))(x, 0.7)
     assert rel(eager, mapped) < 1e-5
     g = jax.jit(jax.grad(lambda tau: jnp.sum(tfa.tubal.prox(x[0], tau) ** 2)))(0.7)
@@ -356,13 +364,13 @@ def corrupted(seed, rank=2, frac=0.1):
 
 
 @pytest.fixture(scope="module")
-def trpca_fit():
+def rpca_fit():
     low, sparse = corrupted(0)
     return low, sparse, tfa.tubal.rpca(low + sparse, return_info=True)
 
 
-def test_trpca_recovers_planted(trpca_fit):
-    low, sparse, (l, s, info) = trpca_fit
+def test_rpca_recovers_planted(rpca_fit):
+    low, sparse, (l, s, info) = rpca_fit
     assert l.shape == SHAPE and l.dtype == jnp.float32
     assert rel(low, l) < 1e-4 and rel(sparse, s) < 1e-4
     assert tfa.tubal.rank(l, tol=1e-3 * float(tfa.tubal.norm(l, "spectral"))) == 2
@@ -372,7 +380,7 @@ def test_trpca_recovers_planted(trpca_fit):
     assert np.all(np.isnan(np.asarray(info.errors[n:])))
 
 
-def test_trpca_vmap_and_fixed_length():
+def test_rpca_vmap_and_fixed_length():
     lows, sparses = zip(*(corrupted(seed, frac=0.05) for seed in (1, 2)))
     xs = jnp.stack([a + b for a, b in zip(lows, sparses)])
     fit = jax.jit(jax.vmap(lambda x: tfa.tubal.rpca(x, n_iter=60, tol=0)))
@@ -388,7 +396,7 @@ def completion_problem():
     return x, mask, jnp.where(mask, x, jnp.nan)
 
 
-def test_tubal_complete_tnn_recovers_planted(completion_problem):
+def test_complete_tnn_recovers_planted(completion_problem):
     x, mask, data = completion_problem
     t, info = tfa.tubal.complete(data, mask, return_info=True)
     assert isinstance(t, TSVDTensor) and t.rank == 30 and t.shape == SHAPE
@@ -400,7 +408,7 @@ def test_tubal_complete_tnn_recovers_planted(completion_problem):
     assert tfa.tubal.rank(t.to_dense(), tol=1e-4 * float(tfa.tubal.norm(x, "spectral"))) == 2
 
 
-def test_tubal_complete_factor_recovers_planted(completion_problem):
+def test_complete_factor_recovers_planted(completion_problem):
     x, mask, data = completion_problem
     t, info = tfa.tubal.complete(data, mask, rank=2, method="factor", return_info=True)
     assert isinstance(t, TSVDTensor) and t.rank == 2
@@ -414,7 +422,7 @@ def test_tubal_complete_factor_recovers_planted(completion_problem):
     assert n < 500 and errors[-1] < 1e-5 and errors[-1] <= errors[0]
 
 
-def test_tubal_complete_factor_dct():
+def test_complete_factor_dct():
     """The factor model under another transform: X = A *_L Bᵀ with the DCT."""
     x = planted(4, (10, 9, 4), 2, "dct")
     mask = random_mask(44, x.shape, 0.6)
@@ -422,7 +430,7 @@ def test_tubal_complete_factor_dct():
     assert t.kind == "dct" and rel(x, t.to_dense()) < 1e-4
 
 
-def test_tubal_complete_jit_vmap():
+def test_complete_jit_vmap():
     """vmap over problems, for the factor model from a random start and the TNN model
     truncated to ``rank``."""
     xs = jnp.stack([planted(s, (10, 9, 4), 1) for s in (5, 6)])
@@ -485,11 +493,25 @@ def test_errors(rng):
         tfa.tubal.prox(x, -1)
     with pytest.raises(ValueError, match=r"tol must be >= 0"):
         tfa.tubal.rank(x, tol=-1.0)
-    with pytest.raises(ValueError, match=r"x must be a third-order tensor \(n1, n2, n3\) \(use "
-                                         r"jax.vmap for a batch\) got shape \(2, 6, 5, 4\)"):
+    with pytest.raises(ValueError, match=r"x must be a third-order tensor \(n1, n2, n3\), got "
+                                         r"shape \(2, 6, 5, 4\); map over a batch with jax.vmap"):
         tfa.tubal.rpca(jnp.stack([x, x]))
-    with pytest.raises(ValueError, match=r"mu must be a scalar > 0, got 0"):
-        tfa.tubal.rpca(x, mu=0)
+    with pytest.raises(ValueError, match=r"x has a mode of size zero"):
+        tfa.tubal.svd(x[:0])
+    for bad_mu in (0, np.inf, -1.0):
+        with pytest.raises(ValueError, match=r"mu must be > 0"):
+            tfa.tubal.rpca(x, mu=bad_mu)
+        with pytest.raises(ValueError, match=r"mu must be > 0"):
+            tfa.tubal.complete(x, mask, mu=bad_mu)
+    for name in ("lam",):
+        with pytest.raises(ValueError, match=rf"{name} must be >= 0"):
+            tfa.tubal.rpca(x, **{name: np.inf})
+    with pytest.raises(ValueError, match=r"l2 must be >= 0"):
+        tfa.tubal.complete(x, mask, rank=2, method="factor", l2=np.inf)
+    with pytest.raises(ValueError, match=r"tau must be >= 0"):
+        tfa.tubal.prox(x, np.inf)
+    with pytest.raises(ValueError, match=r"mask must hold only 0/1"):
+        tfa.tubal.complete(x, jnp.full(x.shape, 0.5))
     with pytest.raises(ValueError, match=r"lam must be >= 0"):
         tfa.tubal.rpca(x, lam=-1.0)
     with pytest.raises(ValueError, match=r"n_iter must be a positive integer"):
@@ -514,10 +536,10 @@ def test_errors(rng):
     with pytest.raises(ValueError, match=r"x \(observed entries\) contains 1 NaN"):
         tfa.tubal.complete(bad, mask, rank=1, method="factor", n_iter=1)
     # NaN where unobserved is fine
-    assert tubal._check_rank(None, 6, 5, required=False) == 5
+    assert check_rank(None, 6, 5, required=False) == 5
 
 
-def test_trpca_grad_fixed_length(rng):
+def test_rpca_grad_fixed_length(rng):
     """With ``tol=0`` the ADMM is a ``lax.scan`` that reverse-mode autodiff traverses."""
     with x64():
         x = jnp.asarray(rng.standard_normal((5, 4, 3)))
@@ -532,3 +554,96 @@ def test_trpca_grad_fixed_length(rng):
         eps = 1e-6  # central difference along d against the directional derivative
         fd = (value_and_grad(x + eps * d)[0] - value_and_grad(x - eps * d)[0]) / (2 * eps)
         assert float(jnp.vdot(g, d)) == pytest.approx(float(fd), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# scale: every fit is scale-equivariant in float32 for data of 1e-30 … 1e30
+# ---------------------------------------------------------------------------------------------
+
+SCALES = (1e-30, 1e-20, 1e20, 1e30)
+SCALE_SHAPE = (12, 10, 4)
+
+
+@functools.cache
+def scale_problem():
+    low = planted(7, SCALE_SHAPE, 1)
+    rng = np.random.default_rng(70)
+    sparse = np.where(rng.random(SCALE_SHAPE) < 0.05, 5.0 * rng.choice([-1.0, 1.0], SCALE_SHAPE),
+                      0.0)
+    mask = random_mask(71, SCALE_SHAPE, 0.7)
+    return low, jnp.asarray(sparse, jnp.float32), mask
+
+
+def fits_at(c):
+    """Every tubal fit of the data scaled by c (fixed iteration counts, so that the runs at
+    different scales make the same number of steps)."""
+    low, sparse, mask = scale_problem()
+    x = low * np.float32(c)
+    corrupted = (low + sparse) * np.float32(c)
+    observed = jnp.where(mask, x, jnp.nan)
+    return dict(
+        svd=(tfa.tubal.svd(x, 1).to_dense(), None),
+        rpca=(lambda l, s, info: (jnp.stack([l, s]), info))(
+            *tfa.tubal.rpca(corrupted, n_iter=60, tol=0, return_info=True)),
+        tnn=(lambda t, info: (t.to_dense(), info))(
+            *tfa.tubal.complete(observed, mask, n_iter=60, tol=0, return_info=True)),
+        factor=(lambda t, info: (t.to_dense(), info))(
+            *tfa.tubal.complete(observed, mask, rank=1, method="factor", n_iter=8, tol=0,
+                                return_info=True)),
+    )
+
+
+@functools.cache
+def reference_fits():
+    return fits_at(1.0)
+
+
+@settings(max_examples=4, deadline=None)
+@given(c=st.sampled_from(SCALES))
+def test_property_fits_are_scale_equivariant(c):
+    """fit(c·x) = c·fit(x), with the same reported error, for svd, rpca and both completion
+    methods (before the fix: zeros or NaN at these scales, and rel_error 0)."""
+    ref = reference_fits()
+    got = fits_at(c)
+    for name, (value, info) in got.items():
+        base, base_info = ref[name]
+        value = np.asarray(value, np.float64) / c
+        assert np.all(np.isfinite(value)), name
+        assert rel(base, value) < 1e-4, (name, c, rel(base, value))
+        if info is not None:
+            assert float(info.rel_error) == pytest.approx(float(base_info.rel_error), rel=1e-3,
+                                                          abs=1e-6), (name, c)
+            assert 0 < float(base_info.rel_error) < 0.5, name   # a real fit, not a zero one
+            np.testing.assert_allclose(np.asarray(info.errors), np.asarray(base_info.errors),
+                                       rtol=1e-3, atol=1e-6)
+
+
+@settings(max_examples=4, deadline=None)
+@given(c=st.sampled_from(SCALES))
+def test_property_tsvd_tensor_norm_is_scale_equivariant(c):
+    """TSVDTensor.norm() from the factors at scales where the squares over/underflow, also for
+    factors whose scales differ wildly (the norm itself representable)."""
+    x = planted(8, (6, 5, 4), 5)
+    ref = float(np.linalg.norm(np.asarray(x, np.float64)))
+    t = tfa.tubal.svd(x * np.float32(c))
+    assert float(t.norm()) == pytest.approx(ref * c, rel=1e-5)
+    lopsided = TSVDTensor(t.u * np.float32(1e20), t.s / np.float32(c), t.v * np.float32(1e-20))
+    assert float(lopsided.norm()) == pytest.approx(ref, rel=1e-4)
+
+
+def test_gradients_are_finite_at_zero():
+    """The prox (and so the ADMM steps) and the types' norms at zero: the SVD's derivative at
+    repeated zero singular values and that of sqrt at 0 would give NaN where the math has
+    finite gradients (the prox is locally zero; a norm is minimal)."""
+    z = jnp.zeros((4, 3, 5))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(tfa.tubal.prox(x, 0.5))))(z)
+    np.testing.assert_array_equal(np.asarray(g), 0)
+    x = jnp.asarray(np.random.default_rng(9).standard_normal((4, 3, 5)), jnp.float32)
+    # a slice thresholded away next to kept ones: still the derivative of the kept part
+    g = jax.grad(lambda x: jnp.sum(tfa.tubal.prox(x, 1.0) ** 2))(x)
+    assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).max()) > 0
+    for norm in (lambda f: TSVDTensor(f, jnp.ones((3, 5)), f).norm(),
+                 lambda f: tfa.TubalFactors(f, f).norm(),
+                 lambda f: tfa.TubalFactors(f).norm()):
+        g = jax.grad(norm)(jnp.zeros((4, 3, 5)))
+        np.testing.assert_array_equal(np.asarray(g), 0)

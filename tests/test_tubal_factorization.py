@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from _helpers import rel, x64
-from tensorfact.tubal._factorize import (
-    TubalFactors, TubalHistory, effective_tubal_rank, singular_tube_norms, tubal_factorize_gd,
-    tubal_gaussian_measurements, tubal_loss, tubal_measure)
+import tensorfact as tfa
+from tensorfact import GDInfo, TubalFactors
+from tensorfact.tubal import effective_rank, factorize_gd, measure, singular_tube_norms
+from tensorfact.tubal import loss as tubal_loss
 
 KEY = jax.random.key(0)
 N, N3, TRUE_RANK, INNER = 10, 4, 2, 10
@@ -66,8 +67,8 @@ def sensing_problem(n_measurements, seed=1):
     v = np.asarray(jax.random.normal(k_v, (N, TRUE_RANK, N3)), np.float64)
     x = np_tprod(v, np_ttranspose(v))
     x = jnp.asarray(x / np.linalg.norm(x), jnp.float32)
-    a = tubal_gaussian_measurements(k_a, x.shape, n_measurements)
-    return x, a, tubal_measure(a, x)
+    a = tfa.tubal.gaussian_measurements(x.shape, n_measurements, key=k_a)
+    return x, a, measure(a, x)
 
 
 def final_error(factors, x):
@@ -77,17 +78,17 @@ def final_error(factors, x):
 # -- measurements, the factorized type and singular tubes ---------------------------------------
 
 def test_measure_and_gaussian_measurements(rng):
-    a = tubal_gaussian_measurements(KEY, (3, 4, 5), 2000)
+    a = tfa.tubal.gaussian_measurements((3, 4, 5), 2000, key=KEY)
     assert a.shape == (2000, 3, 4, 5) and a.dtype == jnp.float32
     x = rng.standard_normal((3, 4, 5))
-    y = tubal_measure(a, x.astype(np.float32))
+    y = measure(a, x.astype(np.float32))
     np.testing.assert_allclose(y, np.einsum("iabc,abc->i", np.asarray(a, np.float64), x),
                                rtol=1e-4, atol=1e-4)
     # E⟨A_i, X⟩² = ‖X‖²_F: the normalisation of the loss
     assert float(np.mean(np.asarray(y, np.float64) ** 2)) == pytest.approx(
         np.sum(x ** 2), rel=0.1)
     f = TubalFactors(rng.standard_normal((3, 2, 5)), rng.standard_normal((4, 2, 5)))
-    np.testing.assert_allclose(tubal_measure(a, f), tubal_measure(a, f.to_dense()), rtol=1e-5,
+    np.testing.assert_allclose(measure(a, f), measure(a, f.to_dense()), rtol=1e-5,
                                atol=1e-4)
 
 
@@ -97,7 +98,7 @@ def test_tubal_factors_match_block_circulant_reference(rng):
     f = TubalFactors(left, right)
     ref = np_tprod(left, np_ttranspose(right))
     assert f.shape == (5, 6, 4) and f.rank == 3 and f.n_params == left.size + right.size
-    assert not f.symmetric and f.transform == "fft"
+    assert not f.symmetric and f.kind == "fft" and f.transform.kind == "fft"
     assert rel(ref, f.to_dense()) < 1e-6
     assert float(f.norm()) == pytest.approx(np.linalg.norm(ref), rel=1e-5)
     sym = TubalFactors(left)
@@ -107,7 +108,7 @@ def test_tubal_factors_match_block_circulant_reference(rng):
     np.testing.assert_allclose(np_ttranspose(dense), dense, atol=1e-4)  # X = Xᵀ
     # a jit round trip keeps the type and its static transform
     out = jax.jit(lambda t: t)(TubalFactors(left, right, transform="dct"))
-    assert isinstance(out, TubalFactors) and out.transform == "dct"
+    assert isinstance(out, TubalFactors) and out.kind == "dct"
 
 
 @settings(max_examples=10, deadline=None)
@@ -140,13 +141,13 @@ def test_tubal_factors_properties(n1, n2, r, n3, symmetric, seed):
 
 @pytest.mark.parametrize("transform", ["dct", "matrix"])
 def test_tubal_factors_other_transforms(rng, transform):
-    from tensorfact._tproduct import tprod, ttranspose
     if transform == "matrix":
         transform = jnp.asarray(np.linalg.qr(rng.standard_normal((4, 4)))[0], jnp.float32)
     left = rng.standard_normal((5, 2, 4)).astype(np.float32)
     right = rng.standard_normal((3, 2, 4)).astype(np.float32)
     f = TubalFactors(left, right, transform=transform)
-    ref = tprod(left, ttranspose(right, transform=transform), transform=transform)
+    ref = tfa.tubal.product(left, tfa.tubal.transpose(right, transform=transform),
+                            transform=transform)
     assert rel(ref, f.to_dense()) < 1e-5
     assert float(f.norm()) == pytest.approx(float(jnp.linalg.norm(ref)), rel=1e-4)
     assert f.n_params == left.size + right.size  # the transform matrix is not a parameter
@@ -170,16 +171,16 @@ def test_singular_tube_norms_and_effective_rank(rng):
     from_factors = singular_tube_norms(TubalFactors(v.astype(np.float32),
                                                     w.astype(np.float32)))
     np.testing.assert_allclose(from_factors, ref[:2], rtol=1e-4)
-    assert int(effective_tubal_rank(x.astype(np.float32))) == 2
-    assert int(effective_tubal_rank(TubalFactors(v.astype(np.float32)))) == 2
+    assert int(effective_rank(x.astype(np.float32))) == 2
+    assert int(effective_rank(TubalFactors(v.astype(np.float32)))) == 2
     # tolerance: a third tube at 1e-3 of the first counts only for tol < 1e-3
     third = x + 1e-3 * ref[0] * np_tprod(rng.standard_normal((7, 1, 4)) / 4,
                                          rng.standard_normal((1, 6, 4)) / 4)
-    ranks = [int(effective_tubal_rank(third.astype(np.float32), tol)) for tol in (1e-2, 1e-6)]
+    ranks = [int(effective_rank(third.astype(np.float32), tol)) for tol in (1e-2, 1e-6)]
     assert ranks == [2, 3]
     batch = jnp.stack([x, third]).astype(jnp.float32)
-    np.testing.assert_array_equal(effective_tubal_rank(batch, 1e-6), [2, 3])
-    assert int(effective_tubal_rank(np.zeros((3, 3, 2), np.float32))) == 0
+    np.testing.assert_array_equal(jax.vmap(lambda x: effective_rank(x, 1e-6))(batch), [2, 3])
+    assert int(effective_rank(np.zeros((3, 3, 2), np.float32))) == 0
 
 
 # -- the loss and its gradient ---------------------------------------------------------------------
@@ -249,61 +250,62 @@ def test_small_init_recovers_and_large_init_does_not_symmetric_sensing():
     alphas = jnp.asarray([1e-6, 1e-5, 0.1, 1.0])
 
     def fit(alpha):
-        return tubal_factorize_gd(y, a, INNER, key=KEY, symmetric=True, init_scale=alpha,
-                                  n_steps=2000, x_true=x)
+        return factorize_gd(y, a, INNER, key=KEY, symmetric=True, init_scale=alpha,
+                            n_iter=2000, x_true=x, return_info=True)
 
-    factors, hist = jax.vmap(fit)(alphas)
-    assert isinstance(hist, TubalHistory) and hist.loss.shape == (4, 2000)
+    factors, info = jax.vmap(fit)(alphas)
+    assert isinstance(info, GDInfo) and info.losses.shape == (4, 2000)
     assert factors.shape == (N, N, N3) and factors.left.shape == (4, N, INNER, N3)
     dense = np.asarray(factors.to_dense(), np.float64)  # a batch of four tensors
     errors = np.array([rel(x, d) for d in dense])
-    # the history's last entry is the iterate before the last step: nearly the same
-    np.testing.assert_allclose(hist.error[:, -1], errors, rtol=1e-2, atol=1e-5)
-    ranks = np.asarray(hist.tubal_rank[:, -1])
+    # the info's last entry describes the returned result
+    np.testing.assert_allclose(info.true_errors[:, -1], errors, rtol=1e-4)
+    ranks = np.asarray(info.ranks[:, -1])
     small, large = slice(0, 2), slice(2, 4)
     assert max(errors[small]) < 1e-2, errors
     assert np.all(ranks[small] == TRUE_RANK), ranks
     assert min(errors[large]) > 0.1, errors
     assert np.all(ranks[large] > TRUE_RANK + 2), ranks
     # every run decreases the training loss: the large-α runs fit the data, but not X*
-    assert np.all(np.asarray(hist.loss[:, -1]) < 1e-2 * np.asarray(hist.loss[:, 0]))
+    assert np.all(np.asarray(info.losses[:, -1]) < 1e-2 * np.asarray(info.losses[:, 0]))
 
 
 def test_small_init_recovers_asymmetric_sensing():
     x, a, y = sensing_problem(300)
-    factors, hist = tubal_factorize_gd(y, a, INNER, key=KEY, init_scale=1e-6, n_steps=2000,
-                                       x_true=x)
+    factors, info = factorize_gd(y, a, INNER, key=KEY, init_scale=1e-6, n_iter=2000,
+                                 x_true=x, return_info=True)
     assert factors.right is not None and factors.shape == (N, N, N3) and factors.rank == INNER
     assert final_error(factors, x) < 1e-2
-    assert int(hist.tubal_rank[-1]) == TRUE_RANK
+    assert int(info.ranks[-1]) == TRUE_RANK
 
 
 def completion_fit(y, mask):
     x, _, _ = sensing_problem(150)
-    return tubal_factorize_gd(y, None, INNER, key=KEY, symmetric=True, mask=mask,
-                              init_scale=1e-6, n_steps=1500, x_true=x)
+    return factorize_gd(y, None, INNER, key=KEY, symmetric=True, mask=mask,
+                        init_scale=1e-6, n_iter=1500, x_true=x, return_info=True)
 
 
 def test_completion_from_entries_small_init():
     x, _, _ = sensing_problem(150)
     mask = jax.random.bernoulli(jax.random.key(3), 0.5, x.shape)
-    factors, hist = completion_fit(jnp.where(mask, x, jnp.nan), mask)
+    factors, info = completion_fit(jnp.where(mask, x, jnp.nan), mask)
     assert final_error(factors, x) < 1e-3  # on all entries, half of them never observed
-    assert int(hist.tubal_rank[-1]) == TRUE_RANK
+    assert int(info.ranks[-1]) == TRUE_RANK
 
 
 def sym_fit(y, a, **kwargs):
     """The configuration of the example's quick run (symmetric, R = 10, 2000 steps, with
     x_true): calls with other values but these static arguments reuse one compiled program."""
     x, _, _ = sensing_problem(150)
-    kwargs = {"key": KEY, "symmetric": True, "n_steps": 2000, "x_true": x, **kwargs}
-    return tubal_factorize_gd(y, a, INNER, **kwargs)
+    kwargs = {"key": KEY, "symmetric": True, "n_iter": 2000, "x_true": x, "return_info": True,
+              **kwargs}
+    return factorize_gd(y, a, INNER, **kwargs)
 
 
 def test_loss_nonincreasing_with_small_step():
     _, a, y = sensing_problem(150)
-    _, hist = sym_fit(y, a, init_scale=0.1, learning_rate=0.02)
-    loss = np.asarray(hist.loss, np.float64)
+    _, info = sym_fit(y, a, init_scale=0.1, learning_rate=0.02)
+    loss = np.asarray(info.losses, np.float64)
     assert np.all(np.diff(loss) <= 1e-6 * loss[:-1])
     assert loss[-1] < 1e-2 * loss[0]
 
@@ -312,15 +314,15 @@ def test_jit_matches_eager_and_is_deterministic():
     _, a, y = sensing_problem(150)
     keys = jax.random.split(KEY, 2)
     jitted = jax.jit(lambda k, y: sym_fit(y, a, key=k, init_scale=0.1))
-    f, hist = jitted(keys[0], y)
-    assert isinstance(f, TubalFactors) and isinstance(hist, TubalHistory)
-    assert f.symmetric and hist.tube_norms.shape == (2000, INNER)
-    eager, eager_hist = sym_fit(y, a, key=keys[0], init_scale=0.1)
+    f, info = jitted(keys[0], y)
+    assert isinstance(f, TubalFactors) and isinstance(info, GDInfo)
+    assert f.symmetric and info.spectra.shape == (2000, INNER)
+    eager, eager_info = sym_fit(y, a, key=keys[0], init_scale=0.1)
     np.testing.assert_allclose(f.to_dense(), eager.to_dense(), atol=1e-5)
-    np.testing.assert_array_equal(hist.tubal_rank, eager_hist.tubal_rank)
-    again, again_hist = sym_fit(y, a, key=keys[0], init_scale=0.1)
+    np.testing.assert_array_equal(info.ranks, eager_info.ranks)
+    again, again_info = sym_fit(y, a, key=keys[0], init_scale=0.1)
     np.testing.assert_array_equal(eager.left, again.left)
-    np.testing.assert_array_equal(eager_hist.loss, again_hist.loss)
+    np.testing.assert_array_equal(eager_info.losses, again_info.losses)
     other, _ = sym_fit(y, a, key=keys[1], init_scale=0.1)
     assert not np.allclose(other.left, eager.left)
 
@@ -329,39 +331,82 @@ def test_float64_adam_fit_without_ground_truth():
     x, a, y = sensing_problem(150)
     with x64():
         a64, y64 = jnp.asarray(a, jnp.float64), jnp.asarray(y, jnp.float64)
-        f, hist = tubal_factorize_gd(y64, a64, 3, key=KEY, symmetric=True, init_scale=0.1,
-                                     optimizer=optax.adam(1e-2), n_steps=400)
+        f, info = factorize_gd(y64, a64, 3, key=KEY, symmetric=True, init_scale=0.1,
+                               optimizer=optax.adam(1e-2), n_iter=400, return_info=True)
         assert f.left.dtype == jnp.float64 and f.symmetric
-        assert hist.loss.dtype == hist.tube_norms.dtype == jnp.float64
-        assert hist.tubal_rank.dtype == jnp.int32 and hist.tube_norms.shape == (400, 3)
-        assert np.all(np.isnan(np.asarray(hist.error)))  # no x_true: NaN
-        assert float(hist.loss[-1]) < 1e-3 * float(hist.loss[0])
+        assert info.losses.dtype == info.spectra.dtype == jnp.float64
+        assert info.ranks.dtype == jnp.int32 and info.spectra.shape == (400, 3)
+        assert np.all(np.isnan(np.asarray(info.true_errors)))  # no x_true: NaN
+        assert float(info.losses[-1]) < 1e-3 * float(info.losses[0])
         assert final_error(f, x) < 0.1  # close to X* (the start is at relative error ~ 1)
 
 
 def test_dct_transform_recovers_dct_planted_tensor():
-    from tensorfact._tproduct import tprod, ttranspose
     v = jax.random.normal(jax.random.key(5), (N, TRUE_RANK, N3))
-    x = tprod(v, ttranspose(v, transform="dct"), transform="dct")
+    x = tfa.tubal.product(v, tfa.tubal.transpose(v, transform="dct"), transform="dct")
     x = x / jnp.linalg.norm(x.ravel())
-    assert int(effective_tubal_rank(x, transform="dct")) == TRUE_RANK
+    assert int(effective_rank(x, transform="dct")) == TRUE_RANK
     # fully observed (mask=None): the loss is ½‖X − Y‖²_F
-    factors, hist = tubal_factorize_gd(x, None, INNER, key=KEY, symmetric=True, init_scale=1e-6,
-                                       n_steps=1500, x_true=x, transform="dct")
-    assert factors.transform == "dct" and final_error(factors, x) < 1e-3
-    assert int(hist.tubal_rank[-1]) == TRUE_RANK
+    factors, info = factorize_gd(x, None, INNER, key=KEY, symmetric=True, init_scale=1e-6,
+                                 n_iter=1500, x_true=x, transform="dct", return_info=True)
+    assert factors.kind == "dct" and final_error(factors, x) < 1e-3
+    assert int(info.ranks[-1]) == TRUE_RANK
 
 
-def test_nonfinite_observations_are_reported():
+def test_nonfinite_observations_are_reported_by_name():
     x, a, y = sensing_problem(150)
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match=r"^y contains 1 NaN or Inf"):
         sym_fit(y.at[0].set(jnp.nan), a)
+    with pytest.raises(ValueError, match=r"^a contains 1 NaN or Inf"):
+        sym_fit(y, a.at[0, 1, 2, 3].set(-jnp.inf))
+    with pytest.raises(ValueError, match=r"^x_true contains 1 NaN or Inf"):
+        sym_fit(y, a, x_true=x.at[0, 0, 0].set(jnp.inf))
     mask = np.ones(x.shape, bool)
     mask[0, 0, 0] = False
     # a NaN where the mask says unobserved is fine, one in an observed entry is not
     completion_fit(x.at[0, 0, 0].set(jnp.nan), mask)
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match=r"^y \(observed entries\) contains 1 NaN or Inf"):
         completion_fit(x.at[1, 0, 0].set(jnp.nan), mask)
+
+
+def test_all_zero_observations_take_a_sane_default_step():
+    """Zero measurements or entries: a finite default step (no division by zero); the start
+    shrinks toward X* = 0 and the error relative to zero data is Inf, not 0."""
+    x, a, y = sensing_problem(150)
+    for args, kwargs in (((jnp.zeros_like(y), a), {}),
+                         ((jnp.zeros_like(x), None), {"mask": np.ones(x.shape, bool)})):
+        f, info = factorize_gd(*args, 3, key=KEY, init_scale=0.1, n_iter=100, return_info=True,
+                               **kwargs)
+        start = factorize_gd(*args, 3, key=KEY, init_scale=0.1, n_iter=1, **kwargs)
+        dense = np.asarray(f.to_dense())
+        assert np.all(np.isfinite(dense)) and np.all(np.isfinite(np.asarray(info.losses)))
+        assert np.linalg.norm(dense) < 0.5 * np.linalg.norm(np.asarray(start.to_dense()))
+        assert np.isinf(float(info.rel_error))
+
+
+@settings(max_examples=4, deadline=None)
+@given(c=st.sampled_from((1e-30, 1e-20, 1e20, 1e30)), model=st.sampled_from(("a", "entries")))
+def test_property_scale_equivariance(c, model):
+    """The factors of c·y are √c times those of y and the reported errors are the same, from
+    measurements and from entries (before: NaN or zeros at these scales)."""
+    x, a, y = sensing_problem(150)
+    mask = jax.random.bernoulli(jax.random.key(3), 0.6, x.shape)
+    data = (y, a) if model == "a" else (jnp.where(mask, x, jnp.nan), None)
+    kwargs = dict(key=KEY, symmetric=True, init_scale=1e-3, n_iter=400, return_info=True,
+                  mask=None if model == "a" else mask)
+    base, base_info = factorize_gd(*data, INNER, x_true=x, **kwargs)
+    got, info = factorize_gd(data[0] * np.float32(c), data[1], INNER, x_true=x * np.float32(c),
+                             **kwargs)
+    np.testing.assert_allclose(np.asarray(got.left, np.float64) / np.sqrt(c), base.left,
+                               rtol=1e-3, atol=1e-4 * float(np.abs(base.left).max()))
+    assert rel(base.to_dense(), np.asarray(got.to_dense(), np.float64) / c) < 1e-3
+    for field in ("errors", "true_errors"):
+        np.testing.assert_allclose(getattr(info, field), getattr(base_info, field), rtol=1e-3,
+                                   atol=1e-6)
+    np.testing.assert_array_equal(info.ranks, base_info.ranks)
+    np.testing.assert_allclose(np.asarray(info.spectra, np.float64) / c, base_info.spectra,
+                               rtol=1e-3, atol=1e-6)
+    assert float(base_info.true_errors[-1]) < 0.1       # a real fit, not a zero or a NaN one
 
 
 def _bad_calls():
@@ -370,25 +415,27 @@ def _bad_calls():
     rect = np.zeros((6, 4, 5, 3), np.float32)
     t = np.zeros((4, 4, 3), np.float32)
     return [
-        (dict(y=y, a=a, inner_size=0), "inner_size"),
-        (dict(y=y, a=a, inner_size=2.0), "inner_size"),
-        (dict(y=y, a=a, inner_size=True), "inner_size"),
-        (dict(y=y, a=a, inner_size=2, n_steps=0), "n_steps"),
-        (dict(y=y[:5], a=a, inner_size=2), "y must have shape"),
-        (dict(y=y, a=a[..., 0], inner_size=2), "a must have shape"),
-        (dict(y=y, a=rect, inner_size=2, symmetric=True), "symmetric"),
-        (dict(y=y, a=a, inner_size=2, key=None), "key"),
-        (dict(y=y, a=a, inner_size=2, init_scale=-1e-3), "init_scale"),
-        (dict(y=y, a=a, inner_size=2, learning_rate=-0.1), "learning_rate"),
-        (dict(y=y, a=a, inner_size=2, learning_rate=0.1, optimizer=optax.sgd(0.1)),
+        (dict(y=y, a=a, rank=0), "rank"),
+        (dict(y=y, a=a, rank=2.0), "rank"),
+        (dict(y=y, a=a, rank=True), "rank"),
+        (dict(y=y, a=a, rank=2, n_iter=0), "n_iter"),
+        (dict(y=y[:5], a=a, rank=2), "y must have shape"),
+        (dict(y=y, a=a[..., 0], rank=2), "a must have shape"),
+        (dict(y=y, a=rect, rank=2, symmetric=True), "symmetric"),
+        (dict(y=y, a=a, rank=2, key=None), "key"),
+        (dict(y=y, a=a, rank=2, init_scale=-1e-3), "init_scale"),
+        (dict(y=y, a=a, rank=2, init_scale=np.inf), "init_scale"),
+        (dict(y=y, a=a, rank=2, learning_rate=np.inf), "learning_rate"),
+        (dict(y=y, a=a, rank=2, learning_rate=-0.1), "learning_rate"),
+        (dict(y=y, a=a, rank=2, learning_rate=0.1, optimizer=optax.sgd(0.1)),
          "optimizer"),
-        (dict(y=y, a=a, inner_size=2, x_true=np.zeros((4, 4, 4))), "x_true"),
-        (dict(y=y, a=a, inner_size=2, mask=np.ones((4, 4, 3))), "mask"),
-        (dict(y=y, a=a, inner_size=2, rank_tol=1.5), "rank_tol"),
-        (dict(y=y, a=a, inner_size=2, transform="wavelet"), "transform"),
-        (dict(y=y, a=a, inner_size=2, transform=np.zeros((3, 3))), "invertible"),
-        (dict(y=t[0], a=None, inner_size=2), "y must be the observed"),
-        (dict(y=t, a=None, inner_size=2, mask=np.ones((4, 4, 2))), "mask must have the shape"),
+        (dict(y=y, a=a, rank=2, x_true=np.zeros((4, 4, 4))), "x_true"),
+        (dict(y=y, a=a, rank=2, mask=np.ones((4, 4, 3))), "mask"),
+        (dict(y=y, a=a, rank=2, rank_tol=1.5), "rank_tol"),
+        (dict(y=y, a=a, rank=2, transform="wavelet"), "transform"),
+        (dict(y=y, a=a, rank=2, transform=np.zeros((3, 3))), "invertible"),
+        (dict(y=t[0], a=None, rank=2), "y must be the observed"),
+        (dict(y=t, a=None, rank=2, mask=np.ones((4, 4, 2))), "mask must have the shape"),
     ]
 
 
@@ -396,18 +443,18 @@ def _bad_calls():
 def test_bad_inputs(kwargs, match):
     kwargs = {"key": KEY, **kwargs}
     with pytest.raises(ValueError, match=match):
-        tubal_factorize_gd(**kwargs)
+        factorize_gd(**kwargs)
 
 
 def test_bad_inputs_of_helpers():
     with pytest.raises(ValueError, match="shape must be"):
-        tubal_gaussian_measurements(KEY, (4, 4), 3)
+        tfa.tubal.gaussian_measurements((4, 4), 3, key=KEY)
     with pytest.raises(ValueError, match="n_measurements"):
-        tubal_gaussian_measurements(KEY, (4, 4, 2), 0)
+        tfa.tubal.gaussian_measurements((4, 4, 2), 0, key=KEY)
     with pytest.raises(ValueError, match="key is required"):
-        tubal_gaussian_measurements(None, (4, 4, 2), 3)
+        tfa.tubal.gaussian_measurements((4, 4, 2), 3, key=None)
     with pytest.raises(ValueError, match="x must have shape"):
-        tubal_measure(np.zeros((3, 4, 4, 2)), np.zeros((4, 5, 2)))
+        measure(np.zeros((3, 4, 4, 2)), np.zeros((4, 5, 2)))
     with pytest.raises(ValueError, match="right must have shape"):
         TubalFactors(np.zeros((4, 2, 3)), np.zeros((5, 3, 3)))
     with pytest.raises(ValueError, match="left must have shape"):
@@ -416,8 +463,8 @@ def test_bad_inputs_of_helpers():
         tubal_loss((np.zeros((4, 2, 3)),), np.zeros((4, 4, 3)))
     with pytest.raises(ValueError, match="match the factors"):
         tubal_loss(TubalFactors(np.zeros((4, 2, 3))), np.zeros((5, 4, 3)))
-    with pytest.raises(ValueError, match="rank_tol"):
-        effective_tubal_rank(np.zeros((3, 3, 2)), 1.0)
+    with pytest.raises(ValueError, match=r"tol must be in \[0, 1\)"):
+        effective_rank(np.zeros((3, 3, 2)), 1.0)
     with pytest.raises(ValueError, match="third-order"):
         singular_tube_norms(np.zeros((3, 3)))
 

@@ -29,43 +29,34 @@ Gradient Descent in Matrix Sensing: The Curses of Symmetry and Initialization", 
 ``init_scale`` is therefore the argument that matters: it trades the final accuracy reached
 quickly (larger ``α`` gives a faster linear rate in the asymmetric case) against staying in the
 small-initialisation regime where gradient descent finds the low-rank solution.
+
+The loop, the default step, the scale normalisation and the info (:class:`GDInfo`) are those of
+every gradient-descent factorization (``decomposition/_gradient_fit.py``, shared with
+:func:`tensorfact.tubal.factorize_gd`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from tensorfact._checks import (as_float_array, check_nonneg_number, check_optimizer_args,
-                                check_positive_int, check_key)
+from tensorfact._numerics import resolve_precision
+from tensorfact.decomposition._gradient_fit import (DEFAULT_LEARNING_RATE, DEFAULT_RANK_TOL,
+                                                    GDInfo, check_fit_args, check_measurements,
+                                                    check_x_true, descend, gaussian,
+                                                    product_spectrum, report)
+from tensorfact.decomposition._gradient_fit import measure as measure_shared
 from tensorfact.tensors import LowRankMatrix
 
-__all__ = ["gaussian_measurements", "measure", "factorize_gd", "SensingHistory",
+__all__ = ["gaussian_measurements", "measure", "factorize_gd", "GDInfo",
            "DEFAULT_LEARNING_RATE"]
 
-#: Default SGD step for the normalised loss, divided by the estimated ``‖X*‖_F``.
-DEFAULT_LEARNING_RATE = 0.2
 
-
-class SensingHistory(NamedTuple):
-    """Per-step record of :func:`factorize_gd`.
-
-    Attributes:
-      loss: shape ``(n_steps,)``; ``loss[t]`` is ``L`` at the iterate *before* step ``t``
-        (``loss[0]`` is the loss at the initialisation).
-      error: shape ``(n_steps,)``; ``‖F Gᵀ − X*‖_F / ‖X*‖_F`` at the same iterates when
-        ``x_true`` is given, else all NaN.
-    """
-
-    loss: jax.Array
-    error: jax.Array
-
-
-def gaussian_measurements(key, shape, n_measurements: int, *, symmetric: bool = False,
+def gaussian_measurements(shape, n_measurements: int, *, key, symmetric: bool = False,
                           dtype=jnp.float32) -> jax.Array:
     """Gaussian sensing matrices ``A`` of shape ``(n_measurements, m, n)``.
 
@@ -76,59 +67,66 @@ def gaussian_measurements(key, shape, n_measurements: int, *, symmetric: bool = 
     ``X`` and leaves ``⟨A_i, X⟩`` unchanged for symmetric ``X``.
 
     Args:
-      key: ``jax.random`` key.
       shape: ``(m, n)``, the matrix shape.
       n_measurements: ``N``, a positive int.
+      key: ``jax.random`` key (required).
       symmetric: symmetrise each measurement matrix.
       dtype: a floating dtype.
+
+    Example:
+      >>> import jax, tensorfact as tfa
+      >>> a = tfa.gaussian_measurements((4, 4), 100, key=jax.random.key(0), symmetric=True)
+      >>> a.shape, bool((a == a.transpose(0, 2, 1)).all())
+      ((100, 4, 4), True)
     """
-    check_key(key, "to draw measurements")
-    shape = tuple(shape)
-    if len(shape) != 2:
-        raise ValueError(f"shape must be (m, n), got {shape!r}.")
-    m, n = (check_positive_int(s, f"shape[{i}]") for i, s in enumerate(shape))
-    n_measurements = check_positive_int(n_measurements, "n_measurements")
-    if symmetric and m != n:
-        raise ValueError(f"symmetric=True needs a square shape, got {shape!r}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}.")
-    a = jax.random.normal(key, (n_measurements, m, n), dtype)
+    a = gaussian(key, shape, n_measurements, dtype, "m, n")
     if symmetric:
+        if a.shape[1] != a.shape[2]:
+            raise ValueError(f"symmetric=True needs a square shape, got {tuple(shape)!r}.")
         a = 0.5 * (a + jnp.swapaxes(a, 1, 2))
     return a
 
 
-def measure(a, x) -> jax.Array:
+def measure(a, x, *, precision="highest") -> jax.Array:
     """Linear measurements ``y_i = ⟨A_i, X⟩ = Σ_jk A_ijk X_jk``.
 
     Args:
       a: ``(N, m, n)`` measurement matrices.
-      x: ``(m, n)`` matrix (or a :class:`LowRankMatrix`, densified).
+      x: ``(m, n)`` matrix (or a :class:`~tensorfact.LowRankMatrix`, densified).
+      precision: XLA precision of the contraction; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
 
     Returns:
       ``y`` of shape ``(N,)``.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> tfa.measure(jnp.ones((3, 2, 2)), jnp.eye(2)).tolist()
+      [2.0, 2.0, 2.0]
     """
     if isinstance(x, LowRankMatrix):
-        x = x.to_dense()
-    a = as_float_array(a, "a")
-    x = as_float_array(x, "x")
-    if a.ndim != 3:
-        raise ValueError(f"a must have shape (N, m, n), got {tuple(a.shape)}.")
-    if tuple(x.shape) != tuple(a.shape[1:]):
-        raise ValueError(f"x must have shape {tuple(a.shape[1:])} to match a, got "
-                         f"{tuple(x.shape)}.")
-    return jnp.einsum("ijk,jk->i", a, x, precision=jax.lax.Precision.HIGHEST)
+        x = x.to_dense(precision=precision)
+    return measure_shared(a, x, "m, n", precision)
 
 
-def factorize_gd(y, a, rank: int, *, key=None, symmetric: bool = False,
-                 init_scale: float = 1e-3, optimizer: Optional[optax.GradientTransformation] = None,
-                 learning_rate: Optional[float] = None, n_steps: int = 1000, x_true=None):
+def factorize_gd(y, a, rank: int, *, key, symmetric: bool = False, init_scale: float = 1e-3,
+                 optimizer: Optional[optax.GradientTransformation] = None,
+                 learning_rate: Optional[float] = None, n_iter: int = 1000, x_true=None,
+                 rank_tol: float = DEFAULT_RANK_TOL, precision="highest",
+                 return_info: bool = False):
     """Recovers a low-rank matrix from measurements ``y_i = ⟨A_i, X*⟩`` by gradient descent.
 
     Minimises ``L(F, G) = 1/(2N) Σ_i (⟨A_i, F Gᵀ⟩ − y_i)²`` (``F Fᵀ`` when ``symmetric``)
-    from ``F, G = init_scale · N(0, 1)`` for exactly ``n_steps`` optimizer steps, run as one
+    from ``F, G = init_scale · N(0, 1)`` for exactly ``n_iter`` optimizer steps, run as one
     ``lax.scan`` inside a jitted core. See the module docstring for how ``rank`` (over-
     parameterization), ``symmetric`` and ``init_scale`` govern the convergence rate.
+
+    Scale: the fit runs on ``y / ŝ`` with ``ŝ = ‖y‖/√N``, an estimate of ``‖X*‖_F``, and
+    scales ``F``, ``G`` back by ``√ŝ``: it is scale-equivariant (``F, G`` of ``c·y`` are ``√c``
+    times those of ``y``, for data from 1e-30 to 1e30 in float32), and ``init_scale``,
+    ``learning_rate`` and ``optimizer`` act on a problem with ``‖X*‖_F ≈ 1`` whatever the
+    magnitude of the data. ``info.losses`` are in the data's units (``ŝ²`` times the normalised
+    ones), and overflow to Inf where those are not representable.
 
     Args:
       y: ``(N,)`` measurements.
@@ -136,101 +134,90 @@ def factorize_gd(y, a, rank: int, *, key=None, symmetric: bool = False,
       rank: search rank ``k`` (a positive int; ``k`` larger than the true rank is allowed).
       key: ``jax.random`` key for the initialisation (required).
       symmetric: fit ``X = F Fᵀ`` (PSD); needs square ``a``.
-      init_scale: ``α ≥ 0``, the standard deviation of the initial factor entries. This is
-        *the* hyper-parameter: small ``α`` keeps gradient descent near low-rank solutions
-        but, with ``rank`` above the true rank, slows convergence (sublinear in the
-        symmetric case; a linear rate that degrades as ``α → 0`` in the asymmetric case).
-        ``α = 0`` is a stationary point (nothing moves).
+      init_scale: ``α ≥ 0``, the standard deviation of the initial factor entries of the
+        normalised problem (``α √ŝ`` in the data's units). This is *the* hyper-parameter:
+        small ``α`` keeps gradient descent near low-rank solutions but, with ``rank`` above the
+        true rank, slows convergence (sublinear in the symmetric case; a linear rate that
+        degrades as ``α → 0`` in the asymmetric case). ``α = 0`` is a stationary point
+        (nothing moves).
       optimizer: an Optax ``GradientTransformation``; default ``optax.sgd(learning_rate)``
         (plain gradient descent). It is a static argument: reuse the same object to avoid
         recompiling.
-      learning_rate: SGD step for the default optimizer; ignored (and must be None) when
-        ``optimizer`` is given. Default ``DEFAULT_LEARNING_RATE / s`` with
-        ``s = ‖y‖ / √N``, an estimate of ``‖X*‖_F`` for Gaussian measurements: the step is
-        ``0.2 / ‖X*‖_F``, stable for the normalised loss (halved again for
-        ``symmetric=True``, whose gradient is twice as large).
-      n_steps: number of steps (a positive int; static: it sizes the history).
-      x_true: optional ``(m, n)`` ground truth; the history then records the relative error.
+      learning_rate: SGD step for the default optimizer; must be None when ``optimizer`` is
+        given. Default ``DEFAULT_LEARNING_RATE / ŝ`` (``0.2 / ŝ``, halved for ``symmetric``,
+        whose gradient is twice as large) with ``ŝ`` the normalised ``‖X*‖_F`` estimate (so
+        ``0.2 / ‖X*‖_F`` in the data's units); all-zero measurements (nothing to fit) take
+        ``0.2``.
+      n_iter: number of steps (a positive int; static: it sizes the info).
+      x_true: optional ``(m, n)`` ground truth (or a :class:`~tensorfact.LowRankMatrix`); the
+        info then records the test error ``‖F Gᵀ − X*‖_F / ‖X*‖_F`` after every step.
+      rank_tol: ``τ ∈ [0, 1)`` of the effective rank recorded in the info (singular values
+        above ``τ σ₁``).
+      precision: XLA precision of the products; ``"highest"`` (the default) is full float32,
+        ``None`` JAX's default.
+      return_info: also return a :class:`GDInfo` (errors on the measurements, losses, test
+        errors, effective ranks and singular values after every step).
 
     Returns:
-      ``(LowRankMatrix(F, ones, Gᵀ), history)``; ``to_dense()`` is ``F Gᵀ`` (``F Fᵀ`` when
-      symmetric) and ``history`` is a :class:`SensingHistory`.
+      ``LowRankMatrix(F, ones, Gᵀ)`` (``to_dense()`` is ``F Gᵀ``, or ``F Fᵀ`` when symmetric),
+      or ``(LowRankMatrix, GDInfo)`` with ``return_info=True``.
+
+    Example:
+      >>> import jax, tensorfact as tfa
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      >>> u = jax.random.normal(k1, (10, 2))
+      >>> x = u @ u.T / 10                                       # rank 2
+      >>> a = tfa.gaussian_measurements((10, 10), 150, key=k2, symmetric=True)
+      >>> lr, info = tfa.factorize_gd(tfa.measure(a, x), a, 2, key=k3, symmetric=True,
+      ...                             init_scale=0.1, n_iter=500, x_true=x, return_info=True)
+      >>> bool(info.true_errors[-1] < 1e-3), int(info.ranks[-1])
+      (True, 2)
 
     Raises:
-      ValueError: for a non-positive or non-integer ``rank``/``n_steps``, ``a`` not 3-D, ``y``
+      ValueError: for a non-positive or non-integer ``rank``/``n_iter``, ``a`` not 3-D, ``y``
         not of shape ``(N,)``, ``symmetric`` with non-square ``a``, a missing key, a negative
-        ``init_scale`` or ``learning_rate``, both ``optimizer`` and ``learning_rate``, or
-        ``x_true`` of the wrong shape.
+        or infinite ``init_scale`` or ``learning_rate``, both ``optimizer`` and
+        ``learning_rate``, ``rank_tol`` outside ``[0, 1)``, ``x_true`` of the wrong shape, or
+        (eager calls) NaN or Inf in ``y``, ``a`` or ``x_true``.
+      TypeError: for a ``key`` that is not a ``jax.random`` key.
     """
-    a = as_float_array(a, "a")
-    y = as_float_array(y, "y")
-    if a.ndim != 3:
-        raise ValueError(f"a must have shape (N, m, n), got {tuple(a.shape)}.")
-    if y.ndim != 1 or y.shape[0] != a.shape[0]:
-        raise ValueError(f"y must have shape ({a.shape[0]},) to match a of shape "
-                         f"{tuple(a.shape)}, got {tuple(y.shape)}.")
-    rank = check_positive_int(rank, "rank")
-    n_steps = check_positive_int(n_steps, "n_steps")
+    y, a = check_measurements(y, a, "m, n")
+    rank, n_iter, rank_tol = check_fit_args(rank, n_iter, key, init_scale, optimizer,
+                                            learning_rate, rank_tol)
     symmetric = bool(symmetric)
     m, n = int(a.shape[1]), int(a.shape[2])
     if symmetric and m != n:
         raise ValueError(f"symmetric=True needs square measurement matrices, got a of shape "
                          f"{tuple(a.shape)}.")
-    check_key(key, "for the random initialisation")
-    check_nonneg_number(init_scale, "init_scale")
-    check_optimizer_args(optimizer, learning_rate)
-    if x_true is not None:
-        if isinstance(x_true, LowRankMatrix):
-            x_true = x_true.to_dense()
-        x_true = as_float_array(x_true, "x_true")
-        if tuple(x_true.shape) != (m, n):
-            raise ValueError(f"x_true must have shape {(m, n)} to match a, got "
-                             f"{tuple(x_true.shape)}.")
+    if isinstance(x_true, LowRankMatrix):
+        x_true = x_true.to_dense(precision=precision)
+    x_true = check_x_true(x_true, (m, n))
     dtype = jnp.result_type(a, y)
     lr = jnp.asarray(jnp.nan if learning_rate is None else learning_rate, dtype)
-    return _factorize_gd(y.astype(dtype), a.astype(dtype), key, jnp.asarray(init_scale, dtype),
-                         lr, None if x_true is None else x_true.astype(dtype), rank=rank,
-                         symmetric=symmetric, optimizer=optimizer, n_steps=n_steps)
+    factors, info, counts = _factorize_gd(
+        y.astype(dtype), a.astype(dtype), None if x_true is None else x_true.astype(dtype), key,
+        jnp.asarray(init_scale, dtype), lr, jnp.asarray(rank_tol, dtype), rank=rank,
+        symmetric=symmetric, optimizer=optimizer, n_iter=n_iter, precision=precision)
+    report(counts, entries=False)
+    f = factors[0]
+    g = f if symmetric else factors[1]
+    result = LowRankMatrix(f, jnp.ones((rank,), dtype), g.T)
+    return (result, info) if return_info else result
 
 
-@functools.partial(jax.jit, static_argnames=("rank", "symmetric", "optimizer", "n_steps"))
-def _factorize_gd(y, a, key, init_scale, lr, x_true, *, rank, symmetric, optimizer, n_steps):
-    n_meas, m, n = a.shape
-    dtype = a.dtype
-    prec = jax.lax.Precision.HIGHEST
-    if optimizer is None:
-        # ‖y‖/√N estimates ‖X*‖_F; the symmetric gradient is twice the asymmetric one.
-        scale = jnp.linalg.norm(y) / jnp.sqrt(jnp.asarray(n_meas, dtype))
-        default = DEFAULT_LEARNING_RATE / jnp.maximum(scale, jnp.finfo(dtype).tiny)
-        default = default / 2 if symmetric else default
-        optimizer = optax.sgd(jnp.where(jnp.isnan(lr), default, lr))
+@functools.partial(jax.jit, static_argnames=("rank", "symmetric", "optimizer", "n_iter",
+                                             "precision"))
+def _factorize_gd(y, a, x_true, key, init_scale, lr, rank_tol, *, rank, symmetric, optimizer,
+                  n_iter, precision):
+    _, m, n = a.shape
+    weights = jnp.ones((1,), y.dtype)
 
-    k_f, k_g = jax.random.split(key)
-    f0 = init_scale * jax.random.normal(k_f, (m, rank), dtype)
-    params = (f0,) if symmetric else (f0, init_scale * jax.random.normal(k_g, (n, rank), dtype))
+    def dense(p):
+        return jnp.matmul(p[0], p[-1].T, precision=resolve_precision(precision))
 
-    def product(p):
-        return jnp.matmul(p[0], (p[0] if symmetric else p[1]).T, precision=prec)
+    def spectrum(p):
+        return product_spectrum(p[0][None], p[-1][None], weights, symmetric)
 
-    def loss_fn(p):
-        r = jnp.einsum("ijk,jk->i", a, product(p), precision=prec) - y
-        return 0.5 * jnp.mean(r * r)
-
-    if x_true is not None:
-        norm_true = jnp.linalg.norm(x_true)
-
-    def step(carry, _):
-        p, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p)
-        if x_true is None:
-            err = jnp.asarray(jnp.nan, dtype)
-        else:
-            err = jnp.linalg.norm(product(p) - x_true) / norm_true
-        updates, opt_state = optimizer.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), (loss, err)
-
-    (params, _), (losses, errors) = jax.lax.scan(step, (params, optimizer.init(params)), None,
-                                                 length=n_steps)
-    f = params[0]
-    g = f if symmetric else params[1]
-    return LowRankMatrix(f, jnp.ones((rank,), dtype), g.T), SensingHistory(losses, errors)
+    return descend(y, a, None, x_true, key, init_scale, lr, rank_tol,
+                   factor_shapes=((m, rank), (n, rank)), dense=dense, spectrum=spectrum,
+                   optimizer=optimizer, n_iter=n_iter, symmetric=symmetric, precision=precision)

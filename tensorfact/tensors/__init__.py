@@ -8,7 +8,8 @@ from tensorfact.tensors._lowrank import LowRankMatrix
 from tensorfact.tensors._tr import TRTensor
 from tensorfact.tensors._tsvd import TSVDTensor
 from tensorfact.tensors._tt import TTMatrix, TTTensor
+from tensorfact.tensors._tubal import TubalFactors
 from tensorfact.tensors._tucker import TuckerTensor
 
 __all__ = ["FactorizedTensor", "CPTensor", "CURMatrix", "LowRankMatrix", "TRTensor", "TSVDTensor",
-           "TTMatrix", "TTTensor", "TuckerTensor"]
+           "TTMatrix", "TTTensor", "TubalFactors", "TuckerTensor"]

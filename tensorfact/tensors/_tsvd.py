@@ -7,14 +7,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tensorfact import _tproduct, algebra
+from tensorfact import _tproduct
+from tensorfact._numerics import resolve_precision
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
 @jax.tree_util.register_pytree_node_class
 class TSVDTensor(FactorizedTensor):
     """A third-order tensor in t-SVD form ``X = U * S * Vᵀ`` (``*`` the t-product, ``ᵀ`` the
-    t-transpose, both under ``transform``; see :mod:`tensorfact.tproduct`).
+    t-transpose, both under ``transform``; see :mod:`tensorfact.tubal`).
 
     Args:
       u: ``(..., n1, r, n3)``: the left singular tensor (t-orthogonal, ``Uᵀ * U = I``, for a
@@ -27,13 +28,20 @@ class TSVDTensor(FactorizedTensor):
       v: ``(..., n2, r, n3)``: the right singular tensor.
       transform: the transform along the tubes: ``"fft"`` (the t-product of Kilmer & Martin),
         ``"dct"`` or an invertible ``n3 × n3`` matrix (Kernfeld, Kilmer & Aeron 2015), or a
-        :class:`tensorfact._tproduct.Transform`. ``"fft"``/``"dct"`` are static metadata; a
+        :class:`tensorfact.tubal.Transform`. ``"fft"``/``"dct"`` are static metadata; a
         matrix is carried as a leaf (so it may be traced, and ``vmap`` broadcasts it with the
         factors).
 
-    Leading axes ``...`` are a batch (the same on ``u``, ``s`` and ``v``). ``rank`` is the tubal
+    Leading axes ``...`` are a batch (the same on ``u``, ``s`` and ``v``), as a ``jax.vmap``-ed
+    :func:`tensorfact.tubal.svd` returns them; the methods map over it. ``rank`` is the tubal
     rank ``r``; ``n_params`` counts ``u``, ``s`` and ``v`` (not a transform matrix).
     Unpacks as ``u, s, v = t``.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> t = tfa.TSVDTensor(jnp.ones((4, 2, 3)), jnp.ones((2, 3)), jnp.ones((5, 2, 3)))
+      >>> t.shape, t.rank, t.to_dense().shape
+      ((4, 5, 3), 2, (4, 5, 3))
 
     Reference: M. E. Kilmer and C. D. Martin, "Factorization strategies for third-order
     tensors", Linear Algebra and its Applications 435(3), 2011.
@@ -82,76 +90,87 @@ class TSVDTensor(FactorizedTensor):
         """Stored scalars of ``u``, ``s`` and ``v``: ``r (n1 + n2 + 1) n3`` per tensor."""
         return int(self.u.size + self.s.size + self.v.size)
 
-    def _per_item(self):
-        # ``vmap`` broadcasts a matrix leaf along with the factors: map over such a batch.
-        return self.matrix is not None and self.matrix.ndim > 2
+    def _mapped(self, fn):
+        """``fn(u, s, v, matrix)`` on one tensor, mapped with ``jax.vmap`` over the leading
+        batch axes (a transform matrix that ``vmap`` batched along with the factors is mapped
+        too; an unbatched one is shared)."""
+        batch = self.u.shape[:-3]
+        matrix = self.matrix
+        if matrix is not None and batch:
+            matrix = jnp.broadcast_to(matrix, batch + matrix.shape[-2:])
+        return _tproduct.map_batch(fn, len(batch))(self.u, self.s, self.v, matrix)
 
     def transformed(self, *, precision="highest"):
         """``(L(U), L(s), L(V))`` in the transform domain: ``(..., k, n1, r)``, ``(..., k, r)``
         and ``(..., k, n2, r)`` (complex for the FFT, whose ``k = n3 // 2 + 1`` stored
         frequencies are those of the real FFT)."""
-        t = self.transform
-        uh = _tproduct.to_transform_domain(self.u, t, precision=precision)
-        vh = _tproduct.to_transform_domain(self.v, t, precision=precision)
-        sh = _tproduct.to_transform_domain(self.s[..., None, :], t, precision=precision)
-        return uh, sh[..., 0], vh
+        kind = self.kind
+        return self._mapped(lambda u, s, v, m: _transformed(u, s, v, _tproduct.Transform(kind, m),
+                                                            precision))
 
     def to_dense(self, *, precision="highest"):
         """``U * S * Vᵀ``, as ``L⁻¹(L(U)_k · diag(L(s)_k) · L(V)_kᴴ)`` slice by slice."""
         return _to_dense(self, precision=precision)
-
-    def _to_dense(self, precision):
-        if self._per_item():
-            return jax.vmap(lambda t: t._to_dense(precision))(self)
-        uh, sh, vh = self.transformed(precision=precision)
-        xh = _tproduct.facewise(uh * sh[..., None, :], jnp.conj(jnp.swapaxes(vh, -1, -2)),
-                               precision=precision)
-        return _tproduct.from_transform_domain(xh, self.shape[-1], self.transform)
 
     def norm(self, *, precision="highest"):
         """Frobenius norm from the factors, without the dense tensor.
 
         In the transform domain ``‖L(X)_k‖²_F = Σ_ij σ̄_i σ_j (ÛᴴÛ)_ij conj(V̂ᴴV̂)_ij`` (with
         ``σ = L(s)_k``, ``Û = L(U)_k``, ``V̂ = L(V)_k``), and ``‖X‖²_F = Σ_k w_k ‖L(X)_k‖²_F`` with
-        the Parseval weights of :func:`tensorfact._tproduct.frequency_weights`. For a t-SVD
+        the Parseval weights of :func:`tensorfact.tubal.frequency_weights`. For a t-SVD
         (t-orthogonal ``U``, ``V``) this is ``sqrt(Σ_k w_k ‖σ_k‖²)``; the Gram form is exact for
         any factors. A general (non-orthogonal) matrix transform couples the slices:
         ``‖X‖²_F = Σ_{k,l} Q_kl ⟨L(X)_k, L(X)_l⟩`` with ``Q = M⁻ᵀ M⁻¹``, computed from
-        cross-slice Gram matrices (``O(n3² (n1 + n2) r²)``).
+        cross-slice Gram matrices (``O(n3² (n1 + n2) r²)``). The factors are rescaled by powers
+        of two first, so the result is finite whenever the norm is representable.
         """
         return _norm(self, precision=precision)
 
-    def _norm(self, precision):
-        if self._per_item():
-            return jax.vmap(lambda t: t._norm(precision))(self)
-        hp = algebra.resolve_precision(precision)
-        uh, sh, vh = self.transformed(precision=precision)
-        real = jnp.result_type(self.u, self.s, self.v)
-        if self.kind == "matrix":
-            n3 = self.shape[-1]
-            m = self.matrix.astype(real)
-            m_inv = jnp.linalg.solve(m, jnp.eye(n3, dtype=real))
-            q = jnp.matmul(m_inv.T, m_inv, precision=hp)
-            gu = jnp.einsum("...kai,...laj->...klij", uh, uh, precision=hp)
-            gv = jnp.einsum("...kai,...laj->...klij", vh, vh, precision=hp)
-            sq = jnp.einsum("kl,...ki,...lj,...klij->...", q, sh, sh, gu * gv, precision=hp)
-        else:
-            w = _tproduct.frequency_weights(self.shape[-1], self.kind, real)
-            gu = jnp.einsum("...kai,...kaj->...kij", jnp.conj(uh), uh, precision=hp)
-            gv = jnp.einsum("...kai,...kaj->...kij", jnp.conj(vh), vh, precision=hp)
-            per_slice = jnp.einsum("...ki,...kj,...kij->...k", jnp.conj(sh), sh,
-                                   gu * jnp.conj(gv), precision=hp)
-            sq = jnp.sum(w * jnp.real(per_slice), axis=-1)
-        return jnp.sqrt(jnp.maximum(jnp.real(sq), 0.0)).astype(real)
+
+def _transformed(u, s, v, t, precision):
+    uh = _tproduct.to_transform_domain(u, t, precision=precision)
+    vh = _tproduct.to_transform_domain(v, t, precision=precision)
+    sh = _tproduct.to_transform_domain(s[:, None, :], t, precision=precision)
+    return uh, sh[..., 0], vh
 
 
 # One compiled program per shape (called eagerly, the transforms' primitives would otherwise be
 # compiled one by one); inside a user's jit these are inlined.
 @functools.partial(jax.jit, static_argnames="precision")
 def _to_dense(t: TSVDTensor, *, precision):
-    return t._to_dense(precision)
+    def one(u, s, v, matrix):
+        tr = _tproduct.Transform(t.kind, matrix)
+        uh, sh, vh = _transformed(u, s, v, tr, precision)
+        xh = _tproduct.facewise(uh * sh[:, None, :], jnp.conj(jnp.swapaxes(vh, -1, -2)),
+                                precision=precision)
+        return _tproduct.from_transform_domain(xh, u.shape[-1], tr)
+    return t._mapped(one)
 
 
 @functools.partial(jax.jit, static_argnames="precision")
 def _norm(t: TSVDTensor, *, precision):
-    return t._norm(precision)
+    hp = resolve_precision(precision)
+    real = jnp.result_type(t.u, t.s, t.v)
+
+    def one(u, s, v, matrix):
+        (u, s, v), exponent = _tproduct.unit_scaled(u, s, v)
+        tr = _tproduct.Transform(t.kind, matrix)
+        uh, sh, vh = _transformed(u, s, v, tr, precision)
+        n3 = u.shape[-1]
+        if t.kind == "matrix":
+            m = matrix.astype(real)
+            m_inv = jnp.linalg.solve(m, jnp.eye(n3, dtype=real))
+            q = jnp.matmul(m_inv.T, m_inv, precision=hp)
+            gu = jnp.einsum("kai,laj->klij", uh, uh, precision=hp)
+            gv = jnp.einsum("kai,laj->klij", vh, vh, precision=hp)
+            sq = jnp.einsum("kl,ki,lj,klij->", q, sh, sh, gu * gv, precision=hp)
+        else:
+            w = _tproduct.frequency_weights(n3, t.kind, real)
+            gu = jnp.einsum("kai,kaj->kij", jnp.conj(uh), uh, precision=hp)
+            gv = jnp.einsum("kai,kaj->kij", jnp.conj(vh), vh, precision=hp)
+            per_slice = jnp.einsum("ki,kj,kij->k", jnp.conj(sh), sh, gu * jnp.conj(gv),
+                                   precision=hp)
+            sq = jnp.sum(w * jnp.real(per_slice))
+        return jnp.ldexp(_tproduct.safe_sqrt(jnp.real(sq)).astype(real), exponent)
+
+    return t._mapped(one)

@@ -5,15 +5,22 @@ Under the t-product of Kilmer & Martin (2011) a tensor of shape ``(n1, n2, n3)``
 (the FFT by default; the DCT or any invertible matrix) the t-product is a product of frontal
 slices, and the matrix toolbox carries over slice by slice.
 
+Every function takes one tensor ``(n1, n2, n3)``; ``jax.vmap`` maps it over a batch.
+
 * algebra: :func:`product`, :func:`transpose`, :func:`identity`, :func:`inverse`, :func:`norm`,
   and the transform itself (:func:`to_transform_domain`, :func:`from_transform_domain`,
   :func:`frequency_weights`, :func:`facewise`, :class:`Transform`);
 * the t-SVD: :func:`svd` (a :class:`~tensorfact.TSVDTensor`, truncated when ``rank`` is given),
   :func:`rank` (the tubal rank), :func:`tnn` (the tensor nuclear norm) and its :func:`prox`;
 * fits: :func:`rpca` (tensor robust PCA), :func:`complete` (low-tubal-rank completion),
-  :func:`factorize_gd` (gradient descent on ``X = L * Rᵀ`` from measurements or entries),
-  with :func:`gaussian_measurements`, :func:`measure`, :func:`loss`, :func:`effective_rank`
-  and :func:`singular_tube_norms`.
+  :func:`factorize_gd` (gradient descent on ``X = L * Rᵀ`` from measurements or entries, a
+  :class:`~tensorfact.TubalFactors`), with :func:`gaussian_measurements`, :func:`measure`,
+  :func:`loss`, :func:`effective_rank` and :func:`singular_tube_norms`.
+
+One module per job: ``_tproduct.py`` (the algebra, below the types, at the package root),
+``_svd.py`` (t-SVD, ranks, tube norms), ``_nuclear.py`` (TNN and its prox), ``_rpca.py``,
+``_complete.py``, ``_factorize.py`` (gradient descent, on the engine shared with matrix sensing)
+and ``_common.py`` (checks and slice-wise linear algebra they share).
 
 Example:
   >>> import jax, tensorfact as tfa
@@ -24,31 +31,21 @@ Example:
   ((6, 6, 4), (6, 5, 4))
 """
 
-from tensorfact._tproduct import Transform, facewise, frequency_weights, from_transform_domain
-from tensorfact._tproduct import tidentity as identity
-from tensorfact._tproduct import tinv as inverse
-from tensorfact._tproduct import tnorm as norm
-from tensorfact._tproduct import to_transform_domain
-from tensorfact._tproduct import tprod as product
-from tensorfact._tproduct import ttranspose as transpose
-from tensorfact.tensors import TSVDTensor
-from tensorfact.tubal._decompositions import prox_tnn as prox
-from tensorfact.tubal._decompositions import tnn
-from tensorfact.tubal._decompositions import trpca as rpca
-from tensorfact.tubal._decompositions import tsvd as svd
-from tensorfact.tubal._decompositions import tubal_complete as complete
-from tensorfact.tubal._decompositions import tubal_rank as rank
-from tensorfact.tubal._factorize import TubalFactors, TubalHistory, singular_tube_norms
-from tensorfact.tubal._factorize import effective_tubal_rank as effective_rank
-from tensorfact.tubal._factorize import tubal_factorize_gd as factorize_gd
-from tensorfact.tubal._factorize import tubal_gaussian_measurements as gaussian_measurements
-from tensorfact.tubal._factorize import tubal_loss as loss
-from tensorfact.tubal._factorize import tubal_measure as measure
+from tensorfact._tproduct import (Transform, facewise, from_transform_domain, frequency_weights,
+                                  identity, inverse, norm, product, to_transform_domain,
+                                  transpose)
+from tensorfact.decomposition._gradient_fit import GDInfo
+from tensorfact.tensors import TSVDTensor, TubalFactors
+from tensorfact.tubal._complete import complete
+from tensorfact.tubal._factorize import factorize_gd, gaussian_measurements, loss, measure
+from tensorfact.tubal._nuclear import prox, tnn
+from tensorfact.tubal._rpca import rpca
+from tensorfact.tubal._svd import effective_rank, rank, singular_tube_norms, svd
 
 __all__ = [
     "Transform", "to_transform_domain", "from_transform_domain", "frequency_weights", "facewise",
     "product", "transpose", "identity", "inverse", "norm",
     "TSVDTensor", "svd", "rank", "tnn", "prox", "rpca", "complete",
-    "TubalFactors", "TubalHistory", "factorize_gd", "gaussian_measurements", "measure", "loss",
+    "TubalFactors", "GDInfo", "factorize_gd", "gaussian_measurements", "measure", "loss",
     "effective_rank", "singular_tube_norms",
 ]
