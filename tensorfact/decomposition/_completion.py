@@ -40,8 +40,8 @@ from tensorfact._numerics import resolve_precision
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               random_orthonormal, solve_normal_equations)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate
-from tensorfact.decomposition._matrix_common import (pow2_root, relative_error, safe_sqrt,
-                                                     thin_svd)
+from tensorfact.decomposition._matrix_common import (pow2_root, ratio, relative_error,
+                                                     safe_sqrt, thin_svd)
 from tensorfact.tensors import LowRankMatrix
 
 __all__ = ["complete", "rpca"]
@@ -79,9 +79,9 @@ def complete(m, mask, rank: int, *, key=None, method: CompletionMethod = "als",
     fraction, an unbiased estimate of ``M``; Keshavan, Montanari & Oh 2010), random
     (``init="random"``, needs ``key``: a random orthonormal ``B``), or a given
     :class:`LowRankMatrix` ``U diag(s) Vᵀ`` (``B = V |s|^½``). The result is re-expressed as
-    an SVD from the thin factors: ``A = Q_a R_a``, ``B = Q_b R_b`` (QR), ``R_a R_bᵀ = U S Vᵀ``
-    (an ``r × r`` SVD), so ``u = Q_a U``, ``vt = Vᵀ Q_bᵀ``; the dense matrix is never
-    decomposed.
+    an SVD from the thin factors: ``A = U_a S_a V_aᵀ``, ``B = U_b S_b V_bᵀ`` (thin SVDs) and
+    ``S_a V_aᵀ V_b S_b = U S Vᵀ`` (an ``r × r`` SVD), so ``u = U_a U``, ``vt = Vᵀ U_bᵀ``; the
+    dense matrix is never decomposed.
 
     ``method="soft_impute"`` runs Soft-Impute (Mazumder, Hastie & Tibshirani 2010) from
     ``Z = 0`` (or from a given :class:`LowRankMatrix`, a warm start as along a path of ``λ``):
@@ -278,19 +278,25 @@ def _als_half(m0, maskf, b, l2, precision):
     numer = jnp.matmul(m0, b, precision=hp)  # m0 is zero off Ω
     squares = (b[:, :, None] * b[:, None, :]).reshape(cols, r * r)
     gram = jnp.matmul(maskf, squares, precision=hp).reshape(-1, r, r)
-    tiny = jnp.finfo(b.dtype).tiny
+    # The floor eps² (negligible on data scaled to 1) keeps (gram + ridge)⁻¹ and its
+    # derivative finite when B is zero (zero data): a floor of `tiny` would square to 0.
+    floor = jnp.finfo(b.dtype).eps ** 2
     default = ALS_DEFAULT_RIDGE * jnp.sum(b * b) / cols
-    ridge = jnp.where(l2 > 0, l2, default) + tiny
+    ridge = jnp.where(l2 > 0, l2, default) + floor
     return solve_normal_equations(numer, gram, ridge, precision)
 
 
 def _svd_of_product(a, b, precision):
-    """``A Bᵀ`` as an SVD ``(u, s, vt)``, from QRs of the thin factors and an ``r × r`` SVD."""
+    """``A Bᵀ`` as an SVD ``(u, s, vt)`` without forming it: from thin SVDs ``A = U_a S_a V_aᵀ``,
+    ``B = U_b S_b V_bᵀ`` and the SVD of the ``r × r`` core ``S_a V_aᵀ V_b S_b = U S Vᵀ``,
+    ``u = U_a U`` and ``vt = Vᵀ U_bᵀ``. (QRs of ``A`` and ``B`` would do as well, but their
+    derivative is NaN where a factor is rank-deficient, as ``A = 0`` is for zero data.)"""
     hp = resolve_precision(precision)
-    qa, ra = jnp.linalg.qr(a)
-    qb, rb = jnp.linalg.qr(b)
-    u, s, vt = thin_svd(jnp.matmul(ra, rb.T, precision=hp))
-    return jnp.matmul(qa, u, precision=hp), s, jnp.matmul(vt, qb.T, precision=hp)
+    ua, sa, vta = thin_svd(a)
+    ub, sb, vtb = thin_svd(b)
+    core = jnp.matmul(sa[:, None] * vta, vtb.T * sb, precision=hp)
+    u, s, vt = thin_svd(core)
+    return jnp.matmul(ua, u, precision=hp), s, jnp.matmul(vt, ub.T, precision=hp)
 
 
 def _svt(x, threshold, rank=None):
@@ -383,19 +389,22 @@ def rpca(m, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6,
 def _rpca_fit(m, lam, mu, tol, *, n_iter, fixed, precision, return_info):
     n_nonfinite = count_nonfinite(m)
     dtype = m.dtype
-    tiny = jnp.finfo(dtype).tiny
     hp = resolve_precision(precision)
     scale, _ = pow2_root(m)
     m = m / scale
     if lam is None:
         lam = 1.0 / jnp.sqrt(max(m.shape))
     lam = jnp.asarray(lam, dtype)
-    norm_fro = jnp.maximum(safe_sqrt(jnp.sum(m * m)), tiny)
-    norm_two = jnp.maximum(jnp.linalg.svd(m, compute_uv=False)[0], tiny)
-    norm_inf = jnp.max(jnp.abs(m)) / jnp.maximum(lam, tiny)
-    mu0 = 1.25 / norm_two if mu is None else jnp.asarray(mu, dtype) * scale
+    norm_fro_sq = jnp.sum(m * m)
+    norm_two = jnp.linalg.svd(m, compute_uv=False)[0]
+    # On the scaled data ‖M‖₂ ≥ max|M| > 1/2 unless M = 0, where any μ₀ gives L = S = 0:
+    # no division by a clamped `tiny`, whose derivative would be NaN.
+    mu0 = 1.25 / jnp.where(norm_two > 0, norm_two, 1) if mu is None else (
+        jnp.asarray(mu, dtype) * scale)
     mu_cap = RPCA_MU_CAP * mu0
-    y = m / jnp.maximum(norm_two, norm_inf)
+    # Y₀ = M / max(‖M‖₂, ‖M‖_∞/λ) = M · min(1/‖M‖₂, λ/‖M‖_∞)
+    coef = jnp.minimum(ratio(1.0, norm_two), ratio(lam, jnp.max(jnp.abs(m))))
+    y = m * jnp.where(jnp.isfinite(coef), coef, 0)  # infinite only for M = 0
 
     def step(state):
         low, sparse, y, mu = state
@@ -405,7 +414,7 @@ def _rpca_fit(m, lam, mu, tol, *, n_iter, fixed, precision, return_info):
         resid = m - low - sparse
         y = y + mu * resid
         mu = jnp.minimum(RPCA_RHO * mu, mu_cap)
-        return (low, sparse, y, mu), safe_sqrt(jnp.sum(resid * resid)) / norm_fro
+        return (low, sparse, y, mu), safe_sqrt(ratio(jnp.sum(resid * resid), norm_fro_sq))
 
     state = (jnp.zeros_like(m), jnp.zeros_like(m), y, jnp.asarray(mu0, dtype))
     state, n_done, errors, converged = iterate(step, state, n_iter=n_iter,

@@ -17,7 +17,7 @@ from jax import lax
 from tensorfact._numerics import pow2_scale, safe_divide
 
 __all__ = ["pow2_root", "times_root_power", "thin_svd", "relative_error", "error_from_norms",
-           "safe_sqrt"]
+           "ratio", "safe_sqrt"]
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -48,22 +48,30 @@ def safe_sqrt(x):
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), jnp.where(x == x, 0, x))
 
 
+def ratio(numer, denom):
+    """``numer / denom`` for ``numer, denom ≥ 0`` with ``0/0 = 0`` and ``x/0 = inf``, and finite
+    derivatives everywhere it is finite (no division by a clamped ``tiny``, whose square
+    underflows: JAX's derivative of ``x / y`` divides by ``y²``)."""
+    positive = denom > 0
+    quotient = numer / jnp.where(positive, denom, 1)
+    return jnp.where(positive, quotient, jnp.where(numer > 0, jnp.inf, quotient))
+
+
 def relative_error(x, approx, mask=None):
     """``‖x − approx‖ / ‖x‖`` (on the entries where ``mask`` is True), with a finite gradient
-    when the fit is exact (the error is then 0). For data already scaled to entries of order
+    when the fit is exact (the error is then 0); ``0`` for zero data fitted exactly and
+    ``inf`` for zero data fitted by anything else. For data already scaled to entries of order
     one (see :func:`pow2_root`), whose squares neither over- nor underflow."""
     diff = x - approx
     if mask is not None:
         diff, x = jnp.where(mask, diff, 0), jnp.where(mask, x, 0)
-    norm_x_sq = jnp.sum(x * x)
-    return safe_sqrt(jnp.sum(diff * diff) / jnp.maximum(norm_x_sq, jnp.finfo(x.dtype).tiny))
+    return safe_sqrt(ratio(jnp.sum(diff * diff), jnp.sum(x * x)))
 
 
 def error_from_norms(norm_x_sq, inner, approx_sq):
     """Relative error from ``‖x‖², ⟨x, x̂⟩, ‖x̂‖²`` without forming ``x̂`` (clamped at 0, with a
     finite gradient there)."""
-    sq = jnp.maximum(norm_x_sq - 2 * inner + approx_sq, 0)
-    return safe_sqrt(sq / jnp.maximum(norm_x_sq, jnp.finfo(sq.dtype).tiny))
+    return safe_sqrt(ratio(jnp.maximum(norm_x_sq - 2 * inner + approx_sq, 0), norm_x_sq))
 
 
 @jax.custom_jvp

@@ -92,8 +92,11 @@ def nmf(m, rank: int, *, key=None, init: Union[NMFInit, LowRankMatrix, None] = N
         and each other one replaced by the larger (in ``‖x₊‖‖y₊‖`` vs ``‖x₋‖‖y₋‖``) of its
         positive or negative parts; the zeros this leaves are kept as zeros (plain NNDSVD,
         not the NNDSVDa/ar variants that fill them). Missing entries count as 0 in that SVD.
-        ``"nndsvda"``: the same with its zeros filled by the mean of the (observed) data, as
-        multiplicative updates can never move an entry away from zero. The default
+        ``"nndsvda"``: the same with its zeros filled, as multiplicative updates can never
+        move an entry away from zero. Boutsidis & Gallopoulos fill with the mean ``μ`` of the
+        data, which has the units of ``m`` where the factors have those of its square root;
+        here the fill is ``sqrt(μ/R)`` (``μ`` over the observed entries), so that ``W H`` is
+        ``μ`` where only filled entries meet and the start scales with the data. The default
         (``None``) is ``"nndsvd"`` for HALS and ``"nndsvda"`` for MU.
         ``"random"``: entries uniform on ``[0, 2·sqrt(mean(m)/R))`` (so that ``W H`` has the
         data's mean on average; the mean is over the observed entries).
@@ -229,8 +232,8 @@ def _nmf_fit(m, mask, key, init_matrix, l1, l2, tol, *, rank, n_iter, fixed, ini
         w, h = _nndsvd(m, rank)
         if init == "nndsvda":
             n_obs = m.size if mask is None else jnp.maximum(jnp.sum(maskf), 1)
-            mean = jnp.sum(m) / n_obs
-            w, h = jnp.where(w == 0, mean, w), jnp.where(h == 0, mean, h)
+            fill = safe_sqrt(jnp.sum(m) / n_obs / rank)
+            w, h = jnp.where(w == 0, fill, w), jnp.where(h == 0, fill, h)
 
     update = functools.partial(_hals_step if method == "hals" else _mu_step, l1=l1, l2=l2,
                                precision=precision)
@@ -321,7 +324,7 @@ def _mu_step(m, maskf, w, h, *, l1, l2, precision):
         numer = jnp.matmul(m, h.T, precision=hi)  # m is zero off the mask
         approx = maskf * jnp.matmul(w, h, precision=hi)
         denom = jnp.matmul(approx, h.T, precision=hi)
-    w = w * numer / jnp.maximum(denom + l1 + l2 * w, floor)
+    w = w * _floored_ratio(numer, denom + l1 + l2 * w, floor)
     numer = jnp.matmul(w.T, m, precision=hi)
     if maskf is None:
         gram_w = jnp.matmul(w.T, w, precision=hi)
@@ -329,10 +332,22 @@ def _mu_step(m, maskf, w, h, *, l1, l2, precision):
     else:
         approx = maskf * jnp.matmul(w, h, precision=hi)
         denom = jnp.matmul(w.T, approx, precision=hi)
-    h = h * numer / jnp.maximum(denom + l1 + l2 * h, floor)
+    h = h * _floored_ratio(numer, denom + l1 + l2 * h, floor)
     if maskf is None:
         inner = jnp.sum(numer * h)
         approx_sq = jnp.sum(gram_w * jnp.matmul(h, h.T, precision=hi))
     else:
         inner = approx_sq = jnp.zeros((), m.dtype)
     return w, h, (inner, approx_sq)
+
+
+def _floored_ratio(numer, denom, floor):
+    """The multiplicative factor ``numer / denom``, taken as 0 where ``denom ≤ floor``.
+
+    MU's ``max(denom, ε)`` guard divides by ``ε`` there, and the derivative of that division
+    (``numer / ε²``, with ``ε²`` underflowing to 0) is NaN. A denominator ``(W H Hᵀ)_ir ≥
+    w_ir (H Hᵀ)_rr`` that small means a dead component (``H``'s row ``r`` is zero, and so is
+    the numerator ``(m Hᵀ)_ir``): its entry is set to 0, as the guard also gave in practice.
+    """
+    ok = denom > floor
+    return jnp.where(ok, numer / jnp.where(ok, denom, 1), 0)
