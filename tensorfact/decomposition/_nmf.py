@@ -18,15 +18,19 @@ where ``Ω`` is the observation mask (all ones without ``mask``). Two algorithms
   update exact on the observed entries.
 * ``"mu"`` (multiplicative updates; Lee & Seung 2001):
 
-      H ← H ⊙ (Wᵀ(Ω⊙M)) / max(Wᵀ(Ω⊙WH) + l1 + l2 H, ε),
-      W ← W ⊙ ((Ω⊙M)Hᵀ) / max((Ω⊙WH)Hᵀ + l1 + l2 W, ε),
+      W ← W ⊙ ((Ω⊙M)Hᵀ) / ((Ω⊙WH)Hᵀ + l1 + l2 W),
+      H ← H ⊙ (Wᵀ(Ω⊙M)) / (Wᵀ(Ω⊙WH) + l1 + l2 H),
 
-  with ``ε`` the smallest positive normal number of the dtype. MU is simple but converges much
-  more slowly than HALS, and an entry that reaches zero stays zero.
+  where an entry whose denominator is below ``ε`` (the smallest positive normal number of the
+  dtype: a dead component) is set to 0 rather than divided by ``ε``, whose derivative is NaN.
+  MU is simple but converges much more slowly than HALS, and an entry that reaches zero stays
+  zero.
 
 Both run on ``M / 2^{2k}`` (a power of two near ``max |M|``) with each factor scaled back by
 ``2^k``, which is exact, and with the penalties rescaled to keep the same minimiser, so that
-``nmf(c·M) = c·nmf(M)`` for data anywhere in the float32 range.
+``nmf(c·M) = c·nmf(M)`` for data anywhere in the float32 range. Every norm, square root and
+division on the differentiable path is safe at zero, so ``jax.grad`` through a fit (NNDSVD
+start included) is finite on data with zero rows, columns or parts.
 """
 
 from __future__ import annotations
@@ -71,9 +75,9 @@ def nmf(m, rank: int, *, key=None, init: Union[NMFInit, LowRankMatrix, None] = N
     of ``H`` likewise; each factor update makes several passes over the columns from one
     product with ``m`` (Gillis & Glineur, Neural Computation 2012). It never increases the
     objective. ``method="mu"`` uses the multiplicative updates of Lee & Seung (NIPS 2001),
-    ``H ← H ⊙ Wᵀm / max(WᵀWH + l1 + l2 H, ε)`` and ``W ← W ⊙ m Hᵀ / max(WHHᵀ + l1 + l2 W, ε)``
-    (``ε`` = the dtype's smallest normal number), with ``m`` and ``WH`` restricted to the
-    observed entries when a mask is given.
+    ``W ← W ⊙ m Hᵀ / (WHHᵀ + l1 + l2 W)`` and ``H ← H ⊙ Wᵀm / (WᵀWH + l1 + l2 H)`` (an entry
+    whose denominator is below the dtype's smallest normal number is set to 0), with ``m``
+    and ``WH`` restricted to the observed entries when a mask is given.
 
     The fit runs on ``m / 2^{2k}`` (``2^{2k}`` within a factor of two of ``max |m|``), with
     ``l1`` and ``l2`` rescaled so that the minimiser is the same, and multiplies ``W`` and

@@ -46,7 +46,8 @@ def svd(m, rank: int, *, key=None, method: SVDMethod = "exact", oversample: int 
     for data anywhere in the floating-point range: ``svd(c·m) = c·svd(m)``. ``jax.grad``
     through the result is finite even where singular values repeat or vanish (zero rows or
     columns): the derivative's divisions by ``s_j² − s_i²`` and ``s_i`` are taken as zero
-    there (see :func:`~tensorfact.decomposition._matrix_common.thin_svd`).
+    there (elsewhere it is the exact derivative). The randomized method's QR has no
+    derivative at an exactly zero matrix.
 
     Args:
       m: a 2-D array (use ``jax.vmap`` for a batch of matrices).
