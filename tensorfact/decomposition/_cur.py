@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from tensorfact._checks import (Precision, as_matrix, check_choice, check_key,
                                 check_positive_int, count_nonfinite, report_nonfinite)
-from tensorfact._numerics import resolve_precision
+from tensorfact._numerics import pow2_scale, resolve_precision
 from tensorfact.tensors import CURMatrix
 
 __all__ = ["RCOND", "cur"]
@@ -75,9 +75,10 @@ def cur(m, rank: int, *, key=None, method: CURMethod = "pivoted", n_cols=None, n
     ``U = C⁺ M R⁺`` (``k × l``) is the Frobenius-optimal middle matrix for them.
 
     The selection and ``U`` depend only on the directions of ``M``'s singular vectors and on
-    pseudoinverses with a relative cutoff, all scale-free, and LAPACK's SVD scales internally:
-    ``cur(c·m)`` selects the same columns and rows and has ``c`` times the entries, for data
-    anywhere in the floating-point range.
+    pseudoinverses with a relative cutoff, all scale-free, and are computed on ``m / 2^k``
+    (``2^k`` near ``max |m|``, an exact division; ``U`` is scaled back): ``cur(c·m)`` selects
+    the same columns and rows as ``cur(m)``, with ``C``, ``R`` taken from ``c·m`` and ``U``
+    divided by ``c``, for data anywhere in the floating-point range.
 
     Args:
       m: 2-D array (float32 or float64; other real dtypes are cast to float32; use
@@ -165,6 +166,11 @@ def _check_count(value, default, rank, size, name, label):
 def _cur_fit(m, key, *, rank, method, n_cols, n_rows, precision):
     n_nonfinite = count_nonfinite(m)
     rows, cols = m.shape
+    # The selection and U = C⁺ M R⁺ are computed on m / 2^k (exact), so that no backend's SVD
+    # sees extreme values; C and R are gathered from m itself and U scaled back by 1 / 2^k.
+    data = m
+    scale = jax.lax.stop_gradient(pow2_scale(m))
+    m = m / scale
     if method == "leverage":
         u_svd, _, vt_svd = jnp.linalg.svd(m, full_matrices=False)
         col_p = jnp.sum(vt_svd[:rank] ** 2, axis=0) / rank  # leverage scores, summing to 1
@@ -180,8 +186,7 @@ def _cur_fit(m, key, *, rank, method, n_cols, n_rows, precision):
         row_index = _deim(u_svd[:, :n_rows])
     col_index = col_index.astype(jnp.int32)
     row_index = row_index.astype(jnp.int32)
-    c = m[:, col_index]
-    r = m[row_index, :]
+    c, r = m[:, col_index], m[row_index, :]
     rcond = RCOND["float64" if m.dtype == jnp.float64 else "float32"]
     hp = resolve_precision(precision)
     c_pinv = jnp.linalg.pinv(c, rtol=rcond)
@@ -190,7 +195,8 @@ def _cur_fit(m, key, *, rank, method, n_cols, n_rows, precision):
         u = jnp.matmul(c_pinv, jnp.matmul(m, r_pinv, precision=hp), precision=hp)
     else:
         u = jnp.matmul(jnp.matmul(c_pinv, m, precision=hp), r_pinv, precision=hp)
-    return CURMatrix(c, u, r, col_index, row_index), n_nonfinite
+    return CURMatrix(data[:, col_index], u / scale, data[row_index, :], col_index,
+                     row_index), n_nonfinite
 
 
 def _deim(basis):

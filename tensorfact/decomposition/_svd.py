@@ -29,7 +29,7 @@ from jax import lax
 
 from tensorfact._checks import (Precision, as_matrix, check_choice, check_key,
                                 check_positive_int, count_nonfinite, report_nonfinite)
-from tensorfact._numerics import resolve_precision
+from tensorfact._numerics import pow2_scale, resolve_precision
 from tensorfact.decomposition._matrix_common import thin_svd
 from tensorfact.tensors import LowRankMatrix
 
@@ -42,8 +42,9 @@ def svd(m, rank: int, *, key=None, method: SVDMethod = "exact", oversample: int 
         n_power_iter: int = 2, precision: Precision = "highest") -> LowRankMatrix:
     """Truncated SVD of a matrix: the best rank-``rank`` approximation ``U diag(s) Vᵀ``.
 
-    LAPACK's (cuSOLVER's) SVD and QR scale their data internally, so no rescaling is needed
-    for data anywhere in the floating-point range: ``svd(c·m) = c·svd(m)``. ``jax.grad``
+    Like every fit it runs on ``m / 2^k`` (``2^k`` near ``max |m|``, an exact division) and
+    scales the singular values back, so ``svd(c·m) = c·svd(m)`` for data anywhere in the
+    floating-point range, whatever the backend's SVD and QR do with extreme values. ``jax.grad``
     through the result is finite even where singular values repeat or vanish (zero rows or
     columns): the derivative's divisions by ``s_j² − s_i²`` and ``s_i`` are taken as zero
     there (elsewhere it is the exact derivative). The randomized method's QR has no
@@ -113,9 +114,13 @@ def _check_nonneg_int(value, name: str) -> int:
                                              "precision"))
 def _svd(m, key, *, rank, method, oversample, n_power_iter, precision):
     n_nonfinite = count_nonfinite(m)
+    # On m / 2^k (exact): the sketch products and any backend's SVD and QR see entries of
+    # order one whatever the data's magnitude; the singular values are scaled back.
+    scale = lax.stop_gradient(pow2_scale(m))
+    m = m / scale
     if method == "exact":
         u, s, vt = thin_svd(m)
-        return LowRankMatrix(u[:, :rank], s[:rank], vt[:rank]), n_nonfinite
+        return LowRankMatrix(u[:, :rank], s[:rank] * scale, vt[:rank]), n_nonfinite
     prec = resolve_precision(precision)
     width = min(rank + oversample, min(m.shape))
     omega = jax.random.normal(key, (m.shape[1], width), m.dtype)
@@ -129,7 +134,7 @@ def _svd(m, key, *, rank, method, oversample, n_power_iter, precision):
     u_small, s, vt_small = thin_svd(r.T)
     u = jnp.matmul(q, u_small[:, :rank], precision=prec)
     vt = jnp.matmul(vt_small[:rank], z.T, precision=prec)
-    return LowRankMatrix(u, s[:rank], vt), n_nonfinite
+    return LowRankMatrix(u, s[:rank] * scale, vt), n_nonfinite
 
 
 def _transpose_times(m, q, precision):
