@@ -375,7 +375,7 @@ BAD_CALLS = [
     ({"n_rows": "8"}, r"n_rows must be an integer .* got '8'"),
     ({"method": "qr"}, r"method must be one of \['leverage', 'pivoted'\], got 'qr'"),
     ({"method": None}, r"method must be one of .* got None"),
-    ({"key": None}, r"key is required for method=\"leverage\""),
+    ({"key": None, "method": "leverage"}, r"key is required for method=\"leverage\""),
 ]
 
 
@@ -400,4 +400,4 @@ def test_checks_also_run_under_jit():
     with pytest.raises(ValueError, match=r"rank = 51 must be at most"):
         jax.jit(lambda m: cur(m, 51, method="pivoted"))(np.ones(SHAPE, np.float32))
     with pytest.raises(ValueError, match=r"key is required"):
-        jax.jit(lambda m: cur(m, RANK))(np.ones(SHAPE, np.float32))
+        jax.jit(lambda m: cur(m, RANK, method="leverage"))(np.ones(SHAPE, np.float32))

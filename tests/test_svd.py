@@ -94,7 +94,7 @@ def test_svd_bad_input():
         tfa.svd(m, 2, method="randomized")
     with pytest.raises(ValueError, match=r"method must be one of"):
         tfa.svd(m, 2, method="qr")
-    with pytest.raises(ValueError, match=r"oversample must be a non-negative int, got -1"):
+    with pytest.raises(ValueError, match=r"oversample must be a non-negative integer, got -1"):
         tfa.svd(m, 2, method="randomized", key=KEY, oversample=-1)
     with pytest.raises(ValueError, match=r"m contains 1 NaN or Inf"):
         tfa.svd(m.at[0, 0].set(jnp.nan), 2)

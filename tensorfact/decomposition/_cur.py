@@ -2,7 +2,8 @@
 
 Unlike a truncated SVD, the outer factors of a CUR decomposition are pieces of the data
 themselves, so they keep its sparsity, nonnegativity and meaning (a column is a sample, a row
-a feature). Two ways of choosing them are provided:
+a feature). Two ways of choosing them are provided (``"pivoted"``, deterministic, is the
+default; ``"leverage"`` draws at random and needs a ``key``):
 
 * ``method="leverage"`` (Mahoney & Drineas 2009, "CUR matrix decompositions for improved data
   analysis", PNAS 106(3)): with ``V_k`` and ``U_k`` the top-``k`` right and left singular
@@ -11,7 +12,7 @@ a feature). Two ways of choosing them are provided:
   ``n_cols`` distinct columns and ``n_rows`` distinct rows are sampled *without replacement*
   with probabilities proportional to these scores (``jax.random.choice``, a Gumbel top-k).
   Sampling ``O(k log k / ε²)`` of them gives ``‖M − CUR‖_F ≤ (2 + ε) ‖M − M_k‖_F`` with high
-  probability; the default here is a modest ``2·rank`` oversampling.
+  probability; the default number of columns and rows here is a modest ``2·rank``.
 
 * ``method="pivoted"`` (Sorensen & Embree 2016, "A DEIM induced CUR factorization", SIAM J.
   Sci. Comput. 38(3)): the discrete empirical interpolation method (DEIM) picks indices
@@ -40,18 +41,19 @@ from __future__ import annotations
 
 import functools
 import numbers
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from tensorfact import algebra
-from tensorfact._checks import (as_matrix, check_choice, check_positive_int,
-                                count_nonfinite, report_nonfinite, check_key)
-from tensorfact.tensors._cur import CURMatrix
+from tensorfact._checks import (Precision, as_matrix, check_choice, check_key,
+                                check_positive_int, count_nonfinite, report_nonfinite)
+from tensorfact._numerics import pow2_scale, resolve_precision
+from tensorfact.tensors import CURMatrix
 
 __all__ = ["RCOND", "cur"]
 
-_METHODS = ("leverage", "pivoted")
+CURMethod = Literal["pivoted", "leverage"]
 
 #: Relative cutoff of the pseudoinverses in ``U = C⁺ M R⁺``: singular values of ``C`` (and of
 #: ``R``) below ``RCOND[dtype] · σ_max`` are treated as zero, near ``sqrt(eps)`` of the dtype.
@@ -64,44 +66,50 @@ _METHODS = ("leverage", "pivoted")
 RCOND = {"float32": 1e-4, "float64": 1e-8}
 
 
-def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows=None,
-        precision="highest") -> CURMatrix:
+def cur(m, rank: int, *, key=None, method: CURMethod = "pivoted", n_cols=None, n_rows=None,
+        precision: Precision = "highest") -> CURMatrix:
     """CUR decomposition ``M ≈ C U R`` of a matrix, by leverage-score sampling or DEIM.
 
     ``C = M[:, col_index]`` (``m × k``, ``k = n_cols``) and ``R = M[row_index, :]``
     (``l × n``, ``l = n_rows``) are actual columns and rows of ``M``, and
     ``U = C⁺ M R⁺`` (``k × l``) is the Frobenius-optimal middle matrix for them.
 
+    The selection and ``U`` depend only on the directions of ``M``'s singular vectors and on
+    pseudoinverses with a relative cutoff, all scale-free, and are computed on ``m / 2^k``
+    (``2^k`` near ``max |m|``, an exact division; ``U`` is scaled back): ``cur(c·m)`` selects
+    the same columns and rows as ``cur(m)``, with ``C``, ``R`` taken from ``c·m`` and ``U``
+    divided by ``c``, for data anywhere in the floating-point range.
+
     Args:
-      m: 2-D array (float32 or float64; other real dtypes are cast to float32).
-      rank: target rank ``k`` (a positive int ``≤ min(m.shape)``, static): the number of
-        singular vectors whose leverage scores are sampled (``"leverage"``), and the default
-        number of columns and rows for ``"pivoted"``.
-      key: ``jax.random`` key, required for ``method="leverage"`` (ignored by ``"pivoted"``).
-      method: ``"leverage"`` (Mahoney & Drineas 2009: random sampling without replacement,
-        probabilities proportional to the rank-``k`` leverage scores) or ``"pivoted"``
-        (Sorensen & Embree 2016: deterministic DEIM selection from the leading ``n_cols``
-        right / ``n_rows`` left singular vectors, computed as the pivots of an LU
-        factorization with partial pivoting). See the module docstring for the math.
+      m: 2-D array (float32 or float64; other real dtypes are cast to float32; use
+        ``jax.vmap`` for a batch).
+      rank: target rank ``k`` (a positive int ``≤ min(m.shape)``, static): the default number
+        of columns and rows for ``"pivoted"``, and the number of singular vectors whose
+        leverage scores are sampled (``"leverage"``).
+      key: ``jax.random`` key, required for ``method="leverage"`` (a ``ValueError`` without
+        it); the default ``"pivoted"`` draws nothing and ignores it.
+      method: ``"pivoted"`` (the default; Sorensen & Embree 2016: deterministic DEIM selection
+        from the leading ``n_cols`` right / ``n_rows`` left singular vectors, computed as the
+        pivots of an LU factorization with partial pivoting) or ``"leverage"`` (Mahoney &
+        Drineas 2009: random sampling without replacement, probabilities proportional to the
+        rank-``k`` leverage scores). See the module docstring for the math.
       n_cols: number of columns ``k`` in ``C`` (static int, ``rank ≤ n_cols ≤ n``). Default:
         ``min(2·rank, n)`` for ``"leverage"`` (oversampling makes the random choice reliable),
         ``rank`` for ``"pivoted"``.
       n_rows: number of rows ``l`` in ``R`` (static int, ``rank ≤ n_rows ≤ m``); defaults as
         for ``n_cols``, with ``m`` in place of ``n``.
-      precision: XLA precision of the matrix products; ``"highest"`` (the default) is full float32,
-        ``None`` JAX's default
-        (``HIGHEST``).
+      precision: XLA precision of the matrix products: ``"highest"`` (the default) is true
+        float32; ``None`` is JAX's default (TF32 or bfloat16 passes on recent GPUs and TPUs).
 
     Returns:
       A :class:`~tensorfact.tensors.cur.CURMatrix` whose ``col_index`` / ``row_index`` hold
       distinct indices in the order they were selected (most important first for DEIM).
 
     Example:
-      >>> import jax
-      >>> from tensorfact.decomposition._cur import cur
+      >>> import jax, tensorfact as tfa
       >>> a, b = jax.random.normal(jax.random.key(0), (2, 30, 3))
       >>> x = a @ b.T                                   # 30 × 30, rank 3
-      >>> approx = cur(x, 3, method="pivoted")
+      >>> approx = tfa.cur(x, 3)                        # pivoted (DEIM): deterministic
       >>> approx.c.shape, approx.u.shape, approx.r.shape
       ((30, 3), (3, 3), (3, 30))
       >>> bool(jax.numpy.allclose(approx.c, x[:, approx.col_index]))
@@ -109,15 +117,16 @@ def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows
       >>> err = jax.numpy.linalg.norm(x - approx.to_dense()) / jax.numpy.linalg.norm(x)
       >>> bool(err < 1e-4)
       True
-      >>> sampled = cur(x, 3, key=jax.random.key(1))    # leverage: 6 columns, 6 rows
+      >>> sampled = tfa.cur(x, 3, key=jax.random.key(1), method="leverage")  # 6 cols, 6 rows
       >>> sampled.c.shape, sampled.r.shape
       ((30, 6), (6, 30))
 
     Raises:
-      ValueError: if ``m`` is not 2-D; ``rank`` is not a positive integer or exceeds
-        ``min(m.shape)``; ``n_cols`` / ``n_rows`` is not an integer in
-        ``[rank, n]`` / ``[rank, m]``; ``method`` is unknown; ``key`` is missing for
-        ``method="leverage"``; or (in an eager call) ``m`` holds NaN or Inf.
+      ValueError: if ``m`` is not 2-D or has a dimension of size zero; ``rank`` is not a
+        positive integer (bools and floats included) or exceeds ``min(m.shape)``; ``n_cols``
+        / ``n_rows`` is not an integer in ``[rank, n]`` / ``[rank, m]``; ``method`` or
+        ``precision`` is unknown; ``key`` is missing for ``method="leverage"`` or malformed;
+        or (in an eager call) ``m`` holds NaN or Inf.
     """
     m = as_matrix(m)
     rows, cols = (int(s) for s in m.shape)
@@ -125,11 +134,14 @@ def cur(m, rank: int, *, key=None, method: str = "leverage", n_cols=None, n_rows
     if rank > min(rows, cols):
         raise ValueError(f"rank = {rank} must be at most min(m.shape) = {min(rows, cols)} "
                          f"(m has shape {(rows, cols)}).")
-    method = check_choice(method, _METHODS, "method")
+    method = check_choice(method, CURMethod, "method")
+    resolve_precision(precision)
     if method == "leverage":
         check_key(key, 'for method="leverage" (columns and rows are sampled at random)')
         default_cols, default_rows = min(2 * rank, cols), min(2 * rank, rows)
     else:
+        if key is not None:
+            check_key(key, 'only for method="leverage"')
         key = None
         default_cols = default_rows = rank
     n_cols = _check_count(n_cols, default_cols, rank, cols, "n_cols", "columns")
@@ -154,6 +166,11 @@ def _check_count(value, default, rank, size, name, label):
 def _cur_fit(m, key, *, rank, method, n_cols, n_rows, precision):
     n_nonfinite = count_nonfinite(m)
     rows, cols = m.shape
+    # The selection and U = C⁺ M R⁺ are computed on m / 2^k (exact), so that no backend's SVD
+    # sees extreme values; C and R are gathered from m itself and U scaled back by 1 / 2^k.
+    data = m
+    scale = jax.lax.stop_gradient(pow2_scale(m))
+    m = m / scale
     if method == "leverage":
         u_svd, _, vt_svd = jnp.linalg.svd(m, full_matrices=False)
         col_p = jnp.sum(vt_svd[:rank] ** 2, axis=0) / rank  # leverage scores, summing to 1
@@ -169,17 +186,17 @@ def _cur_fit(m, key, *, rank, method, n_cols, n_rows, precision):
         row_index = _deim(u_svd[:, :n_rows])
     col_index = col_index.astype(jnp.int32)
     row_index = row_index.astype(jnp.int32)
-    c = m[:, col_index]
-    r = m[row_index, :]
+    c, r = m[:, col_index], m[row_index, :]
     rcond = RCOND["float64" if m.dtype == jnp.float64 else "float32"]
-    hp = algebra.resolve_precision(precision)
+    hp = resolve_precision(precision)
     c_pinv = jnp.linalg.pinv(c, rtol=rcond)
     r_pinv = jnp.linalg.pinv(r, rtol=rcond)
     if n_rows <= n_cols:  # C⁺ (M R⁺) or (C⁺ M) R⁺: contract the big matrix with the smaller side
         u = jnp.matmul(c_pinv, jnp.matmul(m, r_pinv, precision=hp), precision=hp)
     else:
         u = jnp.matmul(jnp.matmul(c_pinv, m, precision=hp), r_pinv, precision=hp)
-    return CURMatrix(c, u, r, col_index, row_index), n_nonfinite
+    return CURMatrix(data[:, col_index], u / scale, data[row_index, :], col_index,
+                     row_index), n_nonfinite
 
 
 def _deim(basis):

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorfact import algebra
 from tensorfact._checks import is_traced
+from tensorfact._numerics import resolve_precision
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
+from tensorfact.tensors._matrix_common import norm_of_scaled
 
 
 @jax.tree_util.register_pytree_node_class
@@ -93,7 +94,7 @@ class CURMatrix(FactorizedTensor):
 
     def to_dense(self, *, precision="highest"):
         """``C · U · R``, multiplied in the cheaper order."""
-        precision = algebra.resolve_precision(precision)
+        precision = resolve_precision(precision)
         (m, k), (l, n) = self.c.shape, self.r.shape
         if m * l * (k + n) <= k * n * (l + m):  # (CU)R costs mkl + mln; C(UR) kln + mkn
             return jnp.matmul(jnp.matmul(self.c, self.u, precision=precision), self.r,
@@ -104,11 +105,18 @@ class CURMatrix(FactorizedTensor):
     def norm(self, *, precision="highest"):
         """``sqrt(tr(Uᵀ (CᵀC) U (RRᵀ)))`` from the ``k × k`` and ``l × l`` Gram matrices.
 
-        Computed as ``Σ_ij ((CᵀC) U)_ij (U (RRᵀ))_ij``, without forming the ``m × n`` matrix.
+        Computed as ``Σ_ij ((CᵀC) U)_ij (U (RRᵀ))_ij``, without forming the ``m × n`` matrix,
+        from ``c``, ``u`` and ``r`` each divided by a power of two near its largest entry
+        (exact; the powers are multiplied back at the end), so it is finite whenever the norm
+        is representable; its gradient at a zero matrix is zero, not NaN.
         """
-        precision = algebra.resolve_precision(precision)
-        gram_c = jnp.matmul(self.c.T, self.c, precision=precision)
-        gram_r = jnp.matmul(self.r, self.r.T, precision=precision)
-        left = jnp.matmul(gram_c, self.u, precision=precision)
-        right = jnp.matmul(self.u, gram_r, precision=precision)
-        return jnp.sqrt(jnp.maximum(jnp.sum(left * right), 0.0))
+        return norm_of_scaled((self.c, self.u, self.r), _cur_norm_sq,
+                              resolve_precision(precision))
+
+
+def _cur_norm_sq(c, u, r, precision):
+    gram_c = jnp.matmul(c.T, c, precision=precision)
+    gram_r = jnp.matmul(r, r.T, precision=precision)
+    left = jnp.matmul(gram_c, u, precision=precision)
+    right = jnp.matmul(u, gram_r, precision=precision)
+    return jnp.sum(left * right)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tensorfact import algebra
+from tensorfact._numerics import resolve_precision
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
+from tensorfact.tensors._matrix_common import norm_of_scaled
 
 
 @jax.tree_util.register_pytree_node_class
@@ -18,6 +19,14 @@ class LowRankMatrix(FactorizedTensor):
     factorizations (NMF's ``W H``) use ``s = 1``. ``lr @ x`` and ``x @ lr`` multiply without
     forming the dense matrix; ``lr.T`` is the transpose; ``left, right = lr.factors()`` gives
     the two-factor form ``(U diag(s), Vᵀ)``.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> lr = tfa.LowRankMatrix(jnp.ones((4, 2)), jnp.array([2.0, 1.0]), jnp.ones((2, 3)))
+      >>> lr.shape, lr.rank, lr.n_params
+      ((4, 3), 2, 16)
+      >>> bool(jnp.allclose(lr @ jnp.ones(3), lr.to_dense() @ jnp.ones(3)))
+      True
     """
 
     _leaves = ("u", "s", "vt")
@@ -57,15 +66,24 @@ class LowRankMatrix(FactorizedTensor):
 
     def to_dense(self, *, precision="highest"):
         """``U diag(s) Vᵀ``."""
-        return jnp.matmul(self.u * self.s, self.vt, precision=algebra.resolve_precision(precision))
+        return jnp.matmul(self.u * self.s, self.vt, precision=resolve_precision(precision))
 
     def norm(self, *, precision="highest"):
-        """``sqrt(Σ_ij s_i s_j (UᵀU)_ij (VᵀV)_ij)``: exact for any factors, ``‖s‖`` for an SVD."""
-        precision = algebra.resolve_precision(precision)
-        gram_u = jnp.matmul(self.u.T, self.u, precision=precision)
-        gram_v = jnp.matmul(self.vt, self.vt.T, precision=precision)
-        sq = jnp.einsum("i,ij,j->", self.s, gram_u * gram_v, self.s, precision=precision)
-        return jnp.sqrt(jnp.maximum(sq, 0.0))
+        """``sqrt(Σ_ij s_i s_j (UᵀU)_ij (VᵀV)_ij)``: exact for any factors, ``‖s‖`` for an SVD.
+
+        ``u``, ``s`` and ``vt`` are each divided by a power of two near their largest entry
+        (exact) and the powers multiplied back at the end, so the norm is finite whenever it
+        is representable (``s`` of 1e20 in float32 included); its gradient at a zero matrix
+        is zero, not NaN.
+
+        Example:
+          >>> import jax.numpy as jnp, tensorfact as tfa
+          >>> lr = tfa.LowRankMatrix(jnp.eye(3, 2), jnp.array([3e20, 4e20]), jnp.eye(2, 4))
+          >>> print(f"{float(lr.norm()):.4g}")  # the squares (1e41) would overflow float32
+          5e+20
+        """
+        return norm_of_scaled((self.u, self.s, self.vt), _low_rank_norm_sq,
+                               resolve_precision(precision))
 
     def matmul(self, x, *, precision="highest"):
         """``self @ x`` for a vector or matrix ``x``, as ``U (s ⊙ (Vᵀ x))``."""
@@ -73,7 +91,7 @@ class LowRankMatrix(FactorizedTensor):
         if x.shape[0] != self.shape[1]:
             raise ValueError(f"x must have {self.shape[1]} rows to multiply a {self.shape} "
                              f"LowRankMatrix, got shape {tuple(x.shape)}.")
-        precision = algebra.resolve_precision(precision)
+        precision = resolve_precision(precision)
         inner = jnp.matmul(self.vt, x, precision=precision)
         scale = self.s if x.ndim == 1 else self.s[:, None]
         return jnp.matmul(self.u, scale * inner, precision=precision)
@@ -87,3 +105,10 @@ class LowRankMatrix(FactorizedTensor):
             raise ValueError(f"x must have {self.shape[0]} columns to multiply a {self.shape} "
                              f"LowRankMatrix from the left, got shape {tuple(x.shape)}.")
         return self.T.matmul(x.T).T if x.ndim == 2 else self.T.matmul(x)
+
+
+def _low_rank_norm_sq(u, s, vt, precision):
+    gram_u = jnp.matmul(u.T, u, precision=precision)
+    gram_v = jnp.matmul(vt, vt.T, precision=precision)
+    return jnp.einsum("i,ij,j->", s, gram_u * gram_v, s, precision=precision)
+
