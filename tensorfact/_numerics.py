@@ -47,19 +47,21 @@ def resolve_precision(precision):
 
 
 def pow2_scale(x, where=None) -> jax.Array:
-    """A power of two ``2^k`` within a factor of two of ``max |x|`` (over the entries where
-    ``where`` is True), or 1 when that maximum is zero or not finite; traceable.
+    """The power of two ``2^k ≤ max |x| < 2^(k+1)`` (over the entries where ``where`` is True),
+    or 1 when that maximum is zero or not finite; traceable.
 
-    Dividing by it maps the data to ``[0.5, 1]``-sized entries exactly (no rounding), so a fit
-    can run on ``x / s`` and scale its result back by ``s``.
+    Dividing by it maps the largest entry into ``[1, 2)`` exactly (no rounding), so a fit can
+    run on ``x / s`` and scale its result back by ``s``.
     """
     a = jnp.abs(x)
     if where is not None:
         a = jnp.where(where, a, 0)
     peak = jnp.max(a) if a.size else jnp.zeros((), a.dtype)
     ok = jnp.isfinite(peak) & (peak > 0)
+    # peak = m·2^e with m in [0.5, 1): 2^(e−1) ≤ peak < 2^e, and 2^(e−1) is representable
+    # even for the largest finite numbers
     _, exponent = jnp.frexp(jnp.where(ok, peak, 1))
-    return jnp.where(ok, jnp.ldexp(jnp.ones((), x.dtype), exponent), 1).astype(x.dtype)
+    return jnp.where(ok, jnp.ldexp(jnp.ones((), x.dtype), exponent - 1), 1).astype(x.dtype)
 
 
 def safe_norm(x, axis=None, keepdims: bool = False) -> jax.Array:
@@ -68,12 +70,11 @@ def safe_norm(x, axis=None, keepdims: bool = False) -> jax.Array:
     x = jnp.asarray(x)
     peak = jnp.max(jnp.abs(x), axis=axis, keepdims=True) if x.size else jnp.zeros((), x.dtype)
     peak = lax.stop_gradient(peak)
-    nonzero = peak > 0
-    scale = jnp.where(nonzero, peak, 1)
+    scale = jnp.where((peak > 0) & jnp.isfinite(peak), peak, 1)  # NaN and Inf pass through
     y = x / scale
     sq = jnp.sum(y * y, axis=axis, keepdims=True)
-    positive = sq > 0
-    norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0) * scale
+    zero = sq == 0  # False for NaN, so a NaN entry gives a NaN norm
+    norm = jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, sq))) * scale
     if not keepdims:
         norm = jnp.squeeze(norm, axis=axis) if axis is not None else norm.reshape(())
     return norm

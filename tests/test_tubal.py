@@ -370,7 +370,7 @@ def rpca_fit():
 
 
 def test_rpca_recovers_planted(rpca_fit):
-    low, sparse, (l, s, info) = rpca_fit
+    low, sparse, ((l, s), info) = rpca_fit
     assert l.shape == SHAPE and l.dtype == jnp.float32
     assert rel(low, l) < 1e-4 and rel(sparse, s) < 1e-4
     assert tfa.tubal.rank(l, tol=1e-3 * float(tfa.tubal.norm(l, "spectral"))) == 2
@@ -583,7 +583,7 @@ def fits_at(c):
     observed = jnp.where(mask, x, jnp.nan)
     return dict(
         svd=(tfa.tubal.svd(x, 1).to_dense(), None),
-        rpca=(lambda l, s, info: (jnp.stack([l, s]), info))(
+        rpca=(lambda ls, info: (jnp.stack(ls), info))(
             *tfa.tubal.rpca(corrupted, n_iter=60, tol=0, return_info=True)),
         tnn=(lambda t, info: (t.to_dense(), info))(
             *tfa.tubal.complete(observed, mask, n_iter=60, tol=0, return_info=True)),

@@ -71,7 +71,8 @@ def rpca(x, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6,
         and ``converged`` whether the stopping test was met.
 
     Returns:
-      ``(low_rank, sparse)`` dense arrays of ``x``'s shape, or ``(low_rank, sparse, FitInfo)``.
+      ``(low_rank, sparse)`` dense arrays of ``x``'s shape, or ``((low_rank, sparse), FitInfo)``
+      with ``return_info=True`` (as for every fit: the result, then the info).
 
     Example:
       >>> import jax, jax.numpy as jnp, tensorfact as tfa
@@ -146,4 +147,4 @@ def _rpca(x, matrix, lam, mu, tol, *, kind, n_iter, fixed, precision, return_inf
     if not return_info:
         return (low, sparse), n_nonfinite
     rel = safe_norm(m - state[0] - state[1]) / norm_fro
-    return (low, sparse, FitInfo(n_done, errors, rel, converged)), n_nonfinite
+    return ((low, sparse), FitInfo(n_done, errors, rel, converged)), n_nonfinite
