@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact._checks import check_positive_int, check_ranks
+from tensorfact._numerics import safe_norm
 from tensorfact.tensors import CPTensor, TuckerTensor
 
 __all__ = ["random_cp", "random_tucker", "noisy"]
@@ -49,6 +50,15 @@ def random_tucker(key, shape, ranks, *, orthonormal: bool = True, nonneg: bool =
 
 
 def noisy(key, x, noise_level: float):
-    """``x + e`` with Gaussian ``e`` scaled so that ``‖e‖ = noise_level · ‖x‖``."""
+    """``x + e`` with Gaussian ``e`` scaled so that ``‖e‖ = noise_level · ‖x‖`` (the norms do
+    not overflow for data of any representable magnitude).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, tensorfact as tfa
+      >>> x = jnp.full((4, 5), 1e30)
+      >>> y = tfa.noisy(jax.random.key(0), x, 0.1)
+      >>> round(float(tfa.relative_error(x, y)), 4)
+      0.1
+    """
     e = jax.random.normal(key, x.shape, x.dtype)
-    return x + noise_level * jnp.linalg.norm(x) / jnp.linalg.norm(e) * e
+    return x + (noise_level * safe_norm(x) / safe_norm(e)) * e
