@@ -18,6 +18,7 @@ from tensorfact.decomposition import (FitInfo, SensingHistory, complete, cp, cur
                                       gaussian_measurements, measure, nmf, rpca, svd,
                                       tensor_ring, tt, tt_cross, tt_cross_n_evals, tt_matrix,
                                       tt_round, tucker)
+from tensorfact.decomposition import CPInfo
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
@@ -41,6 +42,7 @@ __all__ = [
     # types
     "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
     "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors", "FitInfo", "SensingHistory",
+    "CPInfo",
     # decompositions
     "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross", "tt_cross_n_evals",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",

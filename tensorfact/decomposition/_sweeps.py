@@ -54,26 +54,28 @@ def cp_initial_factors(x, rank, key, init, nonneg, precision, *, shape=None, sub
             continue
         u = subspace(n, min(rank, size))
         if rank > size:  # CP rank may exceed a mode size: complete deterministically
-            extra = jnp.matmul(u, extra_columns(size, rank - size, x.dtype),
+            extra = jnp.matmul(u, extra_columns(size, rank - size, x.dtype, n),
                                precision=algebra.resolve_precision(precision))
             u = jnp.concatenate([u, extra], axis=1)
         factors.append(jnp.abs(u) if nonneg else u)
     return jnp.ones((rank,), x.dtype), factors
 
 
-#: Golden-ratio conjugate: the angles ``π (j + 1) g`` of :func:`extra_columns` never repeat
-#: (nor mirror each other) modulo ``2π``, because ``g`` is irrational.
+#: Golden-ratio conjugate: the angles of :func:`extra_columns` never repeat (nor mirror each
+#: other) modulo ``2π``, because it is irrational.
 _GOLDEN = (5 ** 0.5 - 1) / 2
 
 
-def extra_columns(size: int, count: int, dtype):
+def extra_columns(size: int, count: int, dtype, mode: int = 0):
     """``count`` unit vectors ``c_j ∈ R^size``, ``c_j[k] ∝ cos((k + ½) θ_j)`` with
-    ``θ_j = π (j + 1) g`` (``g`` the golden-ratio conjugate): samples of cosines at frequencies
-    that never coincide, so the ``c_j`` are pairwise distinct (never ``±`` each other) and, for
-    ``size ≥ 2``, none is a coordinate axis. Deterministic: the SVD start of CP needs no key at
-    any rank."""
+    ``θ_j = π (j + 1) g_n`` and ``g_n = frac((n + 1) g)`` for mode ``n`` (``g`` the golden-ratio
+    conjugate): samples of cosines at frequencies that never coincide, so the ``c_j`` of a mode
+    are pairwise distinct (never ``±`` each other), and two that happen to lie close in one mode
+    (``size`` small, ``count`` large) do not in the next, whose frequencies are other multiples.
+    Deterministic: the SVD start of CP needs no key at any rank."""
+    step = (mode + 1) * _GOLDEN % 1.0
     k = jnp.arange(size, dtype=dtype)[:, None] + 0.5
-    theta = jnp.pi * _GOLDEN * jnp.arange(1, count + 1, dtype=dtype)[None, :]
+    theta = jnp.pi * step * jnp.arange(1, count + 1, dtype=dtype)[None, :]
     c = jnp.cos(k * theta)
     return c / jnp.linalg.norm(c, axis=0, keepdims=True)
 

@@ -22,6 +22,12 @@ class CPTensor(FactorizedTensor):
       factors: one ``(I_k, R)`` matrix per mode.
 
     Unpacks like TensorLy's: ``weights, factors = cp``.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> t = tfa.CPTensor(jnp.array([1e20, 1.0]), [jnp.eye(3, 2), jnp.eye(4, 2)])
+      >>> t.shape, t.rank, f"{float(t.norm()):.3g}"  # no overflow of the squared weights
+      ((3, 4), 2, '1e+20')
     """
 
     _leaves = ("weights", "factors")

@@ -26,6 +26,12 @@ class TuckerTensor(FactorizedTensor):
         channel modes of a convolution kernel) leaves the other modes of the core as they are.
 
     Unpacks like TensorLy's: ``core, factors = tucker``.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> t = tfa.TuckerTensor(jnp.full((2, 2), 1e20), [jnp.eye(3, 2), jnp.eye(4, 2)])
+      >>> t.shape, t.rank, f"{float(t.norm()):.3g}"
+      ((3, 4), (2, 2), '2e+20')
     """
 
     _leaves = ("core", "factors")
