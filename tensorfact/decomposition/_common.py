@@ -10,7 +10,8 @@ import numpy as np
 from jax import lax
 
 from tensorfact import algebra
-from tensorfact._checks import check_nonneg_number, check_positive_int, is_traced
+from tensorfact._checks import (Init, check_choice, check_key, check_nonneg_number,
+                                check_positive_int, is_traced, is_zero)
 from tensorfact._numerics import safe_divide, safe_norm
 
 
@@ -126,6 +127,26 @@ def check_iteration_args(n_iter, tol):
     n_iter = check_positive_int(n_iter, "n_iter")
     check_nonneg_number(tol, "tol")
     return n_iter, tol
+
+
+def resolve_init(init, tensor_type, key, check_given):
+    """``(init_tensor, kind)`` of an iterative fit's ``init``: a given ``tensor_type`` (checked
+    and normalised by ``check_given``) with kind ``"given"``, or ``(None, "svd" | "random")``
+    for an option (``"random"`` needs ``key``, the only option that draws)."""
+    if isinstance(init, tensor_type):
+        return check_given(init), "given"
+    kind = check_choice(init, Init, "init")
+    if kind == "random":
+        check_key(key, 'for init="random"')
+    return None, kind
+
+
+def resolve_tol(tol):
+    """``(fixed, tol)``: a concrete zero asks for exactly ``n_iter`` iterations (a scan,
+    differentiable) and becomes ``0.0``; any other value stays (a float when concrete)."""
+    if is_zero(tol):
+        return True, 0.0
+    return False, concrete_or_traced(tol)
 
 
 def concrete_or_traced(value):

@@ -44,18 +44,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from tensorfact import algebra, kernels, sharding
-from tensorfact._checks import (Impl, Init, Precision, as_float_array, check_choice, check_key,
-                                check_mask, check_nonneg_number, check_positive_int,
-                                count_nonfinite, report_nonfinite)
+from tensorfact._checks import (Impl, Init, Precision, as_float_array, check_mask,
+                                check_nonneg_number, check_positive_int, count_nonfinite,
+                                report_nonfinite)
 from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
                                               concrete_or_traced, hals_columns,
-                                              normalize_columns, solve_normal_equations)
+                                              normalize_columns, resolve_init, resolve_tol,
+                                              solve_normal_equations)
 from tensorfact.decomposition._loop import (DEFAULT_TOL, FitInfo, cp_info,
-                                            error_from_norms, is_fixed_length, iterate,
+                                            error_from_norms, iterate,
                                             refine_error, relative_error)
-from tensorfact.decomposition._sweeps import cp_initial_factors, cp_penalties, cp_sweep
+from tensorfact.decomposition._sweeps import (cp_initial_factors, cp_penalties, cp_scale_back,
+                                              cp_sweep)
 from tensorfact.tensors import CPTensor
 
 __all__ = ["cp"]
@@ -133,16 +135,9 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
     check_nonneg_number(l2, "l2")
     mttkrp_impl = kernels.resolve_mttkrp_impl(x, rank, impl)
     mask = check_mask(mask, x.shape)
-    if isinstance(init, CPTensor):
-        _check_init(init, x.shape, rank)
-        init_tensor, init_kind = init, "given"
-    else:
-        init_kind = check_choice(init, Init, "init")
-        init_tensor = None
-        if init == "random":
-            check_key(key, 'for init="random"')
-    fixed = is_fixed_length(tol)
-    tol = 0.0 if fixed else concrete_or_traced(tol)
+    init_tensor, init_kind = resolve_init(init, CPTensor, key,
+                                          lambda t: _check_init(t, x.shape, rank))
+    fixed, tol = resolve_tol(tol)
     if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
         return _sharded.cp(x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank,
                            n_iter=n_iter, fixed=fixed, init=init_kind, nonneg=bool(nonneg),
@@ -156,11 +151,12 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
     return result
 
 
-def _check_init(init: CPTensor, shape, rank):
+def _check_init(init: CPTensor, shape, rank) -> CPTensor:
     if init.shape != tuple(shape) or init.rank != rank:
         raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
                          f"shape {init.shape} and rank {init.rank}.")
     check_finite_init(init)
+    return init
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -203,11 +199,7 @@ def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, no
             x, mask, state, sweep, l2=l2, tol=0 if fixed else tol, n_iter=n_iter,
             nonneg=nonneg, normalize=normalize, precision=precision, impl=impl)
 
-    weights, factors = state
-    if normalize:
-        weights = weights * scale
-    else:
-        factors = (factors[0] * scale,) + tuple(factors[1:])
+    weights, factors = cp_scale_back(*state, scale, normalize)
     result = CPTensor(weights, factors)
     if not return_info:
         return result, n_nonfinite

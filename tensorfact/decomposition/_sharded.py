@@ -51,7 +51,8 @@ from tensorfact.decomposition._common import leading_eigenvectors, random_orthon
 from tensorfact.decomposition._loop import (FitInfo, cp_info, error_from_norms, iterate,
                                             refine_error, relative_from_squares)
 from tensorfact.decomposition._sweeps import (SweepLayout, cp_initial_factors, cp_penalties,
-                                              cp_sweep, hoqri_update, tucker_sweep_modes)
+                                              cp_scale_back, cp_sweep, hoqri_update,
+                                              tucker_sweep_modes)
 from tensorfact.tensors import CPTensor, TuckerTensor, TTTensor
 
 __all__ = ["cp", "tucker", "tt", "cp_program", "tucker_program", "tt_program"]
@@ -249,11 +250,7 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
 
     state, n_done, errors, converged = iterate(step, (weights, tuple(factors)), n_iter=n_iter,
                                                tol=0 if fixed else tol)
-    weights, factors = state
-    if normalize:
-        weights = weights * scale
-    else:
-        factors = (factors[0] * scale,) + tuple(factors[1:])
+    weights, factors = cp_scale_back(*state, scale, normalize)
     result = CPTensor(weights, factors)
     if not return_info:
         return result, n_bad

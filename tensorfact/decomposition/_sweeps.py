@@ -22,7 +22,7 @@ from tensorfact.decomposition._common import (hals_columns, leading_subspace, no
                                               solve_normal_equations, split_halves)
 
 __all__ = ["SweepLayout", "ONE_DEVICE", "cp_initial_factors", "extra_columns", "cp_penalties",
-           "cp_sweep",
+           "cp_scale_back", "cp_sweep",
            "update_cp_factor", "cp_sweep_result", "tucker_sweep_modes", "hoqri_update"]
 
 
@@ -114,6 +114,14 @@ def cp_penalties(l2, scale, ndim: int, normalize: bool):
     cap = 1 / jnp.finfo(scale.dtype).eps
     others = jnp.where(l2[1:] > 0, jnp.minimum(l2[1:] * (1 / scale) ** 2, cap), 0)
     return l2.at[1:].set(others)
+
+
+def cp_scale_back(weights, factors, scale, normalize: bool):
+    """The fit of ``x / scale`` as a fit of ``x``: the weights (or, with ``normalize=False``,
+    the first factor, which carries the scale) times ``scale``."""
+    if normalize:
+        return weights * scale, tuple(factors)
+    return weights, (factors[0] * scale,) + tuple(factors[1:])
 
 
 def cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla",

@@ -41,16 +41,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from tensorfact import algebra, sharding
-from tensorfact._checks import (Init, Precision, as_float_array, check_choice, check_key,
-                                check_mask, check_modes, check_positive_int, check_ranks,
-                                count_nonfinite, report_nonfinite)
+from tensorfact._checks import (Init, Precision, as_float_array, check_choice, check_mask,
+                                check_modes, check_positive_int, check_ranks, count_nonfinite,
+                                report_nonfinite)
 from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition import _sharded
 from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
-                                              concrete_or_traced, hals_columns,
-                                              leading_subspace, positive_floor,
-                                              random_orthonormal)
-from tensorfact.decomposition._loop import (DEFAULT_TOL, FitInfo, is_fixed_length, iterate,
+                                              hals_columns, leading_subspace, positive_floor,
+                                              random_orthonormal, resolve_init, resolve_tol)
+from tensorfact.decomposition._loop import (DEFAULT_TOL, FitInfo, iterate,
                                             refine_error, relative_error, relative_from_squares)
 from tensorfact.decomposition._sweeps import hoqri_update, tucker_sweep_modes
 from tensorfact.tensors import TuckerTensor
@@ -127,15 +126,9 @@ def tucker(x, ranks, *, key=None, method: Method = "hooi",
     if method != "hooi" and (mask is not None or nonneg):
         what = "mask" if mask is not None else "nonneg=True"
         raise ValueError(f"{what} needs the iterative method='hooi', got method={method!r}.")
-    if isinstance(init, TuckerTensor):
-        init_tensor, init_kind = _check_init(init, x.shape, ranks, modes), "given"
-    else:
-        init_kind = check_choice(init, Init, "init")
-        init_tensor = None
-        if init == "random":
-            check_key(key, 'for init="random"')
-    fixed = is_fixed_length(tol)
-    tol = 0.0 if fixed else concrete_or_traced(tol)
+    init_tensor, init_kind = resolve_init(init, TuckerTensor, key,
+                                          lambda t: _check_init(t, x.shape, ranks, modes))
+    fixed, tol = resolve_tol(tol)
     if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
         return _sharded.tucker(x, mask, key, init_tensor, tol, ranks=ranks, modes=modes,
                                method=method, n_iter=n_iter, fixed=fixed, init=init_kind,
