@@ -1,4 +1,6 @@
-"""Pieces shared by the decomposition families (initialisation, subspaces, argument checks)."""
+"""Pieces shared by the decomposition families: argument checks and their resolution (``init``,
+``tol``), leading subspaces with derivatives that stay finite on rank-deficient data, the
+normal-equation solve of ALS (a pseudo-inverse), HALS column updates, safe normalisation."""
 
 from __future__ import annotations
 

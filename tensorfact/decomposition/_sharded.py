@@ -18,6 +18,9 @@ arrays through JAX's collectives:
   the columns (a re-layout of its block: the same amount of data, no gather), and the Gram is
   again a ``psum`` of local Grams, exact. The small symmetric eigenproblem is solved replicated.
 
+Like the single-device fits, each runs on ``x / 2^k`` with ``2^k`` near ``max |x|`` (a ``pmax``
+of the blocks' maxima) and scales its result back, so data of any magnitude are fitted alike.
+
 Nothing gathers the input tensor. What is gathered: factor rows (``I_n × R``), HOOI's projected
 tensor ``x ×_{k≠n} U_kᵀ`` (``I_n × ∏_{k≠n} r_k``), and in TT-SVD the remainder once it is
 taller than wide (fewer than ``(r_{k-1} n_k)²`` entries). Results equal the single-device fits

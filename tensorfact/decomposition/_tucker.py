@@ -11,7 +11,9 @@ Finds ``x ≈ G ×_0 U_0 ×_1 U_1 ... ×_{N-1} U_{N-1}`` with a small core ``G``
   vectors of unfold(Y_n, n)`` with ``Y_n = x ×_{k≠n} U_kᵀ``. Taking an SVD at every step is
   the expensive part; following HOQRI (Sun, Guo, Luo, Wang & Huang, ICASSP 2020) we replace it
   by ``subspace_iter`` steps of orthogonal iteration warm-started at the current factor,
-  ``U_n ← qr(Y_(n) · Y_(n)ᵀ U_n)``, which has the same fixed points at a fraction of the cost.
+  ``U_n ← qr((Y_(n) Y_(n)ᵀ + δI) U_n)``, which has the same fixed points at a fraction of the
+  cost (the shift ``δ = sqrt(eps)‖Y‖²`` keeps the QR of full rank, and its derivative finite,
+  when the data have a lower rank than ``r_n``).
   The ``Y_n`` of a sweep share work through a dimension tree (the data are read twice per
   sweep whatever the order). Factors stay orthonormal, so the error follows from the core:
   ``‖x − x̂‖² = ‖x‖² − ‖G‖²``.
