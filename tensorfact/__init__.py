@@ -14,10 +14,9 @@ from tensorfact import (algebra, decomposition, kernels, metrics, optim, random,
                         tensors, tubal)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
-from tensorfact.decomposition import (FitInfo, GDInfo, complete, cp, cur, factorize_gd,
-                                      gaussian_measurements, measure, nmf, rpca, svd,
-                                      tensor_ring, tt, tt_cross, TTCrossInfo, tt_matrix,
-                                      tt_round, tucker)
+from tensorfact.decomposition import (CPInfo, FitInfo, GDInfo, TTCrossInfo, complete, cp, cur,
+                                      factorize_gd, gaussian_measurements, measure, nmf, rpca,
+                                      svd, tensor_ring, tt, tt_cross, tt_matrix, tt_round, tucker)
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
@@ -40,9 +39,11 @@ def __getattr__(name):
 __all__ = [
     # types
     "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
-    "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors", "FitInfo", "GDInfo",
+    "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors",
+    # info types (one family: n_iter, errors, rel_error, converged, then their own fields)
+    "FitInfo", "CPInfo", "GDInfo", "TTCrossInfo",
     # decompositions
-    "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross", "TTCrossInfo",
+    "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",
     # tensor-train arithmetic
     "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",

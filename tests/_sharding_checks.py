@@ -166,7 +166,23 @@ def check_options(out):
     (a, ia), (b, ib) = (tfa.cp(v, 3, n_iter=30, tol=1e-6, return_info=True) for v in (x, xs))
     out["extra"]["cp_info"] = {"n_iter": [int(ia.n_iter), int(ib.n_iter)],
                                "rel_error": [float(ia.rel_error), float(ib.rel_error)],
-                               "converged": [bool(ia.converged), bool(ib.converged)]}
+                               "converged": [bool(ia.converged), bool(ib.converged)],
+                               "type": type(ib).__name__,
+                               "min_congruence": [float(ia.min_congruence),
+                                                  float(ib.min_congruence)]}
+    # scale: the sharded fits run on x / 2^k (a pmax of the blocks' maxima) as on one device
+    scaled_fits = {"cp": lambda v: tfa.cp(v, 3, n_iter=15, tol=0, return_info=True),
+                   "tucker": lambda v: tfa.tucker(v, (3, 3, 3), n_iter=8, tol=0,
+                                                  return_info=True)}
+    for fam, fit in scaled_fits.items():
+        a, ia = fit(x)
+        for c in (1e-30, 1e30):
+            b, ib = fit(sharding.shard_tensor(x * c, mesh, ("data",)))
+            dense = np.asarray(b.to_dense(), np.float64)
+            out["extra"][f"{fam}_scale_{c:g}"] = {
+                "rel": rel(np.asarray(a.to_dense(), np.float64) * c, dense),
+                "finite": bool(np.all(np.isfinite(dense))),
+                "rel_error": [float(ia.rel_error), float(ib.rel_error)]}
     # a 4-way TT whose row mode is split at step 1 (the all_to_all Gram), on a 2-D mesh
     mesh2 = sharding.make_mesh((2, 4), ("a", "b"))
     y = jax.random.normal(jax.random.key(3), (4, 8, 8, 4))

@@ -108,11 +108,11 @@ def test_matrix_case_reaches_eckart_young_optimum():
 
 
 def test_rank_above_the_product_of_the_other_modes():
-    """The rank may exceed the mode sizes (documented); with a key the SVD init fills the
-    missing columns at random. Here rank 5 also exceeds 2 * 2, the column count of the mode-2
-    unfolding of a 7 x 2 x 2 tensor, where the SVD yields only 4 singular vectors."""
+    """The rank may exceed the mode sizes (documented); the SVD init completes the missing
+    columns deterministically (no key). Here rank 5 also exceeds 2 * 2, the column count of the
+    mode-2 unfolding of a 7 x 2 x 2 tensor, where the SVD yields only 4 singular vectors."""
     x = np.random.default_rng(0).standard_normal((7, 2, 2)).astype(np.float32)
-    approx, info = tfa.cp(x, 5, key=KEY, return_info=True)
+    approx, info = tfa.cp(x, 5, return_info=True)
     assert approx.rank == 5
     assert [tuple(a.shape) for a in approx.factors] == [(7, 5), (2, 5), (2, 5)]
     assert np.all(np.isfinite(np.asarray(approx.to_dense())))
@@ -449,9 +449,12 @@ def test_missing_key_for_random_init(x3):
         tfa.cp(x3, RANK, init="random")
 
 
-def test_missing_key_for_rank_beyond_a_mode(x3):
-    with pytest.raises(ValueError, match=r"key is required .*rank \(12\) exceeds a mode size"):
-        tfa.cp(x3, 12)
+def test_no_key_needed_for_rank_beyond_a_mode(x3):
+    """The SVD start is deterministic at every rank (glossary: ``key`` only where an option
+    draws); before, a rank above a mode size drew random columns and required a key."""
+    a, b = tfa.cp(x3, 12, n_iter=3), tfa.cp(x3, 12, n_iter=3)
+    np.testing.assert_array_equal(np.asarray(a.to_dense()), np.asarray(b.to_dense()))
+    assert np.all(np.isfinite(np.asarray(a.to_dense())))
 
 
 @pytest.mark.parametrize("name,value", [("tol", -1.0), ("l2", -0.5), ("tol", float("nan"))])

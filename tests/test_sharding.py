@@ -124,6 +124,20 @@ def test_sharded_fit_info_matches(checks):
     assert info["n_iter"][0] == info["n_iter"][1] < 30  # the tolerance stopped both alike
     assert info["converged"] == [True, True]
     assert abs(info["rel_error"][0] - info["rel_error"][1]) <= 1e-6
+    assert info["type"] == "CPInfo"
+    assert abs(info["min_congruence"][0] - info["min_congruence"][1]) <= 1e-4
+
+
+@pytest.mark.parametrize("case", ["cp_scale_1e-30", "cp_scale_1e+30", "tucker_scale_1e-30",
+                                  "tucker_scale_1e+30"])
+def test_sharded_fits_are_scale_equivariant(checks, case):
+    """Sharded ``fit(c·x) ≈ c·fit(x)`` (single device) with the true error, for data of 1e±30
+    in float32 (before: zeros or NaN and an error of 0)."""
+    result = checks["extra"][case]
+    assert result["finite"]
+    assert result["rel"] <= TOL
+    assert result["rel_error"][1] == pytest.approx(result["rel_error"][0], rel=1e-3)
+    assert 0.0 < result["rel_error"][1] < 0.1
 
 
 @pytest.mark.parametrize("case, kind, pattern", [

@@ -574,3 +574,142 @@ def test_mask_or_nonneg_need_hooi(x3, method):
 def test_bad_loop_and_mode_arguments(x3, kw, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         tfa.tucker(x3, 2, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# No silent wrong answer (issue 15): scale, norms, gradients at degenerate inputs, non-finite
+# init, empty modes; the vocabulary of the signature (issue 14)
+# ---------------------------------------------------------------------------------------------
+
+SCALE_VARIANTS = {
+    "hooi": dict(n_iter=20, tol=0),
+    "hosvd": dict(method="hosvd"),
+    "st_hosvd": dict(method="st_hosvd"),
+    "nonneg": dict(nonneg=True, n_iter=20, tol=0),
+    "mask": dict(mask=True, n_iter=20, tol=0),
+}
+
+
+def scale_fit(x, name):
+    kw = dict(SCALE_VARIANTS[name])
+    if kw.pop("mask", False):
+        kw["mask"] = random_mask(3, p=0.7)
+    if kw.get("nonneg"):
+        x = jnp.abs(x)
+    return tfa.tucker(x, RANKS, return_info=True, **kw)
+
+
+def assert_tucker_scaled(x, name, c):
+    """``tucker(c·x) ≈ c·tucker(x)`` (the same orthonormal factors, the core times ``c``), the
+    same reported error, and that error is the true one (NumPy float64)."""
+    base, info = scale_fit(x, name)
+    scaled, info_c = scale_fit(jnp.float32(c) * x, name)
+    dense_c = np.asarray(scaled.to_dense(), np.float64)
+    assert np.all(np.isfinite(dense_c)) and np.any(dense_c != 0)
+    np.testing.assert_allclose(dense_c / c, np.asarray(base.to_dense()), rtol=1e-3, atol=1e-4)
+    assert float(info_c.rel_error) == pytest.approx(float(info.rel_error), rel=1e-3, abs=1e-6)
+    truth = np.asarray(jnp.abs(x) if name == "nonneg" else x, np.float64)
+    m = np.asarray(random_mask(3, p=0.7)) if name == "mask" else np.ones(SHAPE, bool)
+    true_error = np.linalg.norm((truth - dense_c / c)[m]) / np.linalg.norm(truth[m])
+    assert float(info_c.rel_error) == pytest.approx(true_error, rel=1e-3)
+    assert 0.0 < float(info_c.rel_error) < 0.5
+    assert float(scaled.norm()) / c == pytest.approx(float(base.norm()), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(SCALE_VARIANTS))
+@pytest.mark.parametrize("c", [1e-30, 1e-20, 1e20, 1e30])
+def test_fit_is_scale_equivariant(noisy_pair, name, c):
+    assert_tucker_scaled(noisy_pair[1], name, c)
+
+
+@settings(max_examples=10, deadline=None)
+@given(exponent=st.floats(-30, 30), name=st.sampled_from(["hooi", "hosvd", "mask"]))
+def test_property_scale_equivariance(noisy_pair, exponent, name):
+    assert_tucker_scaled(noisy_pair[1], name, 10.0 ** exponent)
+
+
+def test_tucker_tensor_norm_does_not_overflow():
+    t = planted(4)
+    ref = np.linalg.norm(np.asarray(t.to_dense(), np.float64))
+    for c in (1e-30, 1e20, 1e30):
+        scaled = tfa.TuckerTensor(t.core * c, t.factors)
+        assert float(scaled.norm()) == pytest.approx(c * ref, rel=1e-5)
+    # non-orthonormal factors carrying the scale
+    big = tfa.TuckerTensor(t.core, [u * 1e12 for u in t.factors])
+    assert float(big.norm()) == pytest.approx(1e36 * ref, rel=1e-5)
+    zero = tfa.TuckerTensor(jnp.zeros(RANKS), t.factors)
+    assert float(zero.norm()) == 0.0
+    g = jax.grad(lambda core: tfa.TuckerTensor(core, t.factors).norm())(jnp.zeros(RANKS))
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+def exact_rank_one():
+    """A rank-(1,1,1) tensor of exactly representable numbers with zero entries: HOOI at ranks
+    above 1 meets repeated zero singular values, and a rank-1 fit has zero error."""
+    a, b, c = jnp.array([1., 2., 0., 4.]), jnp.array([2., 1., 1.]), jnp.array([1., 0., 0., .5])
+    return jnp.einsum("i,j,k->ijk", a, b, c)
+
+
+@pytest.mark.parametrize("case", ["info", "hooi", "hosvd", "st_hosvd", "nonneg", "mask",
+                                  "tall"])
+def test_grad_is_finite_at_degenerate_inputs(case):
+    """Each was NaN before (``info``, ``hooi``: a square root of a zero error and QR of a
+    rank-deficient matrix), or stands for one of the degenerate routes (repeated zero
+    eigenvalues of the unfoldings' Gram matrices, tall unfoldings through the SVD)."""
+    x = exact_rank_one()
+    mask = jnp.ones(x.shape, bool).at[0, 0, 0].set(False)
+    fits = {
+        "info": lambda x: tfa.tucker(x, (1, 1, 1), tol=0, n_iter=3,
+                                     return_info=True)[1].rel_error,
+        "hooi": lambda x: jnp.sum(tfa.tucker(x, (2, 2, 2), tol=0, n_iter=3).to_dense()),
+        "hosvd": lambda x: jnp.sum(tfa.tucker(x, (2, 2, 2), method="hosvd").to_dense()),
+        "st_hosvd": lambda x: jnp.sum(tfa.tucker(x, (2, 2, 2), method="st_hosvd").to_dense()),
+        "nonneg": lambda x: jnp.sum(tfa.tucker(x, (2, 2, 2), tol=0, n_iter=3,
+                                               nonneg=True).to_dense()),
+        "mask": lambda x: jnp.sum(tfa.tucker(x, (2, 2, 2), tol=0, n_iter=3,
+                                             mask=mask).to_dense()),
+        # mode 0 (size 4) is taller than the product of the others (2 · 1 = 2)
+        "tall": lambda x: jnp.sum(tfa.tucker(x[:, :2, :1], (3, 2, 1), tol=0,
+                                             n_iter=3).to_dense()),
+    }
+    value, grad = jax.value_and_grad(fits[case])(x)
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(np.asarray(grad)))
+    if case in ("hooi", "hosvd", "st_hosvd"):
+        # the fit reproduces x exactly, so d sum(fit)/dx is 1 along x itself
+        assert float(jnp.vdot(grad, x) / jnp.sum(x)) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_init_is_reported_naming_init(x3, bad):
+    start = tfa.tucker(x3, RANKS, n_iter=2)
+    broken = tfa.TuckerTensor(start.core.at[0, 0, 0].set(bad), start.factors)
+    with pytest.raises(ValueError, match=r"init contains 1 NaN or Inf value\(s\)"):
+        tfa.tucker(x3, RANKS, init=broken)
+    broken = tfa.TuckerTensor(start.core, [start.factors[0].at[2, 1].set(bad),
+                                           *start.factors[1:]])
+    with pytest.raises(ValueError, match=r"init contains 1 NaN or Inf value\(s\)"):
+        tfa.tucker(x3, RANKS, init=broken)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (3, 0), (2, 3, 0)])
+def test_zero_size_mode_names_x(shape):
+    with pytest.raises(ValueError, match=r"x has a mode of size zero"):
+        tfa.tucker(jnp.zeros(shape), 1)
+    with pytest.raises(ValueError, match=r"x has a mode of size zero"):
+        jax.jit(lambda v: tfa.tucker(v, 1, method="hosvd"))(jnp.zeros(shape))
+
+
+def test_signature_follows_the_glossary():
+    import inspect
+    import typing
+    from tensorfact import _checks
+    from tensorfact.decomposition import _loop, _tucker
+    sig = inspect.signature(tfa.tucker)
+    keyword_only = [p for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
+    assert keyword_only[0].name == "key" and keyword_only[0].default is None
+    assert sig.parameters["tol"].default == _loop.DEFAULT_TOL
+    hints = typing.get_type_hints(_tucker.tucker)
+    assert typing.get_args(hints["method"]) == ("hooi", "hosvd", "st_hosvd")
+    assert hints["precision"] == _checks.Precision
+    assert _checks.Init in typing.get_args(hints["init"])

@@ -1,4 +1,12 @@
-"""The fit loop shared by the iterative decompositions, and the info they return."""
+"""The fit loop shared by the iterative decompositions, the defaults of its stopping rule, and
+the info types the fits return.
+
+The info family (see ``docs/glossary.md``): every ``info`` is a ``NamedTuple`` whose first four
+fields are those of :class:`FitInfo` (``n_iter``, ``errors``, ``rel_error``, ``converged``), so
+code written against :class:`FitInfo` reads any of them. A family with more to say adds fields
+after these four: :class:`CPInfo` (component congruence and norms, the signs of a degenerate
+CP fit). A new family adds its own type here, after the same four fields.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,21 @@ import jax.numpy as jnp
 from jax import lax
 
 from tensorfact._checks import is_zero
+from tensorfact._numerics import safe_divide, safe_norm
 from tensorfact.metrics import relative_error  # noqa: F401  (re-exported for the fits)
+
+__all__ = ["DEFAULT_TOL", "DEFAULT_RESIDUAL_TOL", "FitInfo", "CPInfo", "cp_info", "iterate",
+           "is_fixed_length", "error_from_norms", "relative_from_squares", "refine_error",
+           "relative_error"]
+
+#: Default ``tol`` of the fits of an objective (ALS, HALS, MU, HOOI, TR-ALS): stop when the
+#: relative error changes by less than this between iterations. In float32 (eps ≈ 1.2e-7) it
+#: means "until the error stops changing".
+DEFAULT_TOL = 1e-8
+
+#: Default ``tol`` of the splitting methods (ADMM/ALM): stop when the relative residual falls
+#: below this. float32 cannot resolve much less than 1e-6 reliably.
+DEFAULT_RESIDUAL_TOL = 1e-6
 
 
 class FitInfo(NamedTuple):
@@ -19,16 +41,62 @@ class FitInfo(NamedTuple):
       n_iter: number of iterations run.
       errors: relative error after each iteration, length ``n_iter`` as requested (a static
         shape); entries past the last iteration run are NaN. These are computed cheaply from
-        the factors, so below about ``sqrt(eps)`` (3e-4 in float32) they are rounding noise.
+        the factors, so below about ``sqrt(eps)`` (3e-4 in float32) they are rounding noise
+        unless the fit refines them (CP and Tucker do).
       rel_error: ``‖x − x̂‖ / ‖x‖`` of the returned fit, computed from the dense
         reconstruction (on the observed entries when a mask was given).
-      converged: whether the stopping test ``|e_{k-1} − e_k| < tol`` was met.
+      converged: whether the stopping test was met (``|e_{k-1} − e_k| < tol`` for a fit of an
+        objective, ``e_k < tol`` for a splitting method).
     """
 
     n_iter: jax.Array
     errors: jax.Array
     rel_error: jax.Array
     converged: jax.Array
+
+
+class CPInfo(NamedTuple):
+    """Diagnostics of a CP fit: the four fields of :class:`FitInfo`, then what shows whether the
+    fit is degenerate.
+
+    A rank-``R`` CP fit is *degenerate* when two or more components grow without bound while
+    cancelling each other: the error keeps falling, ever more slowly, toward an infimum that no
+    rank-``R`` tensor attains (Kruskal, Harshman & Lundy 1989; De Silva & Lim, SIMAX 2008).
+    The signs are a component congruence near −1 and component norms far above ``‖x‖``;
+    ``l2 > 0`` or a lower rank gives a fit that exists.
+
+    Attributes:
+      n_iter, errors, rel_error, converged: as in :class:`FitInfo`.
+      min_congruence: the smallest congruence ``∏_n cos(a_nr, a_ns)`` over pairs of components
+        ``r ≠ s`` (the cosine between the rank-one tensors; ``0`` for rank 1). Near ``−1``:
+        degenerate.
+      component_norms: ``‖w_r a_0r ∘ ⋯ ∘ a_{N-1,r}‖`` for each component ``r`` (length ``R``).
+    """
+
+    n_iter: jax.Array
+    errors: jax.Array
+    rel_error: jax.Array
+    converged: jax.Array
+    min_congruence: jax.Array
+    component_norms: jax.Array
+
+
+def cp_info(fit: FitInfo, weights, factors) -> CPInfo:
+    """:class:`CPInfo` of a fitted CP tensor ``[[weights; factors]]`` (traceable; the norms are
+    safe at zero columns and do not overflow)."""
+    column_norms = [safe_norm(a, axis=0) for a in factors]
+    cosines = jnp.ones((weights.shape[0],) * 2, weights.dtype)
+    for a, norms in zip(factors, column_norms):
+        unit = safe_divide(a, norms)
+        cosines = cosines * jnp.matmul(unit.T, unit, precision=lax.Precision.HIGHEST)
+    rank = weights.shape[0]
+    off_diagonal = ~jnp.eye(rank, dtype=bool)
+    min_congruence = (jnp.min(jnp.where(off_diagonal, cosines, jnp.inf)) if rank > 1
+                      else jnp.zeros((), weights.dtype))
+    component_norms = jnp.abs(weights)
+    for norms in column_norms:
+        component_norms = component_norms * norms
+    return CPInfo(*fit, min_congruence, component_norms)
 
 
 def is_fixed_length(tol) -> bool:
@@ -74,9 +142,22 @@ def iterate(step: Callable[[Any], tuple[Any, jax.Array]], state, *, n_iter: int,
 
 
 def error_from_norms(norm_x_sq, inner, approx_norm_sq):
-    """Relative error from ``‖x‖², ⟨x, x̂⟩, ‖x̂‖²`` without forming ``x̂`` (clamped at 0)."""
-    sq = jnp.maximum(norm_x_sq - 2 * inner + approx_norm_sq, 0.0)
-    return jnp.sqrt(sq / jnp.maximum(norm_x_sq, jnp.finfo(jnp.result_type(norm_x_sq)).tiny))
+    """Relative error from ``‖x‖², ⟨x, x̂⟩, ‖x̂‖²`` without forming ``x̂`` (clamped at 0).
+
+    The square root has a zero (not infinite) derivative where the error is 0, so ``jax.grad``
+    through a fit of exact data stays finite. The fits call it on data scaled to
+    ``max |x| ≈ 1`` (:func:`tensorfact._numerics.pow2_scale`), where the squares cannot under- or
+    overflow.
+    """
+    return relative_from_squares(norm_x_sq - 2 * inner + approx_norm_sq, norm_x_sq)
+
+
+def relative_from_squares(err_sq, norm_x_sq):
+    """``sqrt(max(err_sq, 0) / norm_x_sq)`` (0 where ``norm_x_sq`` is 0), with a finite
+    derivative where the error is 0."""
+    ratio = safe_divide(jnp.maximum(err_sq, 0.0), norm_x_sq)
+    positive = ratio > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, ratio, 1)), 0)
 
 
 def refine_error(estimate, exact: Callable[[], jax.Array]):

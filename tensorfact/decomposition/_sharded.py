@@ -18,6 +18,9 @@ arrays through JAX's collectives:
   the columns (a re-layout of its block: the same amount of data, no gather), and the Gram is
   again a ``psum`` of local Grams, exact. The small symmetric eigenproblem is solved replicated.
 
+Like the single-device fits, each runs on ``x / 2^k`` with ``2^k`` near ``max |x|`` (a ``pmax``
+of the blocks' maxima) and scales its result back, so data of any magnitude are fitted alike.
+
 Nothing gathers the input tensor. What is gathered: factor rows (``I_n × R``), HOOI's projected
 tensor ``x ×_{k≠n} U_kᵀ`` (``I_n × ∏_{k≠n} r_k``), and in TT-SVD the remainder once it is
 taller than wide (fewer than ``(r_{k-1} n_k)²`` entries). Results equal the single-device fits
@@ -46,10 +49,13 @@ from jax.sharding import PartitionSpec
 
 from tensorfact import algebra, sharding
 from tensorfact._checks import count_nonfinite, report_nonfinite
+from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition._common import leading_eigenvectors, random_orthonormal
-from tensorfact.decomposition._loop import FitInfo, error_from_norms, iterate, refine_error
-from tensorfact.decomposition._sweeps import (SweepLayout, cp_initial_factors, cp_sweep,
-                                              hoqri_update, tucker_sweep_modes)
+from tensorfact.decomposition._loop import (FitInfo, cp_info, error_from_norms, iterate,
+                                            refine_error, relative_from_squares)
+from tensorfact.decomposition._sweeps import (SweepLayout, cp_initial_factors, cp_penalties,
+                                              cp_scale_back, cp_sweep, hoqri_update,
+                                              tucker_sweep_modes)
 from tensorfact.tensors import CPTensor, TuckerTensor, TTTensor
 
 __all__ = ["cp", "tucker", "tt", "cp_program", "tucker_program", "tt_program"]
@@ -136,6 +142,15 @@ def _unfolding_subspace(x, n, mesh, axes, live_axes, r, precision):
     return leading_eigenvectors(_row_gram(block, mesh, axes[n], live_axes, precision), r)
 
 
+def _global_scale(x, every):
+    """:func:`tensorfact._numerics.pow2_scale` of the whole sharded tensor: the power of two
+    near the largest ``|x|`` over every block (a ``pmax`` of the local maxima)."""
+    peak = jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+    if every:
+        peak = lax.pmax(peak, every)
+    return lax.stop_gradient(pow2_scale(peak))
+
+
 def _flat_axes(axes):
     return tuple(a for group in axes for a in group)
 
@@ -144,7 +159,7 @@ def _exact_error(x, local_dense, norm_x_sq, every):
     """``‖x − x̂‖ / ‖x‖`` from local blocks (one pass over the data)."""
     diff = x - local_dense
     sq = _psum(jnp.vdot(diff, diff, precision=lax.Precision.HIGHEST), every)
-    return jnp.sqrt(sq) / jnp.maximum(jnp.sqrt(norm_x_sq), jnp.finfo(x.dtype).tiny)
+    return relative_from_squares(sq, norm_x_sq)
 
 
 def _shard_mapped(body, mesh, spec, n_replicated):
@@ -207,8 +222,10 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
     every = _flat_axes(axes)
     prec = algebra.resolve_precision(precision)
     n_bad = _psum(count_nonfinite(x), every)
+    scale = _global_scale(x, every)
+    x = x / scale
     if init == "given":
-        weights = init_tensor.weights.astype(dtype)
+        weights = init_tensor.weights.astype(dtype) / scale
         factors = [a.astype(dtype) for a in init_tensor.factors]
     else:
         weights, factors = cp_initial_factors(
@@ -217,6 +234,7 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
     if not normalize:
         factors = [factors[0] * weights] + factors[1:]
         weights = jnp.ones_like(weights)
+    l2 = cp_penalties(l2, scale, x.ndim, normalize)
 
     norm_x_sq = _psum(jnp.vdot(x, x, precision=prec), every)
 
@@ -235,11 +253,12 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
 
     state, n_done, errors, converged = iterate(step, (weights, tuple(factors)), n_iter=n_iter,
                                                tol=0 if fixed else tol)
-    result = CPTensor(*state)
+    weights, factors = cp_scale_back(*state, scale, normalize)
+    result = CPTensor(weights, factors)
     if not return_info:
         return result, n_bad
     rel = _exact_error(x, local_dense(*state), norm_x_sq, every)
-    return (result, FitInfo(n_done, errors, rel, converged)), n_bad
+    return (result, cp_info(FitInfo(n_done, errors, rel, converged), weights, factors)), n_bad
 
 
 def _cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, mesh, axes):
@@ -309,6 +328,8 @@ def _tucker_body(x, key, init_tensor, tol, *, mesh, axes, shape, ranks, method, 
     every = _flat_axes(axes)
     prec = algebra.resolve_precision(precision)
     n_bad = _psum(count_nonfinite(x), every)
+    scale = _global_scale(x, every)
+    x = x / scale
     norm_x_sq = _psum(jnp.vdot(x, x, precision=prec), every)
 
     def rows(factors):
@@ -335,21 +356,19 @@ def _tucker_body(x, key, init_tensor, tol, *, mesh, axes, shape, ranks, method, 
 
     if method == "hosvd":
         core = project(factors)
-        result = TuckerTensor(core, factors, modes)
+        result = TuckerTensor(core * scale, factors, modes)
         if not return_info:
             return result, n_bad
         info = FitInfo(jnp.asarray(0, jnp.int32), jnp.zeros((0,), dtype),
                        exact(core, factors), jnp.ones((), bool))
         return (result, info), n_bad
 
-    tiny = jnp.finfo(dtype).tiny
-
     def step(state):
         factors, _ = state
         factors, core = _hooi_sweep(x, factors, subspace_iter=subspace_iter,
                                     precision=precision, mesh=mesh, axes=axes)
-        err_sq = jnp.maximum(norm_x_sq - jnp.vdot(core, core, precision=prec), 0.0)
-        err = refine_error(jnp.sqrt(err_sq / jnp.maximum(norm_x_sq, tiny)),
+        err_sq = norm_x_sq - jnp.vdot(core, core, precision=prec)
+        err = refine_error(relative_from_squares(err_sq, norm_x_sq),
                            lambda: exact(core, factors))
         return (factors, core), err
 
@@ -358,7 +377,7 @@ def _tucker_body(x, key, init_tensor, tol, *, mesh, axes, shape, ranks, method, 
     state, n_done, errors, converged = iterate(step, state, n_iter=n_iter,
                                                tol=0 if fixed else tol)
     factors, core = state
-    result = TuckerTensor(core, factors, modes)
+    result = TuckerTensor(core * scale, factors, modes)
     if not return_info:
         return result, n_bad
     return (result, FitInfo(n_done, errors, exact(core, factors), converged)), n_bad

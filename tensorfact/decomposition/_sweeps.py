@@ -18,17 +18,24 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra, kernels
-from tensorfact.decomposition._common import (hals_columns, leading_subspace,
+from tensorfact.decomposition._common import (hals_columns, leading_subspace, normalize_columns,
                                               solve_normal_equations, split_halves)
 
-__all__ = ["SweepLayout", "ONE_DEVICE", "cp_initial_factors", "cp_sweep", "update_cp_factor",
-           "cp_sweep_result", "tucker_sweep_modes", "hoqri_update"]
+__all__ = ["SweepLayout", "ONE_DEVICE", "cp_initial_factors", "extra_columns", "cp_penalties",
+           "cp_scale_back", "cp_sweep",
+           "update_cp_factor", "cp_sweep_result", "tucker_sweep_modes", "hoqri_update"]
 
 
 def cp_initial_factors(x, rank, key, init, nonneg, precision, *, shape=None, subspace=None):
     """CP-ALS starting point ``(weights, factors)``: the leading left singular vectors of each
-    unfolding (``init="svd"``; the ``rank − I_n`` columns beyond a mode size are random, scaled
-    to unit expected norm), or Gaussian (uniform for ``nonneg``) factors (``init="random"``).
+    unfolding (``init="svd"``, deterministic), or Gaussian (uniform for ``nonneg``) factors
+    (``init="random"``, drawn from ``key``).
+
+    A CP rank may exceed a mode size ``I_n``. The SVD start then completes the ``I_n`` singular
+    vectors ``U`` with :func:`extra_columns` ``U c_j``: unit vectors spread over the whole
+    subspace, distinct from each other and from the first ``I_n`` columns in every mode, so no
+    two components start equal (ALS would keep them equal) and the start is as well conditioned
+    as ``[I, C]``, whose singular values are all at least 1.
 
     ``subspace(n, r)`` gives the ``r`` leading left singular vectors of ``unfold(x, n)``; a
     sharded fit passes its own (the Gram matrix of a split unfolding is reduced over devices)
@@ -38,7 +45,7 @@ def cp_initial_factors(x, rank, key, init, nonneg, precision, *, shape=None, sub
     if subspace is None:
         def subspace(n, r):
             return leading_subspace(algebra.unfold(x, n), r, precision=precision)
-    keys = jax.random.split(key, len(shape)) if key is not None else [None] * len(shape)
+    keys = jax.random.split(key, len(shape)) if init == "random" else [None] * len(shape)
     factors = []
     for n, size in enumerate(shape):
         if init == "random":
@@ -46,11 +53,31 @@ def cp_initial_factors(x, rank, key, init, nonneg, precision, *, shape=None, sub
             factors.append(draw(keys[n], (size, rank), x.dtype))
             continue
         u = subspace(n, min(rank, size))
-        if rank > size:  # CP rank may exceed a mode size: fill with random columns
-            extra = jax.random.normal(keys[n], (size, rank - size), x.dtype)
-            u = jnp.concatenate([u, extra / jnp.sqrt(size)], axis=1)
+        if rank > size:  # CP rank may exceed a mode size: complete deterministically
+            extra = jnp.matmul(u, extra_columns(size, rank - size, x.dtype, n),
+                               precision=algebra.resolve_precision(precision))
+            u = jnp.concatenate([u, extra], axis=1)
         factors.append(jnp.abs(u) if nonneg else u)
     return jnp.ones((rank,), x.dtype), factors
+
+
+#: Golden-ratio conjugate: the angles of :func:`extra_columns` never repeat (nor mirror each
+#: other) modulo ``2π``, because it is irrational.
+_GOLDEN = (5 ** 0.5 - 1) / 2
+
+
+def extra_columns(size: int, count: int, dtype, mode: int = 0):
+    """``count`` unit vectors ``c_j ∈ R^size``, ``c_j[k] ∝ cos((k + ½) θ_j)`` with
+    ``θ_j = π (j + 1) g_n`` and ``g_n = frac((n + 1) g)`` for mode ``n`` (``g`` the golden-ratio
+    conjugate): samples of cosines at frequencies that never coincide, so the ``c_j`` of a mode
+    are pairwise distinct (never ``±`` each other), and two that happen to lie close in one mode
+    (``size`` small, ``count`` large) do not in the next, whose frequencies are other multiples.
+    Deterministic: the SVD start of CP needs no key at any rank."""
+    step = (mode + 1) * _GOLDEN % 1.0
+    k = jnp.arange(size, dtype=dtype)[:, None] + 0.5
+    theta = jnp.pi * step * jnp.arange(1, count + 1, dtype=dtype)[None, :]
+    c = jnp.cos(k * theta)
+    return c / jnp.linalg.norm(c, axis=0, keepdims=True)
 
 
 class SweepLayout(NamedTuple):
@@ -71,10 +98,37 @@ class SweepLayout(NamedTuple):
 ONE_DEVICE = SweepLayout()
 
 
+def cp_penalties(l2, scale, ndim: int, normalize: bool):
+    """The ridge of each mode's update (a length-``ndim`` vector) for a fit of ``x / scale``
+    that solves the problem ``l2`` was given for, on ``x``.
+
+    With ``normalize=True`` the updated factor carries the whole scale and the ridge
+    regression ``M (V + λI)⁻¹`` is linear in the data: ``λ`` is the same at every scale. With
+    ``normalize=False`` the first factor carries the scale ``1/scale`` of the rescaled fit and
+    the others keep theirs, so their ridge becomes ``λ / scale²`` (capped at ``1/eps``, where
+    it already zeroes the factor).
+    """
+    l2 = jnp.full((ndim,), l2, scale.dtype)
+    if normalize:
+        return l2
+    cap = 1 / jnp.finfo(scale.dtype).eps
+    others = jnp.where(l2[1:] > 0, jnp.minimum(l2[1:] * (1 / scale) ** 2, cap), 0)
+    return l2.at[1:].set(others)
+
+
+def cp_scale_back(weights, factors, scale, normalize: bool):
+    """The fit of ``x / scale`` as a fit of ``x``: the weights (or, with ``normalize=False``,
+    the first factor, which carries the scale) times ``scale``."""
+    if normalize:
+        return weights * scale, tuple(factors)
+    return weights, (factors[0] * scale,) + tuple(factors[1:])
+
+
 def cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla",
            layout=ONE_DEVICE):
     """One ALS (or HALS) pass over all modes through a two-level dimension tree (``impl="xla"``)
-    or one MTTKRP kernel per mode (``impl="pallas"``, one device only).
+    or one MTTKRP kernel per mode (``impl="pallas"``, one device only). ``l2`` holds the ridge
+    of each mode (:func:`cp_penalties`).
 
     Returns the new weights and factors and ``(⟨x, x̂⟩, ‖x̂‖²)`` for the error.
     """
@@ -116,14 +170,12 @@ def update_cp_factor(n, m_n, weights, *, factors, local, grams, layout, l2, nonn
     gram_others = functools.reduce(lambda a, b: a * b,
                                    [grams[k] for k in range(len(factors)) if k != n])
     if nonneg:
-        a_n = hals_columns(local[n] * weights, m_n, gram_others, l2, precision)
+        a_n = hals_columns(local[n] * weights, m_n, gram_others, l2[n], precision)
     else:
-        a_n = solve_normal_equations(m_n, gram_others, l2, precision)
+        a_n = solve_normal_equations(m_n, gram_others, l2[n], precision)
     a_n = layout.gather(a_n, n)
     if normalize:
-        scale = jnp.linalg.norm(a_n, axis=0)
-        weights = scale
-        a_n = a_n / jnp.where(scale == 0, 1.0, scale)
+        weights, a_n = normalize_columns(a_n)
     factors[n] = a_n
     local[n] = layout.rows(a_n, n)
     grams[n] = jnp.matmul(a_n.T, a_n, precision=algebra.resolve_precision(precision))
@@ -166,15 +218,22 @@ def tucker_sweep_modes(x, factors, modes, update, precision, *, rows=lambda u, m
 
 def hoqri_update(subspace_iter, precision):
     """HOQRI's factor update (Sun et al. 2020): ``subspace_iter`` steps of
-    ``U ← qr(Y_(n) Y_(n)ᵀ U)``, starting from the current ``U_n``."""
+    ``U ← qr((Y_(n) Y_(n)ᵀ + δI) U)``, starting from the current ``U_n``.
+
+    The shift ``δ = sqrt(eps) ‖Y‖²`` leaves the invariant subspaces (the fixed points) as they
+    are and keeps ``(YYᵀ + δI) U`` of full column rank when the data have a lower rank than
+    ``r_n``, where QR's derivative would divide by zero (NaN under ``jax.grad``).
+    """
     prec = algebra.resolve_precision(precision)
 
     def update(n, y, current):
         unfolded = algebra.unfold(y, n)
         u = current[n]
+        shift = (jnp.sqrt(jnp.finfo(y.dtype).eps)
+                 * jnp.vdot(unfolded, unfolded, precision=prec))
         for _ in range(subspace_iter):
             z = jnp.matmul(unfolded, jnp.matmul(unfolded.T, u, precision=prec), precision=prec)
-            u, _ = jnp.linalg.qr(z)
+            u, _ = jnp.linalg.qr(z + shift * u)
         return u
 
     return update

@@ -11,72 +11,88 @@ Finds ``x ≈ G ×_0 U_0 ×_1 U_1 ... ×_{N-1} U_{N-1}`` with a small core ``G``
   vectors of unfold(Y_n, n)`` with ``Y_n = x ×_{k≠n} U_kᵀ``. Taking an SVD at every step is
   the expensive part; following HOQRI (Sun, Guo, Luo, Wang & Huang, ICASSP 2020) we replace it
   by ``subspace_iter`` steps of orthogonal iteration warm-started at the current factor,
-  ``U_n ← qr(Y_(n) · Y_(n)ᵀ U_n)``, which has the same fixed points at a fraction of the cost.
+  ``U_n ← qr((Y_(n) Y_(n)ᵀ + δI) U_n)``, which has the same fixed points at a fraction of the
+  cost (the shift ``δ = sqrt(eps)‖Y‖²`` keeps the QR of full rank, and its derivative finite,
+  when the data have a lower rank than ``r_n``).
   The ``Y_n`` of a sweep share work through a dimension tree (the data are read twice per
   sweep whatever the order). Factors stay orthonormal, so the error follows from the core:
   ``‖x − x̂‖² = ‖x‖² − ‖G‖²``.
 * **Nonnegative Tucker** (``nonneg=True``): the factors by HALS (Phan & Cichocki, NOLTA
   2011), i.e. the exact nonnegative least-squares update of one column at a time, from
   ``Y_(n) G_(n)ᵀ`` and ``G_(n) (⊗_{k≠n} U_kᵀU_k) G_(n)ᵀ`` (both in the compressed domain);
-  the core by the multiplicative update of Kim & Choi (CVPR 2007),
-  ``G ← G ⊛ (x ×_k U_kᵀ) ⊘ (G ×_k U_kᵀU_k)``.
+  the core by 50 steps of accelerated projected gradient (FISTA, Beck & Teboulle 2009) on
+  ``½‖x − G ×_k U_k‖²`` over ``G ≥ 0``, whose gradient ``G ×_k U_kᵀU_k − x ×_k U_kᵀ`` also
+  lives in the core space.
 
-Missing data (``mask``) are handled by EM imputation as in :func:`tensorfact.cp`.
+Missing data (``mask``, HOOI only) are handled by EM imputation: every sweep fits the data with
+the missing entries filled in by the current model (the HOSVD of the zero-filled data to
+start), which never increases the error on the observed entries. (CP uses weighted ALS
+instead, whose row-wise least-squares updates have no counterpart for orthonormal factors.)
+
+Scale: the fit runs on ``x / 2^k`` with ``2^k`` near ``max |x|`` and scales the core back, so
+``tucker(c·x) = c·tucker(x)`` for data of any magnitude and ``rel_error`` is the true one.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Union
+from typing import Literal, Union
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from tensorfact import algebra, sharding
-from tensorfact._checks import (as_float_array, check_choice, check_mask, count_nonfinite,
-                                check_modes, check_positive_int, check_ranks, report_nonfinite,
-                                check_key)
+from tensorfact._checks import (Init, Precision, as_float_array, check_choice, check_mask,
+                                check_modes, check_positive_int, check_ranks, count_nonfinite,
+                                report_nonfinite)
+from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition import _sharded
-from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
+from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
                                               hals_columns, leading_subspace, positive_floor,
-                                              random_orthonormal)
+                                              random_orthonormal, resolve_init, resolve_tol)
+from tensorfact.decomposition._loop import (DEFAULT_TOL, FitInfo, iterate,
+                                            refine_error, relative_error, relative_from_squares)
 from tensorfact.decomposition._sweeps import hoqri_update, tucker_sweep_modes
-from tensorfact.decomposition._loop import (FitInfo, is_fixed_length, iterate, refine_error,
-                                            relative_error)
 from tensorfact.tensors import TuckerTensor
 
-__all__ = ["tucker"]
+__all__ = ["tucker", "Method"]
 
-_METHODS = ("hooi", "hosvd", "st_hosvd")
-_INITS = ("svd", "random")
+#: The Tucker algorithms (``method=``).
+Method = Literal["hooi", "hosvd", "st_hosvd"]
 
 
-def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerTensor] = "svd",
-           n_iter: int = 100, tol: float = 1e-8, mask=None, nonneg: bool = False, modes=None,
-           subspace_iter: int = 1, precision="highest", return_info: bool = False):
+def tucker(x, ranks, *, key=None, method: Method = "hooi",
+           init: Union[Init, TuckerTensor] = "svd", n_iter: int = 100, tol: float = DEFAULT_TOL,
+           mask=None, nonneg: bool = False, modes=None, subspace_iter: int = 1,
+           precision: Precision = "highest", return_info: bool = False):
     """Tucker decomposition of an N-way array.
 
     Args:
-      x: array with at least 2 dimensions. A ``jax.Array`` split over a device mesh (see
-        :mod:`tensorfact.sharding`) is fitted where it lies (HOOI or HOSVD, all modes), never
-        gathered; the result is replicated on the mesh (details:
+      x: array with at least 2 dimensions, none of size zero. A ``jax.Array`` split over a
+        device mesh (see :mod:`tensorfact.sharding`) is fitted where it lies (HOOI or HOSVD,
+        all modes), never gathered; the result is replicated on the mesh (details:
         :func:`tensorfact.decomposition._sharded.tucker`).
       ranks: the multilinear ranks, one per decomposed mode (``ranks[i]`` for ``modes[i]``; an
         int means the same for all); each at most the size of its mode.
+      key: ``jax.random`` key; needed for ``init="random"`` only.
       method: ``"hooi"`` (iterative, default), ``"hosvd"`` or ``"st_hosvd"`` (one pass).
-      key: ``jax.random`` key, needed for ``init="random"``.
-      init: HOOI's start: ``"svd"`` (the HOSVD), ``"random"`` (random orthonormal factors), or
-        a ``TuckerTensor`` of matching shapes.
-      n_iter, tol: at most ``n_iter`` sweeps, stopping when the relative error changes by less
-        than ``tol``; a literal ``tol=0`` runs exactly ``n_iter`` sweeps as a differentiable
-        ``lax.scan``.
-      mask: optional boolean array of ``x.shape`` (True = observed); needs an iterative method.
-      nonneg: nonnegative core and factors (HALS factors, projected-gradient core).
+      init: HOOI's start: ``"svd"`` (the HOSVD), ``"random"`` (random orthonormal factors;
+        needs ``key``), or a finite ``TuckerTensor`` of matching shapes.
+      n_iter: at most ``n_iter`` sweeps (static: it sizes ``info.errors``).
+      tol: stop when the relative error changes by less than ``tol`` between sweeps (the
+        default, 1e-8, runs until the error stops changing in float32); a concrete ``tol=0``
+        runs exactly ``n_iter`` sweeps as a ``lax.scan``, through which ``jax.grad`` can
+        differentiate.
+      mask: optional boolean (or 0/1) array of ``x.shape`` (True = observed), fitted by EM
+        imputation; needs ``method="hooi"``. Missing entries may hold anything, NaN included.
+      nonneg: nonnegative core and factors (HALS factors, FISTA core).
       modes: decompose only these modes (partial Tucker, e.g. ``modes=(0, 1)`` for Tucker-2);
         the core keeps the full size of the other modes.
       subspace_iter: orthogonal-iteration steps per factor update in HOOI (1 is HOQRI).
-      precision: XLA precision of the contractions; ``"highest"`` (the default) is full float32,
-        ``None`` JAX's default.
+      precision: XLA precision of the contractions: ``"highest"`` (the default) is true
+        float32; ``None`` is JAX's default (TF32 or bfloat16 passes on recent GPUs and TPUs);
+        also ``"default"``, ``"high"`` or a ``jax.lax.Precision``.
       return_info: also return a :class:`FitInfo` (for one-pass methods ``n_iter`` is 0 and
         ``errors`` is empty).
 
@@ -87,35 +103,34 @@ def tucker(x, ranks, *, method: str = "hooi", key=None, init: Union[str, TuckerT
     Example:
       >>> import jax, tensorfact as tfa
       >>> x = tfa.random_tucker(jax.random.key(0), (20, 21, 22), ranks=(3, 4, 5)).to_dense()
-      >>> approx = tfa.tucker(x, (3, 4, 5))
-      >>> bool(tfa.relative_error(x, approx.to_dense()) < 1e-4)
+      >>> approx, info = tfa.tucker(x, (3, 4, 5), return_info=True)
+      >>> bool(info.rel_error < 1e-4)
+      True
+      >>> tiny = tfa.tucker(1e-30 * x, (3, 4, 5))  # scale-equivariant
+      >>> bool(tfa.relative_error(1e-30 * x, tiny.to_dense()) < 1e-4)
       True
 
     Raises:
-      ValueError: for fewer than 2 dimensions, ranks that are not positive integers, exceed
-        their mode or do not match the number of modes, a bad ``method``/``init``/``mask``,
-        a mask or ``nonneg`` with a one-pass method, or NaN/Inf in an eager call.
+      ValueError: for fewer than 2 dimensions or a mode of size zero, ranks that are not
+        positive integers, exceed their mode or do not match the number of modes, a bad
+        ``method``/``init``/``mask``, a mask or ``nonneg`` with a one-pass method, a missing
+        key for ``init="random"``, NaN/Inf in ``init``, or NaN/Inf in the observed entries of
+        ``x`` (eager calls).
     """
-    x = as_float_array(x, "x", min_ndim=2)
+    x = as_float_array(x, "x", min_ndim=2, nonempty=True)
     modes = tuple(range(x.ndim)) if modes is None else check_modes(modes, x.ndim)
     ranks = check_ranks(ranks, x.shape, modes=modes)
     modes, ranks = zip(*sorted(zip(modes, ranks)))  # ranks[i] belongs to modes[i]
-    method = check_choice(method, _METHODS, "method")
+    method = check_choice(method, Method, "method")
     n_iter, tol = check_iteration_args(n_iter, tol)
     subspace_iter = check_positive_int(subspace_iter, "subspace_iter")
     mask = check_mask(mask, x.shape)
     if method != "hooi" and (mask is not None or nonneg):
         what = "mask" if mask is not None else "nonneg=True"
         raise ValueError(f"{what} needs the iterative method='hooi', got method={method!r}.")
-    if isinstance(init, TuckerTensor):
-        init_tensor, init_kind = _check_init(init, x.shape, ranks, modes), "given"
-    else:
-        init_kind = check_choice(init, _INITS, "init")
-        init_tensor = None
-        if init == "random":
-            check_key(key, 'for init="random"')
-    fixed = is_fixed_length(tol)
-    tol = 0.0 if fixed else concrete_or_traced(tol)
+    init_tensor, init_kind = resolve_init(init, TuckerTensor, key,
+                                          lambda t: _check_init(t, x.shape, ranks, modes))
+    fixed, tol = resolve_tol(tol)
     if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
         return _sharded.tucker(x, mask, key, init_tensor, tol, ranks=ranks, modes=modes,
                                method=method, n_iter=n_iter, fixed=fixed, init=init_kind,
@@ -136,6 +151,7 @@ def _check_init(init: TuckerTensor, shape, ranks, modes) -> TuckerTensor:
         raise ValueError(f"init must be a TuckerTensor of shape {tuple(shape)}, ranks {ranks} "
                          f"over modes {modes}; got shape {init.shape}, ranks {init.rank} over "
                          f"modes {init.modes}.")
+    check_finite_init(init)
     by_mode = dict(zip(init.modes, init.factors))
     return TuckerTensor(init.core, [by_mode[m] for m in modes], modes)
 
@@ -148,21 +164,24 @@ def _tucker_fit(x, mask, key, init_tensor, tol, *, ranks, modes, method, n_iter,
     n_nonfinite = count_nonfinite(x, mask)  # fused with the first pass over x
     if mask is not None:
         x = jnp.where(mask, x, 0)
+    scale = lax.stop_gradient(pow2_scale(x))  # fit x / 2^k: exact, and no square overflows
+    x = x / scale
     mmd = functools.partial(algebra.multi_mode_dot, precision=precision)
 
     if method != "hooi":
         factors = (_st_hosvd if method == "st_hosvd" else _hosvd)(x, ranks, modes, precision)
-        result = TuckerTensor(mmd(x, factors, modes, transpose=True), factors, modes)
+        core = mmd(x, factors, modes, transpose=True)
+        result = TuckerTensor(core * scale, factors, modes)
         if not return_info:
             return result, n_nonfinite
-        rel = relative_error(x, result.to_dense(precision=precision))
+        rel = relative_error(x, TuckerTensor(core, factors, modes).to_dense(precision=precision))
         empty = jnp.zeros((0,), x.dtype)
         info = FitInfo(jnp.asarray(0, jnp.int32), empty, rel, jnp.ones((), bool))
         return (result, info), n_nonfinite
 
     if init == "given":
         factors = tuple(u.astype(x.dtype) for u in init_tensor.factors)
-        core = init_tensor.core.astype(x.dtype)
+        core = init_tensor.core.astype(x.dtype) / scale
     else:
         if init == "svd":
             factors = _hosvd(x, ranks, modes, precision)
@@ -179,13 +198,12 @@ def _tucker_fit(x, mask, key, init_tensor, tol, *, ranks, modes, method, n_iter,
     sweep = functools.partial(_nonneg_sweep if nonneg else _hooi_sweep, modes=modes,
                               subspace_iter=subspace_iter, precision=precision)
     norm_x_sq = jnp.vdot(x, x, precision=algebra.resolve_precision(precision))
-    tiny = jnp.finfo(x.dtype).tiny
 
     if mask is None:
         def step(state):
             factors, core, err_sq = sweep(x, *state, norm_x_sq=norm_x_sq)
             dense = lambda: TuckerTensor(core, factors, modes).to_dense(precision=precision)  # noqa: E731
-            err = refine_error(jnp.sqrt(err_sq / jnp.maximum(norm_x_sq, tiny)),
+            err = refine_error(relative_from_squares(err_sq, norm_x_sq),
                                lambda: relative_error(x, dense()))
             return (factors, core), err
 
@@ -203,10 +221,11 @@ def _tucker_fit(x, mask, key, init_tensor, tol, *, ranks, modes, method, n_iter,
 
     state, n_done, errors, converged = iterate(step, state, n_iter=n_iter,
                                                tol=0 if fixed else tol)
-    result = TuckerTensor(state[1], state[0], modes)
+    result = TuckerTensor(state[1] * scale, state[0], modes)
     if not return_info:
         return result, n_nonfinite
-    rel = relative_error(x, result.to_dense(precision=precision), mask)
+    rel = relative_error(x, TuckerTensor(state[1], state[0], modes).to_dense(
+        precision=precision), mask)
     return (result, FitInfo(n_done, errors, rel, converged)), n_nonfinite
 
 
@@ -231,7 +250,7 @@ def _hooi_sweep(x, factors, core, *, modes, subspace_iter, precision, norm_x_sq)
     current, n, y = tucker_sweep_modes(x, factors, modes, hoqri_update(subspace_iter, precision),
                                  precision)
     core = algebra.mode_dot(y, current[n], n, transpose=True, precision=precision)
-    err_sq = jnp.maximum(norm_x_sq - jnp.vdot(core, core, precision=prec), 0.0)
+    err_sq = norm_x_sq - jnp.vdot(core, core, precision=prec)
     return tuple(current[m] for m in modes), core, err_sq
 
 
@@ -260,7 +279,7 @@ def _nonneg_sweep(x, factors, core, *, modes, subspace_iter, precision, norm_x_s
     core = _core_nnls(core, projected, all_grams, modes, precision)
     approx_sq = jnp.vdot(core, algebra.multi_mode_dot(core, all_grams, modes, precision=precision),
                          precision=prec)
-    err_sq = jnp.maximum(norm_x_sq - 2 * jnp.vdot(projected, core, precision=prec) + approx_sq, 0.0)
+    err_sq = norm_x_sq - 2 * jnp.vdot(projected, core, precision=prec) + approx_sq
     return tuple(current[m] for m in modes), core, err_sq
 
 

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from tensorfact import algebra
+from tensorfact._numerics import pow2_scale, safe_divide, safe_norm
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
@@ -20,6 +22,12 @@ class CPTensor(FactorizedTensor):
       factors: one ``(I_k, R)`` matrix per mode.
 
     Unpacks like TensorLy's: ``weights, factors = cp``.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> t = tfa.CPTensor(jnp.array([1e20, 1.0]), [jnp.eye(3, 2), jnp.eye(4, 2)])
+      >>> t.shape, t.rank, f"{float(t.norm()):.3g}"  # no overflow of the squared weights
+      ((3, 4), 2, '1e+20')
     """
 
     _leaves = ("weights", "factors")
@@ -68,21 +76,35 @@ class CPTensor(FactorizedTensor):
         return dense.reshape(self.shape)
 
     def norm(self, *, precision="highest"):
-        """``sqrt(wᵀ (⊛_k A_kᵀ A_k) w)``: an ``R × R`` computation, no dense tensor."""
+        """``sqrt(wᵀ (⊛_k A_kᵀ A_k) w)``: an ``R × R`` computation, no dense tensor.
+
+        Each factor and the weights are first divided by a power of two near their largest
+        entry (exact), and the exponents are added back at the end, so the result is finite
+        whenever the norm itself is representable (weights of 1e20 in float32, say); the
+        derivative is finite at a zero tensor.
+        """
         precision = algebra.resolve_precision(precision)
+        leaves = [self.weights, *self.factors]
+        scales = [lax.stop_gradient(pow2_scale(a)) for a in leaves]
+        weights = self.weights / scales[0]
         gram = 1.0
-        for a in self.factors:
+        for a, s in zip(self.factors, scales[1:]):
+            a = a / s
             gram = gram * jnp.matmul(a.T, a, precision=precision)
-        sq = jnp.einsum("r,rs,s->", self.weights, gram, self.weights, precision=precision)
-        return jnp.sqrt(jnp.maximum(sq, 0.0))
+        sq = jnp.einsum("r,rs,s->", weights, gram, weights, precision=precision)
+        positive = sq > 0
+        root = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+        exponent = sum(jnp.frexp(s)[1] - 1 for s in scales)  # s = 2^(e − 1)
+        return jnp.ldexp(root, exponent)
 
     def normalize(self) -> "CPTensor":
-        """Returns the same tensor with unit-norm factor columns, the scales moved to weights."""
+        """Returns the same tensor with unit-norm factor columns, the scales moved to weights
+        (a zero column stays zero, with a zero weight and a finite derivative)."""
         weights = self.weights
         factors = []
         for a in self.factors:
-            scale = jnp.linalg.norm(a, axis=0)
-            safe = jnp.where(scale == 0, 1.0, scale)
-            factors.append(a / safe)
+            scale = safe_norm(a, axis=0)
+            factors.append(safe_divide(a, scale))
             weights = weights * scale
         return CPTensor(weights, factors)
+

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from tensorfact import algebra
 from tensorfact._checks import check_modes
+from tensorfact._numerics import pow2_scale
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
@@ -24,6 +26,12 @@ class TuckerTensor(FactorizedTensor):
         channel modes of a convolution kernel) leaves the other modes of the core as they are.
 
     Unpacks like TensorLy's: ``core, factors = tucker``.
+
+    Example:
+      >>> import jax.numpy as jnp, tensorfact as tfa
+      >>> t = tfa.TuckerTensor(jnp.full((2, 2), 1e20), [jnp.eye(3, 2), jnp.eye(4, 2)])
+      >>> t.shape, t.rank, f"{float(t.norm()):.3g}"
+      ((3, 4), (2, 2), '2e+20')
     """
 
     _leaves = ("core", "factors")
@@ -66,8 +74,21 @@ class TuckerTensor(FactorizedTensor):
         return algebra.multi_mode_dot(self.core, self.factors, self.modes, precision=precision)
 
     def norm(self, *, precision="highest"):
-        """``sqrt(⟨G, G ×_m U_mᵀU_m⟩)``: computed on the core, no dense tensor."""
+        """``sqrt(⟨G, G ×_m U_mᵀU_m⟩)``: computed on the core, no dense tensor.
+
+        The core and each factor are first divided by a power of two near their largest entry
+        (exact) and the exponents added back at the end, so the result is finite whenever the
+        norm itself is representable; the derivative is finite at a zero tensor.
+        """
         precision = algebra.resolve_precision(precision)
-        grams = [jnp.matmul(u.T, u, precision=precision) for u in self.factors]
-        mixed = algebra.multi_mode_dot(self.core, grams, self.modes, precision=precision)
-        return jnp.sqrt(jnp.maximum(jnp.vdot(self.core, mixed, precision=precision), 0.0))
+        leaves = [self.core, *self.factors]
+        scales = [lax.stop_gradient(pow2_scale(a)) for a in leaves]
+        core = self.core / scales[0]
+        grams = [jnp.matmul((u / s).T, u / s, precision=precision)
+                 for u, s in zip(self.factors, scales[1:])]
+        mixed = algebra.multi_mode_dot(core, grams, self.modes, precision=precision)
+        sq = jnp.vdot(core, mixed, precision=precision)
+        positive = sq > 0
+        root = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+        exponent = sum(jnp.frexp(s)[1] - 1 for s in scales)  # s = 2^(e − 1)
+        return jnp.ldexp(root, exponent)
