@@ -81,8 +81,34 @@ def count_nonfinite(x, where=None) -> jax.Array:
     return jnp.sum(bad, dtype=jnp.int32)
 
 
-def report_nonfinite(count, name: str) -> None:
-    """Raises ``ValueError`` for a concrete non-zero :func:`count_nonfinite` result.
+def finite_part(x, where=None):
+    """``(x with its NaN/Inf entries set to 0, their count)``, counting only where ``where`` is
+    True; traceable.
+
+    Fits run on the finite part: LAPACK's SVD does not return on data holding Inf (it loops),
+    so a fit must never hand it one. An eager call then raises (:func:`report_nonfinite`); under
+    a transformation :func:`poison` turns the result into NaN, so bad input never yields a
+    plausible-looking answer.
+    """
+    bad = ~jnp.isfinite(x)
+    count = jnp.sum(bad if where is None else bad & where, dtype=jnp.int32)
+    return jnp.where(bad, jnp.zeros((), x.dtype), x), count
+
+
+def poison(result, count):
+    """``result`` with every floating-point leaf NaN where ``count > 0`` (integer leaves, such
+    as CUR's indices, are kept); traceable."""
+    def leaf(a):
+        if not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+            return a
+        return jnp.where(count > 0, jnp.asarray(jnp.nan, jnp.result_type(a)), a)
+
+    return jax.tree_util.tree_map(leaf, result)
+
+
+def report_nonfinite(count, name: str, *, maskable: bool = False) -> None:
+    """Raises ``ValueError`` for a concrete non-zero :func:`count_nonfinite` result;
+    ``maskable`` adds the hint to mark missing entries with ``mask`` (for fits that take one).
 
     Under a transformation the count is abstract and nothing is checked; see the README's
     note on ``jax.experimental.checkify``.
@@ -91,8 +117,9 @@ def report_nonfinite(count, name: str) -> None:
         return
     bad = int(count)
     if bad:
+        hint = " (mark missing entries with `mask` instead)" if maskable else ""
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); decompositions need finite "
-                         "input (mark missing entries with `mask` instead).")
+                         f"input{hint}.")
 
 
 def check_positive_int(value, name: str) -> int:

@@ -33,6 +33,7 @@ from typing import Literal, Union
 import jax
 import jax.numpy as jnp
 
+from tensorfact._checks import finite_part, poison
 from tensorfact._checks import (Init, Precision, as_matrix, check_choice, check_key, check_mask,
                                 check_nonneg_number, check_positive_int, check_positive_number,
                                 count_nonfinite, is_traced, report_nonfinite)
@@ -193,7 +194,7 @@ def complete(m, mask, rank: int, *, key=None, method: CompletionMethod = "als",
         m, mask, key, init_matrix, concrete_or_traced(l2), lam, tol, rank=rank, n_iter=n_iter,
         fixed=fixed, method=method, init=init, precision=precision,
         return_info=bool(return_info))
-    report_nonfinite(n_nonfinite, "m (observed entries)")
+    report_nonfinite(n_nonfinite, "m (observed entries)", maskable=True)
     report_nonfinite(n_init_nonfinite, "init")
     return result
 
@@ -203,7 +204,7 @@ def complete(m, mask, rank: int, *, key=None, method: CompletionMethod = "als",
 def _complete_fit(m, mask, key, init_matrix, l2, lam, tol, *, rank, n_iter, fixed, method,
                   init, precision, return_info):
     hp = resolve_precision(precision)
-    n_nonfinite = count_nonfinite(m, mask)
+    m, n_nonfinite = finite_part(m, mask)  # LAPACK's SVD does not return on Inf
     n_init_nonfinite = jnp.zeros((), jnp.int32)
     if init_matrix is not None:
         n_init_nonfinite = sum(count_nonfinite(leaf) for leaf in init_matrix)
@@ -253,7 +254,7 @@ def _complete_fit(m, mask, key, init_matrix, l2, lam, tol, *, rank, n_iter, fixe
             state = (jnp.zeros((m.shape[0], rank), m.dtype), jnp.zeros((rank,), m.dtype),
                      jnp.zeros((rank, m.shape[1]), m.dtype))
         (u, s, vt), n_done, errors, converged = iterate(step, state, n_iter=n_iter, tol=tol)
-    result = LowRankMatrix(u, s * scale, vt)
+    result = poison(LowRankMatrix(u, s * scale, vt), n_nonfinite)
     checks = (n_nonfinite, n_init_nonfinite)
     if not return_info:
         return result, checks
@@ -387,7 +388,7 @@ def rpca(m, *, lam=None, mu=None, n_iter: int = 500, tol: float = 1e-6,
 
 @functools.partial(jax.jit, static_argnames=("n_iter", "fixed", "precision", "return_info"))
 def _rpca_fit(m, lam, mu, tol, *, n_iter, fixed, precision, return_info):
-    n_nonfinite = count_nonfinite(m)
+    m, n_nonfinite = finite_part(m)  # LAPACK's SVD does not return on Inf
     dtype = m.dtype
     hp = resolve_precision(precision)
     scale, _ = pow2_root(m)
@@ -420,7 +421,7 @@ def _rpca_fit(m, lam, mu, tol, *, n_iter, fixed, precision, return_info):
     state, n_done, errors, converged = iterate(step, state, n_iter=n_iter,
                                                tol=0 if fixed else tol, stop="below")
     low, sparse = state[0], state[1]
-    result = (low * scale, sparse * scale)
+    result = poison((low * scale, sparse * scale), n_nonfinite)
     if not return_info:
         return result, n_nonfinite
     rel = relative_error(m, low + sparse)

@@ -147,7 +147,7 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
         x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank, n_iter=n_iter,
         fixed=fixed, init=init_kind, nonneg=bool(nonneg), normalize=bool(normalize),
         precision=precision, impl=mttkrp_impl, return_info=bool(return_info))
-    report_nonfinite(n_nonfinite, "x")  # counted inside the fit: no extra pass
+    report_nonfinite(n_nonfinite, "x", maskable=True)  # counted in the fit: no extra pass
     return result
 
 

@@ -46,8 +46,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from tensorfact._checks import finite_part, poison
 from tensorfact._checks import (Precision, as_matrix, check_choice, check_key,
-                                check_positive_int, count_nonfinite, report_nonfinite)
+                                check_positive_int, report_nonfinite)
 from tensorfact._numerics import pow2_scale, resolve_precision
 from tensorfact.tensors import CURMatrix
 
@@ -164,7 +165,7 @@ def _check_count(value, default, rank, size, name, label):
 
 @functools.partial(jax.jit, static_argnames=("rank", "method", "n_cols", "n_rows", "precision"))
 def _cur_fit(m, key, *, rank, method, n_cols, n_rows, precision):
-    n_nonfinite = count_nonfinite(m)
+    m, n_nonfinite = finite_part(m)  # LAPACK's SVD does not return on Inf
     rows, cols = m.shape
     # The selection and U = C⁺ M R⁺ are computed on m / 2^k (exact), so that no backend's SVD
     # sees extreme values; C and R are gathered from m itself and U scaled back by 1 / 2^k.
@@ -195,8 +196,8 @@ def _cur_fit(m, key, *, rank, method, n_cols, n_rows, precision):
         u = jnp.matmul(c_pinv, jnp.matmul(m, r_pinv, precision=hp), precision=hp)
     else:
         u = jnp.matmul(jnp.matmul(c_pinv, m, precision=hp), r_pinv, precision=hp)
-    return CURMatrix(data[:, col_index], u / scale, data[row_index, :], col_index,
-                     row_index), n_nonfinite
+    result = CURMatrix(data[:, col_index], u / scale, data[row_index, :], col_index, row_index)
+    return poison(result, n_nonfinite), n_nonfinite
 
 
 def _deim(basis):

@@ -41,6 +41,7 @@ from typing import Literal, Union
 import jax
 import jax.numpy as jnp
 
+from tensorfact._checks import finite_part, poison
 from tensorfact._checks import (Precision, as_matrix, check_choice, check_key, check_mask,
                                 check_nonneg_number, check_positive_int, count_nonfinite,
                                 is_traced, report_nonfinite)
@@ -189,7 +190,7 @@ def nmf(m, rank: int, *, key=None, init: Union[NMFInit, LowRankMatrix, None] = N
         m, mask, key, init_matrix, concrete_or_traced(l1), concrete_or_traced(l2), tol,
         rank=rank, n_iter=n_iter, fixed=fixed, init=init_kind, method=method,
         precision=precision, return_info=bool(return_info))
-    report_nonfinite(n_nonfinite, "m")  # counted inside the fit: no extra pass
+    report_nonfinite(n_nonfinite, "m", maskable=True)  # counted in the fit: no extra pass
     report_nonfinite(n_init_nonfinite, "init")
     if not is_traced(n_negative) and int(n_negative):
         raise ValueError(f"m must be nonnegative: it has {int(n_negative)} negative observed "
@@ -203,7 +204,7 @@ def _nmf_fit(m, mask, key, init_matrix, l1, l2, tol, *, rank, n_iter, fixed, ini
              precision, return_info):
     dtype = m.dtype
     hi = resolve_precision(precision)
-    n_nonfinite = count_nonfinite(m, mask)
+    m, n_nonfinite = finite_part(m, mask)  # LAPACK's SVD (NNDSVD) does not return on Inf
     observed = jnp.ones(m.shape, bool) if mask is None else mask
     n_negative = jnp.sum(observed & (m < 0), dtype=jnp.int32)
     smallest = jnp.min(jnp.where(observed, m, jnp.inf))
@@ -257,7 +258,7 @@ def _nmf_fit(m, mask, key, init_matrix, l1, l2, tol, *, rank, n_iter, fixed, ini
     state, n_done, errors, converged = iterate(step, (w, h), n_iter=n_iter,
                                                tol=0 if fixed else tol)
     w, h = state
-    result = LowRankMatrix(w * root, jnp.ones((rank,), dtype), h * root)
+    result = poison(LowRankMatrix(w * root, jnp.ones((rank,), dtype), h * root), n_nonfinite)
     checks = (n_nonfinite, n_init_nonfinite, n_negative, smallest)
     if not return_info:
         return result, checks

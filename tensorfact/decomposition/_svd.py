@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tensorfact._checks import finite_part, poison
 from tensorfact._checks import (Precision, as_matrix, check_choice, check_key,
-                                check_positive_int, count_nonfinite, report_nonfinite)
+                                check_positive_int, report_nonfinite)
 from tensorfact._numerics import pow2_scale, resolve_precision
 from tensorfact.decomposition._matrix_common import thin_svd
 from tensorfact.tensors import LowRankMatrix
@@ -113,14 +114,15 @@ def _check_nonneg_int(value, name: str) -> int:
 @functools.partial(jax.jit, static_argnames=("rank", "method", "oversample", "n_power_iter",
                                              "precision"))
 def _svd(m, key, *, rank, method, oversample, n_power_iter, precision):
-    n_nonfinite = count_nonfinite(m)
+    m, n_nonfinite = finite_part(m)  # LAPACK's SVD does not return on Inf
     # On m / 2^k (exact): the sketch products and any backend's SVD and QR see entries of
     # order one whatever the data's magnitude; the singular values are scaled back.
     scale = lax.stop_gradient(pow2_scale(m))
     m = m / scale
     if method == "exact":
         u, s, vt = thin_svd(m)
-        return LowRankMatrix(u[:, :rank], s[:rank] * scale, vt[:rank]), n_nonfinite
+        result = LowRankMatrix(u[:, :rank], s[:rank] * scale, vt[:rank])
+        return poison(result, n_nonfinite), n_nonfinite
     prec = resolve_precision(precision)
     width = min(rank + oversample, min(m.shape))
     omega = jax.random.normal(key, (m.shape[1], width), m.dtype)
@@ -134,7 +136,7 @@ def _svd(m, key, *, rank, method, oversample, n_power_iter, precision):
     u_small, s, vt_small = thin_svd(r.T)
     u = jnp.matmul(q, u_small[:, :rank], precision=prec)
     vt = jnp.matmul(vt_small[:rank], z.T, precision=prec)
-    return LowRankMatrix(u, s[:rank] * scale, vt), n_nonfinite
+    return poison(LowRankMatrix(u, s[:rank] * scale, vt), n_nonfinite), n_nonfinite
 
 
 def _transpose_times(m, q, precision):

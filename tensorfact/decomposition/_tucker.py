@@ -140,7 +140,7 @@ def tucker(x, ranks, *, key=None, method: Method = "hooi",
         x, mask, key, init_tensor, tol, ranks=ranks, modes=modes, method=method, n_iter=n_iter,
         fixed=fixed, init=init_kind, nonneg=bool(nonneg), subspace_iter=subspace_iter,
         precision=precision, return_info=bool(return_info))
-    report_nonfinite(n_nonfinite, "x")  # counted inside the fit: no extra pass
+    report_nonfinite(n_nonfinite, "x", maskable=True)  # counted in the fit: no extra pass
     return result
 
 

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from tensorfact import _tproduct
+from tensorfact._checks import finite_part, poison
 from tensorfact._checks import (Init, check_choice, check_key, check_mask, check_nonneg_number,
-                                count_nonfinite, is_traced, report_nonfinite)
+                                is_traced, report_nonfinite)
 from tensorfact._numerics import pow2_scale, resolve_precision, safe_norm
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               solve_normal_equations)
@@ -166,7 +167,7 @@ def complete(x, mask, *, key=None, rank=None, method: Method = "tnn", init: Init
         x, mask, t.matrix, key if (method == "factor" and init == "random") else None, mu,
         concrete_or_traced(l2), tol, rank=rank, kind=t.kind, method=method, init=init,
         n_iter=n_iter, fixed=fixed, precision=precision, return_info=bool(return_info))
-    report_nonfinite(n_nonfinite, "x (observed entries)")
+    report_nonfinite(n_nonfinite, "x (observed entries)", maskable=True)
     return result
 
 
@@ -174,7 +175,7 @@ def complete(x, mask, *, key=None, rank=None, method: Method = "tnn", init: Init
     "rank", "kind", "method", "init", "n_iter", "fixed", "precision", "return_info"))
 def _complete(x, mask, matrix, key, mu, l2, tol, *, rank, kind, method, init, n_iter, fixed,
               precision, return_info):
-    n_nonfinite = count_nonfinite(x, mask)
+    x, n_nonfinite = finite_part(x, mask)  # LAPACK's SVD does not return on Inf
     t = _tproduct.Transform(kind, matrix)
     if mask is None:
         mask = jnp.ones(x.shape, bool)
@@ -190,7 +191,7 @@ def _complete(x, mask, matrix, key, mu, l2, tol, *, rank, kind, method, init, n_
     else:
         result, n_done, errors, converged = _complete_factor(m0, mask, key, l2 / scale, tol, t,
                                                              n_iter, precision, rank, init)
-    scaled = scaled_tsvd(result, scale)
+    scaled = poison(scaled_tsvd(result, scale), n_nonfinite)
     if not return_info:
         return scaled, n_nonfinite
     rel = relative_error(m0, result.to_dense(precision=precision), mask)

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import _tproduct
-from tensorfact._checks import check_nonneg_number, count_nonfinite, is_traced, report_nonfinite
+from tensorfact._checks import finite_part, poison
+from tensorfact._checks import check_nonneg_number, is_traced, report_nonfinite
 from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition._common import concrete_or_traced
 from tensorfact.decomposition._gradient_fit import (DEFAULT_RANK_TOL, check_rank_tol,
@@ -96,9 +97,10 @@ def svd(x, rank=None, *, transform: _tproduct.TransformLike = "fft",
 
 @functools.partial(jax.jit, static_argnames=("rank", "kind", "precision"))
 def _svd(x, matrix, *, rank, kind, precision):
+    x, n_nonfinite = finite_part(x)  # LAPACK's SVD does not return on Inf
     scale = jax.lax.stop_gradient(pow2_scale(x))
     t = truncated_tsvd(x / scale, _tproduct.Transform(kind, matrix), rank, precision)
-    return scaled_tsvd(t, scale), count_nonfinite(x)
+    return poison(scaled_tsvd(t, scale), n_nonfinite), n_nonfinite
 
 
 def rank(x, tol=None, *, transform: _tproduct.TransformLike = "fft"):

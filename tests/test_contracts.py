@@ -1,0 +1,319 @@
+"""Contract tests over a registry of every public fit.
+
+Each entry of ``FITS`` says how to call one fit on a small problem; every contract below runs
+over all of them (as Optax's ``alias_test`` runs over every optimizer and Lineax's tests over
+every solver), so a new decomposition joins every contract by adding one line. What a family
+does beyond the contracts (recovery, invariants, comparisons with TensorLy) stays in its own
+test file.
+
+Contracts: the result alone by default and ``(result, info)`` with ``return_info=True`` (info
+fields per docs/glossary.md, ``rel_error`` the true error); ``jit`` equals eager; ``vmap``
+equals a loop; deterministic; ``grad`` finite (fixed-length fits); NaN/Inf in every array
+argument reported eagerly, naming it; scale equivariance over 1e-30…1e30 in float32 with the
+same reported error; a zero-size mode is an error naming the data; bad keys name ``key``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tensorfact as tfa
+
+KEY = jax.random.key(7)
+
+
+def _planted_cp(shape, rank, seed=0, nonneg=False):
+    x = tfa.random_cp(jax.random.key(seed), shape, rank=rank).to_dense()
+    return jnp.abs(x) if nonneg else x
+
+
+def _lowrank(m, n, r, seed=0, nonneg=False):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    a, b = jax.random.normal(k1, (m, r)), jax.random.normal(k2, (r, n))
+    return (jnp.abs(a) @ jnp.abs(b)) if nonneg else a @ b
+
+
+def _half_mask(shape, seed=1):
+    return jax.random.bernoulli(jax.random.key(seed), 0.7, shape)
+
+
+def _tubal_lowrank(seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    a = jax.random.normal(k1, (6, 2, 4))
+    b = jax.random.normal(k2, (5, 2, 4))
+    return tfa.tubal.product(a, tfa.tubal.transpose(b))
+
+
+def _sensing(seed=0):
+    x = _lowrank(5, 4, 1, seed)
+    a = tfa.gaussian_measurements((5, 4), 60, key=jax.random.key(seed + 1))
+    return tfa.measure(a, x), a
+
+
+def _tubal_sensing(seed=0):
+    x = _tubal_lowrank(seed)
+    a = tfa.tubal.gaussian_measurements(x.shape, 150, key=jax.random.key(seed + 1))
+    return tfa.tubal.measure(a, x), a
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """One public fit: ``call(*data, **kw)`` on the arrays ``make()`` returns.
+
+    ``names`` names the array arguments (the first is the one that scales and that a zero-size
+    mode is reported on); ``dense`` turns the result into an array to compare; ``grad`` says
+    whether ``jax.grad`` through the fit is promised; ``iterative`` whether it takes
+    ``return_info``; ``key`` is ``"required"``, ``"option"`` (only with ``key_kw``) or None;
+    ``scale`` whether it is scale-equivariant (gradient-descent fits start from an absolute
+    ``init_scale`` and are not); ``sized`` whether the data have modes that can be empty
+    (TT-cross samples a function, whose parameters are the data here).
+    """
+    name: str
+    call: Callable
+    make: Callable
+    names: tuple = ("x",)
+    dense: Callable = lambda r: r.to_dense()
+    grad: bool = True
+    iterative: bool = True
+    key: str | None = None
+    key_kw: dict = dataclasses.field(default_factory=dict)
+    scale: bool = True
+    rtol: float = 1e-4
+    sized: bool = True
+
+
+def _x3():
+    return (_planted_cp((5, 6, 7), 2),)
+
+
+def _m():
+    return (_lowrank(8, 7, 2),)
+
+
+FITS = [
+    Fit("cp", lambda x, **kw: tfa.cp(x, 2, n_iter=15, tol=0, **kw), _x3),
+    Fit("cp_nonneg", lambda x, **kw: tfa.cp(x, 2, n_iter=15, tol=0, nonneg=True, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),)),
+    Fit("cp_mask", lambda x, m, **kw: tfa.cp(x, 2, n_iter=15, tol=0, mask=m, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2), _half_mask((5, 6, 7))), names=("x", "mask")),
+    Fit("cp_random", lambda x, **kw: tfa.cp(x, 2, n_iter=15, tol=0, init="random", **kw), _x3,
+        key="option"),
+    Fit("tucker", lambda x, **kw: tfa.tucker(x, (2, 3, 2), n_iter=10, tol=0, **kw), _x3),
+    Fit("tucker_hosvd", lambda x, **kw: tfa.tucker(x, (2, 3, 2), method="hosvd", **kw), _x3),
+    Fit("tucker_st_hosvd", lambda x, **kw: tfa.tucker(x, (2, 3, 2), method="st_hosvd", **kw),
+        _x3),
+    Fit("tucker_nonneg", lambda x, **kw: tfa.tucker(x, 2, n_iter=10, tol=0, nonneg=True, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False),
+    Fit("tucker_mask", lambda x, m, **kw: tfa.tucker(x, 2, n_iter=10, tol=0, mask=m, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2), _half_mask((5, 6, 7))), names=("x", "mask")),
+    Fit("tt", lambda x, **kw: tfa.tt(x, [1, 2, 2, 1], **kw), _x3, iterative=False),
+    Fit("tt_matrix", lambda w, **kw: tfa.tt_matrix(w, (2, 4), (3, 2), 3, **kw),
+        lambda: (_lowrank(8, 6, 2),), names=("w",), iterative=False),
+    Fit("tensor_ring", lambda x, **kw: tfa.tensor_ring(x, 2, **kw), _x3, iterative=False),
+    Fit("tensor_ring_als",
+        lambda x, **kw: tfa.tensor_ring(x, 2, method="als", n_iter=10, tol=0, **kw), _x3),
+    Fit("tt_cross",
+        lambda p, **kw: tfa.tt_cross(lambda i: p[0] / (1.0 + jnp.sum(i, axis=-1)), (6, 5, 4),
+                                     2, n_iter=3, **{"key": KEY, **kw}),
+        lambda: (jnp.asarray([1.5]),), names=("fn",), key="required", grad=False, sized=False),
+    Fit("svd", lambda m, **kw: tfa.svd(m, 2, **kw), _m, names=("m",), iterative=False),
+    Fit("svd_randomized", lambda m, **kw: tfa.svd(m, 2, method="randomized", **kw), _m,
+        names=("m",), iterative=False, key="option"),
+    Fit("nmf", lambda m, **kw: tfa.nmf(m, 2, n_iter=20, tol=0, **kw),
+        lambda: (_lowrank(8, 7, 2, nonneg=True),), names=("m",)),
+    Fit("nmf_mu", lambda m, **kw: tfa.nmf(m, 2, method="mu", n_iter=20, tol=0, **kw),
+        lambda: (_lowrank(8, 7, 2, nonneg=True),), names=("m",)),
+    Fit("cur", lambda m, **kw: tfa.cur(m, 2, **kw), _m, names=("m",), iterative=False,
+        grad=False, dense=lambda r: r.to_dense()),
+    Fit("cur_leverage", lambda m, **kw: tfa.cur(m, 2, method="leverage", **kw), _m,
+        names=("m",), iterative=False, grad=False, key="option"),
+    Fit("complete", lambda m, mask, **kw: tfa.complete(m, mask, 2, n_iter=15, tol=0, **kw),
+        lambda: (_lowrank(8, 7, 2), _half_mask((8, 7))), names=("m", "mask")),
+    Fit("complete_soft_impute",
+        lambda m, mask, **kw: tfa.complete(m, mask, 2, method="soft_impute", n_iter=15, tol=0,
+                                           **kw),
+        lambda: (_lowrank(8, 7, 2), _half_mask((8, 7))), names=("m", "mask")),
+    Fit("rpca", lambda m, **kw: tfa.rpca(m, n_iter=30, tol=0, **kw), _m, names=("m",),
+        dense=lambda r: r[0] + r[1]),
+    Fit("factorize_gd",
+        lambda y, a, **kw: tfa.factorize_gd(y, a, 2, n_iter=30, **{"key": KEY, **kw}),
+        _sensing, names=("y", "a"), key="required", scale=False),
+    Fit("tubal_svd", lambda x, **kw: tfa.tubal.svd(x, rank=2, **kw),
+        lambda: (_tubal_lowrank(),), iterative=False),
+    Fit("tubal_rpca", lambda x, **kw: tfa.tubal.rpca(x, n_iter=30, tol=0, **kw),
+        lambda: (_tubal_lowrank(),), dense=lambda r: r[0] + r[1]),
+    Fit("tubal_complete",
+        lambda x, m, **kw: tfa.tubal.complete(x, m, n_iter=30, tol=0, **kw),
+        lambda: (_tubal_lowrank(), _half_mask((6, 5, 4))), names=("x", "mask")),
+    Fit("tubal_complete_factor",
+        lambda x, m, **kw: tfa.tubal.complete(x, m, rank=2, method="factor", n_iter=15, tol=0,
+                                              **kw),
+        lambda: (_tubal_lowrank(), _half_mask((6, 5, 4))), names=("x", "mask")),
+    Fit("tubal_factorize_gd",
+        lambda y, a, **kw: tfa.tubal.factorize_gd(y, a, 2, n_iter=30, **{"key": KEY, **kw}),
+        _tubal_sensing, names=("y", "a"), key="required", scale=False),
+]
+
+
+
+def _over(predicate=lambda f: True):
+    """Parametrizes a test over the fits the contract applies to (never a skip)."""
+    chosen = [f for f in FITS if predicate(f)]
+    return pytest.mark.parametrize("fit", chosen, ids=[f.name for f in chosen])
+
+
+def _dense(fit, result):
+    return np.asarray(fit.dense(result), dtype=np.float64)
+
+
+def _key_kw(fit):
+    return {"key": KEY} if fit.key == "option" else {}
+
+
+def _run(fit, data, **kw):
+    return fit.call(*data, **{**_key_kw(fit), **kw})
+
+
+#: Public names of tensorfact.decomposition and tensorfact.tubal that are not fits (types,
+#: info types, measurement helpers, operations on a result, the algebra).
+NOT_FITS = {"FitInfo", "measure", "gaussian_measurements", "tt_round", "loss", "product",
+            "transpose", "identity", "inverse", "norm", "rank", "tnn", "prox", "effective_rank",
+            "singular_tube_norms", "to_transform_domain", "from_transform_domain",
+            "frequency_weights", "facewise", "Transform", "TSVDTensor", "TubalFactors"}
+
+
+def _registered(name):
+    return any(f.name == name or f.name.startswith(name + "_") for f in FITS)
+
+
+def test_registry_covers_every_public_fit():
+    """Every public decomposition joins the registry, and so every contract."""
+    for name in tfa.decomposition.__all__:
+        if name not in NOT_FITS and not name[0].isupper():
+            assert _registered(name), f"tensorfact.{name} is not in the contract registry"
+    for name in tfa.tubal.__all__:
+        if name not in NOT_FITS and not name[0].isupper():
+            assert _registered("tubal_" + name), f"tensorfact.tubal.{name} is not registered"
+
+
+@_over()
+def test_result_alone_by_default_and_info_on_request(fit):
+    data = fit.make()
+    result = _run(fit, data)
+    assert not isinstance(result, tuple) or fit.name.endswith("rpca")
+    if not fit.iterative:
+        return
+    result, info = _run(fit, data, return_info=True)
+    assert info._fields[:4] == ("n_iter", "errors", "rel_error", "converged")
+    assert np.isfinite(float(info.rel_error))
+
+
+@_over()
+def test_jit_matches_eager(fit):
+    data = fit.make()
+    eager = _dense(fit, _run(fit, data))
+    jitted = _dense(fit, jax.jit(lambda *d: _run(fit, d))(*data))
+    np.testing.assert_allclose(jitted, eager, rtol=fit.rtol, atol=fit.rtol * np.abs(eager).max())
+
+
+@_over()
+def test_vmap_matches_a_loop(fit):
+    a, b = fit.make(), tuple(2 * d if d.dtype != bool else d for d in fit.make())
+    stacked = tuple(jnp.stack([p, q]) for p, q in zip(a, b))
+    batched = jax.vmap(lambda *d: fit.dense(_run(fit, d)))(*stacked)
+    for i, data in enumerate((a, b)):
+        single = _dense(fit, _run(fit, data))
+        np.testing.assert_allclose(np.asarray(batched[i]), single, rtol=1e-3,
+                                   atol=1e-3 * np.abs(single).max())
+
+
+@_over()
+def test_deterministic(fit):
+    data = fit.make()
+    np.testing.assert_array_equal(_dense(fit, _run(fit, data)), _dense(fit, _run(fit, data)))
+
+
+@_over(lambda f: f.grad)
+def test_grad_is_finite(fit):
+    data = fit.make()
+
+    def loss(x):
+        return jnp.sum(fit.dense(_run(fit, (x,) + tuple(data[1:]))) ** 2)
+
+    g = jax.grad(loss)(data[0])
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+@_over()
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_is_reported_naming_the_argument(fit, bad):
+    data = fit.make()
+    for i, name in enumerate(fit.names):
+        if name == "mask":
+            continue
+        arrays = list(data)
+        arrays[i] = arrays[i].at[(0,) * arrays[i].ndim].set(bad)
+        if "mask" in fit.names:  # a NaN on an observed entry
+            m = fit.names.index("mask")
+            arrays[m] = arrays[m].at[(0,) * arrays[m].ndim].set(True)
+        with pytest.raises(ValueError, match=name):
+            _run(fit, tuple(arrays))
+
+
+@settings(max_examples=6, deadline=None)
+@given(exponent=st.sampled_from([-30, -20, -8, 8, 20, 30]))
+def test_scale_equivariant_with_the_true_error(exponent):
+    c = np.float32(10.0 ** exponent)
+    for fit in FITS:
+        if not fit.scale:
+            continue
+        data = fit.make()
+        scaled = (data[0] * c,) + tuple(data[1:])
+        base = _dense(fit, _run(fit, data))
+        out = _dense(fit, _run(fit, scaled))
+        assert np.all(np.isfinite(out)), fit.name
+        np.testing.assert_allclose(out / c, base, rtol=1e-3, atol=1e-3 * np.abs(base).max(),
+                                   err_msg=fit.name)
+        if fit.iterative:
+            _, info = _run(fit, data, return_info=True)
+            _, info_c = _run(fit, scaled, return_info=True)
+            np.testing.assert_allclose(float(info_c.rel_error), float(info.rel_error),
+                                       rtol=1e-2, atol=1e-5, err_msg=fit.name)
+
+
+@_over(lambda f: f.sized)
+def test_zero_size_mode_is_an_error_naming_the_data(fit):
+    empty = tuple(d[:0] for d in fit.make())
+    with pytest.raises(ValueError, match="|".join(n for n in fit.names if n != "mask")):
+        _run(fit, empty)
+
+
+@pytest.mark.parametrize("bad_key", [3, jnp.ones((2,), jnp.float32), "seed",
+                                     jax.random.split(jax.random.key(0), 2)],
+                         ids=["int", "float-array", "str", "batch"])
+@_over(lambda f: f.key is not None)
+def test_bad_keys_name_key(fit, bad_key):
+    with pytest.raises((TypeError, ValueError), match="key"):
+        fit.call(*fit.make(), key=bad_key)
+
+
+@_over(lambda f: f.sized)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_under_jit_gives_nan_not_an_answer(fit, bad):
+    """Under jit nothing can be raised: a NaN or Inf in the data must show in the result (and
+    never hang LAPACK), so bad input never passes for a fit."""
+    data = list(fit.make())
+    data[0] = data[0].at[(0,) * data[0].ndim].set(bad)
+    if "mask" in fit.names:
+        m = fit.names.index("mask")
+        data[m] = data[m].at[(0,) * data[m].ndim].set(True)
+    out = np.asarray(jax.jit(lambda *d: fit.dense(_run(fit, d)))(*data))
+    assert np.isnan(out).all(), f"{fit.name}: {np.isfinite(out).mean():.0%} of the result finite"
