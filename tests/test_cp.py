@@ -290,6 +290,20 @@ def test_nonneg_fit_matches_tensorly_hals(seed, tensorly):
     assert ours >= theirs - 1e-3, (ours, theirs)
 
 
+@pytest.mark.parametrize("factor", [3.0, 0.7, 1e6])
+def test_nonneg_fit_does_not_depend_on_the_scale_of_the_data(factor):
+    # HALS's path depends on the scale of its start against the data's; the start is matched to
+    # the data's norm, so scaling by a factor that is not a power of two (which the fit's exact
+    # power-of-two rescaling does not absorb) must give the same fit, scaled
+    with x64():
+        clean = planted(31, dtype=jnp.float64, nonneg=True).to_dense()
+        x = jnp.maximum(tfa.noisy(jax.random.key(41), clean, NOISE), 0.0)
+        base = tfa.cp(x, RANK, n_iter=100, tol=0, nonneg=True).to_dense()
+        scaled = tfa.cp(x * factor, RANK, n_iter=100, tol=0, nonneg=True).to_dense()
+        np.testing.assert_allclose(np.asarray(scaled) / factor, np.asarray(base), rtol=0,
+                                   atol=1e-9 * float(jnp.max(x)))
+
+
 # ---------------------------------------------------------------------------------------------
 # jit, vmap, grad
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from tensorfact.decomposition._loop import (DEFAULT_TOL, FitInfo, cp_info,
                                             error_from_norms, iterate,
                                             refine_error, relative_error)
 from tensorfact.decomposition._sweeps import (cp_initial_factors, cp_penalties, cp_scale_back,
-                                              cp_sweep)
+                                              cp_sweep, scaled_to_data)
 from tensorfact.tensors import CPTensor
 
 __all__ = ["cp"]
@@ -175,6 +175,9 @@ def _cp_fit(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, no
         factors = [a.astype(dtype) for a in init_tensor.factors]
     else:
         weights, factors = cp_initial_factors(x, rank, key, init, nonneg, precision)
+        if nonneg:  # HALS's path depends on the start's scale: match the data's
+            weights, factors = scaled_to_data(weights, factors, jnp.vdot(
+                x, x, precision=algebra.resolve_precision(precision)), precision)
     if not normalize:  # the factors carry the scale; the weights stay at one
         factors = [factors[0] * weights] + list(factors[1:])
         weights = jnp.ones_like(weights)

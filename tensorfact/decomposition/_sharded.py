@@ -54,6 +54,7 @@ from tensorfact.decomposition._common import leading_eigenvectors, random_orthon
 from tensorfact.decomposition._loop import (FitInfo, cp_info, error_from_norms, iterate,
                                             refine_error, relative_from_squares)
 from tensorfact.decomposition._sweeps import (SweepLayout, cp_initial_factors, cp_penalties,
+                                              scaled_to_data,
                                               cp_scale_back, cp_sweep, hoqri_update,
                                               tucker_sweep_modes)
 from tensorfact.tensors import CPTensor, TuckerTensor, TTTensor
@@ -231,12 +232,13 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
         weights, factors = cp_initial_factors(
             x, rank, key, init, nonneg, precision, shape=shape,
             subspace=lambda n, r: _unfolding_subspace(x, n, mesh, axes, every, r, precision))
+    norm_x_sq = _psum(jnp.vdot(x, x, precision=prec), every)
+    if nonneg and init != "given":  # as in the single-device fit: HALS starts at the data's norm
+        weights, factors = scaled_to_data(weights, factors, norm_x_sq, precision)
     if not normalize:
         factors = [factors[0] * weights] + factors[1:]
         weights = jnp.ones_like(weights)
     l2 = cp_penalties(l2, scale, x.ndim, normalize)
-
-    norm_x_sq = _psum(jnp.vdot(x, x, precision=prec), every)
 
     def local_dense(weights, factors):
         rows = [_local_rows(a, mesh, axes[m]) for m, a in enumerate(factors)]

@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import algebra, kernels
+from tensorfact._numerics import safe_divide
 from tensorfact.decomposition._common import (hals_columns, leading_subspace, normalize_columns,
                                               solve_normal_equations, split_halves)
 
-__all__ = ["SweepLayout", "ONE_DEVICE", "cp_initial_factors", "extra_columns", "cp_penalties",
-           "cp_scale_back", "cp_sweep",
+__all__ = ["SweepLayout", "ONE_DEVICE", "cp_initial_factors", "scaled_to_data", "extra_columns",
+           "cp_penalties", "cp_scale_back", "cp_sweep",
            "update_cp_factor", "cp_sweep_result", "tucker_sweep_modes", "hoqri_update"]
 
 
@@ -59,6 +60,25 @@ def cp_initial_factors(x, rank, key, init, nonneg, precision, *, shape=None, sub
             u = jnp.concatenate([u, extra], axis=1)
         factors.append(jnp.abs(u) if nonneg else u)
     return jnp.ones((rank,), x.dtype), factors
+
+
+def scaled_to_data(weights, factors, norm_x_sq, precision):
+    """The start ``(weights, factors)`` with its weights multiplied by ``‖x‖ / ‖x̂‖``, so that the
+    starting CP tensor has the norm of the data.
+
+    ALS is indifferent to the scale of its start (each update solves for a whole factor), but
+    HALS updates one column at a time against the current values of the others, so its path
+    depends on the ratio of the data's scale to the start's. A start of unit columns is then
+    tied to whatever power of two the data were divided by; matched to the data's norm, the
+    path is that of the data alone (on planted nonnegative tensors it then follows TensorLy's
+    ``non_negative_parafac_hals`` from the same SVD start to the same fit). Zero data keep the
+    start as it is."""
+    grams = [jnp.matmul(a.T, a, precision=algebra.resolve_precision(precision)) for a in factors]
+    gram_all = functools.reduce(lambda a, b: a * b, grams)
+    approx_sq = jnp.einsum("r,rs,s->", weights, gram_all, weights,
+                           precision=algebra.resolve_precision(precision))
+    ratio = jnp.sqrt(safe_divide(norm_x_sq, approx_sq))
+    return weights * jnp.where(ratio > 0, ratio, 1), factors
 
 
 #: Golden-ratio conjugate: the angles of :func:`extra_columns` never repeat (nor mirror each
