@@ -26,7 +26,7 @@ from tensorfact.tensors._tt import (tt_add, tt_gather, tt_hadamard, tt_inner, tt
                                     tt_orthogonalize, tt_scale)
 from tensorfact.tubal import TubalFactors
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["resolve_precision", "PRECISIONS", "pow2_scale", "safe_norm", "safe_divide"]
+__all__ = ["resolve_precision", "PRECISIONS", "pow2_scale", "pow2_normalize", "pow2_restore",
+           "pow2_sqrt", "safe_norm", "safe_sqrt", "safe_divide"]
 
 #: The strings ``precision=`` accepts (besides ``None`` and a ``jax.lax.Precision``).
 PRECISIONS = ("default", "high", "highest")
@@ -85,3 +86,39 @@ def safe_divide(numer, denom) -> jax.Array:
     sides (the ``where`` is applied to the denominator before dividing)."""
     nonzero = denom != 0
     return jnp.where(nonzero, numer / jnp.where(nonzero, denom, 1), 0)
+
+
+def safe_sqrt(sq) -> jax.Array:
+    """``sqrt(sq)`` for ``sq ≥ 0`` with a zero (not infinite) derivative at 0; a negative ``sq``
+    (rounding in a difference of squares) gives 0, and NaN stays NaN (a diverged fit must not
+    read as a perfect one)."""
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), jnp.where(sq == sq, 0, sq))
+
+
+# A chain of d factors multiplies d scales: cores of entries 1e10 give a norm of 1e50 in the
+# middle of a contraction even when the result is representable. The types therefore contract
+# normalised factors and carry the powers of two apart, as an int32 exponent
+# (``value = mantissa · 2^exponent``). Dividing by a power of two is exact, and the scales are
+# constants to autodiff (a multilinear product of normalised factors times the scales is the same
+# function), so gradients are unchanged.
+
+
+def pow2_normalize(value):
+    """``(value / 2^k, k)``: ``value`` rescaled exactly so that its largest entry lies in
+    ``[1, 2)`` (by :func:`pow2_scale`), and the int32 exponent ``k`` taken out."""
+    scale = lax.stop_gradient(pow2_scale(value))
+    _, exponent = jnp.frexp(scale)  # scale = 0.5 · 2^exponent
+    return value / scale, exponent.astype(jnp.int32) - 1
+
+
+def pow2_restore(mantissa, exponent):
+    """``mantissa · 2^exponent`` (``jnp.ldexp``: representable whenever the product is)."""
+    return jnp.ldexp(mantissa, exponent)
+
+
+def pow2_sqrt(mantissa, exponent):
+    """``sqrt(max(mantissa, 0) · 2^exponent)`` without forming the (possibly unrepresentable)
+    square ``mantissa · 2^exponent``; the gradient at 0 is 0, and NaN stays NaN."""
+    odd = exponent % 2  # exponent = 2q + odd with q = floor(exponent / 2)
+    return pow2_restore(safe_sqrt(pow2_restore(mantissa, odd)), (exponent - odd) // 2)

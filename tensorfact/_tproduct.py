@@ -45,11 +45,11 @@ import numpy as np
 
 from tensorfact._checks import (as_float_array, check_choice, check_positive_int,
                                 count_nonfinite, is_traced, report_nonfinite)
-from tensorfact._numerics import pow2_scale, resolve_precision, safe_norm
+from tensorfact._numerics import pow2_normalize, pow2_scale, resolve_precision, safe_norm
 
 __all__ = [
     "Transform", "TransformLike", "resolve_transform", "check_tensor", "map_batch",
-    "unit_scaled", "safe_sqrt",
+    "unit_scaled",
     "to_transform_domain", "from_transform_domain", "frequency_weights", "facewise",
     "product", "transpose", "identity", "inverse", "norm",
 ]
@@ -134,16 +134,8 @@ def unit_scaled(*arrays):
     entry (exact, :func:`tensorfact._numerics.pow2_scale`), and the total exponent, so that a
     norm computed from the scaled factors of a product is ``ldexp(norm, Σ k_i)``: no square
     over- or underflows for entries anywhere in the floating range."""
-    scales = [jax.lax.stop_gradient(pow2_scale(x)) for x in arrays]
-    exponent = sum(jnp.frexp(s)[1] - 1 for s in scales)  # s = 2^k exactly: mantissa ½
-    return tuple(x / s for x, s in zip(arrays, scales)), exponent
-
-
-def safe_sqrt(sq):
-    """``sqrt(max(sq, 0))`` with a zero (not NaN) gradient at ``sq ≤ 0`` (the ``where`` trick):
-    the norms of the types, computed from Gram matrices, meet zero factors."""
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+    mantissas, exponents = zip(*(pow2_normalize(x) for x in arrays))
+    return mantissas, sum(exponents)
 
 
 def _along_tubes(fn, x, *args, **kwargs):

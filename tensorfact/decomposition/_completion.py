@@ -37,12 +37,11 @@ from tensorfact._checks import finite_part, poison
 from tensorfact._checks import (Init, Precision, as_matrix, check_choice, check_key, check_mask,
                                 check_nonneg_number, check_positive_int, check_positive_number,
                                 count_nonfinite, is_traced, report_nonfinite)
-from tensorfact._numerics import resolve_precision
+from tensorfact._numerics import resolve_precision, safe_sqrt
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               random_orthonormal, solve_normal_equations)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate
-from tensorfact.decomposition._matrix_common import (pow2_root, ratio, relative_error,
-                                                     safe_sqrt, thin_svd)
+from tensorfact.decomposition._matrix_common import pow2_root, ratio, relative_error, thin_svd
 from tensorfact.tensors import LowRankMatrix
 
 __all__ = ["complete", "rpca"]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from tensorfact._checks import is_zero
-from tensorfact._numerics import safe_divide, safe_norm
+from tensorfact._numerics import safe_divide, safe_norm, safe_sqrt
 from tensorfact.metrics import relative_error  # noqa: F401  (re-exported for the fits)
 
 __all__ = ["DEFAULT_TOL", "DEFAULT_RESIDUAL_TOL", "FitInfo", "CPInfo", "cp_info", "iterate",
@@ -155,9 +155,7 @@ def error_from_norms(norm_x_sq, inner, approx_norm_sq):
 def relative_from_squares(err_sq, norm_x_sq):
     """``sqrt(max(err_sq, 0) / norm_x_sq)`` (0 where ``norm_x_sq`` is 0), with a finite
     derivative where the error is 0."""
-    ratio = safe_divide(jnp.maximum(err_sq, 0.0), norm_x_sq)
-    positive = ratio > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, ratio, 1)), 0)
+    return safe_sqrt(safe_divide(jnp.maximum(err_sq, 0.0), norm_x_sq))
 
 
 def refine_error(estimate, exact: Callable[[], jax.Array]):

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tensorfact._numerics import pow2_scale, safe_divide
+from tensorfact._numerics import pow2_scale, safe_divide, safe_sqrt
 
 __all__ = ["pow2_root", "times_root_power", "thin_svd", "relative_error", "error_from_norms",
-           "ratio", "safe_sqrt"]
+           "ratio"]
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -39,13 +39,6 @@ def times_root_power(value, root, power: int):
     fold ``v / r / r / r`` into ``v / r³``). Overflow gives ``±inf``."""
     _, exponent = jnp.frexp(root)  # root = 2^(exponent − 1)
     return jnp.ldexp(jnp.asarray(value, root.dtype), power * (exponent - 1))
-
-
-def safe_sqrt(x):
-    """``sqrt(x)`` for ``x ≥ 0`` with a zero (not infinite) derivative at 0; negative ``x``
-    gives 0 and NaN stays NaN (a diverged fit must not read as a perfect one)."""
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), jnp.where(x == x, 0, x))
 
 
 def ratio(numer, denom):

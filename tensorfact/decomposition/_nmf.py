@@ -45,13 +45,12 @@ from tensorfact._checks import finite_part, poison
 from tensorfact._checks import (Precision, as_matrix, check_choice, check_key, check_mask,
                                 check_nonneg_number, check_positive_int, count_nonfinite,
                                 is_traced, report_nonfinite)
-from tensorfact._numerics import resolve_precision, safe_divide, safe_norm
+from tensorfact._numerics import resolve_precision, safe_divide, safe_norm, safe_sqrt
 from tensorfact.decomposition._common import (check_iteration_args, concrete_or_traced,
                                               hals_columns, positive_floor)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, iterate, refine_error
 from tensorfact.decomposition._matrix_common import (error_from_norms, pow2_root,
-                                                     relative_error, safe_sqrt,
-                                                     thin_svd, times_root_power)
+                                                     relative_error, thin_svd, times_root_power)
 from tensorfact.tensors import LowRankMatrix
 
 __all__ = ["nmf"]

@@ -47,7 +47,7 @@ from tensorfact.decomposition._common import (check_iteration_args, concrete_or_
                                               leading_subspace)
 from tensorfact.decomposition._loop import (FitInfo, error_from_norms, is_fixed_length, iterate,
                                             refine_error, relative_error)
-from tensorfact.tensors._base import pow2_normalize
+from tensorfact._numerics import pow2_normalize
 from tensorfact.tensors._tr import TRTensor, chain, transfer_chain
 
 __all__ = ["tensor_ring"]

@@ -46,7 +46,7 @@ from tensorfact._checks import (Precision, as_float_array, as_matrix, check_nonn
                                 check_positive_int, count_nonfinite, is_traced, report_nonfinite)
 from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition import _sharded
-from tensorfact.tensors._base import pow2_restore
+from tensorfact._numerics import pow2_restore
 from tensorfact.tensors._tt import (TTMatrix, TTTensor, flat_cores, from_flat_cores,
                                     orthogonalize_scaled)
 

@@ -19,9 +19,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from tensorfact._numerics import pow2_scale
 
 
 class FactorizedTensor:
@@ -150,34 +148,3 @@ def as_leaf_sequence(values, name: str, ndim: int, layout: str,
                              f"{tuple(v.shape)}.")
     return leaves
 
-
-# -- scale-safe products of chains of cores ---------------------------------------------------
-# A chain of d cores multiplies d scales: cores of entries 1e10 give a norm of 1e50 in the middle
-# of a contraction even when the result is representable (its square root, a ratio, ...). The
-# types therefore contract normalised factors and carry the powers of two apart, as an int32
-# exponent: ``value = mantissa · 2^exponent``. Dividing by a power of two is exact, and the
-# scales are constants to autodiff (a multilinear product of normalised factors times the scales
-# is the same function), so gradients are unchanged.
-
-
-def pow2_normalize(value):
-    """``(value / 2^k, k)``: ``value`` rescaled exactly to entries of at most 1 in modulus (by
-    :func:`tensorfact._numerics.pow2_scale`), and the int32 exponent ``k`` taken out."""
-    scale = lax.stop_gradient(pow2_scale(value))
-    _, exponent = jnp.frexp(scale)  # scale = 0.5 · 2^exponent
-    return value / scale, exponent.astype(jnp.int32) - 1
-
-
-def pow2_restore(mantissa, exponent):
-    """``mantissa · 2^exponent`` (``jnp.ldexp``: representable whenever the product is)."""
-    return jnp.ldexp(mantissa, exponent)
-
-
-def pow2_sqrt(mantissa, exponent):
-    """``sqrt(max(mantissa, 0) · 2^exponent)`` without forming the (possibly unrepresentable)
-    square ``mantissa · 2^exponent``; the gradient at 0 is 0, not NaN."""
-    odd = exponent % 2  # exponent = 2q + odd with q = floor(exponent / 2)
-    m = jnp.maximum(pow2_restore(mantissa, odd), 0)
-    positive = m > 0
-    root = jnp.where(positive, jnp.sqrt(jnp.where(positive, m, 1)), 0)
-    return pow2_restore(root, (exponent - odd) // 2)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-from jax import lax
-
-from tensorfact._numerics import pow2_scale
+from tensorfact._numerics import pow2_normalize, pow2_restore, safe_sqrt
 
 __all__ = ["norm_of_scaled"]
 
@@ -16,9 +13,5 @@ def norm_of_scaled(leaves, norm_sq, precision):
     (exact) and scaled back with ``ldexp``. The result is finite whenever the norm is
     representable (no squared 1e20 overflows, no squared 1e-30 underflows), NaN stays NaN,
     and the gradient at a zero matrix is zero (not NaN)."""
-    scales = [lax.stop_gradient(pow2_scale(leaf)) for leaf in leaves]
-    sq = norm_sq(*(leaf / c for leaf, c in zip(leaves, scales)), precision)
-    positive = sq > 0
-    root = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), jnp.where(sq == sq, 0, sq))
-    exponent = sum(jnp.frexp(c)[1] - 1 for c in scales)  # each c = 2^(e − 1)
-    return jnp.ldexp(root, exponent)
+    mantissas, exponents = zip(*(pow2_normalize(leaf) for leaf in leaves))
+    return pow2_restore(safe_sqrt(norm_sq(*mantissas, precision)), sum(exponents))

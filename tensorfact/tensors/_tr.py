@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from tensorfact import algebra
 from tensorfact._checks import Precision
-from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf_sequence,
-                                      pow2_normalize, pow2_restore, pow2_sqrt)
+from tensorfact._numerics import pow2_normalize, pow2_restore, pow2_sqrt
+from tensorfact.tensors._base import CoreSequence, FactorizedTensor, as_leaf_sequence
 
 __all__ = ["TRTensor", "chain", "transfer_chain", "transfer_chain_scaled"]
 

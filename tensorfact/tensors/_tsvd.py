@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import _tproduct
-from tensorfact._numerics import resolve_precision
+from tensorfact._numerics import resolve_precision, safe_sqrt
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
@@ -171,6 +171,6 @@ def _norm(t: TSVDTensor, *, precision):
             per_slice = jnp.einsum("ki,kj,kij->k", jnp.conj(sh), sh, gu * jnp.conj(gv),
                                    precision=hp)
             sq = jnp.sum(w * jnp.real(per_slice))
-        return jnp.ldexp(_tproduct.safe_sqrt(jnp.real(sq)).astype(real), exponent)
+        return jnp.ldexp(safe_sqrt(jnp.real(sq)).astype(real), exponent)
 
     return t._mapped(one)

@@ -42,8 +42,8 @@ import numpy as np
 
 from tensorfact import algebra, kernels
 from tensorfact._checks import Impl, Precision, check_choice, is_traced
-from tensorfact.tensors._base import (CoreSequence, FactorizedTensor, as_leaf_sequence,
-                                      pow2_normalize, pow2_restore, pow2_sqrt)
+from tensorfact._numerics import pow2_normalize, pow2_restore, pow2_sqrt
+from tensorfact.tensors._base import CoreSequence, FactorizedTensor, as_leaf_sequence
 
 __all__ = ["TTTensor", "TTMatrix", "tt_add", "tt_scale", "tt_hadamard", "tt_inner",
            "tt_orthogonalize", "tt_gather", "tt_matmul", "flat_cores", "from_flat_cores",
@@ -432,7 +432,7 @@ def tt_inner(a, b, *, precision: Precision = "highest") -> jax.Array:
 
 def _inner_scaled(fa, fb, precision):
     """``⟨a, b⟩`` as ``(mantissa, exponent)``: the sweep on cores and running products
-    normalised by powers of two (:func:`~tensorfact.tensors._base.pow2_normalize`)."""
+    normalised by powers of two (:func:`~tensorfact._numerics.pow2_normalize`)."""
     precision = algebra.resolve_precision(precision)
     dtype = jnp.result_type(*fa, *fb)
     m, exponent = jnp.ones((1, 1), dtype), jnp.zeros((), jnp.int32)

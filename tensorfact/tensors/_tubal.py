@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from tensorfact import _tproduct
-from tensorfact._numerics import resolve_precision, safe_norm
+from tensorfact._numerics import resolve_precision, safe_norm, safe_sqrt
 from tensorfact.tensors._base import FactorizedTensor, as_leaf
 
 
@@ -149,7 +149,7 @@ def _norm(f: TubalFactors, *, precision):
         gb = jnp.matmul(jnp.conj(jnp.swapaxes(lb, -1, -2)), lb, precision=prec)
         per_slice = jnp.real(jnp.sum(ga * jnp.conj(gb), axis=(-2, -1)))
         w = _tproduct.frequency_weights(left.shape[-1], t.kind, per_slice.dtype)
-        norm = _tproduct.safe_sqrt(jnp.sum(w * per_slice)).astype(left.dtype)
+        norm = safe_sqrt(jnp.sum(w * per_slice)).astype(left.dtype)
         # symmetric: X = L * Lᵀ carries the scale of L twice
         return jnp.ldexp(norm, exponent if rest else 2 * exponent)
     return f._mapped(one)
