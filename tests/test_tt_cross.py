@@ -271,9 +271,11 @@ def test_maxvol_needs_a_tall_matrix():
 
 
 @pytest.mark.parametrize("ranks,message", [
-    ((1, 2, 1), "ranks must hold 4 TT ranks (1, r_1, ..., r_2, 1) or the 2 inner ones for a "
-                "3-way grid of shape (4, 5, 6), got 3: (1, 2, 1)"),
-    ((2, 2, 2, 1), "ranks must start and end with 1, got (2, 2, 2, 1)"),
+    ((1, 2, 1), "ranks must have d + 1 = 4 entries (1, r_1, ..., r_{d-1}, 1) or the d - 1 = 2 "
+                "inner ones (r_1, ..., r_{d-1}) for a 3-way tensor of shape (4, 5, 6), got 3: "
+                "(1, 2, 1)"),
+    ((2, 2, 2, 1), "ranks must start and end with 1 (a tensor train has boundary ranks 1), got "
+                   "(2, 2, 2, 1)"),
     ((1, 0, 2, 1), "ranks[1] must be a positive integer, got 0"),
     ((1, 2, -1, 1), "ranks[2] must be a positive integer, got -1"),
     ((1, 2.5, 2, 1), "ranks[1] must be a positive integer, got 2.5"),
@@ -281,7 +283,7 @@ def test_maxvol_needs_a_tall_matrix():
                    "shape (4, 5, 6) at bond 1"),
     ((1, 1, 6, 1), "ranks[1] = 1 and ranks[2] = 6 do not fit mode 1 of size 5"),
     (0, "ranks must be a positive integer, got 0"),
-    ("3", "ranks must be an int or a sequence of 4 ints"),
+    ("3", "ranks must be an int or a sequence of ints"),
 ])
 def test_bad_ranks(ranks, message):
     with pytest.raises(ValueError, match=re.escape(message)):

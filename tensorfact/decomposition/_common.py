@@ -5,6 +5,7 @@ normal-equation solve of ALS (a pseudo-inverse), HALS column updates, safe norma
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -258,3 +259,25 @@ def _psd_pinv_jvp(rcond, precision, primals, tangents):
     p_sq = mm(p, p)
     dp = -mm(mm(p, dv), p) + mm(mm(p_sq, dv), eye - mm(v, p)) + mm(mm(eye - mm(p, v), dv), p_sq)
     return p, dp
+
+
+def tt_rank_list(ranks, shape, name: str = "ranks") -> tuple[int, ...]:
+    """``(1, r_1, …, r_{d−1}, 1)`` from a sequence of the ``d + 1`` ranks of a tensor train (or
+    grid) of ``shape`` or of its ``d − 1`` inner ones, each a positive int; errors name ``name``.
+    Whether each rank is reachable from the shape is the caller's check."""
+    d = len(shape)
+    if isinstance(ranks, str) or not isinstance(ranks, (Sequence, np.ndarray)):
+        raise ValueError(f"{name} must be an int or a sequence of ints (1, r_1, ..., r_{{d-1}}, "
+                         f"1), got {ranks!r}.")
+    ranks = tuple(ranks)
+    if len(ranks) not in (d + 1, d - 1):
+        raise ValueError(f"{name} must have d + 1 = {d + 1} entries (1, r_1, ..., r_{{d-1}}, 1) "
+                         f"or the d - 1 = {d - 1} inner ones (r_1, ..., r_{{d-1}}) for a {d}-way "
+                         f"tensor of shape {tuple(shape)}, got {len(ranks)}: {ranks!r}.")
+    if len(ranks) == d - 1:
+        ranks = (1,) + ranks + (1,)
+    ranks = tuple(check_positive_int(r, f"{name}[{k}]") for k, r in enumerate(ranks))
+    if ranks[0] != 1 or ranks[-1] != 1:
+        raise ValueError(f"{name} must start and end with 1 (a tensor train has boundary "
+                         f"ranks 1), got {ranks!r}.")
+    return ranks

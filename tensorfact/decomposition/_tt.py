@@ -44,9 +44,9 @@ import numpy as np
 from tensorfact import algebra, sharding
 from tensorfact._checks import (Precision, as_float_array, as_matrix, check_nonneg_number,
                                 check_positive_int, count_nonfinite, is_traced, report_nonfinite)
-from tensorfact._numerics import pow2_scale
+from tensorfact._numerics import pow2_restore, pow2_scale
 from tensorfact.decomposition import _sharded
-from tensorfact._numerics import pow2_restore
+from tensorfact.decomposition._common import tt_rank_list
 from tensorfact.tensors._tt import (TTMatrix, TTTensor, flat_cores, from_flat_cores,
                                     orthogonalize_scaled)
 
@@ -268,20 +268,7 @@ def _bond_caps(ranks, shape, name, *, strict) -> tuple[int, ...]:
             out.append(r)
             left = r
         return tuple(out)
-    if not isinstance(ranks, (Sequence, np.ndarray)) or isinstance(ranks, str):
-        raise ValueError(f"{name} must be an int or a sequence of ints (1, r_1, ..., r_{{d-1}}, "
-                         f"1), got {ranks!r}.")
-    ranks = tuple(ranks)
-    if len(ranks) not in (d + 1, d - 1):
-        raise ValueError(f"{name} must have d + 1 = {d + 1} entries (1, r_1, ..., r_{{d-1}}, 1) "
-                         f"or the d - 1 = {d - 1} inner ones (r_1, ..., r_{{d-1}}) for a {d}-way "
-                         f"tensor of shape {tuple(shape)}, got {len(ranks)}: {ranks!r}.")
-    if len(ranks) == d - 1:
-        ranks = (1,) + ranks + (1,)
-    ranks = tuple(check_positive_int(r, f"{name}[{k}]") for k, r in enumerate(ranks))
-    if ranks[0] != 1 or ranks[-1] != 1:
-        raise ValueError(f"{name} must start and end with 1 (a tensor train has boundary "
-                         f"ranks 1), got {ranks!r}.")
+    ranks = tt_rank_list(ranks, shape, name)
     if strict:
         for k in range(1, d):
             limit = min(ranks[k - 1] * shape[k - 1], shape[k] * ranks[k + 1])

@@ -50,7 +50,7 @@ from jax import lax
 from tensorfact._checks import (Precision, check_key, check_nonneg_number, check_positive_int,
                                 count_nonfinite, is_traced)
 from tensorfact._numerics import safe_norm
-from tensorfact.decomposition._common import concrete_or_traced
+from tensorfact.decomposition._common import concrete_or_traced, tt_rank_list
 from tensorfact.decomposition._loop import is_fixed_length, iterate
 from tensorfact.tensors._tt import TTTensor, tt_gather
 
@@ -194,19 +194,7 @@ def _check_tt_ranks(ranks, shape) -> tuple[int, ...]:
     if isinstance(ranks, numbers.Integral) and not isinstance(ranks, bool):
         r = check_positive_int(ranks, "ranks")
         return tuple(min(r, b) for b in bounds)
-    if isinstance(ranks, str) or not isinstance(ranks, (Sequence, np.ndarray)):
-        raise ValueError(f"ranks must be an int or a sequence of {d + 1} ints (1, r_1, ..., "
-                         f"r_{d - 1}, 1), got {ranks!r}.")
-    ranks = tuple(ranks)
-    if len(ranks) not in (d + 1, d - 1):
-        raise ValueError(f"ranks must hold {d + 1} TT ranks (1, r_1, ..., r_{d - 1}, 1) or the "
-                         f"{d - 1} inner ones for a {d}-way grid of shape {shape}, got "
-                         f"{len(ranks)}: {ranks!r}.")
-    if len(ranks) == d - 1:
-        ranks = (1,) + ranks + (1,)
-    ranks = tuple(check_positive_int(r, f"ranks[{k}]") for k, r in enumerate(ranks))
-    if ranks[0] != 1 or ranks[-1] != 1:
-        raise ValueError(f"ranks must start and end with 1, got {ranks!r}.")
+    ranks = tt_rank_list(ranks, shape)
     for k in range(1, d):
         if ranks[k] > bounds[k]:
             raise ValueError(f"ranks[{k}] = {ranks[k]} exceeds {bounds[k]}, the largest rank of "
