@@ -16,7 +16,6 @@ import operator
 from collections.abc import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tensorfact._checks import as_float_array
@@ -32,21 +31,7 @@ def as_tensor(x, name: str = "x", *, min_ndim: int = 0) -> jax.Array:
     become float32, as in :func:`tensorfact._checks.as_float_array`; complex and non-numeric
     values are a ``TypeError`` naming ``name``.
     """
-    if not hasattr(x, "dtype"):
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as err:  # ragged lists, objects
-            raise TypeError(f"{name} must be an array (or nested sequence of numbers), got "
-                            f"{type(x).__name__}: {err}") from None
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        x = jnp.asarray(x)
-        if x.ndim < min_ndim:
-            raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape "
-                             f"{tuple(x.shape)}.")
-        return x
-    if np.dtype(x.dtype).kind not in "biuc":  # strings, objects: before JAX sees them
-        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}.")
-    return as_float_array(x, name, min_ndim=min_ndim)
+    return as_float_array(x, name, min_ndim=min_ndim, keep_low_floats=True)
 
 
 def _as_int(value):

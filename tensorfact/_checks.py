@@ -21,9 +21,13 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def as_float_array(x, name: str, *, min_ndim: int = 0, nonempty: bool = False) -> jax.Array:
+def as_float_array(x, name: str, *, min_ndim: int = 0, nonempty: bool = False,
+                   keep_low_floats: bool = False) -> jax.Array:
     """Converts ``x`` (an array, a NumPy array, a nested list) to a real floating JAX array:
-    integers, booleans and low floats become float32.
+    integers and booleans become float32, and so do bfloat16 and float16 unless
+    ``keep_low_floats`` (the algebra and the kernels, which also serve the layers, keep them;
+    the decompositions compute in float32 or float64). Complex and non-numeric values are a
+    ``TypeError`` naming ``name``.
 
     ``nonempty=True`` (what every decomposition asks) refuses a zero-size mode with an error
     naming ``name`` and its shape.
@@ -43,8 +47,9 @@ def as_float_array(x, name: str, *, min_ndim: int = 0, nonempty: bool = False) -
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
             or dtype == jnp.bool_):
         raise TypeError(f"{name} must be a numeric array, got dtype {dtype}.")
-    if dtype not in (jnp.float32, jnp.float64):
-        dtype = jnp.float32 if dtype != jnp.float64 else dtype
+    if dtype not in (jnp.float32, jnp.float64) and not (
+            keep_low_floats and jnp.issubdtype(dtype, jnp.floating)):
+        dtype = jnp.float32
     x = jnp.asarray(x, dtype=dtype)
     if x.ndim < min_ndim:
         raise ValueError(
