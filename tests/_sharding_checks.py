@@ -183,6 +183,13 @@ def check_options(out):
                 "rel": rel(np.asarray(a.to_dense(), np.float64) * c, dense),
                 "finite": bool(np.all(np.isfinite(dense))),
                 "rel_error": [float(ia.rel_error), float(ib.rel_error)]}
+    t = tfa.tt(x, [1, 3, 3, 1])  # TT-SVD has no info: compare the tensors
+    for c in (1e-30, 1e30):
+        dense = np.asarray(tfa.tt(sharding.shard_tensor(x * c, mesh, ("data",)),
+                                  [1, 3, 3, 1]).to_dense(), np.float64)
+        out["extra"][f"tt_scale_{c:g}"] = {"rel": rel(np.asarray(t.to_dense(), np.float64) * c,
+                                                      dense),
+                                           "finite": bool(np.all(np.isfinite(dense)))}
     # a 4-way TT whose row mode is split at step 1 (the all_to_all Gram), on a 2-D mesh
     mesh2 = sharding.make_mesh((2, 4), ("a", "b"))
     y = jax.random.normal(jax.random.key(3), (4, 8, 8, 4))

@@ -140,6 +140,15 @@ def test_sharded_fits_are_scale_equivariant(checks, case):
     assert 0.0 < result["rel_error"][1] < 0.1
 
 
+@pytest.mark.parametrize("case", ["tt_scale_1e-30", "tt_scale_1e+30"])
+def test_sharded_tt_is_scale_equivariant(checks, case):
+    """Sharded TT-SVD of ``c·x`` is ``c`` times the single-device TT-SVD of ``x`` (before: a
+    relative error of 0.94 at 1e-30 and NaN at 1e30)."""
+    result = checks["extra"][case]
+    assert result["finite"]
+    assert result["rel"] <= TOL
+
+
 @pytest.mark.parametrize("case, kind, pattern", [
     ("indivisible", "ValueError", r"mode 1 of size 12 .* axis 'data' of size 8"),
     ("indivisible_2d", "ValueError", r"mode 1 of size 12 .* \('a', 'b'\) of size 8"),

@@ -442,7 +442,8 @@ def _tt_body(x, *, mesh, axes, shape, caps, precision):
     prec = algebra.resolve_precision(precision)
     d = len(shape)
     n_bad = _psum(count_nonfinite(x), _flat_axes(axes))
-    c = x[None]  # (r_0 = 1, n_1, ..., n_d), split like x
+    scale = _global_scale(x, _flat_axes(axes))  # as on one device: fit x / 2^k, exact
+    c = (x / scale)[None]  # (r_0 = 1, n_1, ..., n_d), split like x
     cores, k, distributed = [], 0, True
     for k, cap in enumerate(caps):
         r, n, s = c.shape[0], shape[k], math.prod(shape[k + 1:])
@@ -470,5 +471,5 @@ def _tt_body(x, *, mesh, axes, shape, caps, precision):
         cores.append(u.reshape(r, n, cap))
     if distributed:
         c = _gather(c, axes[d - 1], axis=1)
-    cores.append(c.reshape(c.shape[0], shape[d - 1], 1))
+    cores.append(c.reshape(c.shape[0], shape[d - 1], 1) * scale)  # the scale back, exact
     return cores, n_bad
