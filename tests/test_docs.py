@@ -41,6 +41,17 @@ def test_readme_nnx_example_runs():
     assert namespace["layer"].n_params <= 0.1 * 1024 * 1024 + 1024
 
 
+def test_readme_optimizer_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Factorized optimizer state", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    sizes = namespace["sizes"]
+    assert sizes["smmf"] <= sizes["adamw"] / 10
+    assert sizes["galore"] <= sizes["adamw"] / 4
+
+
 def test_readme_quick_start_has_exactly_two_commands():
     readme = (ROOT / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1]
