@@ -117,6 +117,18 @@ def test_galore_select_callable_and_tree():
         galore(optax.sgd(1.0), rank=12, select={"w": True, "u": False}).init(params)
 
 
+def test_galore_inside_multi_transform_and_chain():
+    params = {"w": jnp.zeros((24, 12)), "b": jnp.zeros((12,))}
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.multi_transform(
+        {"low": galore(optax.adam(1e-2), rank=3), "plain": optax.adam(1e-2)},
+        {"w": "low", "b": "plain"}))
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)(grads_like(params, 5), state, params)
+    m = np.asarray(u["w"], np.float64)
+    assert np.linalg.matrix_rank(m, tol=1e-5 * np.abs(m).max()) == 3
+    assert np.linalg.matrix_rank(np.asarray(u["b"])[None]) == 1
+
+
 def test_galore_randomized_projection_is_keyed():
     params = {"w": jnp.zeros((40, 20))}
     g = grads_like(params, 3)
