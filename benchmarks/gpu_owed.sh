@@ -36,6 +36,7 @@ case "$group" in
     run tubal python benchmarks/bench_tubal.py --json "$out/tubal.json" ;;
   nn)
     run nn python benchmarks/bench_nn.py --gpu --json "$out/nn.json"
+    run optimizers python benchmarks/bench_optimizers.py --hidden 2048 --json "$out/optimizers.json"
     run sharding_training python benchmarks/bench_sharding.py --gpu --devices 1 \
       --json "$out/sharding_training.json"
     run sharding_decompositions python benchmarks/bench_sharding.py --decompositions --gpu \
