@@ -41,6 +41,20 @@ def test_readme_nnx_example_runs():
     assert namespace["layer"].n_params <= 0.1 * 1024 * 1024 + 1024
 
 
+def test_readme_compression_with_data_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("Compression can use data.", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    namespace = {"jax": jax}
+    from flax import nnx
+    import tensorfact.nn as tnn
+    namespace.update(nnx=nnx, tnn=tnn)
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    report = namespace["report"]
+    assert abs(report.ratio - 0.3) <= 0.01
+    assert all(0 <= r.rel_output_error < 1 for r in report)
+
+
 def test_readme_optimizer_example_runs():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Factorized optimizer state", 1)[1]

@@ -13,12 +13,18 @@ Convolutional Neural Networks Using Fine-tuned CP-Decomposition", ICLR 2015). Th
 Eckart–Young theorem makes the lowrank replacement of a dense layer the best of its rank in
 Frobenius norm; Tucker-2 over ``(in, out)`` is the convolution's analogue of a low-rank matrix
 (a 1×1 projection of the input channels, a small spatial convolution, a 1×1 expansion).
+
+Weight error is not what a user loses, though: with calibration data, ``method="whitened"``
+(SVD-LLM), ``"asvd"`` and ``"fwsvd"`` choose each dense layer's rank-r kernel to minimise the
+error of its output or a Fisher-weighted error (:mod:`tensorfact.nn._data_aware`), and
+``params=`` spreads one parameter budget over the layers (``_budget_ranks``).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,21 +32,28 @@ import numpy as np
 from flax import nnx
 
 from tensorfact import algebra
-from tensorfact._checks import check_choice, check_key
-from tensorfact.nn._common import ConvKind, Kind
+from tensorfact._checks import check_choice, check_key, check_positive_number
+from tensorfact.nn import _data_aware
+from tensorfact.nn._calibration import collect_fisher, collect_inputs
+from tensorfact.nn._common import ConvKind, Kind, resolve_rank
 from tensorfact.nn._conv import FactorizedConv
 from tensorfact.nn._dense import FactorizedDense
 from tensorfact.ranks import rank_for_energy
 
-__all__ = ["compress", "CompressionReport", "LayerReport"]
+__all__ = ["compress", "CompressionReport", "LayerReport", "Method"]
+
+#: ``"svd"`` fits the weights alone; the others use calibration data (see :func:`compress`).
+Method = Literal["svd", "whitened", "asvd", "fwsvd"]
 
 
 class LayerReport(NamedTuple):
     """One replaced layer: its graph ``path`` (a tuple of attribute names and list indices),
     the ``kind`` and resolved ``rank`` of the new layer (for a convolution ``"tucker"`` with
     ``(r_in, r_out)`` or ``"cp"`` with ``R``), the trainable parameters (kernel and bias)
-    before and after, ``‖W − W'‖_F / ‖W‖_F`` of the kernels, and ``layer_type``, the replaced
-    layer's class (``"Linear"`` or ``"Conv"``)."""
+    before and after, ``‖W − W'‖_F / ‖W‖_F`` of the kernels, ``layer_type``, the replaced
+    layer's class (``"Linear"`` or ``"Conv"``), the ``method`` of the fit and, when calibration
+    data were given, ``rel_output_error = ‖X(W − W')‖_F / ‖XW‖_F`` on the calibration inputs
+    ``X`` (NaN otherwise)."""
 
     path: tuple
     kind: str
@@ -49,6 +62,8 @@ class LayerReport(NamedTuple):
     params_after: int
     rel_weight_error: float
     layer_type: str = "Linear"
+    method: str = "svd"
+    rel_output_error: float = math.nan
 
 
 class CompressionReport:
@@ -90,13 +105,15 @@ class CompressionReport:
         return f"CompressionReport({list(self.layers)!r}{skipped})"
 
     def __str__(self):
+        outputs = any(not math.isnan(r.rel_output_error) for r in self.layers)
         rows = [("layer", "type", "kind", "rank", "params before", "params after",
-                 "rel. error")]
+                 "rel. error") + (("output error",) if outputs else ())]
         for r in self.layers:
             rows.append((_path_name(r.path), r.layer_type, r.kind, str(r.rank),
-                         str(r.params_before), str(r.params_after), f"{r.rel_weight_error:.3e}"))
+                         str(r.params_before), str(r.params_after), f"{r.rel_weight_error:.3e}")
+                        + ((f"{r.rel_output_error:.3e}",) if outputs else ()))
         rows.append(("total", "", "", "", str(self.params_before), str(self.params_after),
-                     f"ratio {self.ratio:.3f}"))
+                     f"ratio {self.ratio:.3f}") + (("",) if outputs else ()))
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) if c < 4 else cell.rjust(w)
                            for c, (cell, w) in enumerate(zip(row, widths))) for row in rows]
@@ -183,6 +200,85 @@ def _conv_skip_reason(conv) -> str | None:
     return None
 
 
+def _data_aware_fit(layer, spec, method, stats, fisher, damping):
+    """``(copy, r)``: a copy of ``layer`` whose kernel is the data-aware rank-``r`` fit (its
+    truncated SVD at ``r``, which ``FactorizedDense.from_layer`` takes, loses nothing)."""
+    kernel = jnp.asarray(layer.kernel[...])
+    n_in, n_out = kernel.shape
+    energy = isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "energy"
+    r = min(n_in, n_out) if energy else resolve_rank("lowrank", _layer_rank(spec, "lowrank",
+                                                                              layer),
+                                                     (n_in,), (n_out,))
+
+    def fit(r):
+        if method == "whitened":
+            return _data_aware.whitened(kernel, stats.gram, r, damping=damping)
+        if method == "asvd":
+            return _data_aware.activation_scaled(kernel, stats.abs_sum / stats.count, r)
+        return _data_aware.fisher_weighted(kernel, fisher, r)
+
+    new_kernel, sigma = fit(r)
+    if energy:
+        r = rank_for_energy(sigma, spec[1])
+        new_kernel, _ = fit(r)
+    copy = nnx.clone(layer)
+    copy.kernel[...] = new_kernel.astype(copy.kernel[...].dtype)
+    return copy, r
+
+
+def _spectrum(layer, method, stats, fisher, damping):
+    """The singular values the ``method`` truncates for ``layer`` (descending)."""
+    kernel = jnp.asarray(layer.kernel[...], jnp.float32)
+    full = min(kernel.shape)
+    if method == "svd":
+        return jnp.linalg.svd(kernel, compute_uv=False)
+    if method == "whitened":
+        return _data_aware.whitened(kernel, stats.gram, full, damping=damping)[1]
+    if method == "asvd":
+        return _data_aware.activation_scaled(kernel, stats.abs_sum / stats.count, full)[1]
+    return _data_aware.fisher_weighted(kernel, fisher, full)[1]
+
+
+def _budget_ranks(targets, fraction, spectrum):
+    """``{path: rank}`` keeping about ``fraction`` of the layers' parameters: singular values
+    are taken in order of ``(σ²/Σσ² of their layer) / (in + out)`` while they fit the budget
+    (each layer's values as a prefix: they decrease, and a layer whose next value does not fit
+    takes no more); a last step is taken if it overshoots by less than it leaves unspent, so the
+    result is within half a rank step ``in + out`` of the budget in the usual case. Every layer
+    keeps rank at least 1."""
+    total = biases = 0
+    candidates = []
+    ranks = {}
+    for path, layer in targets:
+        n_in, n_out = layer.kernel.shape
+        bias = 0 if layer.bias is None else int(layer.bias[...].size)
+        total += n_in * n_out + bias
+        biases += bias
+        s2 = np.asarray(spectrum(path, layer), np.float64) ** 2
+        share = s2 / s2.sum() if s2.sum() > 0 else np.zeros_like(s2)
+        cost = n_in + n_out
+        ranks[path] = 1
+        candidates += [(share[i] / cost, path, cost, i) for i in range(1, len(s2))]
+    budget = fraction * total - biases - sum(
+        layer.kernel.shape[0] + layer.kernel.shape[1] for _, layer in targets)
+    candidates.sort(key=lambda c: -c[0])
+    closed = set()  # layers whose next value did not fit: their picks must stay a prefix
+    for _, path, cost, _ in candidates:
+        if path in closed:
+            continue
+        if cost > budget:
+            closed.add(path)
+            continue
+        ranks[path] += 1
+        budget -= cost
+    # one more step where it overshoots the budget by less than it would stay under
+    for _, path, cost, index in candidates:  # index i is the layer's (i+1)-th value
+        if path in closed and index == ranks[path] and cost - budget < budget:
+            ranks[path] += 1
+            break
+    return ranks
+
+
 def _set_child(model, path, new):
     parent = model
     for key in path[:-1]:
@@ -193,7 +289,10 @@ def _set_child(model, path, new):
         setattr(parent, path[-1], new)
 
 
-def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
+def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=None,
+             select=None,
+             method: Method = "svd", calibration=None, loss_fn: Callable | None = None,
+             damping: float = _data_aware.DEFAULT_DAMPING, progress: bool = True,
              conv_kind: ConvKind | None = None, key=None, conv_fit_kwargs=None, **fit_kwargs):
     """Replaces the ``nnx.Linear`` and ``nnx.Conv`` layers of ``model`` by factorized layers
     fitted to them.
@@ -209,7 +308,7 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
       model: any ``nnx.Module`` (the root itself may be an ``nnx.Linear`` or ``nnx.Conv``).
       kind: ``"lowrank"`` (default), ``"cp"``, ``"tucker"`` or ``"tt"``: the format of the
         dense layers, and by default of the convolutions (see ``conv_kind``).
-      rank: per layer, one of
+      rank: per layer (give ``rank`` or ``params``), one of
 
         * an int: the format's rank (for lowrank capped at each layer's ``min(in, out)``, so
           one int serves layers of different sizes; Tucker and TT ranks are capped mode by
@@ -228,9 +327,42 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
           bound, which HOOI started from the HOSVD keeps);
         * a pair ``(r_in, r_out)``: a conv's Tucker-2 ranks (conv layers only);
         * a callable ``(path, layer) -> one of the above`` for a different rank per layer.
+      params: a global budget instead of ``rank``: the fraction in ``(0, 1]`` of the selected
+        layers' parameters (kernels and biases) that their replacements keep, within about 1%.
+        Every layer's rank is chosen at once, greedily by the share of its layer's error each
+        singular value removes per parameter it costs (the singular values of the matrix the
+        ``method`` truncates: the kernel for ``"svd"``, the whitened kernel for
+        ``"whitened"``, ...), so the budget goes where it lowers the summed relative error
+        most. ``nnx.Linear`` layers and ``kind="lowrank"`` only.
       select: a callable ``(path, layer) -> bool`` choosing the layers to replace (``path``
         is a tuple such as ``("layers", 0)``, ``layer`` an ``nnx.Linear`` or ``nnx.Conv``);
         None replaces every ``nnx.Linear`` and ``nnx.Conv``.
+      method: how a dense layer's low-rank kernel is chosen (``kind="lowrank"``, ``nnx.Linear``
+        layers only for the data-aware methods):
+
+        * ``"svd"`` (default): the truncated SVD of the kernel, minimising ``‖W − W′‖_F``;
+        * ``"whitened"`` (SVD-LLM, Wang et al., ICLR 2025): minimises the error of the layer's
+          output on the calibration inputs, ``‖X(W − W′)‖_F``, exactly (truncation in the
+          space whitened by the Cholesky factor of ``XᵀX + λI``);
+        * ``"asvd"`` (ASVD, Yuan et al. 2023): the kernel's input rows scaled by
+          ``mean |x|^0.5`` before truncation, a diagonal stand-in for whitening;
+        * ``"fwsvd"`` (FWSVD, Hsu et al., ICLR 2022): the output units weighted by their
+          Fisher information, ``Σ (∂loss/∂W)²`` over the calibration batches (needs
+          ``loss_fn``).
+
+        The objectives and closed forms are in :mod:`tensorfact.nn._data_aware`. With
+        ``rank=("energy", f)`` the energy is that of the transformed matrix's singular values.
+      calibration: an iterable of batches, each run as ``model(batch)``, or as
+        ``loss_fn(model, batch)`` when ``loss_fn`` is given (so a batch may hold targets);
+        needed by the data-aware methods. With any method it
+        also fills each report row's output error. Statistics are accumulated in float32 in
+        one compiled step per batch, one ``in × in`` Gram matrix per layer, never the
+        activations; a generator is read into a list (it is iterated twice for ``fwsvd``).
+      loss_fn: ``(model, batch) -> scalar loss``: needed by ``method="fwsvd"``; with any method,
+        how a calibration batch is run.
+      damping: ``λ / (tr(XᵀX)/in)`` for ``"whitened"``: keeps the Cholesky factorization
+        defined when the calibration inputs do not span every input direction.
+      progress: show a progress bar (tqdm) over the calibration batches.
       conv_kind: ``"tucker"`` or ``"cp"``, the format of the convolutions; None (default)
         follows ``kind``: ``"tucker"`` and ``"cp"`` map to themselves and ``"lowrank"`` to
         ``"tucker"`` (Tucker-2 over the channel modes, the convolution's low-rank matrix).
@@ -288,6 +420,23 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
     kind = check_choice(kind, Kind, "kind")
+    check_choice(method, Method, "method")
+    data_aware = method != "svd"
+    if data_aware and kind != "lowrank":
+        raise ValueError(f'method {method!r} fits low-rank kernels: it needs kind "lowrank", got '
+                         f"kind {kind!r}.")
+    if data_aware and calibration is None:
+        raise ValueError(f"method {method!r} needs calibration data: pass calibration=<an "
+                         f"iterable of input batches>.")
+    if method == "fwsvd" and loss_fn is None:
+        raise ValueError('method "fwsvd" weights by the Fisher information of a loss: pass '
+                         "loss_fn=(model, batch) -> scalar.")
+    if calibration is not None and not hasattr(calibration, "__iter__"):
+        raise TypeError(f"calibration must be an iterable of input batches, got "
+                        f"{type(calibration).__name__}.")
+    if calibration is not None:
+        calibration = list(calibration)
+    check_positive_number(damping, "damping")
     if key is not None:
         key = check_key(key, "by compress (one key per layer is folded from it)")
     if conv_kind is not None:
@@ -297,6 +446,16 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
     if select is not None and not callable(select):
         raise TypeError(f"select must be a callable (path, layer) -> bool or None, got "
                         f"{type(select).__name__}.")
+    if (rank is None) == (params is None):
+        raise ValueError("pass exactly one of rank (per layer) and params (a global budget), got "
+                         f"rank={rank!r} and params={params!r}.")
+    if params is not None:
+        if isinstance(params, (bool, np.bool_)) or not isinstance(params, numbers.Real) or \
+                not 0 < params <= 1:
+            raise ValueError(f"params must be a fraction in (0, 1], got {params!r}.")
+        if kind != "lowrank":
+            raise ValueError(f'params (a global budget) chooses matrix ranks: it needs kind '
+                             f'"lowrank", got kind {kind!r}.')
     if conv_fit_kwargs is None:
         conv_fit_kwargs = fit_kwargs if conv_kind == kind else {}
     elif not isinstance(conv_fit_kwargs, dict):
@@ -319,7 +478,32 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
                 raise ValueError(f'kind "tt" has no convolution format, but conv layer '
                                  f"{_path_name(path)} is selected: pass conv_kind=\"tucker\" or "
                                  f'"cp", or leave the convs out with select.')
+            if data_aware:
+                raise ValueError(f"method {method!r} compresses nnx.Linear layers, but conv layer "
+                                 f"{_path_name(path)} is selected: leave the convs out with "
+                                 f"select, or use method \"svd\".")
         targets.append((path, node))
+    dense_paths = [path for path, node in targets if isinstance(node, nnx.Linear)]
+    stats, fisher = {}, {}
+    if calibration is not None:
+        if not dense_paths:
+            raise ValueError("compress found no nnx.Linear layer to fit to the calibration data "
+                             "(select accepted none, or the model has none).")
+        stats = collect_inputs(model, dense_paths, calibration, call=loss_fn,
+                               progress=progress)
+        if method == "fwsvd":
+            fisher = collect_fisher(model, dense_paths, calibration, loss_fn, progress=progress)
+    if params is not None:
+        if any(isinstance(node, nnx.Conv) for _, node in targets):
+            conv = next(path for path, node in targets if isinstance(node, nnx.Conv))
+            raise ValueError(f"params (a global budget) applies to nnx.Linear layers, but conv "
+                             f"layer {_path_name(conv)} is selected: leave the convs out with "
+                             f"select.")
+        if not targets:
+            raise ValueError("params: compress found no nnx.Linear layer to budget.")
+        budget = _budget_ranks(targets, float(params), lambda path, layer: _spectrum(
+            layer, method, stats.get(path), fisher.get(path), damping))
+        rank = lambda path, layer: budget[path]  # noqa: E731
     reports = []
     for i, (path, layer) in enumerate(targets):
         spec = rank(path, layer) if callable(rank) else rank
@@ -330,6 +514,12 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
                                                 rank=_conv_rank(spec, conv_kind, layer),
                                                 key=layer_key, **conv_fit_kwargs)
                 layer_kind, layer_type = conv_kind, "Conv"
+            elif data_aware:
+                fitted, r = _data_aware_fit(layer, spec, method, stats[path], fisher.get(path),
+                                            damping)
+                new = FactorizedDense.from_layer(fitted, kind="lowrank", rank=r, key=layer_key,
+                                                 **fit_kwargs)
+                layer_kind, layer_type = kind, "Linear"
             else:
                 new = FactorizedDense.from_layer(layer, kind=kind,
                                                  rank=_layer_rank(spec, kind, layer),
@@ -344,8 +534,12 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank, select=None,
         error = float(np.linalg.norm(w - w_new) / norm) if norm > 0 else float(
             np.linalg.norm(w_new))
         before = int(w.size) + (0 if layer.bias is None else int(layer.bias[...].size))
+        out_error = math.nan
+        if path in stats:
+            out_error = _data_aware.output_error(w, w_new, stats[path].gram)
         reports.append(LayerReport(path, layer_kind, new.rank, before, new.n_params, error,
-                                   layer_type))
+                                   layer_type, method if layer_type == "Linear" else "svd",
+                                   out_error))
         if path:
             _set_child(model, path, new)
         else:
