@@ -268,8 +268,8 @@ def test_nonfinite_is_reported_naming_the_argument(fit, bad):
             _run(fit, tuple(arrays))
 
 
-@settings(max_examples=4, deadline=None)
-@given(exponent=st.sampled_from([-30, -20, 20, 30]))
+@settings(max_examples=2, deadline=None)
+@given(exponent=st.sampled_from([-30, 30]))  # the ends of the range: squares under- and overflow
 def test_scale_equivariant_with_the_true_error(exponent):
     c = np.float32(10.0 ** exponent)
     for fit in FITS:

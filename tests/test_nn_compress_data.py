@@ -289,3 +289,13 @@ def test_compress_with_data_example_quick(tmp_path, monkeypatch):
         ratios = [r for r, _ in rows]
         assert all(abs(r - f) <= 0.02 for r, f in zip(ratios, (0.2, 0.5))), method
         assert rows[-1][1] > 0.5  # half the parameters keep most of the accuracy
+
+
+def test_report_counts_flops_per_row():
+    model = nnx.Sequential(nnx.Linear(64, 32, rngs=nnx.Rngs(0)), jax.nn.relu,
+                           nnx.Linear(32, 10, rngs=nnx.Rngs(1)))
+    _, report = tnn.compress(model, rank=4)
+    assert [(r.flops_before, r.flops_after) for r in report] == [
+        (2 * 64 * 32, 2 * 4 * (64 + 32)), (2 * 32 * 10, 2 * 4 * (32 + 10))]
+    assert report.flops_ratio == pytest.approx((768 + 336) / (4096 + 640))
+    assert "FLOPs per row" in str(report)

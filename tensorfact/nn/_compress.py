@@ -53,7 +53,9 @@ class LayerReport(NamedTuple):
     before and after, ``‖W − W'‖_F / ‖W‖_F`` of the kernels, ``layer_type``, the replaced
     layer's class (``"Linear"`` or ``"Conv"``), the ``method`` of the fit and, when calibration
     data were given, ``rel_output_error = ‖X(W − W')‖_F / ‖XW‖_F`` on the calibration inputs
-    ``X`` (NaN otherwise)."""
+    ``X`` (NaN otherwise), and for dense layers the forward FLOPs per input row before and
+    after (``2·in·out`` and the cheaper of the new layer's two contractions; None for convs,
+    whose FLOPs depend on the input's spatial size: see :meth:`FactorizedConv.flops`)."""
 
     path: tuple
     kind: str
@@ -64,6 +66,8 @@ class LayerReport(NamedTuple):
     layer_type: str = "Linear"
     method: str = "svd"
     rel_output_error: float = math.nan
+    flops_before: int | None = None
+    flops_after: int | None = None
 
 
 class CompressionReport:
@@ -96,6 +100,15 @@ class CompressionReport:
         return sum(r.params_after for r in self.layers)
 
     @property
+    def flops_ratio(self) -> float:
+        """Forward FLOPs per row of the replaced dense layers after over before (NaN when no
+        dense layer was replaced)."""
+        dense = [r for r in self.layers if r.flops_before]
+        if not dense:
+            return math.nan
+        return sum(r.flops_after for r in dense) / sum(r.flops_before for r in dense)
+
+    @property
     def ratio(self) -> float:
         """``params_after / params_before`` (1.0 when nothing was replaced)."""
         return self.params_after / self.params_before if self.params_before else 1.0
@@ -114,11 +127,16 @@ class CompressionReport:
                         + ((f"{r.rel_output_error:.3e}",) if outputs else ()))
         rows.append(("total", "", "", "", str(self.params_before), str(self.params_after),
                      f"ratio {self.ratio:.3f}") + (("",) if outputs else ()))
+        if not math.isnan(self.flops_ratio):
+            dense = [r for r in self.layers if r.flops_before]
+            rows.append(("FLOPs per row", "", "", "", str(sum(r.flops_before for r in dense)),
+                         str(sum(r.flops_after for r in dense)),
+                         f"ratio {self.flops_ratio:.3f}") + (("",) if outputs else ()))
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) if c < 4 else cell.rjust(w)
                            for c, (cell, w) in enumerate(zip(row, widths))) for row in rows]
         lines.insert(1, "-" * len(lines[0]))
-        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        lines.insert(2 + len(self.layers), "-" * len(lines[0]))  # above the totals
         lines += [f"skipped {_path_name(path)}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
 
@@ -537,9 +555,13 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
         out_error = math.nan
         if path in stats:
             out_error = _data_aware.output_error(w, w_new, stats[path].gram)
+        flops_before = flops_after = None
+        if layer_type == "Linear":
+            costs = new.flops(1)
+            flops_before, flops_after = costs["plain"], min(costs["factorized"], costs["dense"])
         reports.append(LayerReport(path, layer_kind, new.rank, before, new.n_params, error,
                                    layer_type, method if layer_type == "Linear" else "svd",
-                                   out_error))
+                                   out_error, flops_before, flops_after))
         if path:
             _set_child(model, path, new)
         else:
