@@ -299,3 +299,19 @@ def test_report_counts_flops_per_row():
         (2 * 64 * 32, 2 * 4 * (64 + 32)), (2 * 32 * 10, 2 * 4 * (32 + 10))]
     assert report.flops_ratio == pytest.approx((768 + 336) / (4096 + 640))
     assert "FLOPs per row" in str(report)
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.2, 1e-4])
+def test_tt_mpo_ranks_from_an_error_bound(eps):
+    layer = nnx.Linear(64, 48, rngs=nnx.Rngs(0))
+    u, s, vt = np.linalg.svd(np.asarray(layer.kernel[...]), full_matrices=False)
+    layer.kernel[...] = jnp.asarray((u * s * 0.85 ** np.arange(48)) @ vt)
+    small, report = tnn.compress(layer, kind="tt", rank=("error", eps))
+    assert report[0].kind == "tt" and report[0].rel_weight_error <= eps
+    x = jax.random.normal(jax.random.key(0), (3, 64))
+    if eps < 1e-3:  # full TT ranks: the dense layer itself
+        np.testing.assert_allclose(small(x), layer(x), atol=1e-4)
+    with pytest.raises(ValueError, match='needs kind "tt"'):
+        tnn.compress(layer, rank=("error", eps))
+    with pytest.raises(ValueError, match=r"needs eps in \(0, 1\)"):
+        tnn.compress(layer, kind="tt", rank=("error", 1.5))

@@ -35,7 +35,8 @@ from tensorfact import algebra
 from tensorfact._checks import check_choice, check_key, check_positive_number
 from tensorfact.nn import _data_aware
 from tensorfact.nn._calibration import collect_fisher, collect_inputs
-from tensorfact.nn._common import ConvKind, Kind, resolve_rank
+from tensorfact.decomposition import tt_matrix
+from tensorfact.nn._common import ConvKind, Kind, resolve_rank, tensorize
 from tensorfact.nn._conv import FactorizedConv
 from tensorfact.nn._dense import FactorizedDense
 from tensorfact.ranks import rank_for_energy
@@ -149,6 +150,18 @@ def _layer_rank(spec, kind, layer):
     """The rank to pass to ``FactorizedDense.from_layer`` for one layer (see :func:`compress`)."""
     kernel = layer.kernel[...]
     n_in, n_out = kernel.shape
+    if isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "error":
+        if kind != "tt":
+            raise ValueError(f'rank ("error", eps) chooses TT-matrix (MPO) ranks by TT-SVD with a '
+                             f'relative error bound and needs kind "tt", got kind {kind!r}.')
+        eps = spec[1]
+        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real) or \
+                not 0 < eps < 1:
+            raise ValueError(f'rank ("error", eps) needs eps in (0, 1), got {eps!r}.')
+        # TT-SVD with the bound ‖W − W′‖_F ≤ eps ‖W‖_F picks the ranks; the layer is then fitted
+        # at exactly those ranks (the same TT-SVD)
+        in_shape, out_shape = tensorize("tt", n_in, n_out, None, None)
+        return tt_matrix(jnp.asarray(kernel), in_shape, out_shape, eps=float(eps)).rank
     if isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "energy":
         if kind != "lowrank":
             raise ValueError(f'rank ("energy", fraction) chooses a matrix rank from the singular '
@@ -343,6 +356,8 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
           ``out`` unfoldings of the kernel each hold ``1 − (1 − f)/2`` of it. Either way the
           relative error is at most ``sqrt(1 − f)`` (for the conv: the truncated HOSVD's
           bound, which HOOI started from the HOSVD keeps);
+        * ``("error", eps)`` with ``eps`` in ``(0, 1)`` (``kind="tt"``): the TT-matrix (MPO, as
+          in CompactifAI) whose TT-SVD keeps ``‖W − W′‖_F ≤ eps ‖W‖_F``, ranks chosen per bond;
         * a pair ``(r_in, r_out)``: a conv's Tucker-2 ranks (conv layers only);
         * a callable ``(path, layer) -> one of the above`` for a different rank per layer.
       params: a global budget instead of ``rank``: the fraction in ``(0, 1]`` of the selected
