@@ -11,6 +11,7 @@
   :class:`TuckerAdapter` (FLoRA: a Tucker update over all modes of an ``nnx.Conv`` kernel).
 * :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.
 * :class:`TTEmbed`: an embedding table held as a TT-matrix, looked up without forming it.
+* :class:`CURDense`: a dense layer held as actual columns and rows of its kernel (CUR).
 * :func:`compress`: replaces a model's ``nnx.Linear`` and ``nnx.Conv`` layers by factorized
   ones fitted to them, with a :class:`CompressionReport` of parameters and errors.
 * :class:`FactorizedConv`: ``nnx.Conv`` with a Tucker-2 or CP kernel, run as a chain of small
@@ -31,6 +32,7 @@ from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA
 from tensorfact.nn._base import LoRAParam
 from tensorfact.nn._compress import CompressionReport, LayerReport, compress
 from tensorfact.nn._conv import FactorizedConv
+from tensorfact.nn._cur import CURDense
 from tensorfact.nn._common import balanced_factors
 from tensorfact.nn._dense import FactorizedDense
 from tensorfact.nn._embed import TTEmbed
@@ -39,4 +41,4 @@ from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpo
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
            "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
-           "compress", "CompressionReport", "LayerReport"]
+           "compress", "CompressionReport", "LayerReport", "CURDense"]

@@ -38,13 +38,14 @@ from tensorfact.nn._calibration import collect_fisher, collect_inputs
 from tensorfact.decomposition import tt_matrix
 from tensorfact.nn._common import ConvKind, Kind, resolve_rank, tensorize
 from tensorfact.nn._conv import FactorizedConv
+from tensorfact.nn._cur import CURDense, cur_rank_for_params
 from tensorfact.nn._dense import FactorizedDense
 from tensorfact.ranks import rank_for_energy
 
 __all__ = ["compress", "CompressionReport", "LayerReport", "Method"]
 
 #: ``"svd"`` fits the weights alone; the others use calibration data (see :func:`compress`).
-Method = Literal["svd", "whitened", "asvd", "fwsvd"]
+Method = Literal["svd", "whitened", "asvd", "fwsvd", "cur"]
 
 
 class LayerReport(NamedTuple):
@@ -257,6 +258,24 @@ def _data_aware_fit(layer, spec, method, stats, fisher, damping):
     return copy, r
 
 
+def _cur_rank(spec, layer):
+    """``k`` for a CURDense from a per-layer rank: an int (capped at ``min(in, out)``),
+    ``"full"``, or a parameter fraction (``k(in + out) + k² ≤ f·in·out``)."""
+    n_in, n_out = layer.kernel.shape
+    if isinstance(spec, str) and spec == "full":
+        return min(n_in, n_out)
+    if isinstance(spec, (bool, np.bool_)) or not isinstance(spec, numbers.Real):
+        raise ValueError(f'rank must be an int, a float in (0, 1] or "full" for method "cur", '
+                         f"got {spec!r}.")
+    if isinstance(spec, numbers.Integral):
+        if spec < 1:
+            raise ValueError(f"rank must be a positive integer, got {spec!r}.")
+        return min(int(spec), n_in, n_out)
+    if not 0 < spec <= 1:
+        raise ValueError(f"rank as a parameter fraction must be in (0, 1], got {spec!r}.")
+    return cur_rank_for_params(n_in, n_out, float(spec))
+
+
 def _spectrum(layer, method, stats, fisher, damping):
     """The singular values the ``method`` truncates for ``layer`` (descending)."""
     kernel = jnp.asarray(layer.kernel[...], jnp.float32)
@@ -381,7 +400,10 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
           ``mean |x|^0.5`` before truncation, a diagonal stand-in for whitening;
         * ``"fwsvd"`` (FWSVD, Hsu et al., ICLR 2022): the output units weighted by their
           Fisher information, ``Σ (∂loss/∂W)²`` over the calibration batches (needs
-          ``loss_fn``).
+          ``loss_fn``);
+        * ``"cur"``: :class:`~tensorfact.nn.CURDense` layers, ``k`` actual columns and rows of
+          each kernel (DEIM; leverage-score sampling when ``key`` is given), with ``rank`` an
+          int ``k``, ``"full"`` or a parameter fraction (``k(in + out) + k²``).
 
         The objectives and closed forms are in :mod:`tensorfact.nn._data_aware`. With
         ``rank=("energy", f)`` the energy is that of the transformed matrix's singular values.
@@ -454,7 +476,13 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
         raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
     kind = check_choice(kind, Kind, "kind")
     check_choice(method, Method, "method")
-    data_aware = method != "svd"
+    data_aware = method in ("whitened", "asvd", "fwsvd")
+    if method == "cur" and kind != "lowrank":
+        raise ValueError(f'method "cur" makes CURDense layers (a format of its own): leave kind '
+                         f'at "lowrank", got kind {kind!r}.')
+    if method == "cur" and params is not None:
+        raise ValueError('params (a global budget) chooses SVD ranks; with method "cur" give a '
+                         'per-layer rank.')
     if data_aware and kind != "lowrank":
         raise ValueError(f'method {method!r} fits low-rank kernels: it needs kind "lowrank", got '
                          f"kind {kind!r}.")
@@ -511,7 +539,7 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
                 raise ValueError(f'kind "tt" has no convolution format, but conv layer '
                                  f"{_path_name(path)} is selected: pass conv_kind=\"tucker\" or "
                                  f'"cp", or leave the convs out with select.')
-            if data_aware:
+            if data_aware or method == "cur":
                 raise ValueError(f"method {method!r} compresses nnx.Linear layers, but conv layer "
                                  f"{_path_name(path)} is selected: leave the convs out with "
                                  f"select, or use method \"svd\".")
@@ -547,6 +575,11 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
                                                 rank=_conv_rank(spec, conv_kind, layer),
                                                 key=layer_key, **conv_fit_kwargs)
                 layer_kind, layer_type = conv_kind, "Conv"
+            elif method == "cur":
+                new = CURDense.from_layer(layer, rank=_cur_rank(spec, layer),
+                                          **({"key": layer_key, "method": "leverage"}
+                                             if layer_key is not None else {}))
+                layer_kind, layer_type = "cur", "Linear"
             elif data_aware:
                 fitted, r = _data_aware_fit(layer, spec, method, stats[path], fisher.get(path),
                                             damping)
@@ -573,7 +606,8 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
         flops_before = flops_after = None
         if layer_type == "Linear":
             costs = new.flops(1)
-            flops_before, flops_after = costs["plain"], min(costs["factorized"], costs["dense"])
+            flops_before = costs["plain"]
+            flops_after = min(costs["factorized"], costs.get("dense", costs["factorized"]))
         reports.append(LayerReport(path, layer_kind, new.rank, before, new.n_params, error,
                                    layer_type, method if layer_type == "Linear" else "svd",
                                    out_error, flops_before, flops_after))
