@@ -12,6 +12,8 @@
 * :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.
 * :class:`TTEmbed`: an embedding table held as a TT-matrix, looked up without forming it.
 * :class:`CURDense`: a dense layer held as actual columns and rows of its kernel (CUR).
+* :func:`acip`: ACIP scores of every singular value of a model, from one training run; any
+  compression ratio is then cut from them by ``compress(method="acip", ...)``.
 * :func:`compress`: replaces a model's ``nnx.Linear`` and ``nnx.Conv`` layers by factorized
   ones fitted to them, with a :class:`CompressionReport` of parameters and errors.
 * :class:`FactorizedConv`: ``nnx.Conv`` with a Tucker-2 or CP kernel, run as a chain of small
@@ -28,6 +30,7 @@ rebuilt weight, ``impl`` only which kernel runs a contraction, and ``precision=N
 default, as in Flax.
 """
 
+from tensorfact.nn._acip import ACIPMask, ACIPScores, acip
 from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA
 from tensorfact.nn._base import LoRAParam
 from tensorfact.nn._compress import CompressionReport, LayerReport, compress
@@ -41,4 +44,5 @@ from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpo
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
            "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
-           "compress", "CompressionReport", "LayerReport", "CURDense"]
+           "compress", "CompressionReport", "LayerReport", "CURDense", "acip", "ACIPScores",
+           "ACIPMask"]

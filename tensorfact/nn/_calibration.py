@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-__all__ = ["InputStats", "collect_inputs", "collect_fisher", "path_name", "node_at"]
+__all__ = ["InputStats", "collect_inputs", "collect_fisher", "path_name", "node_at",
+           "replace_at"]
 
 
 class InputStats(NamedTuple):
@@ -51,7 +52,9 @@ def _state_at(state, path):
     return state
 
 
-def _replace(model, path, new):
+def replace_at(model, path, new):
+    """``model`` with the node at graph ``path`` replaced by ``new`` (in place; for the root,
+    ``new`` itself)."""
     if not path:
         return new
     parent = node_at(model, path[:-1])
@@ -105,7 +108,7 @@ def collect_inputs(model: nnx.Module, paths, calibration, *, call: Callable | No
     paths = [tuple(p) for p in paths]
     probe = nnx.clone(model)
     for path in paths:
-        probe = _replace(probe, path, _Recorder(node_at(probe, path), path_name(path)))
+        probe = replace_at(probe, path, _Recorder(node_at(probe, path), path_name(path)))
 
     @nnx.jit
     def run(probe, batch):

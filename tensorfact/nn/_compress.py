@@ -34,6 +34,7 @@ from flax import nnx
 from tensorfact import algebra
 from tensorfact._checks import check_choice, check_key, check_positive_number
 from tensorfact.nn import _data_aware
+from tensorfact.nn._acip import ACIPScores
 from tensorfact.nn._calibration import collect_fisher, collect_inputs
 from tensorfact.decomposition import tt_matrix
 from tensorfact.nn._common import ConvKind, Kind, resolve_rank, tensorize
@@ -45,7 +46,7 @@ from tensorfact.ranks import rank_for_energy
 __all__ = ["compress", "CompressionReport", "LayerReport", "Method"]
 
 #: ``"svd"`` fits the weights alone; the others use calibration data (see :func:`compress`).
-Method = Literal["svd", "whitened", "asvd", "fwsvd", "cur"]
+Method = Literal["svd", "whitened", "asvd", "fwsvd", "cur", "acip"]
 
 
 class LayerReport(NamedTuple):
@@ -258,6 +259,43 @@ def _data_aware_fit(layer, spec, method, stats, fisher, damping):
     return copy, r
 
 
+def _acip_keep(targets, scores, rank, params):
+    """``{path: indices of the singular values kept}``: per layer the ``rank`` best-scored, or
+    across layers the best-scored that fit the ``params`` fraction (each costs ``in + out``
+    parameters; every layer keeps its best one)."""
+    keep = {}
+    if params is None:
+        for path, layer in targets:
+            n_in, n_out = layer.kernel.shape
+            spec = rank(path, layer) if callable(rank) else rank
+            k = resolve_rank("lowrank", _layer_rank(spec, "lowrank", layer), (n_in,), (n_out,))
+            keep[path] = np.argsort(-np.asarray(scores[path]), kind="stable")[:k]
+        return keep
+    total = biases = 0
+    candidates = []
+    for path, layer in targets:
+        n_in, n_out = layer.kernel.shape
+        bias = 0 if layer.bias is None else int(layer.bias[...].size)
+        total, biases = total + n_in * n_out + bias, biases + bias
+        order = np.argsort(-np.asarray(scores[path]), kind="stable")
+        keep[path] = [int(order[0])]
+        candidates += [(float(scores[path][i]), path, n_in + n_out, int(i)) for i in order[1:]]
+    budget = params * total - biases - sum(sum(layer.kernel.shape) for _, layer in targets)
+    for _, path, cost, index in sorted(candidates, key=lambda c: -c[0]):
+        if cost <= budget:
+            keep[path].append(index)
+            budget -= cost
+    return {path: np.sort(np.asarray(ix)) for path, ix in keep.items()}
+
+
+def _kept_singular_values(layer, indices):
+    """``U[:, S] diag(σ[S]) V[S]ᵀ`` of the layer's kernel for the kept indices ``S``."""
+    kernel = jnp.asarray(layer.kernel[...], jnp.float32)
+    u, s, vt = jnp.linalg.svd(kernel, full_matrices=False)
+    idx = jnp.asarray(indices)
+    return jnp.matmul(u[:, idx] * s[idx], vt[idx], precision=jax.lax.Precision.HIGHEST)
+
+
 def _cur_rank(spec, layer):
     """``k`` for a CURDense from a per-layer rank: an int (capped at ``min(in, out)``),
     ``"full"``, or a parameter fraction (``k(in + out) + k² ≤ f·in·out``)."""
@@ -342,6 +380,7 @@ def _set_child(model, path, new):
 def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=None,
              select=None,
              method: Method = "svd", calibration=None, loss_fn: Callable | None = None,
+             scores=None,
              damping: float = _data_aware.DEFAULT_DAMPING, progress: bool = True,
              conv_kind: ConvKind | None = None, key=None, conv_fit_kwargs=None, **fit_kwargs):
     """Replaces the ``nnx.Linear`` and ``nnx.Conv`` layers of ``model`` by factorized layers
@@ -403,7 +442,10 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
           ``loss_fn``);
         * ``"cur"``: :class:`~tensorfact.nn.CURDense` layers, ``k`` actual columns and rows of
           each kernel (DEIM; leverage-score sampling when ``key`` is given), with ``rank`` an
-          int ``k``, ``"full"`` or a parameter fraction (``k(in + out) + k²``).
+          int ``k``, ``"full"`` or a parameter fraction (``k(in + out) + k²``);
+        * ``"acip"``: the singular values with the best ``scores`` of :func:`~tensorfact.nn.acip`
+          (not necessarily the largest): per layer the best ``rank``, or across layers what fits
+          ``params``. Any ratio is cut from the same scores, without training again.
 
         The objectives and closed forms are in :mod:`tensorfact.nn._data_aware`. With
         ``rank=("energy", f)`` the energy is that of the transformed matrix's singular values.
@@ -415,6 +457,8 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
         activations; a generator is read into a list (it is iterated twice for ``fwsvd``).
       loss_fn: ``(model, batch) -> scalar loss``: needed by ``method="fwsvd"``; with any method,
         how a calibration batch is run.
+      scores: the :class:`~tensorfact.nn.ACIPScores` of :func:`~tensorfact.nn.acip` for
+        ``method="acip"``.
       damping: ``λ / (tr(XᵀX)/in)`` for ``"whitened"``: keeps the Cholesky factorization
         defined when the calibration inputs do not span every input direction.
       progress: show a progress bar (tqdm) over the calibration batches.
@@ -477,6 +521,15 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
     kind = check_choice(kind, Kind, "kind")
     check_choice(method, Method, "method")
     data_aware = method in ("whitened", "asvd", "fwsvd")
+    if method == "acip":
+        if not isinstance(scores, ACIPScores):
+            raise TypeError(f'method "acip" needs scores=acip(model, calibration, loss_fn), got '
+                            f"{type(scores).__name__}.")
+        if kind != "lowrank":
+            raise ValueError(f'method "acip" keeps singular values: it needs kind "lowrank", got '
+                             f"kind {kind!r}.")
+    elif scores is not None:
+        raise ValueError(f'scores are for method "acip", got method {method!r}.')
     if method == "cur" and kind != "lowrank":
         raise ValueError(f'method "cur" makes CURDense layers (a format of its own): leave kind '
                          f'at "lowrank", got kind {kind!r}.')
@@ -539,7 +592,7 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
                 raise ValueError(f'kind "tt" has no convolution format, but conv layer '
                                  f"{_path_name(path)} is selected: pass conv_kind=\"tucker\" or "
                                  f'"cp", or leave the convs out with select.')
-            if data_aware or method == "cur":
+            if data_aware or method in ("cur", "acip"):
                 raise ValueError(f"method {method!r} compresses nnx.Linear layers, but conv layer "
                                  f"{_path_name(path)} is selected: leave the convs out with "
                                  f"select, or use method \"svd\".")
@@ -554,7 +607,14 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
                                progress=progress)
         if method == "fwsvd":
             fisher = collect_fisher(model, dense_paths, calibration, loss_fn, progress=progress)
-    if params is not None:
+    kept = {}
+    if method == "acip":
+        missing = [path for path, _ in targets if path not in scores.scores]
+        if missing:
+            raise ValueError(f"scores hold no ACIP scores for layer {_path_name(missing[0])}: "
+                             "run acip with the same select as compress.")
+        kept = _acip_keep(targets, scores.scores, rank, params)
+    elif params is not None:
         if any(isinstance(node, nnx.Conv) for _, node in targets):
             conv = next(path for path, node in targets if isinstance(node, nnx.Conv))
             raise ValueError(f"params (a global budget) applies to nnx.Linear layers, but conv "
@@ -575,6 +635,13 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
                                                 rank=_conv_rank(spec, conv_kind, layer),
                                                 key=layer_key, **conv_fit_kwargs)
                 layer_kind, layer_type = conv_kind, "Conv"
+            elif method == "acip":
+                copy = nnx.clone(layer)
+                copy.kernel[...] = _kept_singular_values(layer, kept[path]).astype(
+                    copy.kernel[...].dtype)
+                new = FactorizedDense.from_layer(copy, kind="lowrank", rank=len(kept[path]),
+                                                 **fit_kwargs)
+                layer_kind, layer_type = kind, "Linear"
             elif method == "cur":
                 new = CURDense.from_layer(layer, rank=_cur_rank(spec, layer),
                                           **({"key": layer_key, "method": "leverage"}
