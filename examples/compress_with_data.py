@@ -1,13 +1,16 @@
 """Compression that knows the data: a trained MLP on scikit-learn's digits compressed at several
-kept-parameter fractions by plain SVD and by the data-aware methods (SVD-LLM whitening, ASVD,
-FWSVD), each with one global budget (``params=``); test accuracy against the fraction kept.
+kept-parameter fractions by plain SVD, by the data-aware methods (SVD-LLM whitening, ASVD,
+FWSVD; one global budget, ``params=``), by CUR (actual columns and rows, at the ranks the SVD
+budget chose) and by ACIP (one scoring run, every fraction cut from it); test accuracy against
+the fraction kept, before and after a short fine-tune of the compressed model.
 
     python examples/compress_with_data.py [--quick] [--out compress_with_data.png]
 
 The calibration set is 256 training images (never the test images). Plain SVD minimises the
-change of the weights; the data-aware methods minimise the change of each layer's output on the
-calibration inputs (whitened, asvd) or a Fisher-weighted change of the weights (fwsvd). The
-printout says, fraction by fraction, which method kept the most accuracy here.
+change of the weights; whitened and asvd the change of each layer's output on the calibration
+inputs, fwsvd a Fisher-weighted change of the weights, acip the loss on the calibration batches
+(through masks over the singular values). The printout says, fraction by fraction, which method
+kept the most accuracy here.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import tensorfact.nn as tnn
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-METHODS = ("svd", "whitened", "asvd", "fwsvd")
+METHODS = ("svd", "whitened", "asvd", "fwsvd", "cur", "acip")
 
 
 class MLP(nnx.Module):
@@ -51,36 +54,52 @@ def accuracy(model, x, y):
     return float(jnp.mean(jnp.argmax(model(x), -1) == y))
 
 
-def run(fractions=(0.1, 0.2, 0.3, 0.5), hidden: int = 256, steps: int = 2000, seed: int = 0):
-    """Trains the MLP, then compresses it at each fraction by each method; returns the dense
-    accuracy and ``{method: [accuracy per fraction]}``."""
+def run(fractions=(0.1, 0.2, 0.3, 0.5), hidden: int = 256, steps: int = 2000,
+        finetune: int = 200, acip_steps: int = 300, seed: int = 0):
+    """Trains the MLP, then compresses it at each fraction by each method and fine-tunes the
+    result for ``finetune`` steps; returns the dense accuracy and
+    ``{method: [(kept fraction, accuracy, accuracy after fine-tuning) per fraction]}``."""
     data = load_digits()
     x = jnp.asarray(data.data / 16.0, jnp.float32)
     y = jnp.asarray(data.target, jnp.int32)
     order = np.random.default_rng(seed).permutation(len(y))
     train, test = order[:1400], order[1400:]
     model = MLP(hidden, rngs=nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-
     @nnx.jit
     def step(model, optimizer, xb, yb):
         loss, grads = nnx.value_and_grad(loss_fn)(model, (xb, yb))
         optimizer.update(model, grads)
         return loss
 
-    rng = np.random.default_rng(seed + 1)
-    for _ in range(steps):
-        idx = train[rng.integers(0, len(train), 128)]
-        step(model, optimizer, x[idx], y[idx])
+    def train_for(model, n, lr, seed):
+        optimizer = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
+        rng = np.random.default_rng(seed)
+        for _ in range(n):
+            idx = train[rng.integers(0, len(train), 128)]
+            step(model, optimizer, x[idx], y[idx])
+        return model
+
+    train_for(model, steps, 1e-3, seed + 1)
     dense = accuracy(model, x[test], y[test])
     calibration = [(x[train[i:i + 64]], y[train[i:i + 64]]) for i in range(0, 256, 64)]
+    scores = tnn.acip(model, calibration, loss_fn, n_iter=acip_steps, progress=False)
     results = {m: [] for m in METHODS}
     for fraction in fractions:
         for method in METHODS:
-            small, report = tnn.compress(model, params=fraction, method=method,
-                                         calibration=calibration, loss_fn=loss_fn,
-                                         progress=False)
-            results[method].append((report.ratio, accuracy(small, x[test], y[test])))
+            if method == "cur":  # no global budget for CUR: the ranks the SVD budget chose
+                chosen = {r.path: r.rank for r in tnn.compress(model, params=fraction)[1]}
+                small, report = tnn.compress(model, rank=lambda path, _: chosen[path],
+                                             method="cur")
+            elif method == "acip":
+                small, report = tnn.compress(model, params=fraction, method="acip",
+                                             scores=scores)
+            else:
+                small, report = tnn.compress(model, params=fraction, method=method,
+                                             calibration=calibration, loss_fn=loss_fn,
+                                             progress=False)
+            before = accuracy(small, x[test], y[test])
+            after = accuracy(train_for(small, finetune, 3e-4, seed + 2), x[test], y[test])
+            results[method].append((report.ratio, before, after))
     return dense, results
 
 
@@ -92,21 +111,23 @@ def main(argv=None):
     args = p.parse_args(argv)
     fractions = (0.2, 0.5) if args.quick else (0.1, 0.2, 0.3, 0.5)
     dense, results = run(fractions, hidden=48 if args.quick else 256,
-                         steps=300 if args.quick else 2000)
-    print(f"dense test accuracy {dense:.3f}")
-    print("kept   " + "  ".join(f"{m:>9}" for m in METHODS) + "   best")
+                         steps=300 if args.quick else 2000, finetune=20 if args.quick else 200,
+                         acip_steps=60 if args.quick else 300)
+    print(f"dense test accuracy {dense:.3f}; each cell: before / after fine-tuning")
+    print("kept   " + "  ".join(f"{m:>13}" for m in METHODS) + "   best (before)")
     for i, fraction in enumerate(fractions):
-        accs = [results[m][i][1] for m in METHODS]
-        print(f"{fraction:>5.0%}  " + "  ".join(f"{a:>9.3f}" for a in accs)
-              + f"   {METHODS[int(np.argmax(accs))]}")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in METHODS:
-        ratios, accs = zip(*results[m])
-        ax.plot(ratios, accs, marker="o", label=m)
-    ax.axhline(dense, color="gray", ls="--", label="dense")
-    ax.set(xlabel="parameters kept (fraction of the dense layers')", ylabel="test accuracy",
-           title="Digits MLP compressed without fine-tuning")
-    ax.legend()
+        cells = [results[m][i] for m in METHODS]
+        print(f"{fraction:>5.0%}  " + "  ".join(f"{b:>6.3f}/{a:<6.3f}" for _, b, a in cells)
+              + f"   {METHODS[int(np.argmax([b for _, b, _ in cells]))]}")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for column, (ax, title) in enumerate(zip(axes, ("compressed", "after a short fine-tune"))):
+        for m in METHODS:
+            ratios = [r for r, _, _ in results[m]]
+            ax.plot(ratios, [row[1 + column] for row in results[m]], marker="o", label=m)
+        ax.axhline(dense, color="gray", ls="--", label="dense")
+        ax.set(xlabel="parameters kept (fraction of the dense layers')", title=title)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"saved {args.out}")

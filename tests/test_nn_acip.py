@@ -38,7 +38,7 @@ def test_without_penalty_every_value_is_kept():
     model, batches = problem()
     scores = tnn.acip(model, batches, loss_fn, penalty=0.0, n_iter=40, progress=False)
     for path, s in scores.scores.items():
-        assert np.all(np.asarray(s) > 40), path  # no mask reached zero
+        assert np.all(np.asarray(s) >= 40), path  # no mask reached zero (pruned: a step < 40)
         # Adam's steps are of the learning rate's size even for the tiny gradients of a loss
         # already at its minimum, so the masks wander a little, but none goes far
         assert np.all(np.asarray(scores.masks[path]) > 0.9), path

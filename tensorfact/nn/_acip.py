@@ -11,9 +11,11 @@ is the user's loss on the calibration batches plus an ℓ1 penalty on the masks,
 
 minimised by Adam with the masks projected back onto ``[0, 1]`` after each step, so the penalty
 drives the masks of the singular values the loss does not need to zero one after another. The
-score of a singular value is the step at which its mask first reached zero, and ``n_iter + m``
-for the values whose mask never did (they rank above all pruned ones, by their final mask): a
-higher score means "pruned later", i.e. more important. ``compress(model, method="acip",
+score of a singular value is the step at which its mask first reached zero; the values whose
+mask never did rank above all pruned ones, among themselves by the energy share per parameter
+of their masked value, ``(σ_i m_i)² / Σ_j (σ_j m_j)² / (in + out)`` (the order of the plain SVD
+budget, with the masks' verdict folded in), scaled into ``n_iter + (0, 1]``. A higher score
+means "pruned later", i.e. more important. ``compress(model, method="acip",
 scores=..., params=p)`` then keeps, for any ``p``, the best-scored singular values across all
 layers that fit the budget. This is the paper's pruning-order idea without its LoRA
 compensation adapters (which a user can add afterwards with :class:`~tensorfact.nn.LoRA` and a
@@ -70,7 +72,7 @@ class _MaskedLinear(nnx.Module):
 
 
 def acip(model: nnx.Module, calibration, loss_fn: Callable, *, select=None,
-         penalty: float = 0.1, n_iter: int = 300, learning_rate: float = 1e-2,
+         penalty: float = 1.0, n_iter: int = 300, learning_rate: float = 1e-2,
          progress: bool = True) -> ACIPScores:
     """Scores every singular value of the selected dense layers by ACIP (see the module
     docstring for the objective, what is trained and what stays frozen).
@@ -159,9 +161,17 @@ def acip(model: nnx.Module, calibration, loss_fn: Callable, *, select=None,
         value, zero_at = step(masked, optimizer, batches[t % len(batches)], zero_at,
                               jnp.asarray(t, jnp.float32))
         losses.append(float(value))
+    # survivors: ordered by the energy share per parameter of their masked singular values,
+    # σ_i² m_i² / Σ_j σ_j² m_j² / (in + out), scaled into (0, 1] over all layers
+    value = {}
+    for p in paths:
+        layer = node_at(masked, p)
+        e = (layer.s[...] * layer.mask[...]) ** 2
+        value[p] = e / jnp.maximum(jnp.sum(e), jnp.finfo(e.dtype).tiny) / sum(layer.u.shape[0:1]
+                                                                            + layer.vt.shape[1:])
+    top = max(float(jnp.max(v)) for v in value.values()) or 1.0
     scores, masks = {}, {}
     for p, z in zip(paths, zero_at):
-        m = node_at(masked, p).mask[...]
-        scores[p] = jnp.where(z >= 0, z, n_iter + m)
-        masks[p] = m
+        masks[p] = node_at(masked, p).mask[...]
+        scores[p] = jnp.where(z >= 0, z, n_iter + value[p] / top)
     return ACIPScores(scores, masks, np.asarray(losses))

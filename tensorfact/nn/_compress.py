@@ -262,7 +262,8 @@ def _data_aware_fit(layer, spec, method, stats, fisher, damping):
 def _acip_keep(targets, scores, rank, params):
     """``{path: indices of the singular values kept}``: per layer the ``rank`` best-scored, or
     across layers the best-scored that fit the ``params`` fraction (each costs ``in + out``
-    parameters; every layer keeps its best one)."""
+    parameters; every layer keeps its best one; equal scores are ordered by energy share per
+    parameter, as the SVD budget orders)."""
     keep = {}
     if params is None:
         for path, layer in targets:
@@ -279,9 +280,15 @@ def _acip_keep(targets, scores, rank, params):
         total, biases = total + n_in * n_out + bias, biases + bias
         order = np.argsort(-np.asarray(scores[path]), kind="stable")
         keep[path] = [int(order[0])]
-        candidates += [(float(scores[path][i]), path, n_in + n_out, int(i)) for i in order[1:]]
+        # ties (values no mask pruned) are broken as the SVD budget ranks: energy share per
+        # parameter
+        s2 = np.asarray(jnp.linalg.svd(jnp.asarray(layer.kernel[...], jnp.float32),
+                                       compute_uv=False), np.float64) ** 2
+        share = s2 / s2.sum() if s2.sum() > 0 else s2
+        candidates += [(float(scores[path][i]), share[i] / (n_in + n_out), path, n_in + n_out,
+                        int(i)) for i in order[1:]]
     budget = params * total - biases - sum(sum(layer.kernel.shape) for _, layer in targets)
-    for _, path, cost, index in sorted(candidates, key=lambda c: -c[0]):
+    for _, _, path, cost, index in sorted(candidates, key=lambda c: (-c[0], -c[1])):
         if cost <= budget:
             keep[path].append(index)
             budget -= cost
