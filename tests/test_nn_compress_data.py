@@ -318,3 +318,17 @@ def test_tt_mpo_ranks_from_an_error_bound(eps):
         tnn.compress(layer, rank=("error", eps))
     with pytest.raises(ValueError, match=r"needs eps in \(0, 1\)"):
         tnn.compress(layer, kind="tt", rank=("error", 1.5))
+
+
+def test_overrides_by_path_pattern_with_a_rank_and_with_a_budget():
+    model = Deep(nnx.Rngs(4))
+    _, report = tnn.compress(model, rank=4, overrides={"layers/2": 9, "nothing*": 1})
+    assert [r.rank for r in report] == [4, 4, 9]
+    x = correlated_inputs(256, 32, 9)
+    _, report = tnn.compress(model, params=0.4, overrides={"*/0": 2}, method="whitened",
+                             calibration=[x], progress=False)
+    assert report[0].rank == 2 and abs(report.ratio - 0.4) <= 0.01
+    with pytest.raises(TypeError, match="overrides must be a dict"):
+        tnn.compress(model, rank=2, overrides=[("a", 1)])
+    with pytest.raises(ValueError, match="more than params"):
+        tnn.compress(model, params=0.05, overrides={"layers/1": "full"})

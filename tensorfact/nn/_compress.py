@@ -22,6 +22,7 @@ error of its output or a Fisher-weighted error (:mod:`tensorfact.nn._data_aware`
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import numbers
 from typing import Callable, Literal, NamedTuple
@@ -259,6 +260,15 @@ def _data_aware_fit(layer, spec, method, stats, fisher, damping):
     return copy, r
 
 
+def _override(overrides, path):
+    """The rank of the first ``overrides`` pattern matching ``path``'s name, or None."""
+    name = _path_name(path)
+    for pattern, spec in overrides.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return spec
+    return None
+
+
 def _acip_keep(targets, scores, rank, params):
     """``{path: indices of the singular values kept}``: per layer the ``rank`` best-scored, or
     across layers the best-scored that fit the ``params`` fraction (each costs ``in + out``
@@ -387,7 +397,7 @@ def _set_child(model, path, new):
 def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=None,
              select=None,
              method: Method = "svd", calibration=None, loss_fn: Callable | None = None,
-             scores=None,
+             scores=None, overrides=None,
              damping: float = _data_aware.DEFAULT_DAMPING, progress: bool = True,
              conv_kind: ConvKind | None = None, key=None, conv_fit_kwargs=None, **fit_kwargs):
     """Replaces the ``nnx.Linear`` and ``nnx.Conv`` layers of ``model`` by factorized layers
@@ -466,6 +476,10 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
         how a calibration batch is run.
       scores: the :class:`~tensorfact.nn.ACIPScores` of :func:`~tensorfact.nn.acip` for
         ``method="acip"``.
+      overrides: ``{pattern: rank}``: layers whose path name (``"layers/0"``, ``"head"``)
+        matches a shell-style ``pattern`` (:mod:`fnmatch`; the first that matches) get that
+        rank instead of ``rank``; with ``params`` they are fixed and the budget is spread over
+        the others (what they keep is charged to it).
       damping: ``λ / (tr(XᵀX)/in)`` for ``"whitened"``: keeps the Cholesky factorization
         defined when the calibration inputs do not span every input direction.
       progress: show a progress bar (tqdm) over the calibration batches.
@@ -567,6 +581,10 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
     if select is not None and not callable(select):
         raise TypeError(f"select must be a callable (path, layer) -> bool or None, got "
                         f"{type(select).__name__}.")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise TypeError(f"overrides must be a dict {{pattern: rank}}, got "
+                        f"{type(overrides).__name__}.")
+    overrides = dict(overrides or {})
     if (rank is None) == (params is None):
         raise ValueError("pass exactly one of rank (per layer) and params (a global budget), got "
                          f"rank={rank!r} and params={params!r}.")
@@ -629,12 +647,39 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
                              f"select.")
         if not targets:
             raise ValueError("params: compress found no nnx.Linear layer to budget.")
-        budget = _budget_ranks(targets, float(params), lambda path, layer: _spectrum(
-            layer, method, stats.get(path), fisher.get(path), damping))
+        fixed = {}
+        for path, layer in targets:
+            spec = _override(overrides, path)
+            if spec is not None:
+                n_in, n_out = layer.kernel.shape
+                fixed[path] = resolve_rank("lowrank", _layer_rank(spec, "lowrank", layer),
+                                           (n_in,), (n_out,))
+        free = [(path, layer) for path, layer in targets if path not in fixed]
+        budget = dict(fixed)
+        if free:
+            def size(layer):
+                return layer.kernel[...].size + (0 if layer.bias is None else layer.bias[...].size)
+            fixed_params = sum(fixed[path] * sum(layer.kernel.shape)
+                       + (0 if layer.bias is None else layer.bias[...].size)
+                       for path, layer in targets if path in fixed)
+            total = sum(size(layer) for _, layer in targets)
+            free_fraction = (float(params) * total - fixed_params) / sum(
+                size(layer) for _, layer in free)
+            if free_fraction <= 0:
+                raise ValueError(f"overrides keep {fixed_params} parameters, more than "
+                                 f"params={params} "
+                                 "of the selected layers allows.")
+            budget.update(_budget_ranks(free, min(free_fraction, 1.0),
+                                        lambda path, layer: _spectrum(
+                                            layer, method, stats.get(path), fisher.get(path),
+                                            damping)))
         rank = lambda path, layer: budget[path]  # noqa: E731
+        overrides = {}
     reports = []
     for i, (path, layer) in enumerate(targets):
-        spec = rank(path, layer) if callable(rank) else rank
+        spec = _override(overrides, path)
+        if spec is None:
+            spec = rank(path, layer) if callable(rank) else rank
         layer_key = None if key is None else jax.random.fold_in(key, i)
         try:
             if isinstance(layer, nnx.Conv):
