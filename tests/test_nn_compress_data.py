@@ -332,3 +332,11 @@ def test_overrides_by_path_pattern_with_a_rank_and_with_a_budget():
         tnn.compress(model, rank=2, overrides=[("a", 1)])
     with pytest.raises(ValueError, match="more than params"):
         tnn.compress(model, params=0.05, overrides={"layers/1": "full"})
+
+
+def test_non_finite_calibration_inputs_name_the_layer():
+    layer = single_layer(8, 6)
+    x = np.ones((4, 8), np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="calibration inputs of layer <root> hold NaN or Inf"):
+        tnn.compress(layer, rank=2, method="whitened", calibration=[x], progress=False)

@@ -123,6 +123,9 @@ def collect_inputs(model: nnx.Module, paths, calibration, *, call: Callable | No
     out = {}
     for path in paths:
         rec = node_at(probe, path)
+        if not bool(jnp.all(jnp.isfinite(rec.gram[...]))):
+            raise ValueError(f"the calibration inputs of layer {path_name(path)} hold NaN or Inf "
+                             "(or overflow float32 in XᵀX).")
         out[path] = InputStats(rec.gram[...], rec.abs_sum[...], rec.count[...])
     return out
 
