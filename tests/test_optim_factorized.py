@@ -277,7 +277,7 @@ def test_with_nnx_optimizer(make):
         optimizer.update(model, grads)
         return loss
 
-    losses = [float(train_step(model, optimizer)) for _ in range(150)]
+    losses = [float(train_step(model, optimizer)) for _ in range(100)]
     assert losses[-1] < 0.3 * losses[0]
 
 

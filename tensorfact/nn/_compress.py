@@ -36,7 +36,7 @@ from tensorfact import algebra
 from tensorfact._checks import check_choice, check_key, check_positive_number
 from tensorfact.nn import _data_aware
 from tensorfact.nn._acip import ACIPScores
-from tensorfact.nn._calibration import collect_fisher, collect_inputs
+from tensorfact.nn._calibration import collect_fisher, collect_inputs, replace_at
 from tensorfact.decomposition import tt_matrix
 from tensorfact.nn._common import ConvKind, Kind, resolve_rank, tensorize
 from tensorfact.nn._conv import FactorizedConv
@@ -384,16 +384,6 @@ def _budget_ranks(targets, fraction, spectrum):
     return ranks
 
 
-def _set_child(model, path, new):
-    parent = model
-    for key in path[:-1]:
-        parent = parent[key] if isinstance(key, int) else getattr(parent, key)
-    if isinstance(path[-1], int):
-        parent[path[-1]] = new
-    else:
-        setattr(parent, path[-1], new)
-
-
 def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=None,
              select=None,
              method: Method = "svd", calibration=None, loss_fn: Callable | None = None,
@@ -730,8 +720,5 @@ def compress(model: nnx.Module, *, kind: Kind = "lowrank", rank=None, params=Non
         reports.append(LayerReport(path, layer_kind, new.rank, before, new.n_params, error,
                                    layer_type, method if layer_type == "Linear" else "svd",
                                    out_error, flops_before, flops_after))
-        if path:
-            _set_child(model, path, new)
-        else:
-            model = new
+        model = replace_at(model, path, new)
     return model, CompressionReport(reports, skipped)
