@@ -340,3 +340,23 @@ def test_non_finite_calibration_inputs_name_the_layer():
     x[1, 2] = np.nan
     with pytest.raises(ValueError, match="calibration inputs of layer <root> hold NaN or Inf"):
         tnn.compress(layer, rank=2, method="whitened", calibration=[x], progress=False)
+
+
+def test_calibration_at_extreme_scales():
+    # the whitened fit does not depend on the scale of X; where XᵀX underflows (1e-30) it falls
+    # back to the plain SVD and the output error is reported as unknown (NaN), never as 0
+    x = correlated_inputs(200, 24, 10)
+    layer = single_layer(24, 16)
+    w = np.asarray(layer.kernel[...], np.float64)
+    base = kernel_of(tnn.compress(layer, rank=4, method="whitened", calibration=[x],
+                                  progress=False)[0])
+    scaled = kernel_of(tnn.compress(layer, rank=4, method="whitened", calibration=[x * 1e-8],
+                                    progress=False)[0])
+    np.testing.assert_allclose(scaled, base, rtol=1e-3, atol=1e-4 * np.abs(base).max())
+    tiny, report = tnn.compress(layer, rank=4, method="whitened", calibration=[x * 1e-30],
+                                progress=False)
+    plain = kernel_of(tnn.compress(layer, rank=4)[0])
+    np.testing.assert_allclose(kernel_of(tiny), plain, atol=1e-4 * np.abs(w).max())
+    assert np.isnan(report[0].rel_output_error)
+    with pytest.raises(ValueError, match="hold NaN or Inf"):
+        tnn.compress(layer, rank=4, method="whitened", calibration=[x * 1e30], progress=False)

@@ -97,3 +97,10 @@ def test_compress_cur_errors():
         tnn.compress(model, params=0.5, method="cur")
     with pytest.raises(ValueError, match='for method "cur"'):
         tnn.compress(model, rank=("energy", 0.9), method="cur")
+
+
+def test_array_layer_with_a_bias_of_the_wrong_shape_names_bias():
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\), got \(5,\)"):
+        CURDense.from_layer(jnp.ones((6, 4)), rank=2, bias=jnp.ones(5))
+    layer = CURDense.from_layer(jnp.ones((6, 4)), rank=1, bias=jnp.arange(4.0))
+    np.testing.assert_allclose(layer(jnp.zeros((2, 6))), np.tile(np.arange(4.0), (2, 1)))

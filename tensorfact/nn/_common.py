@@ -87,6 +87,27 @@ def check_finite(x, name: str) -> None:
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s).")
 
 
+def dense_source(layer, bias, dtype, precision):
+    """``(kernel, bias, dtype, precision)`` of what a factorized dense layer is fitted to: an
+    ``nnx.Linear`` (its own bias, and its dtype and precision where those are None; a ``bias``
+    passed beside it is an error) or an ``in × out`` array with an optional ``bias`` of shape
+    ``(out,)``."""
+    kernel, linear = weight_of(layer, nnx.Linear, "kernel")
+    if linear is not None:
+        if bias is not None:
+            raise ValueError("bias must be None when layer is an nnx.Linear (its own bias is "
+                             "used).")
+        bias = None if linear.bias is None else linear.bias[...]
+        dtype = linear.dtype if dtype is None else dtype
+        precision = linear.precision if precision is None else precision
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        if bias.shape != (kernel.shape[1],):
+            raise ValueError(f"bias must have shape ({kernel.shape[1]},), got "
+                             f"{tuple(bias.shape)}.")
+    return kernel, bias, dtype, precision
+
+
 def weight_of(layer, plain: type, weight: str, name: str = "layer"):
     """``(matrix, plain_layer)`` from ``layer``: an instance of ``plain`` (an ``nnx.Linear``, an
     ``nnx.Embed``), whose attribute ``weight`` is read, or a 2-D array (then

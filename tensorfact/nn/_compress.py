@@ -244,17 +244,10 @@ def _data_aware_fit(layer, spec, method, stats, fisher, damping):
                                                                               layer),
                                                      (n_in,), (n_out,))
 
-    def fit(r):
-        if method == "whitened":
-            return _data_aware.whitened(kernel, stats.gram, r, damping=damping)
-        if method == "asvd":
-            return _data_aware.activation_scaled(kernel, stats.abs_sum / stats.count, r)
-        return _data_aware.fisher_weighted(kernel, fisher, r)
-
-    new_kernel, sigma = fit(r)
+    new_kernel, sigma = _truncation(kernel, method, stats, fisher, damping, r)
     if energy:
         r = rank_for_energy(sigma, spec[1])
-        new_kernel, _ = fit(r)
+        new_kernel, _ = _truncation(kernel, method, stats, fisher, damping, r)
     copy = nnx.clone(layer)
     copy.kernel[...] = new_kernel.astype(copy.kernel[...].dtype)
     return copy, r
@@ -331,17 +324,21 @@ def _cur_rank(spec, layer):
     return cur_rank_for_params(n_in, n_out, float(spec))
 
 
+def _truncation(kernel, method, stats, fisher, damping, rank):
+    """``(W′, σ)`` of a data-aware ``method`` at ``rank`` (see :mod:`._data_aware`)."""
+    if method == "whitened":
+        return _data_aware.whitened(kernel, stats.gram, rank, damping=damping)
+    if method == "asvd":
+        return _data_aware.activation_scaled(kernel, stats.abs_sum / stats.count, rank)
+    return _data_aware.fisher_weighted(kernel, fisher, rank)
+
+
 def _spectrum(layer, method, stats, fisher, damping):
     """The singular values the ``method`` truncates for ``layer`` (descending)."""
     kernel = jnp.asarray(layer.kernel[...], jnp.float32)
-    full = min(kernel.shape)
     if method == "svd":
         return jnp.linalg.svd(kernel, compute_uv=False)
-    if method == "whitened":
-        return _data_aware.whitened(kernel, stats.gram, full, damping=damping)[1]
-    if method == "asvd":
-        return _data_aware.activation_scaled(kernel, stats.abs_sum / stats.count, full)[1]
-    return _data_aware.fisher_weighted(kernel, fisher, full)[1]
+    return _truncation(kernel, method, stats, fisher, damping, min(kernel.shape))[1]
 
 
 def _budget_ranks(targets, fraction, spectrum):

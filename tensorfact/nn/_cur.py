@@ -23,7 +23,7 @@ from flax.nnx.nn.dtypes import promote_dtype
 from tensorfact._checks import Precision, check_choice, check_positive_int
 from tensorfact._numerics import resolve_precision
 from tensorfact.decomposition import cur
-from tensorfact.nn._common import check_input, draw, params_key, weight_of
+from tensorfact.nn._common import check_input, dense_source, draw, params_key
 
 __all__ = ["CURDense", "cur_rank_for_params"]
 
@@ -150,14 +150,7 @@ class CURDense(nnx.Module):
           bias: a bias for an array ``layer`` (an ``nnx.Linear`` brings its own).
           dtype, param_dtype, precision: as in the constructor (by default the layer's).
         """
-        kernel, linear = weight_of(layer, nnx.Linear, "kernel")
-        if linear is not None:
-            if bias is not None:
-                raise ValueError("bias must be None when layer is an nnx.Linear (its own bias "
-                                 "is used).")
-            bias = None if linear.bias is None else linear.bias[...]
-            dtype = linear.dtype if dtype is None else dtype
-            precision = linear.precision if precision is None else precision
+        kernel, bias, dtype, precision = dense_source(layer, bias, dtype, precision)
         check_choice(method, ("pivoted", "leverage"), "method")
         n_in, n_out = kernel.shape
         rank = check_positive_int(rank, "rank")

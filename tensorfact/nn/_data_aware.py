@@ -10,6 +10,8 @@ matrix it truncates (from which energy-based ranks are read):
   ``‖X A‖_F ≈ ‖Sᵀ A‖_F``, so ``W′ = S⁻ᵀ (SᵀW)_r`` with ``(·)_r`` the truncated SVD — exact
   (Eckart–Young in the whitened space). ``λ = damping · tr(XᵀX)/in`` keeps ``S`` invertible when
   the inputs do not span every direction (fewer rows than features, dead features).
+  The result does not depend on the scale of ``X``; inputs so small that ``XᵀX`` underflows to
+  zero in float32 (about 1e-20) leave ``S = √λ I`` and give the plain truncated SVD.
 * :func:`activation_scaled` (ASVD: Yuan et al., "ASVD: Activation-aware singular value
   decomposition for compressing large language models", 2023): the cheaper diagonal variant,
   ``W′ = D⁻¹ (D W)_r`` with ``D = diag(mean |x_i|)^α`` (``α = 0.5``, the paper's choice).
@@ -81,7 +83,9 @@ def fisher_weighted(w, fisher, rank: int):
 
 
 def output_error(w, w_new, gram) -> float:
-    """``‖X(W − W′)‖_F / ‖X W‖_F`` from ``gram = XᵀX`` (0 when ``XW = 0`` and ``W′ = W``)."""
+    """``‖X(W − W′)‖_F / ‖X W‖_F`` from ``gram = XᵀX``; NaN when ``‖XW‖`` is zero as far as
+    float32 can tell (no input reaches the layer's row space, or the squares of inputs near
+    1e-20 underflowed), never a 0 that would read as a perfect fit."""
     diff = jnp.asarray(w, jnp.float32) - jnp.asarray(w_new, jnp.float32)
     gram = jnp.asarray(gram, jnp.float32)
 
@@ -89,7 +93,6 @@ def output_error(w, w_new, gram) -> float:
         return jnp.sum(a * jnp.matmul(gram, a, precision=_HI))
 
     num, den = float(jax.device_get(quad(diff))), float(jax.device_get(quad(jnp.asarray(w))))
-    num = max(num, 0.0)
-    if den <= 0:
-        return 0.0 if num == 0 else float("inf")
-    return (num / den) ** 0.5
+    if not den > 0:  # XW = 0, or XᵀX underflowed (inputs near 1e-20): the ratio is unknown
+        return float("nan")
+    return (max(num, 0.0) / den) ** 0.5

@@ -81,8 +81,9 @@ from tensorfact._checks import Impl, Precision, check_choice, check_key, check_p
 from tensorfact._numerics import resolve_precision
 from tensorfact.decomposition import cp, svd, tt_matrix, tucker
 from tensorfact.nn._common import (Contraction, Kind, balanced_factors, check_input, cp_fibres,
+                                   dense_source,
                                    draw, no_bias, params_key, resolve_rank, spread_cp,
-                                   tensorize, tt_apply, tt_core_shapes, weight_of)
+                                   tensorize, tt_apply, tt_core_shapes)
 from tensorfact.nn._base import FactorizedLayer
 from tensorfact.nn._partitioning import param, partition_specs
 from tensorfact.tensors import CPTensor, LowRankMatrix, TTMatrix, TuckerTensor
@@ -437,20 +438,8 @@ class FactorizedDense(FactorizedLayer):
         kind = check_choice(kind, Kind, "kind")
         if key is not None:
             key = check_key(key, f"by FactorizedDense.from_layer (kind {kind!r})")
-        kernel, linear = weight_of(layer, nnx.Linear, "kernel")
-        if linear is not None:
-            if bias is not None:
-                raise ValueError("bias must be None when layer is an nnx.Linear (its own bias is "
-                                 "used).")
-            bias = None if linear.bias is None else linear.bias[...]
-            dtype = linear.dtype if dtype is None else dtype
-            precision = linear.precision if precision is None else precision
+        kernel, bias, dtype, precision = dense_source(layer, bias, dtype, precision)
         in_features, out_features = kernel.shape
-        if bias is not None:
-            bias = jnp.asarray(bias)
-            if bias.shape != (out_features,):
-                raise ValueError(f"bias must have shape ({out_features},), got "
-                                 f"{tuple(bias.shape)}.")
         param_dtype = kernel.dtype if param_dtype is None else param_dtype
         in_shape, out_shape = tensorize(kind, in_features, out_features, in_shape, out_shape)
         resolved = resolve_rank(kind, rank, in_shape, out_shape)
