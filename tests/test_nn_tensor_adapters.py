@@ -197,9 +197,9 @@ def test_training_moves_only_the_adapters(linear, conv, x, images):
 
 def test_bad_arguments(linear, conv):
     rngs = nnx.Rngs(0)
-    with pytest.raises(TypeError, match="base must be an nnx.Linear, got Conv"):
+    with pytest.raises(TypeError, match="base must be an nnx.Linear, nnx.LinearGeneral or nnx.Einsum for TTAdapter, got Conv"):
         TTAdapter(conv, 2, rngs=rngs)
-    with pytest.raises(TypeError, match="base must be an nnx.Conv, got Linear"):
+    with pytest.raises(TypeError, match="base must be an nnx.Conv for TuckerAdapter, got Linear"):
         TuckerAdapter(linear, 2, rngs=rngs)
     with pytest.raises(ValueError, match="rngs is required for TTAdapter"):
         TTAdapter(linear, 2, rngs=None)

@@ -92,7 +92,7 @@ from flax import nnx
 from tensorfact._checks import Precision, check_choice, check_positive_int
 from tensorfact._numerics import resolve_precision, safe_divide, safe_norm
 from tensorfact.decomposition import svd
-from tensorfact.nn._base import Adapter, LoRAParam, adapter_scale
+from tensorfact.nn._base import Adapter, LoRAParam, adapter_scale, convolve, set_dropout
 from tensorfact.nn._common import balanced_factors, check_finite, params_key
 
 __all__ = ["LoRA", "DoRA", "LoKr", "LoHa", "LoRAParam"]
@@ -175,20 +175,26 @@ class LoRA(Adapter):
 
     def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, init: LoRAInit = "gaussian",
                  alpha=None, use_rslora: bool = False, svd_method: SVDMethod = "randomized",
-                 param_dtype=None, rngs: nnx.Rngs | None = None):
-        self._set_base(base, param_dtype)
+                 dropout: float = 0.0, param_dtype=None, rngs: nnx.Rngs | None = None):
+        self._set_base(base, param_dtype, embed=True)
         n_in, n_out = self.matrix_shape
         self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
         self.init = check_choice(init, LoRAInit, "init")
         svd_method = check_choice(svd_method, SVDMethod, "svd_method")
         self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
         dtype = self.param_dtype
-        if init == "gaussian":
+        if init == "gaussian" and self.view.kind == "embed":
+            # PEFT's embedding LoRA: A = 0 and B standard normal (lecun-normal A would draw
+            # from variance 1 / num_embeddings, a vanishing start for large vocabularies)
+            a = jnp.zeros((n_in, self.rank), dtype)
+            b = jax.random.normal(params_key(rngs, 'for init="gaussian"'), (self.rank, n_out),
+                                  dtype)
+        elif init == "gaussian":
             a = _lecun(params_key(rngs, 'for init="gaussian"'), (n_in, self.rank), dtype)
             b = jnp.zeros((self.rank, n_out), dtype)
         else:
-            kernel = base.kernel[...]
-            check_finite(kernel, "base.kernel")
+            kernel = self._kernel(base)[...]
+            check_finite(kernel, f"base.{self.view.weight}")
             w = self._w().astype(jnp.promote_types(kernel.dtype, jnp.float32))
             key = None
             if init == "pissa" and svd_method == "randomized":
@@ -197,9 +203,10 @@ class LoRA(Adapter):
                                               init=init, svd_method=svd_method,
                                               dtype=jnp.dtype(dtype))
             self.base = nnx.clone(base)
-            self.base.kernel[...] = self._as_kernel(residual).astype(kernel.dtype)
+            self._kernel()[...] = self._as_kernel(residual).astype(kernel.dtype)
         self.lora_a = LoRAParam(a)
         self.lora_b = LoRAParam(b)
+        set_dropout(self, dropout, rngs)
 
     def _params(self):
         return self.lora_a[...], self.lora_b[...]
@@ -275,8 +282,8 @@ class DoRA(Adapter):
     """
 
     def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, alpha=None,
-                 use_rslora: bool = False, detach_norm: bool = True, param_dtype=None,
-                 rngs: nnx.Rngs):
+                 use_rslora: bool = False, detach_norm: bool = True, dropout: float = 0.0,
+                 param_dtype=None, rngs: nnx.Rngs):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
         self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
@@ -291,6 +298,7 @@ class DoRA(Adapter):
         w = self._w()
         self.magnitude = LoRAParam(_column_norms(self._direction(
             w, self.lora_a[...], self.lora_b[...], self.base.precision)).astype(dtype))
+        set_dropout(self, dropout, rngs)
 
     def _params(self):
         return self.lora_a[...], self.lora_b[...], self.magnitude[...]
@@ -309,11 +317,23 @@ class DoRA(Adapter):
     def _change(self, x, y):
         # the ratio in the parameters' own dtypes, exactly as m was computed at the start
         a, b, m = self._params()
-        ratio = self._ratio(self._direction(self._w(), a, b, self.base.precision), m)
-        x, a, b, ratio = self._promote(x, a, b, ratio)
-        xw = y if self.base.bias is None else y - self.base.bias[...].astype(y.dtype)
-        lora = self.scale * self._lowrank(x, a, b)
-        return (ratio - 1).astype(y.dtype) * xw + ratio * lora
+        w = self._w()
+        prec = self.base.precision
+        ratio = self._ratio(self._direction(w, a, b, prec), m)
+        x, a, b, ratio, w = self._promote(x, a, b, ratio, w)
+        if self.view.kind == "conv":
+            # x W is the base's output less its bias, or (dropout) the convolution of x
+            xw = (convolve(self.base, x, self._as_kernel(w)) if y is None else
+                  y if self.base.bias is None else y - self.base.bias[...].astype(y.dtype))
+            lora = self.scale * self._lowrank(x, a, b)
+            return (ratio - 1).astype(xw.dtype) * xw + ratio * lora
+        rows = self.view.rows(x)
+        if y is not None and self.view.layer == "Linear":
+            xw = y if self.base.bias is None else y - self.base.bias[...].astype(y.dtype)
+        else:
+            xw = jnp.matmul(rows, w, precision=prec)
+        lora = self.scale * jnp.matmul(jnp.matmul(rows, a, precision=prec), b, precision=prec)
+        return self.view.outputs((ratio - 1).astype(xw.dtype) * xw + ratio * lora)
 
     def dense_weight(self, *, precision: Precision = "highest"):
         """``m ⊙ (W + s A B) / ‖W + s A B‖_c``, in the base kernel's shape."""
@@ -324,7 +344,7 @@ class DoRA(Adapter):
 
     def delta_weight(self, *, precision: Precision = "highest"):
         """``W' − W``: the adapted kernel :meth:`dense_weight` less the base's."""
-        return self.dense_weight(precision=precision) - self.base.kernel[...]
+        return self.dense_weight(precision=precision) - self._kernel()[...]
 
 
 @jax.jit

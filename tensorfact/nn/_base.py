@@ -1,5 +1,6 @@
-"""The base every adapter of :mod:`tensorfact.nn` derives from: a frozen ``nnx.Linear`` or
-``nnx.Conv`` plus a change of its kernel.
+"""The base every adapter of :mod:`tensorfact.nn` derives from: a frozen layer (``nnx.Linear``,
+``nnx.LinearGeneral``, ``nnx.Einsum``, ``nnx.Conv`` or ``nnx.Embed``) plus a change of its
+kernel.
 
 An adapter holds its ``base`` layer and computes ``base(x) + change(x)``. Its kernel update
 ``ΔW`` (:meth:`Adapter.delta_weight`), the adapted kernel ``W + ΔW``
@@ -9,11 +10,28 @@ it has one, a forward that never forms ``ΔW``. A Conv's kernel ``(k_1, ..., k_s
 is seen as the matrix ``(k_1⋯k_s c_in, c_out)`` by the LoRA family, and convolution being linear
 in the kernel, ``conv(x, K + ΔK) = base(x) + conv(x, ΔK)``.
 
+**Every layer as a matrix.** A :class:`Matricization` says how a layer's kernel is the matrix
+``W`` of shape ``(rows, cols)`` and its input the rows of a matrix, so that one adapter code path
+serves every dense layer:
+
+* ``nnx.Linear``: ``W`` is the ``(in, out)`` kernel.
+* ``nnx.LinearGeneral`` (the projections of ``nnx.MultiHeadAttention``): kernel
+  ``in_features + out_features``, ``W`` its ``(∏ in_features, ∏ out_features)`` reshape; the
+  input's contracted ``axis`` are moved last and flattened, the change's columns reshaped to
+  ``out_features`` (batch axes, ``batch_axis``, are refused).
+* ``nnx.Einsum``: the kernel axes whose letters the input shares are the rows, the others the
+  columns (in the kernel's order); a kernel axis shared by the input and the output (a batched
+  kernel) or summed alone is refused.
+* ``nnx.Embed``: ``W`` is the ``(num_embeddings, features)`` table and ``x ΔW`` the rows
+  ``ΔW[ids]``; ``attend`` (a tied output layer) adds ``q ΔWᵀ``.
+* ``nnx.Conv``: the ``(k_1⋯k_s c_in, c_out)`` reshape above, applied by convolution.
+
 A private module made to be shared by ``_adapters.py`` and ``_tensor_adapters.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -25,12 +43,148 @@ from flax.nnx.nn.linear import canonicalize_padding
 
 from tensorfact._checks import Precision
 from tensorfact._numerics import resolve_precision
-from tensorfact.nn._common import broadcast, check_input
+from tensorfact.nn._common import broadcast, check_input, check_rngs
 
-__all__ = ["Adapter", "LoRAParam", "adapter_scale", "convolve"]
+__all__ = ["Adapter", "AdapterBuffer", "LoRAParam", "Matricization", "adapter_scale",
+           "convolve", "matricize", "set_dropout"]
 
 #: The type of every adapter parameter (Flax's): train them with ``wrt=nnx.LoRAParam``.
 LoRAParam = nnx.LoRAParam
+
+
+class AdapterBuffer(nnx.Variable):
+    """Frozen arrays of an adapter (random bases, SVD factors, the starting factors of PiSSA):
+    part of the adapter and saved with it, but not trained by ``wrt=nnx.LoRAParam``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Matricization:
+    """How an adapter sees a layer: its kernel as the matrix ``W`` (``rows × cols``) and its input
+    as rows of that matrix's left operand (see the module docstring).
+
+    Attributes:
+      kind: ``"linear"`` (``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``: ``x ΔW`` is a
+        product of matrices), ``"conv"`` or ``"embed"``.
+      layer: the layer's class name.
+      weight: the name of the layer's kernel attribute (``"kernel"`` or ``"embedding"``).
+      perm: the kernel's axes in matrix order (row axes, then column axes).
+      rows_shape, cols_shape: the kernel's dimensions along those axes.
+      axis: ``nnx.LinearGeneral``'s contracted input axes.
+      einsum: ``nnx.Einsum``'s ``(lhs, free, row_letters, col_letters, out)`` subscripts.
+    """
+
+    kind: str
+    layer: str
+    weight: str
+    perm: tuple
+    rows_shape: tuple
+    cols_shape: tuple
+    axis: tuple = ()
+    einsum: tuple = ()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return math.prod(self.rows_shape), math.prod(self.cols_shape)
+
+    def to_matrix(self, kernel):
+        """The kernel as the ``(rows, cols)`` matrix ``W``."""
+        return jnp.transpose(kernel, self.perm).reshape(self.shape)
+
+    def to_kernel(self, matrix):
+        """The inverse of :meth:`to_matrix`."""
+        kernel = matrix.reshape(self.rows_shape + self.cols_shape)
+        return jnp.transpose(kernel, tuple(sorted(range(len(self.perm)),
+                                                  key=self.perm.__getitem__)))
+
+    def rows(self, x):
+        """``x`` as ``(..., rows)``: what multiplies ``W`` from the left (a ``"linear"`` kind)."""
+        if self.einsum:
+            lhs, free, row_letters, _, _ = self.einsum
+            x = jnp.einsum(f"{lhs}->{free}{row_letters}", x)
+            return x.reshape(x.shape[:x.ndim - len(row_letters)] + (self.shape[0],))
+        if self.axis:
+            n = len(self.axis)
+            axis = tuple(a % x.ndim for a in self.axis)
+            x = jnp.moveaxis(x, axis, tuple(range(x.ndim - n, x.ndim)))
+            return x.reshape(x.shape[:x.ndim - n] + (self.shape[0],))
+        return x
+
+    def outputs(self, z):
+        """``z`` of shape ``(..., cols)`` in the layer's output layout."""
+        if self.einsum:
+            _, free, _, col_letters, out = self.einsum
+            z = z.reshape(z.shape[:-1] + self.cols_shape)
+            return jnp.einsum(f"{free}{col_letters}->{out}", z)
+        if self.axis:
+            return z.reshape(z.shape[:-1] + self.cols_shape)
+        return z
+
+
+def _einsum_view(layer) -> Matricization:
+    spec = layer.einsum_str
+    if spec is None:
+        raise ValueError("base is an nnx.Einsum without einsum_str (given at call time): an "
+                         "adapter needs the equation when it is built.")
+    spec = spec.replace(" ", "")
+    try:
+        inputs, out = spec.split("->")
+        lhs, rhs = inputs.split(",")
+    except ValueError:
+        raise ValueError(f"base.einsum_str = {spec!r} is not of the form 'lhs,kernel->out'."
+                         ) from None
+    if "." in rhs:
+        raise ValueError(f"base.einsum_str = {spec!r}: an ellipsis in the kernel's subscripts "
+                         "is not supported.")
+    lhs_letters, out_letters = set(lhs) - {"."}, set(out) - {"."}
+    batched = [c for c in rhs if c in lhs_letters and c in out_letters]
+    alone = [c for c in rhs if c not in lhs_letters and c not in out_letters]
+    dropped = [c for c in lhs_letters - set(rhs) if c not in out_letters]
+    if batched or alone or dropped:
+        why = (f"kernel axes {''.join(batched)!r} are shared by the input and the output "
+               "(a batched kernel)" if batched else
+               f"kernel axes {''.join(alone)!r} are summed alone" if alone else
+               f"input axes {''.join(sorted(dropped))!r} are summed without the kernel")
+        raise ValueError(f"base.einsum_str = {spec!r}: {why}; an adapter needs a kernel that is "
+                         "a matrix from contracted input axes to output axes.")
+    row_axes = [k for k, c in enumerate(rhs) if c in lhs_letters]
+    col_axes = [k for k, c in enumerate(rhs) if c not in lhs_letters]
+    if not row_axes or not col_axes:
+        raise ValueError(f"base.einsum_str = {spec!r}: the kernel must have contracted and "
+                         "output axes.")
+    free = "".join(c for c in lhs if c not in rhs)
+    shape = tuple(int(d) for d in layer.kernel[...].shape)
+    return Matricization(
+        "linear", "Einsum", "kernel", tuple(row_axes + col_axes),
+        tuple(shape[k] for k in row_axes), tuple(shape[k] for k in col_axes),
+        einsum=(lhs, free, "".join(rhs[k] for k in row_axes),
+                "".join(rhs[k] for k in col_axes), out))
+
+
+def matricize(layer) -> Matricization:
+    """The :class:`Matricization` of an ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``,
+    ``nnx.Conv`` or ``nnx.Embed`` (a ``TypeError`` for anything else, a ``ValueError`` for a
+    layout no matrix describes)."""
+    if isinstance(layer, nnx.Embed):
+        n, f = (int(d) for d in layer.embedding[...].shape)
+        return Matricization("embed", "Embed", "embedding", (0, 1), (n,), (f,))
+    if isinstance(layer, nnx.Einsum):
+        return _einsum_view(layer)
+    shape = tuple(int(d) for d in layer.kernel[...].shape)
+    if isinstance(layer, nnx.Linear):
+        return Matricization("linear", "Linear", "kernel", (0, 1), shape[:1], shape[1:])
+    if isinstance(layer, nnx.Conv):
+        return Matricization("conv", "Conv", "kernel", tuple(range(len(shape))), shape[:-1],
+                             shape[-1:])
+    if isinstance(layer, nnx.LinearGeneral):
+        if layer.batch_axis:
+            raise ValueError(f"base.batch_axis = {dict(layer.batch_axis)}: an nnx.LinearGeneral "
+                             "with batch axes holds one kernel per batch index; adapters take "
+                             "it without batch_axis only.")
+        n_in = len(layer.in_features)
+        return Matricization("linear", "LinearGeneral", "kernel", tuple(range(len(shape))),
+                             shape[:n_in], shape[n_in:], axis=tuple(layer.axis))
+    raise TypeError(f"{type(layer).__name__} is not a layer an adapter can wrap (nnx.Linear, "
+                    "nnx.LinearGeneral, nnx.Einsum, nnx.Conv, nnx.Embed).")
 
 
 def adapter_scale(alpha, rank: int, use_rslora: bool = False) -> float:
@@ -41,6 +195,19 @@ def adapter_scale(alpha, rank: int, use_rslora: bool = False) -> float:
             or not 0 < alpha < math.inf):
         raise ValueError(f"alpha must be a positive number or None, got {alpha!r}.")
     return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+def set_dropout(adapter, rate, rngs) -> None:
+    """Gives ``adapter`` an ``nnx.Dropout`` of ``rate`` on the input of its change (PEFT's
+    ``lora_dropout``), or none for ``rate = 0``."""
+    if (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
+            or not 0 <= rate < 1):
+        raise ValueError(f"dropout must be a rate in [0, 1), got {rate!r}.")
+    if rate > 0:
+        check_rngs(rngs, "for the adapter's dropout")
+        adapter.dropout = nnx.Dropout(float(rate), rngs=rngs)
+    else:
+        adapter.dropout = None
 
 
 def convolve(base: nnx.Conv, x, kernel):
@@ -76,24 +243,36 @@ class Adapter(nnx.Module):
     """What every adapter shares: the base layer, its kernel as a matrix, the forward as
     ``base(x) + change``, :meth:`delta_weight`, :meth:`dense_weight` and :meth:`merge`.
 
-    A subclass calls :meth:`_set_base` first and defines ``_params()`` (its parameter arrays),
+    A subclass calls :meth:`_set_base` first and defines ``_params()`` (its arrays),
     ``_delta(arrays, precision)`` (``ΔW`` from those arrays, of shape ``matrix_shape`` or of
-    the kernel's shape) and, on an ``nnx.Linear``, ``_linear_change(x, arrays)`` (``x ΔW``
-    without forming ``ΔW``); or it overrides ``_change`` whole. On an ``nnx.Conv`` the default
-    change forms ``ΔK`` and convolves with it.
+    the kernel's shape) and, where it has one, ``_linear_change(x, arrays)`` (``x ΔW`` for ``x``
+    of shape ``(..., rows)`` without forming ``ΔW``); or it overrides ``_change`` whole. On an
+    ``nnx.Conv`` (and an ``nnx.Embed``) the default change forms ``ΔW`` and convolves with it
+    (takes its rows).
 
     The kernel of the base is seen as the matrix ``W`` of shape ``matrix_shape = (rows, out)``
-    (a Linear's own kernel; a Conv's ``(k_1⋯k_s c_in, c_out)`` reshape).
+    by its :class:`Matricization` ``view`` (see the module docstring): every adapter that takes
+    an ``nnx.Linear`` also takes an ``nnx.LinearGeneral`` and an ``nnx.Einsum``.
+
+    Attributes:
+      dropout: ``None`` or an ``nnx.Dropout`` applied to the input of the change only (PEFT's
+        ``lora_dropout``; ``base(x)`` sees the whole input). It follows ``model.train()`` /
+        ``model.eval()``; it is not applied to an ``nnx.Embed``'s ids.
     """
 
     def _set_base(self, base, param_dtype, *, linear: bool = True, conv: bool = True,
-                  grouped: bool = False):
-        """Holds ``base`` (an ``nnx.Linear`` if ``linear``, an ``nnx.Conv`` if ``conv``; a
-        grouped or masked Conv only if ``grouped``) and its kernel's geometry."""
-        kinds = [k for k, ok in (("nnx.Linear", linear), ("nnx.Conv", conv)) if ok]
-        if not ((linear and isinstance(base, nnx.Linear))
-                or (conv and isinstance(base, nnx.Conv))):
-            raise TypeError(f"base must be an {' or '.join(kinds)}, got {type(base).__name__}.")
+                  grouped: bool = False, embed: bool = False):
+        """Holds ``base`` (an ``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum`` if
+        ``linear``, an ``nnx.Conv`` if ``conv``, a grouped or masked Conv only if ``grouped``,
+        an ``nnx.Embed`` if ``embed``) and its kernel's geometry."""
+        kinds = ((["nnx.Linear", "nnx.LinearGeneral", "nnx.Einsum"] if linear else [])
+                 + (["nnx.Conv"] if conv else []) + (["nnx.Embed"] if embed else []))
+        kinds = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+        known = (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv, nnx.Embed)
+        view = matricize(base) if isinstance(base, known) else None
+        if view is None or not {"linear": linear, "conv": conv, "embed": embed}[view.kind]:
+            raise TypeError(f"base must be an {kinds} for "
+                            f"{type(self).__name__}, got {type(base).__name__}.")
         if isinstance(base, nnx.Conv) and not grouped:
             if base.feature_group_count != 1:
                 raise ValueError(f"base.feature_group_count = {base.feature_group_count}: this "
@@ -102,81 +281,130 @@ class Adapter(nnx.Module):
                 raise ValueError("base.mask is set: this adapter takes an nnx.Conv without a "
                                  "kernel mask.")
         self.base = base
-        self.in_features, self.out_features = int(base.in_features), int(base.out_features)
-        kernel = base.kernel[...]
+        self.view = view
+        kernel = getattr(base, view.weight)[...]
         self.kernel_shape = tuple(int(d) for d in kernel.shape)
-        self.is_conv = isinstance(base, nnx.Conv)
-        self.matrix_shape = (math.prod(self.kernel_shape[:-1]), self.kernel_shape[-1])
-        self._rows_name = "prod(kernel_size) * in_features" if self.is_conv else "in_features"
+        self.is_conv = view.kind == "conv"
+        self.matrix_shape = view.shape
+        self.in_features, self.out_features = self.matrix_shape
+        if isinstance(base, (nnx.Linear, nnx.Conv)):
+            self.in_features = int(base.in_features)
+        self._rows_name = {"conv": "prod(kernel_size) * in_features",
+                           "embed": "num_embeddings"}.get(view.kind, "in_features")
         self.param_dtype = kernel.dtype if param_dtype is None else param_dtype
+        self.dropout = None
+
+    def _kernel(self, layer=None):
+        """The kernel variable (``kernel`` or ``embedding``) of ``layer`` (default: the base)."""
+        return getattr(self.base if layer is None else layer, self.view.weight)
 
     # -- forward -------------------------------------------------------------------------------
     def __call__(self, x: jax.Array) -> jax.Array:
         """``base(x)`` plus the adapter's change of the output."""
-        n_spatial = len(self.kernel_shape) - 2 if self.is_conv else 0
-        x = check_input(x, self.in_features, n_spatial)
+        kind = self.view.kind
+        if kind == "conv":
+            x = check_input(x, self.in_features, len(self.kernel_shape) - 2)
+        elif self.view.layer == "Linear":
+            x = check_input(x, self.in_features)
         y = self.base(x)
-        if x.size == 0:  # an empty batch: nothing to change (and no reshape by a zero size)
+        if jnp.size(x) == 0:  # an empty batch: nothing to change (and no reshape by a zero size)
             return y
-        return y + self._change(x, y).astype(y.dtype)
+        x_change = x
+        if self.dropout is not None and kind != "embed":
+            x_change = self.dropout(x)
+        # the base's output is passed on only when the change sees the same input
+        return y + self._change(x_change, y if x_change is x else None).astype(y.dtype)
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        """For an ``nnx.Embed`` base (a tied output layer): ``base.attend(q) + q ΔWᵀ``."""
+        if self.view.kind != "embed":
+            raise TypeError(f"attend needs an nnx.Embed base, got nnx.{self.view.layer}.")
+        y = self.base.attend(query)
+        q, *arrays = self._promote(query, *self._params())
+        delta = self._delta(arrays, self.base.precision if hasattr(self.base, "precision")
+                            else None).reshape(self.matrix_shape)
+        return y + jnp.matmul(q, delta.T).astype(y.dtype)
 
     def _change(self, x, y):
+        """The change of the output for input ``x``; ``y`` is ``base(x)`` or None (dropout)."""
         x, *arrays = self._promote(x, *self._params())
-        if self.is_conv:
+        kind = self.view.kind
+        if kind == "conv":
             return self._apply(x, self._delta(arrays, self.base.precision))
-        return self._linear_change(x, arrays)
+        if kind == "embed":
+            return self._apply(x, self._delta(arrays, None))
+        return self.view.outputs(self._linear_change(self.view.rows(x), arrays))
 
-    def _promote(self, *arrays):
-        return promote_dtype(arrays, dtype=self.base.dtype)
+    def _linear_change(self, x, arrays):
+        """``x ΔW`` for ``x`` of shape ``(..., rows)``: by default ``ΔW`` formed."""
+        delta = self._delta(arrays, self.base.precision).reshape(self.matrix_shape)
+        return jnp.matmul(x, delta, precision=self.base.precision)
+
+    def _promote(self, x, *arrays):
+        """``x`` and ``arrays`` in the base's compute dtype (an ``nnx.Embed``'s ids kept)."""
+        if self.view.kind == "embed":
+            return (x, *promote_dtype(arrays, dtype=self.base.dtype))
+        return tuple(promote_dtype((x, *arrays), dtype=self.base.dtype))
 
     def _w(self) -> jax.Array:
         """The base kernel as the ``matrix_shape`` matrix ``W``."""
-        return self.base.kernel[...].reshape(self.matrix_shape)
+        return self.view.to_matrix(self._kernel()[...])
 
-    def _as_kernel(self, matrix) -> jax.Array:
-        return matrix.reshape(self.kernel_shape)
+    def _as_kernel(self, delta) -> jax.Array:
+        """A ``ΔW`` of ``matrix_shape`` (or, on a Conv, of the kernel's shape) as a kernel."""
+        return self.view.to_kernel(delta.reshape(self.matrix_shape))
 
     def _lowrank(self, x, a, b):
-        """``x (A B)`` without forming ``A B``: two matmuls, or on a Conv the convolution
-        ``c_in → r`` with kernel ``A`` and the base's geometry, then the 1×1 convolution ``B``."""
-        prec = self.base.precision
-        if self.is_conv:
+        """``x (A B)`` without forming ``A B``: two matmuls (on the rows of ``x``), the rows
+        ``A[ids] B`` of an ``nnx.Embed``, or on a Conv the convolution ``c_in → r`` with kernel
+        ``A`` and the base's geometry, then the 1×1 convolution ``B``."""
+        prec = self.base.precision if hasattr(self.base, "precision") else None
+        kind = self.view.kind
+        if kind == "conv":
             h = convolve(self.base, x, a.reshape(self.kernel_shape[:-1] + (a.shape[-1],)))
-        else:
-            h = jnp.matmul(x, a, precision=prec)
-        return jnp.matmul(h, b, precision=prec)
+            return jnp.matmul(h, b, precision=prec)
+        if kind == "embed":
+            return jnp.matmul(jnp.take(a, x, axis=0), b, precision=prec)
+        h = jnp.matmul(self.view.rows(x), a, precision=prec)
+        return self.view.outputs(jnp.matmul(h, b, precision=prec))
 
     def _apply(self, x, delta):
-        """``x ΔW`` for a formed ``ΔW`` (of ``matrix_shape`` or the kernel's shape): a matmul, or
-        on a Conv the convolution with ``ΔW`` reshaped to the kernel (and the base's mask)."""
-        if self.is_conv:
+        """``x ΔW`` for a formed ``ΔW`` (of ``matrix_shape`` or the kernel's shape): a matmul,
+        the rows ``ΔW[ids]`` of an ``nnx.Embed``, or on a Conv the convolution with ``ΔW``
+        reshaped to the kernel (and the base's mask)."""
+        kind = self.view.kind
+        if kind == "conv":
             kernel = self._as_kernel(delta)
             if self.base.mask is not None:
                 kernel = kernel * self.base.mask
             return convolve(self.base, x, kernel)
-        return jnp.matmul(x, delta, precision=self.base.precision)
+        matrix = delta.reshape(self.matrix_shape)
+        if kind == "embed":
+            return jnp.take(matrix, x, axis=0)
+        return self.view.outputs(jnp.matmul(self.view.rows(x), matrix,
+                                            precision=self.base.precision))
 
     # -- the update as arrays and as a plain layer -------------------------------------------
     def delta_weight(self, *, precision: Precision = "highest") -> jax.Array:
         """The update ``ΔW`` alone (PEFT's ``get_delta_weight``), in the base kernel's shape:
         ``(in, out)`` for a Linear, ``(spatial..., c_in, c_out)`` for a Conv; formed at
         ``precision`` (default ``"highest"``: true float32)."""
-        w = self.base.kernel[...]
+        w = self._kernel()[...]
         arrays = [p.astype(w.dtype) for p in self._params()]
         return self._as_kernel(self._delta(arrays, resolve_precision(precision)))
 
     def dense_weight(self, *, precision: Precision = "highest") -> jax.Array:
         """The kernel the adapted layer applies, ``W + ΔW`` (what :meth:`merge` stores), in the
         base kernel's shape."""
-        return self.base.kernel[...] + self.delta_weight(precision=precision)
+        return self._kernel()[...] + self.delta_weight(precision=precision)
 
-    def merge(self) -> nnx.Linear | nnx.Conv:
-        """A plain ``nnx.Linear`` / ``nnx.Conv`` (PEFT's ``merge_and_unload``): a copy of the base
+    def merge(self) -> nnx.Module:
+        """A plain layer of the base's type (PEFT's ``merge_and_unload``): a copy of the base
         layer with the adapted kernel :meth:`dense_weight` (and the base's bias, strides,
         padding, ...). The adapter and its base are left as they are."""
         merged = nnx.clone(self.base)
-        kernel = merged.kernel[...]
-        merged.kernel[...] = self.dense_weight().astype(kernel.dtype)
+        kernel = self._kernel(merged)
+        kernel[...] = self.dense_weight().astype(kernel[...].dtype)
         return merged
 
 
