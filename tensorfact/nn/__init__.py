@@ -39,10 +39,11 @@ from tensorfact.nn._cur import CURDense
 from tensorfact.nn._common import balanced_factors
 from tensorfact.nn._dense import FactorizedDense
 from tensorfact.nn._embed import TTEmbed
+from tensorfact.nn._research_adapters import NOLA, AdapterBuffer, KronAdapter, LoRAXS, VeRA
 from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
            "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
            "compress", "CompressionReport", "LayerReport", "CURDense", "acip", "ACIPScores",
-           "ACIPMask"]
+           "ACIPMask", "LoRAXS", "KronAdapter", "VeRA", "NOLA", "AdapterBuffer"]
