@@ -32,18 +32,27 @@ default, as in Flax.
 
 from tensorfact.nn._acip import ACIPMask, ACIPScores, acip
 from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA
-from tensorfact.nn._base import LoRAParam
+from tensorfact.nn._base import AdapterBuffer, LoRAParam
 from tensorfact.nn._compress import CompressionReport, LayerReport, compress
 from tensorfact.nn._conv import FactorizedConv
 from tensorfact.nn._cur import CURDense
 from tensorfact.nn._common import balanced_factors
 from tensorfact.nn._dense import FactorizedDense
 from tensorfact.nn._embed import TTEmbed
-from tensorfact.nn._research_adapters import NOLA, AdapterBuffer, KronAdapter, LoRAXS, VeRA
+from tensorfact.nn._model_adapters import (ADAPTER_KINDS, AdaptedLayer, AdaptedLayerReport,
+                                            AdapterReport, AdapterRule, adapter_filter,
+                                            adapter_state, apply_adapters, disable_adapters,
+                                            disabled, enable_adapters, load_adapter,
+                                            merge_adapters, save_adapter, set_active)
+from tensorfact.nn._research_adapters import NOLA, KronAdapter, LoRAXS, VeRA
 from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
            "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
            "compress", "CompressionReport", "LayerReport", "CURDense", "acip", "ACIPScores",
-           "ACIPMask", "LoRAXS", "KronAdapter", "VeRA", "NOLA", "AdapterBuffer"]
+           "ACIPMask", "LoRAXS", "KronAdapter", "VeRA", "NOLA", "AdapterBuffer",
+           "AdapterRule", "AdaptedLayer", "AdapterReport", "AdaptedLayerReport",
+           "apply_adapters", "set_active", "disable_adapters", "enable_adapters", "disabled",
+           "merge_adapters", "adapter_state", "load_adapter", "save_adapter", "adapter_filter",
+           "ADAPTER_KINDS"]

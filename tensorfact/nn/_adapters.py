@@ -92,7 +92,8 @@ from flax import nnx
 from tensorfact._checks import Precision, check_choice, check_positive_int
 from tensorfact._numerics import resolve_precision, safe_divide, safe_norm
 from tensorfact.decomposition import svd
-from tensorfact.nn._base import Adapter, LoRAParam, adapter_scale, convolve, set_dropout
+from tensorfact.nn._base import (Adapter, AdapterBuffer, LoRAParam, adapter_scale, convolve,
+                                 set_dropout)
 from tensorfact.nn._common import balanced_factors, check_finite, params_key
 
 __all__ = ["LoRA", "DoRA", "LoKr", "LoHa", "LoRAParam"]
@@ -137,6 +138,8 @@ class LoRA(Adapter):
       alpha: the scale is ``s = alpha / r`` (``alpha / √r`` with ``use_rslora``); ``None``
         means ``s = 1``.
       use_rslora: rank-stabilized scaling ``alpha / √r``.
+      dropout: dropout rate on the input of the change (PEFT's ``lora_dropout``; needs
+        ``rngs``); ``base(x)`` sees the whole input. Not applied to an ``nnx.Embed``'s ids.
       svd_method: ``"randomized"`` (default: Halko et al., a fraction of the cost of an exact
         SVD on large kernels, as in the PiSSA paper's fast initialisation) or ``"exact"``, for
         ``init="pissa"``.
@@ -149,7 +152,9 @@ class LoRA(Adapter):
     Attributes:
       lora_a, lora_b: the ``nnx.LoRAParam`` factors, ``(in, r)`` and ``(r, out)`` (on a Conv
       ``in = prod(spatial) c_in``). base: the (frozen) base layer, a copy with the residual
-      kernel for PiSSA and OLoRA.
+      kernel for PiSSA and OLoRA. lora_a0, lora_b0: for PiSSA and OLoRA, the starting factors
+      (:class:`~tensorfact.nn.AdapterBuffer`), which define the residual (:meth:`rebase`).
+      dropout: an ``nnx.Dropout`` on the input of the change, or None.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -204,6 +209,9 @@ class LoRA(Adapter):
                                               dtype=jnp.dtype(dtype))
             self.base = nnx.clone(base)
             self._kernel()[...] = self._as_kernel(residual).astype(kernel.dtype)
+            # the starting factors define the residual: kept so that loading trained factors
+            # into a fresh base model rebuilds the same residual (rebase), whatever key drew them
+            self.lora_a0, self.lora_b0 = AdapterBuffer(a), AdapterBuffer(b)
         self.lora_a = LoRAParam(a)
         self.lora_b = LoRAParam(b)
         set_dropout(self, dropout, rngs)
@@ -220,6 +228,18 @@ class LoRA(Adapter):
         a, b = arrays
         return self.scale * jnp.matmul(a, b, precision=precision)
 
+    def rebase(self, original) -> None:
+        """For PiSSA and OLoRA: sets the frozen kernel to the residual ``W − s A₀ B₀`` of the
+        ``original`` layer's kernel ``W`` and the starting factors ``A₀ = lora_a0``,
+        ``B₀ = lora_b0`` (what :func:`~tensorfact.nn.load_adapter` does after loading them);
+        nothing for a Gaussian start, whose base is the original layer."""
+        if self.init == "gaussian":
+            return
+        kernel = self._kernel(original)[...]
+        w = self.view.to_matrix(kernel).astype(jnp.promote_types(kernel.dtype, jnp.float32))
+        residual = _residual(w, self.lora_a0[...], self.lora_b0[...], self.scale)
+        self._kernel()[...] = self._as_kernel(residual).astype(kernel.dtype)
+
 
 @functools.partial(jax.jit, static_argnames=("rank", "scale", "init", "svd_method", "dtype"))
 def _principal_split(w, key, *, rank, scale, init, svd_method, dtype):
@@ -235,9 +255,14 @@ def _principal_split(w, key, *, rank, scale, init, svd_method, dtype):
         q, r = jnp.linalg.qr(w.T)
         a, b = r[:rank].T, q[:, :rank].T
     a, b = a.astype(dtype), b.astype(dtype)
-    # the residual uses the rounded A and B, so that base + s A B reproduces W
-    residual = w - scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype), precision="highest")
-    return a, b, residual
+    return a, b, _residual(w, a, b, scale)
+
+
+@functools.partial(jax.jit, static_argnames=("scale",))
+def _residual(w, a, b, scale):
+    """``W − s A B`` at ``"highest"`` precision, from the rounded ``A`` and ``B`` (so that
+    ``base + s A B`` reproduces ``W``)."""
+    return w - scale * jnp.matmul(a.astype(w.dtype), b.astype(w.dtype), precision="highest")
 
 
 class DoRA(Adapter):
@@ -256,6 +281,8 @@ class DoRA(Adapter):
       base: the ``nnx.Linear`` or ``nnx.Conv`` to adapt.
       rank: ``r``, at most ``min(in, out)`` of the kernel matrix.
       alpha, use_rslora: the scale ``s`` of ``A B``, as in :class:`LoRA`.
+      dropout: dropout rate on the input of the change, as in :class:`LoRA` (with it active,
+        ``x W`` is recomputed from the dropped input, as PEFT does).
       detach_norm: treat ``‖W + s A B‖_c`` as a constant in the backward pass (default, as
         recommended in the paper, §4.3); ``False`` differentiates through it. The norm is a
         safe one: a zero column gets a zero (not NaN) gradient and the ratio ``m / ‖·‖_c`` is

@@ -207,7 +207,7 @@ def set_dropout(adapter, rate, rngs) -> None:
         check_rngs(rngs, "for the adapter's dropout")
         adapter.dropout = nnx.Dropout(float(rate), rngs=rngs)
     else:
-        adapter.dropout = None
+        adapter.dropout = nnx.data(None)
 
 
 def convolve(base: nnx.Conv, x, kernel):
@@ -292,21 +292,22 @@ class Adapter(nnx.Module):
         self._rows_name = {"conv": "prod(kernel_size) * in_features",
                            "embed": "num_embeddings"}.get(view.kind, "in_features")
         self.param_dtype = kernel.dtype if param_dtype is None else param_dtype
-        self.dropout = None
+        self.dropout = nnx.data(None)  # a data attribute: an nnx.Dropout may take its place
 
     def _kernel(self, layer=None):
         """The kernel variable (``kernel`` or ``embedding``) of ``layer`` (default: the base)."""
         return getattr(self.base if layer is None else layer, self.view.weight)
 
     # -- forward -------------------------------------------------------------------------------
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``base(x)`` plus the adapter's change of the output."""
+    def __call__(self, x: jax.Array, out_sharding=None) -> jax.Array:
+        """``base(x)`` plus the adapter's change of the output (``out_sharding``, which
+        ``nnx.MultiHeadAttention`` passes its projections, goes to the base layer)."""
         kind = self.view.kind
         if kind == "conv":
             x = check_input(x, self.in_features, len(self.kernel_shape) - 2)
         elif self.view.layer == "Linear":
             x = check_input(x, self.in_features)
-        y = self.base(x)
+        y = self.base(x) if out_sharding is None else self.base(x, out_sharding=out_sharding)
         if jnp.size(x) == 0:  # an empty batch: nothing to change (and no reshape by a zero size)
             return y
         x_change = x

@@ -73,24 +73,13 @@ from flax import nnx
 
 from tensorfact._checks import check_choice, check_positive_int
 from tensorfact.decomposition import svd
-from tensorfact.nn._base import Adapter, LoRAParam, adapter_scale, convolve
+from tensorfact.nn._base import Adapter, AdapterBuffer, LoRAParam, adapter_scale
 from tensorfact.nn._common import balanced_factors, check_finite, params_key
 
-__all__ = ["LoRAXS", "KronAdapter", "VeRA", "NOLA", "AdapterBuffer"]
+__all__ = ["LoRAXS", "KronAdapter", "VeRA", "NOLA"]
 
 #: The SVD that LoRA-XS starts from.
 SVDMethod = Literal["exact", "randomized"]
-
-
-class AdapterBuffer(nnx.Variable):
-    """Frozen arrays of an adapter: random bases, SVD factors; not trained by
-    ``wrt=nnx.LoRAParam``, saved with the adapter.
-
-    Neither an ``nnx.Param`` nor an ``nnx.LoRAParam``: an optimizer or a gradient filtered on
-    either leaves it alone, while ``nnx.state(model)`` (and so
-    :func:`tensorfact.nn.checkpoint.save`) holds it like any variable. Select it with
-    ``nnx.state(model, AdapterBuffer)``.
-    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +197,9 @@ class LoRAXS(Adapter):
 
     def _change(self, x, y):
         x, r, a, b = self._promote(x, *self._params())
-        h = self._lowrank(x, a, r)                    # (x A) R: on a Conv, A is a convolution
-        return self.scale * jnp.matmul(h, b, precision=self.base.precision)
+        # (x A)(R B): on a Conv, A is a convolution; R B is only r × out
+        rb = jnp.matmul(r, b, precision=self.base.precision)
+        return self.scale * self._lowrank(x, a, rb)
 
     def _delta(self, arrays, precision):
         """``s A R B``."""
@@ -456,12 +446,8 @@ class VeRA(Adapter):
 
     def _change(self, x, y):
         x, d, lam_b, a, b = self._promote(x, *self._params())
-        prec = self.base.precision
-        if self.is_conv:
-            h = convolve(self.base, x, a.reshape(self.kernel_shape[:-1] + (self.rank,)))
-        else:
-            h = jnp.matmul(x, a, precision=prec)
-        return self.scale * (jnp.matmul(h * d, b, precision=prec) * lam_b)
+        # ((x A) diag(d)) (B diag(b)): the scalings folded into the factors
+        return self.scale * self._lowrank(x, a * d, b * lam_b)
 
     def _delta(self, arrays, precision):
         """``s · A diag(d) B diag(b)``."""
