@@ -44,6 +44,7 @@ from tensorfact.nn._model_adapters import (ADAPTER_KINDS, AdaptedLayer, AdaptedL
                                             adapter_state, apply_adapters, disable_adapters,
                                             disabled, enable_adapters, load_adapter,
                                             merge_adapters, save_adapter, set_active)
+from tensorfact.nn._peft import load_peft, save_peft
 from tensorfact.nn._research_adapters import NOLA, KronAdapter, LoRAXS, VeRA
 from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
@@ -55,4 +56,4 @@ __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoR
            "AdapterRule", "AdaptedLayer", "AdapterReport", "AdaptedLayerReport",
            "apply_adapters", "set_active", "disable_adapters", "enable_adapters", "disabled",
            "merge_adapters", "adapter_state", "load_adapter", "save_adapter", "adapter_filter",
-           "ADAPTER_KINDS"]
+           "ADAPTER_KINDS", "load_peft", "save_peft"]
