@@ -55,6 +55,23 @@ def test_readme_compression_with_data_example_runs():
     assert all(0 <= r.rel_output_error < 1 for r in report)
 
 
+def test_readme_whole_model_adapters_example_runs(capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Adapters for whole models", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    report, model, adapted = namespace["report"], namespace["model"], namespace["adapted"]
+    x = namespace["x"]
+    assert [r.path for r in report.layers] == ["attn/query", "attn/value", "mlp/0", "mlp/1"]
+    assert "attn/query" in capsys.readouterr().out
+    assert abs(namespace["base_out"] - model(x)).max() == 0
+    adapted.eval()                       # dropout off (nnx modules start in training mode)
+    namespace["reloaded"].eval()
+    assert abs(namespace["merged"](x) - adapted(x)).max() < 1e-4
+    assert abs(namespace["reloaded"](x) - adapted(x)).max() < 1e-4
+
+
 def test_readme_optimizer_example_runs():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Factorized optimizer state", 1)[1]
