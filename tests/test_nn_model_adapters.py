@@ -95,6 +95,9 @@ def test_wraps_every_layer_type_and_starts_at_the_base(model, ids):
     assert report.trainable == sum(r.trainable for r in report.layers)
     assert report.share == pytest.approx(report.trainable / n_model)
     assert "blocks/0/attn/query" in str(report)
+    # attributes of the wrapped layer stay readable through the wrapper
+    assert adapted.blocks[0].mlp.in_features == D
+    assert adapted.embed.embedding is adapted.embed.base.embedding
     # exact start, and the model passed in is untouched
     assert bool((adapted(ids) == model(ids)).all())
     assert not plain_nodes(model)

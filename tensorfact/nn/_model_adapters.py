@@ -282,7 +282,7 @@ class AdaptedLayerReport(NamedTuple):
 class AdapterReport(NamedTuple):
     """What :func:`apply_adapters` did: the adapter ``name``, one :class:`AdaptedLayerReport`
     per wrapped layer, the ``trainable`` parameters they add and the base model's
-    ``model_params``; ``share`` is ``trainable / model_params``. ``str()`` is a table."""
+    ``model_params`` (its ``nnx.Param``s, earlier adapters' left out); ``share`` is ``trainable / model_params``. ``str()`` is a table."""
 
     name: str
     layers: tuple
@@ -357,7 +357,9 @@ def _path_name(path) -> str:
 
 
 def _n_params(module) -> int:
-    return sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(module, nnx.Param)))
+    """The module's parameters, adapters' own (``nnx.LoRAParam``) left out."""
+    state = nnx.state(module, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
+    return sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(state))
 
 
 def _stop(node):
