@@ -1,7 +1,11 @@
 """Command line: ``python -m tensorfact demo`` (or the ``tensorfact`` script).
 
-The demo makes a noisy low-rank tensor, decomposes it with CP and Tucker, and prints for each
-method the fit, the compression ratio and the time (compilation and steady state apart).
+The demo has two sides. The data side makes a noisy low-rank tensor, decomposes it with CP and
+Tucker, and prints for each method the fit, the compression ratio and the time (compilation and
+steady state apart). The model side (``tensorfact._model_demo``) trains a small Flax NNX MLP on
+a synthetic task, adapts it to a shifted task with LoRA and DoRA (``tensorfact.nn``'s
+``apply_adapters``), merges the adapters and compresses the merged model, printing the
+trainable parameters, the losses before and after and the compression table.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ def main(argv=None) -> int:
     """Entry point of the ``tensorfact`` command."""
     parser = argparse.ArgumentParser(prog="tensorfact", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="decompose a noisy low-rank tensor with CP and Tucker")
+    p = sub.add_parser("demo", help="decompose a noisy low-rank tensor with CP and Tucker, "
+                                    "then adapt, merge and compress a small NNX model")
     p.add_argument("--shape", type=_shape, default=(60, 70, 80),
                    help="tensor shape, comma-separated (default 60,70,80)")
     p.add_argument("--rank", type=_positive_int, default=6, help="planted and fitted rank")
@@ -100,9 +105,15 @@ def main(argv=None) -> int:
                    help="iterations of the iterative fits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs after the first")
+    p.add_argument("--no-model", action="store_true",
+                   help="the data side only (skip the NNX model: adapters, merge, compress)")
     args = parser.parse_args(argv)
     if not 0 <= args.noise < 1:
         p.error(f"argument --noise: must be in [0, 1), got {args.noise!r}")
     rows = demo(args.shape, args.rank, args.noise, args.seed, args.n_iter, args.repeats)
     _print_demo(rows, args.shape, args.noise)
+    if not args.no_model:
+        from tensorfact._model_demo import model_demo, print_model_demo  # imports Flax
+
+        print_model_demo(model_demo(seed=args.seed))
     return 0

@@ -101,3 +101,31 @@ def test_cli_demo_prints_a_table(capsys):
     fits = [float(line.split()[-6]) for line in out.splitlines() if "rank" in line and "(" in line
             and line[0] in "CT"]
     assert len(fits) == 4 and all(0.9 < f <= 1.0 for f in fits)
+    # the model side: adapters on an NNX MLP, trained, merged and compressed
+    data_side, model_side = out.split("\nmodel side: ", 1)
+    assert "apply_adapters" not in data_side
+    # LoRA trains r (in + out) on the 16 → 64 and 64 → 64 layers, DoRA r (in + out) + out on
+    # the 64 → 8 head
+    assert re.search(r"^layers/0 +Linear +LoRA +4 +320$", model_side, flags=re.M)
+    assert re.search(r"^layers/1 +Linear +LoRA +4 +512$", model_side, flags=re.M)
+    assert re.search(r"^layers/2 +Linear +DoRA +4 +296$", model_side, flags=re.M)
+    assert "1,128 trainable parameters = 19.6% of 5,768" in model_side
+    before, after = map(float, re.search(r"on the shifted task: loss ([0-9.]+) \(accuracy "
+                                         r"[0-9.]+%\) → loss ([0-9.]+)", model_side).groups())
+    assert after < 0.5 * before  # the shift is learnt
+    diff = float(re.search(r"max \|merged − adapted\| logits = (\S+)", model_side).group(1))
+    assert diff < 1e-4
+    ratio = float(re.search(r"^total .* ratio ([0-9.]+)$", model_side, flags=re.M).group(1))
+    assert 0.4 < ratio < 0.6  # compress(rank=0.5) of the hidden layers, not the head
+    assert re.search(r"^layers/1 +Linear +lowrank", model_side, flags=re.M)
+    assert not re.search(r"^layers/2 +Linear +lowrank", model_side, flags=re.M)
+    compressed = float(re.search(r"compressed model on the shifted task: loss ([0-9.]+)",
+                                 model_side).group(1))
+    assert compressed < before
+
+
+def test_cli_demo_without_the_model_side(capsys):
+    assert cli.main(["demo", "--shape", "6,7,8", "--rank", "2", "--n-iter", "5",
+                     "--repeats", "1", "--no-model"]) == 0
+    out = capsys.readouterr().out
+    assert "CP-ALS" in out and "model side" not in out

@@ -155,3 +155,37 @@ def test_pissa_vs_lora_quick(tmp_path, capsys):
     assert ex.loss_at(pissa, 20) < 0.8 * ex.loss_at(lora, 20)
     assert pissa["loss"][-1] < 0.8 * lora["loss"][-1]
     assert ex.loss_at(pissa, 55) == pissa["loss"][5]
+
+
+# -- finetune_transformer -------------------------------------------------------------------
+
+
+def test_finetune_transformer_small(tmp_path, capsys):
+    ex = load_example("finetune_transformer")
+    base, rows = ex.main(["--small", "--no-progress", "--out", str(tmp_path)])
+    check_png(tmp_path / "finetune_transformer.png")
+    assert (tmp_path / "finetune_transformer.json").exists()
+    printed = capsys.readouterr().out
+    assert [r["name"] for r in rows] == list(ex.METHODS)
+    assert all(r["name"] in printed for r in rows) and "merge diff" in printed
+    full = base["params"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["no fine-tune"]["trainable"] == 0
+    assert by_name["full fine-tune"]["trainable"] == full
+    for r in rows:
+        losses = [r["before"], r["after"], r["base_after"], *r["curve"][:, 1]]
+        assert np.all(np.isfinite(losses)), r["name"]
+        # every method starts from the pre-trained model's output
+        assert r["before"] == pytest.approx(base["val_shifted"], abs=1e-4), r["name"]
+        if r["report"] is None:
+            continue
+        assert 0 < r["trainable"] < full, r["name"]
+        assert r["trainable"] == r["report"].trainable
+        # one adapter per attention projection and MLP layer of each block
+        assert len(r["report"].layers) == 6 * base["config"].layers
+        assert r["merged_is_plain"] and r["merge_diff"] < 1e-4, r["name"]
+        assert r["step_ms"] > 0 and r["after"] != r["before"], r["name"]
+    # the ranks: LoRA's for the kinds that take it, counts matched to LoRA's for the others
+    lora = by_name["LoRA"]["trainable"]
+    for name in ("LoRA-XS", "VeRA"):
+        assert abs(by_name[name]["trainable"] - lora) <= 0.1 * lora, name
