@@ -6,7 +6,8 @@
   :class:`LoHa`: adapters around a frozen ``nnx.Linear`` or ``nnx.Conv`` whose trainable
   parameters are ``nnx.LoRAParam``, so ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains
   only them; each starts at the base layer's output and ``merge()`` folds it into a plain
-  ``nnx.Linear`` / ``nnx.Conv``.
+  ``nnx.Linear`` / ``nnx.Conv``. :func:`principal_split` computes the PiSSA / OLoRA start of
+  a stack of same-shaped layers as one program, for ``LoRA(..., split=...)``.
 * :class:`TTAdapter` (LoRETTA: a TT-matrix update of an ``nnx.Linear``) and
   :class:`TuckerAdapter` (FLoRA: a Tucker update over all modes of an ``nnx.Conv`` kernel).
 * :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.
@@ -31,7 +32,7 @@ default, as in Flax.
 """
 
 from tensorfact.nn._acip import ACIPMask, ACIPScores, acip
-from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA
+from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA, principal_split
 from tensorfact.nn._base import LoRAParam
 from tensorfact.nn._compress import CompressionReport, LayerReport, compress
 from tensorfact.nn._conv import FactorizedConv
@@ -42,7 +43,7 @@ from tensorfact.nn._embed import TTEmbed
 from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
-__all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
-           "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
+__all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "principal_split",
+           "DoRA", "LoKr", "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
            "compress", "CompressionReport", "LayerReport", "CURDense", "acip", "ACIPScores",
            "ACIPMask"]
