@@ -15,8 +15,10 @@ weights) and random orthogonal singular vectors, fixed seed:
   ``(L, n, n)`` stack (one compiled program) and the ``L`` adapters built from it with
   ``LoRA(base, r, init="pissa", split=...)``; for reference the ``L`` layers initialised one by
   one with ``LoRA``. PEFT: ``get_peft_model`` on a model of ``L`` ``nn.Linear`` layers (its
-  per-layer init). The stack itself is given (a model whose layers are scanned holds it);
-  ``stack_ms`` says what ``jnp.stack`` of the ``L`` kernels would add.
+  per-layer init). The stack itself is given (a model whose layers are scanned holds it, and
+  takes the stacked result: the row "stacked result"); ``stack_ms`` says what ``jnp.stack`` of
+  the ``L`` kernels would add for separate layers, which then also pay for slicing each
+  layer's residual out of the stacked result (JAX has no views: a copy per layer).
 
 For every contender and layer: ``quality`` = ``‖W − s A B‖_F`` (the frozen residual) over the
 optimum ``(Σ_{i>r} σ_i²)^{1/2}`` (1 is the exact truncated SVD), and ``energy`` =
@@ -147,18 +149,24 @@ class Bench:
                                        sync_jax, a.repeats)
             self._log(f"  jnp.stack of the {len(ws)} kernels: {stack_ms:.1f} ms")
 
+            def split():
+                return tfa.nn.principal_split(stack, rank, key=jax.random.key(a.seed + 1))
+
             def batched():
-                split = tfa.nn.principal_split(stack, rank, key=jax.random.key(a.seed + 1))
+                a_, b_, residual = split()
                 return [tfa.nn.LoRA(base, rank, init="pissa",
-                                    split=(split[0][i], split[1][i], split[2][i]))
+                                    split=(a_[i], b_[i], residual[i]))
                         for i, base in enumerate(bases)]
-            calls.insert(0, ("tfa principal_split + LoRA(split=...)", batched))
+            calls[:0] = [("tfa principal_split (stacked result)", split),
+                         ("tfa principal_split + LoRA(split=...)", batched)]
         for label, call in calls:
-            loras, ms, first = median_ms(call, sync, a.repeats)
+            out, ms, first = median_ms(call, sync_jax if "stacked" in label else sync,
+                                       a.repeats)
+            res = out[2] if "stacked" in label else residuals(out)
             extra = dict(stack_ms=stack_ms) if label.startswith("tfa principal_split") else {}
             self._row(work=work, n=n, layers=len(ws), rank=rank, contender=label, ms=ms,
-                      compile_s=first, **scores(ws, residuals(loras), s, rank), **extra)
-            del loras
+                      compile_s=first, **scores(ws, res, s, rank), **extra)
+            del out, res
 
     # -- PEFT ------------------------------------------------------------------------------
     def peft_row(self, work, ws, s, rank):
