@@ -44,6 +44,6 @@ from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "principal_split",
-           "DoRA", "LoKr", "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter", "checkpoint",
-           "compress", "CompressionReport", "LayerReport", "CURDense", "acip", "ACIPScores",
-           "ACIPMask"]
+           "DoRA", "LoKr", "LoHa", "LoRAParam", "TTEmbed", "TTAdapter", "TuckerAdapter",
+           "checkpoint", "compress", "CompressionReport", "LayerReport", "CURDense", "acip",
+           "ACIPScores", "ACIPMask"]
