@@ -7,16 +7,21 @@ fraction of the cost for large matrices:
 1. sketch the range: ``Y = M Ω`` with a Gaussian ``Ω`` of ``r + oversample`` columns;
 2. sharpen it by ``n_power_iter`` power iterations ``Y ← M (Mᵀ Q)``, re-orthonormalising after
    every product (Halko et al., Algorithm 4.4), which makes the error decay like the singular
-   values raised to ``2q + 1``. Between products only the span matters, so the tall sketch is
-   orthonormalised by shifted Cholesky QR (``G = YᵀY + δ I = L Lᵀ``, ``Q = Y L⁻ᵀ``, three
-   passes; Fukaya et al. 2020): thin products and ``k × k`` Choleskys instead of a Householder QR,
-   whose LAPACK call on the tall matrix cost as much as a product on CPUs, and far more where
-   a multithreaded OpenBLAS competes for busy cores (a 1024 × 16 QR took 111 ms instead of
-   0.07 ms on a loaded 2-core machine);
-3. ``Q = qr(Y)`` (Householder: exactly orthonormal even where ``M`` has a lower rank than the
-   sketch); the projection ``B = Qᵀ M`` is factored without an SVD of the wide ``B``:
-   ``Mᵀ Q = Z R`` (QR), so ``B = Rᵀ Zᵀ``; the SVD of the small square ``Rᵀ = Ũ Σ Ṽᵀ`` gives
-   ``U = Q Ũ`` and ``V = Z Ṽ`` (Algorithm 5.1 with the SVD moved to a ``k × k`` matrix).
+   values raised to ``2q + 1``;
+3. ``Q = orth(Y)``; the projection ``B = Qᵀ M`` is factored without an SVD of the wide ``B``:
+   ``Mᵀ Q = Z R`` (``Z = orth(Mᵀ Q)``, ``R = Zᵀ Mᵀ Q``), so ``B = Rᵀ Zᵀ``; the SVD of the small
+   square ``Rᵀ = Ũ Σ Ṽᵀ`` gives ``U = Q Ũ`` and ``V = Z Ṽ`` (Algorithm 5.1 with the SVD moved
+   to a ``k × k`` matrix).
+
+The tall sketches are orthonormalised by Cholesky QR (``G = YᵀY + δ I = L Lᵀ``,
+``Q = Y L⁻ᵀ``; Fukaya et al. 2020): thin products and ``k × k`` factorizations, with no LAPACK
+call on the tall matrix. A Householder QR's call cost as much as a product on CPUs, and far
+more where a multithreaded OpenBLAS competes for busy cores (a 1024 × 16 QR took 111 ms
+instead of 0.07 ms on a loaded 2-core machine; a 4096² rank-16 split 0.5–1.7 s instead of
+60 ms). Between products only the span matters: three shifted passes (:func:`_span_basis`).
+For ``Q`` and ``Z``, two more plain passes make them orthonormal to rounding, and columns
+without a direction of their own (``M`` of lower rank than the sketch) are replaced by random
+ones first (:func:`_orthonormal_basis`), so ``U`` and ``V`` are orthonormal whatever ``M``.
 
 The randomized method never forms a rescaled copy of ``M``: the power of two ``2^k`` near
 ``max |M|`` is applied to the thin operands, ``(M / 2^k) X = (M (X 2^{-a})) 2^{-b}`` with
@@ -61,8 +66,8 @@ def svd(m, rank: int, *, key=None, method: SVDMethod = "exact", oversample: int 
     floating-point range, whatever the backend's SVD and QR do with extreme values. ``jax.grad``
     through the result is finite even where singular values repeat or vanish (zero rows or
     columns): the derivative's divisions by ``s_j² − s_i²`` and ``s_i`` are taken as zero
-    there (elsewhere it is the exact derivative). The randomized method's QR has no
-    derivative at an exactly zero matrix.
+    there (elsewhere it is the exact derivative). The randomized method's orthonormalisation
+    has no derivative at an exactly zero matrix.
 
     Args:
       m: a 2-D array (use ``jax.vmap`` for a batch of matrices).
@@ -162,10 +167,13 @@ def _randomized(m, key, *, rank, width, n_power_iter, precision):
     for _ in range(n_power_iter):
         z = transpose_times(_span_basis(y, precision))
         y = times(_span_basis(z, precision))
-    q, _ = jnp.linalg.qr(y)
+    key_q, key_z = jax.random.split(jax.random.fold_in(key, 1))
+    q = _orthonormal_basis(y, key_q, precision)
     # M ≈ Q Qᵀ M = Q (MᵀQ)ᵀ = Q Rᵀ Zᵀ with MᵀQ = Z R: the SVD of the small square Rᵀ gives the
     # factors, instead of an SVD of the wide B = QᵀM (a slow, bidiagonalising call on GPUs).
-    z, r = jnp.linalg.qr(transpose_times(q))
+    p = transpose_times(q)
+    z = _orthonormal_basis(p, key_z, precision)
+    r = jnp.matmul(z.T, p, precision=precision)      # Z Zᵀ P = P: Z spans P
     # LAPACK's SVD does not return on NaN or Inf: give it zeros (the result is NaN anyway)
     u_small, s, vt_small = thin_svd(jnp.where(bad > 0, 0, r.T))
     u = jnp.matmul(q, u_small[:, :rank], precision=precision)
@@ -196,6 +204,27 @@ def _span_basis(y, precision):
         inverse = lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
         y = jnp.matmul(y, inverse.T, precision=precision)
     return y
+
+
+def _orthonormal_basis(y, key, precision):
+    """Orthonormal columns ``Q`` (n × k) spanning the tall ``y`` without a LAPACK call on it:
+    :func:`_span_basis`, then two plain Cholesky QR passes, which make a well-conditioned basis
+    orthonormal to rounding (Fukaya et al.'s shifted CholeskyQR3). Where ``y`` has fewer than
+    ``k`` independent columns (a zero matrix, an exactly low-rank one such as all ones), the
+    columns left without a direction of their own (squared norm below 1/2 after the shifted
+    passes: Cholesky QR orthogonalises in column order) are replaced by random ones first, so
+    that ``Q`` is orthonormal whatever ``y``, as a Householder QR's would be."""
+    n, k = y.shape
+    q = _span_basis(y, precision)
+    fill = jax.random.normal(key, (n, k), y.dtype) / jnp.sqrt(jnp.asarray(n, y.dtype))
+    q = jnp.where(jnp.sum(q * q, axis=0) < 0.5, fill, q)
+    eye = jnp.eye(k, dtype=y.dtype)
+    for _ in range(2):
+        g = jnp.matmul(q.T, q, precision=lax.Precision.HIGHEST)
+        chol = jnp.linalg.cholesky(g + jnp.finfo(y.dtype).tiny * eye)
+        inverse = lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
+        q = jnp.matmul(q, inverse.T, precision=precision)
+    return q
 
 
 def _transpose_times(m, q, precision):
