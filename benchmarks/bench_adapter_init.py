@@ -30,8 +30,8 @@ Timing: ``_harness.median_ms``: the first call (compile) apart, the median of ``
 calls. Each PEFT call gets a fresh model, all built before the timing (PEFT replaces the layers
 in place). On a 2-core machine OpenBLAS's and torch's threads spin while another process holds a
 core, so each table carries the cores that other processes kept busy; set
-``OPENBLAS_NUM_THREADS=1`` (JAX's LAPACK calls go through OpenBLAS) for figures that do not
-depend on the neighbours.
+``OPENBLAS_NUM_THREADS=1`` (JAX's LAPACK calls go through OpenBLAS) and ``--torch-threads 1``
+for figures that depend less on the neighbours.
 
     python benchmarks/bench_adapter_init.py --small       # smoke, seconds
     python benchmarks/bench_adapter_init.py               # 1024², and 8 × 4096², rank 16
@@ -103,6 +103,8 @@ class Bench:
         if not args.no_peft:
             self.torch = _optional("torch")
             self.peft = None if self.torch is None else _optional("peft")
+            if self.torch is not None and args.torch_threads:
+                self.torch.set_num_threads(args.torch_threads)
 
     def _log(self, message):
         if not self.args.quiet:
@@ -265,6 +267,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, help="timed calls after the first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-peft", action="store_true", help="skip PEFT")
+    p.add_argument("--torch-threads", type=int,
+                   help="torch.set_num_threads for PEFT (default: torch's own choice)")
     add_output_flags(p)
     args = p.parse_args(argv)
     apply_preset(args, PRESETS)
