@@ -229,7 +229,7 @@ class LoRA(Adapter):
                 n_power_iter=n_power_iter, dtype=jnp.dtype(dtype))
             if not is_traced(n_bad) and int(n_bad):
                 check_finite(base.kernel[...], "base.kernel")  # raises, with the count
-        if init != "gaussian" or split is not None:
+        if init != "gaussian":   # (split with init="gaussian" was refused above)
             kernel = base.kernel[...]
             self.base = nnx.clone(base)
             self.base.kernel[...] = self._as_kernel(residual).astype(kernel.dtype)
