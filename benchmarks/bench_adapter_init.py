@@ -26,12 +26,12 @@ optimum ``(Σ_{i>r} σ_i²)^{1/2}`` (1 is the exact truncated SVD), and ``energy
 host from the returned arrays; the tables give the mean over layers (and the worst quality).
 Both sides use the scale 1 (``alpha = r``).
 
-Timing: ``_harness.median_ms``: the first call (compile) apart, the median of ``--repeats``
-calls. Each PEFT call gets a fresh model, all built before the timing (PEFT replaces the layers
-in place). On a 2-core machine OpenBLAS's and torch's threads spin while another process holds a
-core, so each table carries the cores that other processes kept busy; set
-``OPENBLAS_NUM_THREADS=1`` (JAX's LAPACK calls go through OpenBLAS) and ``--torch-threads 1``
-for figures that depend less on the neighbours.
+Timing: ``_harness.median_ms``: the first call (compile) apart, the median of ``--one-repeats``
+(one layer) or ``--repeats`` (the stack) calls. Each PEFT call gets a fresh model, all built
+before the timing (PEFT replaces the layers in place). On a 2-core machine OpenBLAS's and
+torch's threads spin while another process holds a core, so each table carries the cores that
+other processes kept busy; set ``OPENBLAS_NUM_THREADS=1`` (JAX's LAPACK calls go through
+OpenBLAS) and ``--torch-threads 1`` for figures that depend less on the neighbours.
 
     python benchmarks/bench_adapter_init.py --small       # smoke, seconds
     python benchmarks/bench_adapter_init.py               # 1024², and 8 × 4096², rank 16
@@ -53,8 +53,8 @@ from _harness import (OtherLoad, add_output_flags, apply_preset, check_positive,
                       cpu_name, median_ms, parser, sync_jax, write_json)
 
 PRESETS = {
-    "small": dict(size=128, stack_size=128, layers=2, rank=8, repeats=2),
-    "cpu": dict(size=1024, stack_size=4096, layers=8, rank=16, repeats=3),
+    "small": dict(size=128, stack_size=128, layers=2, rank=8, repeats=2, one_repeats=2),
+    "cpu": dict(size=1024, stack_size=4096, layers=8, rank=16, repeats=3, one_repeats=30),
 }
 
 
@@ -161,9 +161,9 @@ class Bench:
                         for i, base in enumerate(bases)]
             calls[:0] = [("tfa principal_split (stacked result)", split),
                          ("tfa principal_split + LoRA(split=...)", batched)]
+        repeats = a.one_repeats if len(ws) == 1 else a.repeats
         for label, call in calls:
-            out, ms, first = median_ms(call, sync_jax if "stacked" in label else sync,
-                                       a.repeats)
+            out, ms, first = median_ms(call, sync_jax if "stacked" in label else sync, repeats)
             res = out[2] if "stacked" in label else residuals(out)
             extra = dict(stack_ms=stack_ms) if label.startswith("tfa principal_split") else {}
             self._row(work=work, n=n, layers=len(ws), rank=rank, contender=label, ms=ms,
@@ -191,7 +191,8 @@ class Bench:
         config = dict(r=rank, lora_alpha=rank, init_lora_weights="pissa_niter_4",
                       target_modules=names)
         torch.manual_seed(a.seed)
-        fresh = [Model() for _ in range(a.repeats + 1)]   # built outside the timing
+        repeats = a.one_repeats if len(ws) == 1 else a.repeats
+        fresh = [Model() for _ in range(repeats + 1)]   # built outside the timing
 
         def call():
             return peft.get_peft_model(fresh.pop(), peft.LoraConfig(**config))
@@ -199,7 +200,7 @@ class Bench:
         def sync(_model):   # torch on the CPU: nothing runs asynchronously
             return None
 
-        model, ms, first = median_ms(call, sync, a.repeats)
+        model, ms, first = median_ms(call, sync, repeats)
         residuals = [getattr(model.base_model.model, name).base_layer.weight.detach()
                      .double().numpy().T for name in names]
         self._row(work=work, n=n, layers=len(ws), rank=rank, contender="peft pissa_niter_4",
@@ -264,7 +265,8 @@ def parse_args(argv=None):
     p.add_argument("--stack-size", type=int, help="the stacked layers' size (square)")
     p.add_argument("--layers", type=int, help="layers in the stack")
     p.add_argument("--rank", type=int, help="LoRA rank")
-    p.add_argument("--repeats", type=int, help="timed calls after the first")
+    p.add_argument("--repeats", type=int, help="timed calls after the first (the stack)")
+    p.add_argument("--one-repeats", type=int, help="timed calls after the first (one layer)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-peft", action="store_true", help="skip PEFT")
     p.add_argument("--torch-threads", type=int,
@@ -272,7 +274,7 @@ def parse_args(argv=None):
     add_output_flags(p)
     args = p.parse_args(argv)
     apply_preset(args, PRESETS)
-    check_positive(p, args, ("size", "stack_size", "layers", "rank", "repeats"))
+    check_positive(p, args, ("size", "stack_size", "layers", "rank", "repeats", "one_repeats"))
     return args
 
 

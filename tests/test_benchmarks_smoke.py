@@ -151,7 +151,7 @@ def test_bench_adapter_init_smoke(tmp_path):
     path = tmp_path / "init.json"
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_adapter_init.py"), "--small",
-         "--size", "48", "--stack-size", "48", "--rank", "4", "--repeats", "1", "--no-peft",
+         "--size", "48", "--stack-size", "48", "--rank", "4", "--repeats", "1", "--one-repeats", "1", "--no-peft",
          "--quiet", "--json", str(path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
