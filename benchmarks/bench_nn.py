@@ -33,7 +33,9 @@ tensorly-torch and PEFT (issue 8).
   inside a one-layer module (a fresh module per call, built outside the timing). Both scales
   are 1. ``quality`` is ``‖W − principal part‖_F`` (the residual left frozen) over the optimal
   ``(Σ_{i>r} σ_i²)^{1/2}``: 1 is the exact truncated SVD. PEFT sketches ``r`` columns with 4
-  power iterations (``torch.svd_lowrank``); tensorfact ``r + 10`` columns with 2.
+  power iterations (``torch.svd_lowrank``); tensorfact ``r + 8`` columns with 2 (LoRA's
+  default). ``bench_adapter_init.py`` adds the batched ``principal_split`` of a stack of layers
+  and the captured energy.
 
 Timing: ``_harness.median_ms``: the first call (compile or warm-up) apart, then the median of
 ``--repeats`` samples of ``--inner`` back-to-back calls (layers) or single calls (PiSSA), each

@@ -136,6 +136,14 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_nonneg_int(value, name: str) -> int:
+    """``value`` as an int if it is a Python or NumPy integer >= 0 (not a bool); otherwise a
+    ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    return int(value)
+
+
 def check_modes(modes, ndim: int, name: str = "modes") -> tuple[int, ...]:
     """Normalises a sequence of (possibly negative) mode indices, rejecting repeats."""
     if isinstance(modes, numbers.Integral):

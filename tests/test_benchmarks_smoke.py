@@ -143,3 +143,21 @@ def test_bench_nn_smoke(tmp_path):
     pissa = [r for r in rows if r["work"] == "pissa"]
     assert pissa and all(0.999 < r["quality"] < 1.05 for r in pissa), pissa
     assert "| 64 | tucker | fwd | tfa factorized |" in run.stdout
+
+
+def test_bench_adapter_init_smoke(tmp_path):
+    """The PiSSA-init benchmark runs (in a subprocess: it pins JAX to the CPU); every
+    tensorfact row is near the optimum and the batched split equals the one-by-one LoRA's."""
+    path = tmp_path / "init.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_adapter_init.py"), "--small",
+         "--size", "48", "--stack-size", "48", "--rank", "4", "--repeats", "1", "--one-repeats", "1", "--no-peft",
+         "--quiet", "--json", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(path.read_text())["results"]
+    assert {r["work"] for r in rows} == {"one layer", "stack"} and len(rows) == 5
+    assert all(1 <= r["quality"] < 1.05 and r["energy"] <= r["optimal_energy"] for r in rows)
+    stack = [r for r in rows if r["work"] == "stack"]
+    assert max(r["quality"] for r in stack) - min(r["quality"] for r in stack) < 1e-5, stack
+    assert "| stack | 2 × 48² | 4 | tfa principal_split + LoRA(split=...) |" in run.stdout

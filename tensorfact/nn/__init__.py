@@ -6,7 +6,8 @@
   :class:`LoHa`: adapters around a frozen ``nnx.Linear`` or ``nnx.Conv`` whose trainable
   parameters are ``nnx.LoRAParam``, so ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains
   only them; each starts at the base layer's output and ``merge()`` folds it into a plain
-  ``nnx.Linear`` / ``nnx.Conv``.
+  ``nnx.Linear`` / ``nnx.Conv``. :func:`principal_split` computes the PiSSA / OLoRA start of
+  a stack of same-shaped layers as one program, for ``LoRA(..., split=...)``.
 * :class:`TTAdapter` (LoRETTA: a TT-matrix update of an ``nnx.Linear``) and
   :class:`TuckerAdapter` (FLoRA: a Tucker update over all modes of an ``nnx.Conv`` kernel).
 * :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.
@@ -31,7 +32,7 @@ default, as in Flax.
 """
 
 from tensorfact.nn._acip import ACIPMask, ACIPScores, acip
-from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA
+from tensorfact.nn._adapters import DoRA, LoHa, LoKr, LoRA, principal_split
 from tensorfact.nn._base import AdapterBuffer, LoRAParam
 from tensorfact.nn._compress import CompressionReport, LayerReport, compress
 from tensorfact.nn._conv import FactorizedConv
@@ -56,4 +57,4 @@ __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoR
            "AdapterRule", "AdaptedLayer", "AdapterReport", "AdaptedLayerReport",
            "apply_adapters", "set_active", "disable_adapters", "enable_adapters", "disabled",
            "merge_adapters", "adapter_state", "load_adapter", "save_adapter", "adapter_filter",
-           "ADAPTER_KINDS", "load_peft", "save_peft"]
+           "ADAPTER_KINDS", "load_peft", "save_peft", "principal_split"]
