@@ -460,7 +460,11 @@ def apply_adapters(model: nnx.Module, rules, *, name: str = "default",
         try:
             adapter = rules[k].build(layer, rngs)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{path} (rule {k}, {rules[k]!r}): {err}") from None
+            where = f"{path} (rule {k}, {rules[k]!r})"
+            if type(err) in (TypeError, ValueError):
+                raise type(err)(f"{where}: {err}") from None
+            err.add_note(f"raised while adapting {where}")  # a custom error class: kept whole
+            raise
         container.adapters[name] = adapter
         container.active = name
         if container is not node:
