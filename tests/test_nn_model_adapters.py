@@ -257,3 +257,21 @@ def test_embedding_lora_matches_the_peft_formula():
                                atol=1e-5)
     np.testing.assert_allclose(lora.merge().embedding[...], table + 2.0 * a @ b, rtol=1e-6,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,settings", [("lora", {"init": "pissa"}), ("lora_xs", {}),
+                                           ("kron", {})])
+def test_svd_started_adapters_build_under_eval_shape(kind, settings):
+    """The finiteness check of a kernel must not call int() on a traced count (eval_shape
+    traces the construction even though the weights are concrete)."""
+    model = nnx.Sequential(nnx.Linear(8, 8, rngs=nnx.Rngs(0)))
+    rank = 1 if kind == "kron" else 2
+    abstract = nnx.eval_shape(lambda: tnn.apply_adapters(
+        model, tnn.AdapterRule(".*", kind, rank=rank, **settings), rngs=nnx.Rngs(0))[0])
+    assert isinstance(abstract.layers[0], tnn.AdaptedLayer)
+    # eagerly, a NaN in the kernel is still an error naming it
+    bad = nnx.Sequential(nnx.Linear(8, 8, rngs=nnx.Rngs(0)))
+    bad.layers[0].kernel[...] = bad.layers[0].kernel[...].at[0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="kernel contains 1 NaN or Inf"):
+        tnn.apply_adapters(bad, tnn.AdapterRule(".*", kind, rank=rank, **settings),
+                           rngs=nnx.Rngs(0))

@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Literal
 
 import jax
@@ -96,12 +95,12 @@ import numpy as np
 from flax import nnx
 
 from tensorfact._checks import (Precision, check_choice, check_key, check_nonneg_int,
-                                check_positive_int, count_nonfinite, is_traced)
+                                count_nonfinite, is_traced)
 from tensorfact._numerics import resolve_precision, safe_divide, safe_norm
 from tensorfact.decomposition import svd
 from tensorfact.nn._base import (Adapter, AdapterBuffer, LoRAParam, adapter_scale, convolve,
                                  set_dropout)
-from tensorfact.nn._common import balanced_factors, check_finite, params_key
+from tensorfact.nn._common import check_finite, check_rank_within, pair_split, params_key
 
 __all__ = ["LoRA", "principal_split", "DoRA", "LoKr", "LoHa", "LoRAParam"]
 
@@ -112,12 +111,6 @@ SplitInit = Literal["pissa", "olora"]
 #: The SVD that PiSSA starts from.
 SVDMethod = Literal["randomized", "exact"]
 
-
-def _check_rank(rank, limit: int, what: str) -> int:
-    rank = check_positive_int(rank, "rank")
-    if rank > limit:
-        raise ValueError(f"rank = {rank} is larger than {what} = {limit}.")
-    return rank
 
 
 def _lecun(key, shape, dtype):
@@ -212,7 +205,8 @@ class LoRA(Adapter):
                  param_dtype=None, rngs: nnx.Rngs | None = None, split=None):
         self._set_base(base, param_dtype, embed=True)
         n_in, n_out = self.matrix_shape
-        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
+        self.rank = check_rank_within(rank, min(n_in, n_out),
+                                      f"min({self._rows_name}, out_features)")
         self.init = check_choice(init, LoRAInit, "init")
         svd_method = check_choice(svd_method, SVDMethod, "svd_method")
         oversample = check_nonneg_int(oversample, "oversample")
@@ -407,7 +401,7 @@ def principal_split(kernels, rank: int, *, key=None, init: SplitInit = "pissa", 
     if not jnp.issubdtype(kernels.dtype, jnp.floating):
         kernels = kernels.astype(jnp.float32)
     n_layers, n_in, n_out = (int(d) for d in kernels.shape)
-    rank = _check_rank(rank, min(n_in, n_out), "min(in, out)")
+    rank = check_rank_within(rank, min(n_in, n_out), "min(in, out)")
     init = check_choice(init, SplitInit, "init")
     svd_method = check_choice(svd_method, SVDMethod, "svd_method")
     oversample = check_nonneg_int(oversample, "oversample")
@@ -478,7 +472,8 @@ class DoRA(Adapter):
                  param_dtype=None, rngs: nnx.Rngs):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
-        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
+        self.rank = check_rank_within(rank, min(n_in, n_out),
+                                      f"min({self._rows_name}, out_features)")
         self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
         self.detach_norm = bool(detach_norm)
         dtype = self.param_dtype
@@ -587,10 +582,10 @@ class LoKr(Adapter):
                  rngs: nnx.Rngs):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
-        self.in_shape = _split(in_shape, n_in, "in_shape", self._rows_name)
-        self.out_shape = _split(out_shape, n_out, "out_shape", "out_features")
+        self.in_shape = pair_split(in_shape, n_in, "in_shape", self._rows_name)
+        self.out_shape = pair_split(out_shape, n_out, "out_shape", "out_features")
         (i1, i2), (o1, o2) = self.in_shape, self.out_shape
-        self.rank = _check_rank(rank, min(i2, o2), "min(in_shape[1], out_shape[1])")
+        self.rank = check_rank_within(rank, min(i2, o2), "min(in_shape[1], out_shape[1])")
         self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
         why = "for LoKr's random A and B"
         dtype = self.param_dtype
@@ -617,18 +612,6 @@ class LoKr(Adapter):
         t = jnp.einsum("njr,rk->njk", t, b, precision=prec)         # (N, o1, o2)
         return self.scale * t.reshape(lead + (self.out_features,))
 
-
-def _split(shape, features, name, features_name):
-    if shape is None:
-        return tuple(sorted(balanced_factors(features, 2)))
-    if isinstance(shape, (str, numbers.Integral)) or len(shape) != 2:
-        raise ValueError(f"{name} must be a pair (a, b) with a * b = {features_name}, got "
-                         f"{shape!r}.")
-    shape = tuple(check_positive_int(s, f"{name}[{k}]") for k, s in enumerate(shape))
-    if shape[0] * shape[1] != features:
-        raise ValueError(f"{name} = {shape} has product {shape[0] * shape[1]}, which must equal "
-                         f"{features_name} = {features}.")
-    return shape
 
 
 class LoHa(Adapter):
@@ -668,7 +651,8 @@ class LoHa(Adapter):
                  use_rslora: bool = False, param_dtype=None, rngs: nnx.Rngs):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
-        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
+        self.rank = check_rank_within(rank, min(n_in, n_out),
+                                      f"min({self._rows_name}, out_features)")
         self.scale = adapter_scale(alpha, self.rank, bool(use_rslora))
         why = "for LoHa's random factors"
         dtype, r = self.param_dtype, self.rank

@@ -82,9 +82,36 @@ def check_finite(x, name: str) -> None:
     transformation the values are unknown and nothing is checked)."""
     if is_traced(x):
         return
-    bad = int(count_nonfinite(x))
-    if bad:
-        raise ValueError(f"{name} contains {bad} NaN or Inf value(s).")
+    bad = count_nonfinite(x)
+    if is_traced(bad):  # a concrete array inside nnx.eval_shape / jit: its count is traced
+        return
+    if int(bad):
+        raise ValueError(f"{name} contains {int(bad)} NaN or Inf value(s).")
+
+
+def check_rank_within(rank, limit: int, what: str) -> int:
+    """``rank`` as a positive int at most ``limit`` (an error naming ``rank`` and ``what``)."""
+    rank = check_positive_int(rank, "rank")
+    if rank > limit:
+        raise ValueError(f"rank = {rank} is larger than {what} = {limit}.")
+    return rank
+
+
+def pair_split(shape, features: int, name: str, features_name: str) -> tuple[int, int]:
+    """``(a, b)`` with ``a b = features``: the given pair, checked (errors naming ``name``), or
+    the most balanced split, smaller factor first (LoKr's and the Kronecker adapter's
+    ``in_shape`` / ``out_shape``)."""
+    if shape is None:
+        return tuple(sorted(balanced_factors(features, 2)))
+    if (isinstance(shape, (str, numbers.Integral)) or not hasattr(shape, "__len__")
+            or len(shape) != 2):
+        raise ValueError(f"{name} must be a pair (a, b) with a * b = {features_name}, got "
+                         f"{shape!r}.")
+    shape = tuple(check_positive_int(s, f"{name}[{k}]") for k, s in enumerate(shape))
+    if shape[0] * shape[1] != features:
+        raise ValueError(f"{name} = {shape} has product {shape[0] * shape[1]}, which must equal "
+                         f"{features_name} = {features}.")
+    return shape
 
 
 def dense_source(layer, bias, dtype, precision):

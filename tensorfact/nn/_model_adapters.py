@@ -31,7 +31,6 @@ import os
 import re
 from typing import Any, Callable, NamedTuple, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -282,7 +281,8 @@ class AdaptedLayerReport(NamedTuple):
 class AdapterReport(NamedTuple):
     """What :func:`apply_adapters` did: the adapter ``name``, one :class:`AdaptedLayerReport`
     per wrapped layer, the ``trainable`` parameters they add and the base model's
-    ``model_params`` (its ``nnx.Param``s, earlier adapters' left out); ``share`` is ``trainable / model_params``. ``str()`` is a table."""
+    ``model_params`` (its ``nnx.Param``s, earlier adapters' left out); ``share`` is
+    ``trainable / model_params``. ``str()`` is a table."""
 
     name: str
     layers: tuple

@@ -74,7 +74,7 @@ from flax import nnx
 from tensorfact._checks import check_choice, check_positive_int
 from tensorfact.decomposition import svd
 from tensorfact.nn._base import Adapter, AdapterBuffer, LoRAParam, adapter_scale
-from tensorfact.nn._common import balanced_factors, check_finite, params_key
+from tensorfact.nn._common import check_finite, check_rank_within, pair_split, params_key
 
 __all__ = ["LoRAXS", "KronAdapter", "VeRA", "NOLA"]
 
@@ -86,12 +86,6 @@ SVDMethod = Literal["exact", "randomized"]
 # argument checks
 
 
-def _check_rank(rank, limit: int, what: str) -> int:
-    rank = check_positive_int(rank, "rank")
-    if rank > limit:
-        raise ValueError(f"rank = {rank} is larger than {what} = {limit}.")
-    return rank
-
 
 def _check_seed(seed) -> int:
     """An int in ``[0, 2**32)``: ``jax.random.key`` would silently fold larger seeds onto
@@ -101,21 +95,6 @@ def _check_seed(seed) -> int:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     return int(seed)
 
-
-def _split(shape, features: int, name: str, features_name: str) -> tuple[int, int]:
-    """``(a, b)`` with ``a b = features``: the given pair, checked, or the most balanced split,
-    smaller factor first."""
-    if shape is None:
-        return tuple(sorted(balanced_factors(features, 2)))
-    if isinstance(shape, (str, numbers.Integral)) or not hasattr(shape, "__len__") \
-            or len(shape) != 2:
-        raise ValueError(f"{name} must be a pair (a, b) with a * b = {features_name}, got "
-                         f"{shape!r}.")
-    shape = tuple(check_positive_int(s, f"{name}[{k}]") for k, s in enumerate(shape))
-    if shape[0] * shape[1] != features:
-        raise ValueError(f"{name} = {shape} has product {shape[0] * shape[1]}, which must equal "
-                         f"{features_name} = {features}.")
-    return shape
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +151,8 @@ class LoRAXS(Adapter):
                  rngs: nnx.Rngs | None = None):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
-        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
+        self.rank = check_rank_within(rank, min(n_in, n_out),
+                                      f"min({self._rows_name}, out_features)")
         svd_method = check_choice(svd_method, SVDMethod, "svd_method")
         self.scale = adapter_scale(alpha, self.rank)
         kernel = base.kernel[...]
@@ -302,10 +282,10 @@ class KronAdapter(Adapter):
                  out_shape=None, param_dtype=None):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
-        self.in_shape = _split(in_shape, n_in, "in_shape", self._rows_name)
-        self.out_shape = _split(out_shape, n_out, "out_shape", "out_features")
+        self.in_shape = pair_split(in_shape, n_in, "in_shape", self._rows_name)
+        self.out_shape = pair_split(out_shape, n_out, "out_shape", "out_features")
         (i1, i2), (o1, o2) = self.in_shape, self.out_shape
-        self.rank = _check_rank(rank, min(i1 * o1, i2 * o2),
+        self.rank = check_rank_within(rank, min(i1 * o1, i2 * o2),
                                 "min(in_shape[0] * out_shape[0], in_shape[1] * out_shape[1])")
         kernel = base.kernel[...]
         check_finite(kernel, "base.kernel")
@@ -504,7 +484,8 @@ class NOLA(Adapter):
                  seed: int = 0, alpha=None, param_dtype=None):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
-        self.rank = _check_rank(rank, min(n_in, n_out), f"min({self._rows_name}, out_features)")
+        self.rank = check_rank_within(rank, min(n_in, n_out),
+                                      f"min({self._rows_name}, out_features)")
         self.num_basis = check_positive_int(num_basis, "num_basis")
         self.seed = _check_seed(seed)
         self.scale = adapter_scale(alpha, self.rank)
