@@ -12,13 +12,13 @@ weights) and random orthogonal singular vectors, fixed seed:
   q=r, niter=4)``).
 * **a stack**: ``--layers`` square ``--stack-size`` weights (the same spectrum, each with its
   own singular vectors), rank ``--rank``. tensorfact: ``tfa.nn.principal_split`` on the
-  ``(L, n, n)`` stack (one compiled program) and the ``L`` adapters built from it with
-  ``LoRA(base, r, init="pissa", split=...)``; for reference the ``L`` layers initialised one by
-  one with ``LoRA``. PEFT: ``get_peft_model`` on a model of ``L`` ``nn.Linear`` layers (its
-  per-layer init). The stack itself is given (a model whose layers are scanned holds it, and
-  takes the stacked result: the row "stacked result"); ``stack_ms`` says what ``jnp.stack`` of
-  the ``L`` kernels would add for separate layers, which then also pay for slicing each
-  layer's residual out of the stacked result (JAX has no views: a copy per layer).
+  ``(L, n, n)`` stack (one compiled program; a model whose layers are scanned holds the stack
+  and takes the stacked result: the row "stacked result"; ``stack_ms`` says what
+  ``jnp.stack`` of the ``L`` kernels would add); ``apply_adapters`` with one PiSSA rule on a
+  model holding the ``L`` layers in an ``nnx.List``, and ``LoRA.from_layers`` on the layers
+  (both split the list of kernels: one program per run of at most 16 MiB, each 4096² layer
+  alone); for reference the ``L`` layers initialised one by one with ``LoRA``. PEFT:
+  ``get_peft_model`` on a model of ``L`` ``nn.Linear`` layers (its per-layer init).
 
 For every contender and layer: ``quality`` = ``‖W − s A B‖_F`` (the frozen residual) over the
 optimum ``(Σ_{i>r} σ_i²)^{1/2}`` (1 is the exact truncated SVD), and ``energy`` =
@@ -154,13 +154,23 @@ class Bench:
             def split():
                 return tfa.nn.principal_split(stack, rank, key=jax.random.key(a.seed + 1))
 
-            def batched():
-                a_, b_, residual = split()
-                return [tfa.nn.LoRA(base, rank, init="pissa",
-                                    split=(a_[i], b_[i], residual[i]))
-                        for i, base in enumerate(bases)]
+            def from_layers():
+                return tfa.nn.LoRA.from_layers(bases, rank, init="pissa",
+                                               rngs=nnx.Rngs(a.seed + 1))
+
+            class Model(nnx.Module):
+                def __init__(self):
+                    self.layers = nnx.List(bases)
+
+            model = Model()
+            rule = tfa.nn.AdapterRule("layers/.*", rank=rank, init="pissa")
+
+            def via_rules():
+                adapted, _ = tfa.nn.apply_adapters(model, rule, rngs=nnx.Rngs(a.seed + 1))
+                return [layer.adapter for layer in adapted.layers]
             calls[:0] = [("tfa principal_split (stacked result)", split),
-                         ("tfa principal_split + LoRA(split=...)", batched)]
+                         ("tfa apply_adapters(model, AdapterRule(init='pissa'))", via_rules),
+                         ("tfa LoRA.from_layers(bases, init='pissa')", from_layers)]
         repeats = a.one_repeats if len(ws) == 1 else a.repeats
         for label, call in calls:
             out, ms, first = median_ms(call, sync_jax if "stacked" in label else sync, repeats)

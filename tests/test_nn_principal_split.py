@@ -148,3 +148,140 @@ def test_bad_arguments(bases, kernels):
         LoRA(base, 2, init="olora", split=(a[0], b[0], residual[0, :3]))
     with pytest.raises(ValueError, match=r"split must be a triple \(A, B, residual\)"):
         LoRA(base, 2, init="olora", split=(a[0], b[0]))
+
+
+# -- separate layers: the list form, LoRA.from_layers, LoRAXS.from_layers, apply_adapters -----
+
+@pytest.mark.parametrize("stack_bytes", [None, 1], ids=["one_run", "layer_by_layer"])
+def test_a_list_of_kernels_equals_the_stack_layer_by_layer(monkeypatch, kernels, stack_bytes):
+    import tensorfact.nn._common as common
+    if stack_bytes is not None:   # every layer alone (a stack would copy too much)
+        monkeypatch.setattr(common, "STACK_BYTES", stack_bytes)
+    key = jax.random.key(2)
+    stacked = principal_split(kernels, RANK, key=key, alpha=3.0)
+    listed = principal_split(list(kernels), RANK, key=key, alpha=3.0)
+    for got, want in zip(listed, stacked):
+        assert isinstance(got, list) and len(got) == LAYERS
+        for layer in range(LAYERS):
+            assert got[layer].shape == want[layer].shape
+            np.testing.assert_allclose(got[layer], want[layer], rtol=1e-5, atol=1e-6)
+
+
+def test_stack_chunks_bound_the_stacked_bytes():
+    from tensorfact.nn._common import STACK_BYTES, stack_chunks
+    for n, size in ((10, STACK_BYTES // 4), (8, 4 * STACK_BYTES), (64, 1024), (1, 1)):
+        runs = stack_chunks(n, size)
+        assert [i for run in runs for i in run] == list(range(n))      # all, once, in order
+        assert all(len(run) * size <= STACK_BYTES or len(run) == 1 for run in runs)
+        assert len({len(run) for run in runs}) <= 2                    # at most two programs
+    assert [len(r) for r in stack_chunks(10, STACK_BYTES // 4)] == [4, 3, 3]
+    assert stack_chunks(0, 8) == []
+
+
+def test_a_bad_list_of_kernels(kernels):
+    with pytest.raises(ValueError, match=r"same-shaped, same-dtype 2-D kernel matrices, got "
+                                         r"shapes and dtypes \[\(\(3, 20\), 'float32'\), "
+                                         r"\(\(24, 20\), 'float32'\)\]"):
+        principal_split([kernels[0], kernels[1, :3]], 2, init="olora")
+    with pytest.raises(ValueError, match=r"got shapes and dtypes \[\]"):
+        principal_split([], 2, init="olora")
+    with pytest.raises(ValueError, match=r"kernels\[2\] contains 1 NaN or Inf value"):
+        principal_split([kernels[0], kernels[1], kernels[2].at[0, 0].set(jnp.inf)], 2,
+                        init="olora")
+
+
+def _mixed_layers():
+    """Two groups of same-shaped layers (Linear 24→20, an Einsum and a Linear 20→24) and one
+    layer alone (a Conv)."""
+    return [nnx.Linear(IN, OUT, rngs=nnx.Rngs(0)), nnx.Linear(OUT, IN, rngs=nnx.Rngs(1)),
+            nnx.Linear(IN, OUT, rngs=nnx.Rngs(2)),
+            nnx.Einsum("bi,io->bo", (OUT, IN), rngs=nnx.Rngs(3)),
+            nnx.Conv(3, 8, (2, 2), rngs=nnx.Rngs(4)), nnx.Linear(IN, OUT, rngs=nnx.Rngs(5))]
+
+
+def _input(layer):
+    if isinstance(layer, nnx.Conv):
+        return jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    n_in = OUT if (isinstance(layer, nnx.Einsum) or layer.in_features == OUT) else IN
+    return jax.random.normal(jax.random.key(0), (2, n_in))
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_lora_from_layers_splits_each_group_in_one_call(monkeypatch, init):
+    layers = _mixed_layers()
+    calls = []
+    real = adapters.principal_split
+    monkeypatch.setattr(adapters, "principal_split",
+                        lambda kernels, *a, **k: calls.append(len(kernels)) or real(
+                            kernels, *a, **k))
+    loras = LoRA.from_layers(layers, RANK, init=init, alpha=2.0, rngs=nnx.Rngs(7))
+    assert sorted(calls) == [2, 3]          # the 24→20 group and the 20→24 group; Conv alone
+    for lora, layer in zip(loras, layers):
+        assert isinstance(lora, LoRA) and lora.scale == 0.5 and lora.init == init
+        assert lora.base is not layer
+        x = _input(layer)
+        assert rel(layer(x), lora(x)) < 1e-6                       # starts at the base
+        assert rel(lora.dense_weight(), layer.kernel[...]) < 1e-6  # residual + s A B = W
+    # the group's split is principal_split of its kernels with the group's one key
+    key = nnx.Rngs(7).params()
+    a, _, residual = real([layers[i].kernel[...] for i in (0, 2, 5)], RANK, key=key,
+                          init=init, alpha=2.0)
+    for j, i in enumerate((0, 2, 5)):
+        np.testing.assert_allclose(loras[i].lora_a[...], a[j], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(loras[i].base.kernel[...], residual[j], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_lora_xs_from_layers_equals_one_by_one():
+    from tensorfact.nn import LoRAXS
+    layers = [layer for layer in _mixed_layers() if not isinstance(layer, nnx.Einsum)]
+    many = LoRAXS.from_layers(layers, RANK, alpha=2.0)
+    for xs, layer in zip(many, layers):
+        one = LoRAXS(layer, RANK, alpha=2.0)
+        # the same exact SVD, mapped: equal up to the signs' rounding-free choice
+        np.testing.assert_allclose(np64(xs.xs_a[...]) @ np64(xs.xs_b[...]),
+                                   np64(one.xs_a[...]) @ np64(one.xs_b[...]), atol=1e-5)
+        x = _input(layer)
+        assert bool((xs(x) == layer(x)).all())                      # R = 0: the exact start
+    randomized = LoRAXS.from_layers(layers[:1] * 3, RANK, svd_method="randomized",
+                                    rngs=nnx.Rngs(0))
+    assert all(r.xs_a.shape == (IN, RANK) for r in randomized)
+    with pytest.raises(ValueError, match="factors must be a pair"):
+        LoRAXS(layers[0], RANK, factors=(many[0].xs_a[...],))
+    with pytest.raises(ValueError, match=r"factors' B must have shape \(4, 20\)"):
+        LoRAXS(layers[0], RANK, factors=(many[0].xs_a[...], many[0].xs_a[...]))
+
+
+def test_apply_adapters_splits_same_shaped_layers_together(monkeypatch):
+    from tensorfact import nn as tnn
+
+    class Stack(nnx.Module):
+        def __init__(self, rngs):
+            self.blocks = nnx.List([nnx.Linear(IN, IN, rngs=rngs) for _ in range(4)])
+            self.head = nnx.Linear(IN, OUT, rngs=rngs)
+
+        def __call__(self, x):
+            for block in self.blocks:
+                x = jnp.tanh(block(x))
+            return self.head(x)
+
+    model = Stack(nnx.Rngs(0))
+    calls = []
+    real = adapters.principal_split
+    monkeypatch.setattr(adapters, "principal_split",
+                        lambda kernels, *a, **k: calls.append(len(kernels)) or real(
+                            kernels, *a, **k))
+    rules = [tnn.AdapterRule("blocks/.*", rank=RANK, init="pissa"),
+             tnn.AdapterRule("head", "lora_xs", rank=RANK)]
+    adapted, report = tnn.apply_adapters(model, rules, rngs=nnx.Rngs(1))
+    assert calls == [4]                                  # four blocks, one program
+    assert [r.path for r in report.layers] == [f"blocks/{i}" for i in range(4)] + ["head"]
+    x = jax.random.normal(jax.random.key(0), (3, IN))
+    assert rel(model(x), adapted(x)) < 1e-5
+    merged = tnn.merge_adapters(adapted)
+    assert rel(merged(x), adapted(x)) < 1e-5
+    # a bad layer in a group is still named by its path
+    bad = Stack(nnx.Rngs(0))
+    bad.blocks[2].kernel[...] = bad.blocks[2].kernel[...].at[0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"blocks/2 \(rule 0, .*base.kernel contains 1 NaN"):
+        tnn.apply_adapters(bad, rules[:1], rngs=nnx.Rngs(1))

@@ -160,6 +160,21 @@ def _einsum_view(layer) -> Matricization:
                 "".join(rhs[k] for k in col_axes), out))
 
 
+def matrix_groups(layers) -> list[list[int]]:
+    """The indices of ``layers`` grouped by the shape and dtype of their kernel matrix
+    (:func:`matricize`), in order of first appearance; a layer that no matrix describes is a
+    group of its own (its adapter then raises the error that names it)."""
+    groups: dict = {}
+    for i, layer in enumerate(layers):
+        try:
+            view = matricize(layer)
+            ident = (view.shape, getattr(layer, view.weight)[...].dtype)
+        except (TypeError, ValueError, AttributeError):
+            ident = ("alone", i)
+        groups.setdefault(ident, []).append(i)
+    return list(groups.values())
+
+
 def matricize(layer) -> Matricization:
     """The :class:`Matricization` of an ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``,
     ``nnx.Conv`` or ``nnx.Embed`` (a ``TypeError`` for anything else, a ``ValueError`` for a

@@ -155,6 +155,22 @@ class AdapterRule:
             set_dropout(adapter, self.dropout, rngs)
         return adapter
 
+    def build_all(self, layers, rngs) -> list:
+        """The adapters of ``layers`` this rule makes, in order: through the adapter class's
+        ``from_layers`` where it has one (:meth:`LoRA.from_layers`, which splits same-shaped
+        kernels in one program), else one :meth:`build` per layer."""
+        from_layers = getattr(self._cls, "from_layers", None)
+        if from_layers is None or len(layers) < 2:
+            return [self.build(layer, rngs) for layer in layers]
+        kwargs = dict(self.settings)
+        if self.alpha is not None:
+            kwargs["alpha"] = self.alpha
+        adapters = from_layers(layers, self.rank, rngs=rngs, **kwargs)
+        if self.dropout:
+            for adapter in adapters:
+                set_dropout(adapter, self.dropout, rngs)
+        return adapters
+
     def to_config(self) -> dict:
         """The rule as JSON-ready data (what :func:`save_adapter` writes)."""
         if not isinstance(self.kind, str):
@@ -440,8 +456,8 @@ def apply_adapters(model: nnx.Module, rules, *, name: str = "default",
     model_params = _n_params(model)
     matched = [0] * len(rules)
     won = [0] * len(rules)
-    reports = []
-    for node, edges in _group(model).values():
+    taken = [[] for _ in rules]   # per rule: (node, edges, path, layer, walk order)
+    for order, (node, edges) in enumerate(_group(model).values()):
         if isinstance(node, Adapter):
             continue  # an adapter built by hand: left alone
         layer = node.base if isinstance(node, AdaptedLayer) else node
@@ -451,30 +467,11 @@ def apply_adapters(model: nnx.Module, rules, *, name: str = "default",
             matched[k] += 1
         if not hits:
             continue
-        k = hits[0]
-        won[k] += 1
-        container = node if isinstance(node, AdaptedLayer) else AdaptedLayer(layer)
-        if name in container.adapters:
+        won[hits[0]] += 1
+        if isinstance(node, AdaptedLayer) and name in node.adapters:
             raise ValueError(f"{path}: an adapter named {name!r} is already there; pass "
                              "another name.")
-        try:
-            adapter = rules[k].build(layer, rngs)
-        except (TypeError, ValueError) as err:
-            where = f"{path} (rule {k}, {rules[k]!r})"
-            if type(err) in (TypeError, ValueError):
-                raise type(err)(f"{where}: {err}") from None
-            err.add_note(f"raised while adapting {where}")  # a custom error class: kept whole
-            raise
-        container.adapters[name] = adapter
-        container.active = name
-        if container is not node:
-            for parent, key, _ in edges:
-                _set_child(parent, key, container)
-        trainable = int(sum(np.prod(v.shape) for _, v in
-                            nnx.to_flat_state(nnx.state(adapter, nnx.LoRAParam))))
-        reports.append(AdaptedLayerReport(
-            path, type(layer).__name__, type(adapter).__name__, getattr(adapter, "rank", None),
-            k, trainable, _n_params(layer), tuple(_path_name(e[2]) for e in edges[1:])))
+        taken[hits[0]].append((node, edges, path, layer, order))
     for k, rule in enumerate(rules):
         if not matched[k]:
             raise ValueError(f"rule {k}, {rule!r}, matches no layer of the model (paths are "
@@ -482,9 +479,46 @@ def apply_adapters(model: nnx.Module, rules, *, name: str = "default",
         if not won[k]:
             raise ValueError(f"rule {k}, {rule!r}, takes no layer: every layer it matches is "
                              "taken by an earlier rule (put more specific rules first).")
+    reports = []
+    for k, rule in enumerate(rules):
+        # all the layers of a rule at once: same-shaped PiSSA/OLoRA/LoRA-XS kernels are split
+        # in one program; an error is then traced to its layer by building one by one
+        layers = [t[3] for t in taken[k]]
+        try:
+            adapters = rule.build_all(layers, rngs)
+        except Exception:
+            for _, _, path, layer, _ in taken[k]:
+                _build_one(rule, k, path, layer, rngs)
+            raise
+        for (node, edges, path, layer, order), adapter in zip(taken[k], adapters):
+            container = node if isinstance(node, AdaptedLayer) else AdaptedLayer(layer)
+            container.adapters[name] = adapter
+            container.active = name
+            if container is not node:
+                for parent, key, _ in edges:
+                    _set_child(parent, key, container)
+            trainable = int(sum(np.prod(v.shape) for _, v in
+                                nnx.to_flat_state(nnx.state(adapter, nnx.LoRAParam))))
+            reports.append((order, AdaptedLayerReport(
+                path, type(layer).__name__, type(adapter).__name__,
+                getattr(adapter, "rank", None), k, trainable, _n_params(layer),
+                tuple(_path_name(e[2]) for e in edges[1:]))))
+    reports = [r for _, r in sorted(reports, key=lambda t: t[0])]
     report = AdapterReport(name, tuple(reports), sum(r.trainable for r in reports),
                            model_params)
     return model, report
+
+
+def _build_one(rule: AdapterRule, k: int, path: str, layer, rngs):
+    """``rule.build(layer, rngs)``, an error re-raised naming ``path`` and the rule."""
+    try:
+        return rule.build(layer, rngs)
+    except (TypeError, ValueError) as err:
+        where = f"{path} (rule {k}, {rule!r})"
+        if type(err) in (TypeError, ValueError):
+            raise type(err)(f"{where}: {err}") from None
+        err.add_note(f"raised while adapting {where}")  # a custom error class: kept whole
+        raise
 
 
 def _containers(model):

@@ -73,8 +73,10 @@ from flax import nnx
 
 from tensorfact._checks import check_choice, check_positive_int
 from tensorfact.decomposition import svd
-from tensorfact.nn._base import Adapter, AdapterBuffer, LoRAParam, adapter_scale
-from tensorfact.nn._common import check_finite, check_rank_within, pair_split, params_key
+from tensorfact.nn._base import (Adapter, AdapterBuffer, LoRAParam, adapter_scale, matricize,
+                                 matrix_groups)
+from tensorfact.nn._common import (check_finite, check_rank_within, pair_split, params_key,
+                                   stack_chunks)
 
 __all__ = ["LoRAXS", "KronAdapter", "VeRA", "NOLA"]
 
@@ -148,7 +150,7 @@ class LoRAXS(Adapter):
 
     def __init__(self, base: nnx.Linear | nnx.Conv, rank: int, *, alpha=None,
                  svd_method: SVDMethod = "exact", param_dtype=None,
-                 rngs: nnx.Rngs | None = None):
+                 rngs: nnx.Rngs | None = None, factors=None):
         self._set_base(base, param_dtype)
         n_in, n_out = self.matrix_shape
         self.rank = check_rank_within(rank, min(n_in, n_out),
@@ -157,15 +159,79 @@ class LoRAXS(Adapter):
         self.scale = adapter_scale(alpha, self.rank)
         kernel = base.kernel[...]
         check_finite(kernel, "base.kernel")
-        key = None
-        if svd_method == "randomized":
-            key = params_key(rngs, 'for svd_method="randomized"')
-        w = self._w().astype(jnp.promote_types(kernel.dtype, jnp.float32))
-        a, b = _xs_factors(w, key, rank=self.rank, svd_method=svd_method)
+        if factors is not None:
+            a, b = self._check_factors(factors)
+        else:
+            key = None
+            if svd_method == "randomized":
+                key = params_key(rngs, 'for svd_method="randomized"')
+            w = self._w().astype(jnp.promote_types(kernel.dtype, jnp.float32))
+            a, b = _xs_factors(w, key, rank=self.rank, svd_method=svd_method)
         dtype = self.param_dtype
         self.xs_a = AdapterBuffer(a.astype(dtype))
         self.xs_b = AdapterBuffer(b.astype(dtype))
         self.xs_r = LoRAParam(jnp.zeros((self.rank, self.rank), dtype))
+
+    @classmethod
+    def from_layers(cls, bases, rank: int, *, svd_method: SVDMethod = "exact",
+                    rngs: nnx.Rngs | None = None, **settings) -> list["LoRAXS"]:
+        """``[LoRAXS(base, rank, svd_method=..., rngs=rngs, **settings) for base in bases]``,
+        with the truncated SVDs of each group of same-shaped kernels computed by one program
+        (the one-layer SVD mapped with ``jax.vmap`` over stacks of at most 16 MiB; for
+        ``"randomized"``, one key per group drawn from ``rngs`` and split over its layers).
+        :func:`~tensorfact.nn.apply_adapters` builds its LoRA-XS adapters with it.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> from tensorfact.nn import LoRAXS
+          >>> bases = [nnx.Linear(32, 16, rngs=nnx.Rngs(i)) for i in range(3)]
+          >>> [xs.xs_a.shape for xs in LoRAXS.from_layers(bases, 4)]
+          [(32, 4), (32, 4), (32, 4)]
+        """
+        bases = list(bases)
+        adapters = [None] * len(bases)
+        for group in matrix_groups(bases):
+            if len(group) == 1:
+                adapters[group[0]] = cls(bases[group[0]], rank, svd_method=svd_method,
+                                         rngs=rngs, **settings)
+                continue
+            views = [matricize(bases[i]) for i in group]
+            ws = [v.to_matrix(getattr(bases[i], v.weight)[...]) for i, v in zip(group, views)]
+            ws = [w.astype(jnp.promote_types(w.dtype, jnp.float32)) for w in ws]
+            n_in, n_out = ws[0].shape
+            # (rank and svd_method checked here: a bad one must not reach the SVD)
+            rank = check_rank_within(rank, min(n_in, n_out), "min(in_features, out_features)")
+            svd_method = check_choice(svd_method, SVDMethod, "svd_method")
+            keys = None
+            if svd_method == "randomized":
+                keys = jax.random.split(params_key(rngs, 'for svd_method="randomized"'),
+                                        len(group))
+            factors = []
+            for run in stack_chunks(len(group), ws[0].size * ws[0].dtype.itemsize):
+                run_ws = [ws[j] for j in run]
+                run_keys = None if keys is None else keys[run.start:run.stop]
+                factors.extend(zip(*_xs_factors_listed(run_ws, run_keys, rank=rank,
+                                                       svd_method=svd_method)))
+            for j, i in enumerate(group):
+                adapters[i] = cls(bases[i], rank, svd_method=svd_method, rngs=rngs,
+                                  factors=factors[j], **settings)
+        return adapters
+
+    def _check_factors(self, factors):
+        """``factors`` as ``(A, B)`` arrays of this layer's shapes (a ``ValueError`` naming
+        ``factors`` otherwise)."""
+        if (isinstance(factors, (str, bytes)) or not hasattr(factors, "__len__")
+                or len(factors) != 2):
+            raise ValueError("factors must be a pair (A, B) = (U_r S_r, V_r^T), got "
+                             f"{type(factors).__name__}.")
+        a, b = (jnp.asarray(t) for t in factors)
+        n_in, n_out = self.matrix_shape
+        for name, array, want in (("A", a, (n_in, self.rank)), ("B", b, (self.rank, n_out))):
+            if tuple(array.shape) != want:
+                raise ValueError(f"factors' {name} must have shape {want} for this layer "
+                                 f"(rank {self.rank}), got {tuple(array.shape)}.")
+        return a, b
 
     @property
     def n_params(self) -> int:
@@ -193,6 +259,15 @@ def _xs_factors(w, key, *, rank, svd_method):
     """``(U_r S_r, V_rᵀ)`` of ``W``, at ``"highest"`` precision, as one compiled program."""
     lr = svd(w, rank, method=svd_method, key=key, precision="highest")
     return lr.u * lr.s, lr.vt
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "svd_method"))
+def _xs_factors_listed(ws, keys, *, rank, svd_method):
+    """:func:`_xs_factors` of each matrix of the list ``ws`` (and key of ``keys``, or None),
+    mapped with ``jax.vmap`` over their stack in one program: two lists."""
+    a, b = jax.vmap(functools.partial(_xs_factors, rank=rank, svd_method=svd_method),
+                    in_axes=(0, None if keys is None else 0))(jnp.stack(ws), keys)
+    return [a[j] for j in range(len(ws))], [b[j] for j in range(len(ws))]
 
 
 # ---------------------------------------------------------------------------------------------
