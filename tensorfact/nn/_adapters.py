@@ -77,10 +77,11 @@ adapter's exact product. The adapters own their
 base: PiSSA and OLoRA keep a copy of it with the residual kernel and never modify the layer
 passed in.
 
-**Many layers.** :func:`principal_split` computes the PiSSA / OLoRA split of a stack of
-same-shaped kernels as one compiled program (the one-layer split mapped with ``jax.vmap``), and
-``LoRA(base, r, init=..., split=(A, B, residual))`` builds each adapter from its layer of the
-result without computing anything.
+**Many layers.** :func:`principal_split` computes the PiSSA / OLoRA split of a stack (or a
+list) of same-shaped kernels as one compiled program (the one-layer split mapped with
+``jax.vmap``), and ``LoRA(base, r, init=..., split=(A, B, residual))`` builds each adapter from
+its layer of the result without computing anything; :meth:`LoRA.from_layers` does both for a
+list of layers (what :func:`~tensorfact.nn.apply_adapters` uses).
 """
 
 from __future__ import annotations
