@@ -152,15 +152,21 @@ def default_attention(config: Config, rngs: nnx.Rngs) -> nnx.Module:
     return nnx.MultiHeadAttention(config.heads, config.d_model, decode=False, rngs=rngs)
 
 
+def default_mlp(config: Config, rngs: nnx.Rngs) -> nnx.Module:
+    """The feed-forward block: :class:`MLP` ``d → mlp_ratio · d → d``."""
+    return MLP(config.d_model, config.mlp_ratio * config.d_model, rngs=rngs)
+
+
 class Block(nnx.Module):
     """A pre-LayerNorm block: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``."""
 
     def __init__(self, config: Config, *, rngs: nnx.Rngs,
-                 attention: Callable[[Config, nnx.Rngs], nnx.Module] = default_attention):
+                 attention: Callable[[Config, nnx.Rngs], nnx.Module] = default_attention,
+                 mlp: Callable[[Config, nnx.Rngs], nnx.Module] = default_mlp):
         self.ln1 = nnx.LayerNorm(config.d_model, rngs=rngs)
         self.attn = attention(config, rngs)
         self.ln2 = nnx.LayerNorm(config.d_model, rngs=rngs)
-        self.mlp = MLP(config.d_model, config.mlp_ratio * config.d_model, rngs=rngs)
+        self.mlp = mlp(config, rngs)
 
     def __call__(self, x, mask):
         x = x + self.attn(self.ln1(x), mask=mask)
@@ -173,14 +179,16 @@ class CharTransformer(nnx.Module):
 
     ``attention(config, rngs)`` builds each block's attention (default: causal
     ``nnx.MultiHeadAttention``); it is called as ``attn(x, mask=mask)`` with the causal
-    ``mask`` of ``nnx.make_causal_mask``."""
+    ``mask`` of ``nnx.make_causal_mask``. ``mlp(config, rngs)`` builds each block's
+    feed-forward part (default: :func:`default_mlp`)."""
 
     def __init__(self, config: Config = Config(), *, rngs: nnx.Rngs,
-                 attention: Callable[[Config, nnx.Rngs], nnx.Module] = default_attention):
+                 attention: Callable[[Config, nnx.Rngs], nnx.Module] = default_attention,
+                 mlp: Callable[[Config, nnx.Rngs], nnx.Module] = default_mlp):
         self.config = config
         self.embed = nnx.Embed(config.vocab, config.d_model, rngs=rngs)
         self.pos = nnx.Embed(config.seq_len, config.d_model, rngs=rngs)
-        self.blocks = nnx.List([Block(config, rngs=rngs, attention=attention)
+        self.blocks = nnx.List([Block(config, rngs=rngs, attention=attention, mlp=mlp)
                                 for _ in range(config.layers)])
         self.ln_f = nnx.LayerNorm(config.d_model, rngs=rngs)
         self.head = None if config.tied else nnx.Linear(config.d_model, config.vocab,
