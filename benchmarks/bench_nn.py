@@ -219,7 +219,7 @@ class Bench:
                 "tt": a.tt_rank}[kind]
         shape = None if kind == "lowrank" else tfa.nn.balanced_factors(n, a.order)
         layers = {}
-        for impl in ("factorized", "auto"):
+        for impl in ("factorized", "dense", "auto"):
             layers[impl] = tfa.nn.FactorizedDense(
                 n, n, kind=kind, rank=rank, in_shape=shape, out_shape=shape,
                 contraction=impl, precision=self.precision, rngs=nnx.Rngs(a.seed))

@@ -156,8 +156,10 @@ def test_bench_adapter_init_smoke(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(path.read_text())["results"]
-    assert {r["work"] for r in rows} == {"one layer", "stack"} and len(rows) == 5
+    assert {r["work"] for r in rows} == {"one layer", "stack"} and len(rows) == 6
     assert all(1 <= r["quality"] < 1.05 and r["energy"] <= r["optimal_energy"] for r in rows)
-    stack = [r for r in rows if r["work"] == "stack"]
-    assert max(r["quality"] for r in stack) - min(r["quality"] for r in stack) < 1e-5, stack
-    assert "| stack | 2 × 48² | 4 | tfa principal_split + LoRA(split=...) |" in run.stdout
+    quality = {r["contender"]: r["quality"] for r in rows if r["work"] == "stack"}
+    # apply_adapters builds through LoRA.from_layers: the same keys, the same split
+    assert abs(quality["tfa apply_adapters(model, AdapterRule(init='pissa'))"]
+               - quality["tfa LoRA.from_layers(bases, init='pissa')"]) < 1e-6, quality
+    assert "| stack | 2 × 48² | 4 | tfa LoRA.from_layers(bases, init='pissa') |" in run.stdout
