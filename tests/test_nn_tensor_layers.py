@@ -123,7 +123,33 @@ def test_trl_matches_dense_contraction(kind, trls, x):
     # one sample without a batch axis
     np.testing.assert_allclose(layer(x[3]), want[3], rtol=1e-5, atol=1e-5 * scale)
     assert layer.n_params == sum(v[...].size for v in jax.tree.leaves(nnx.state(layer, nnx.Param)))
-    assert 0 < layer.flops(7) < 2 * 7 * 60 * OUT + 2 * 60 * OUT * max(np.ravel(layer.rank))
+    # the documented counts, worked by hand (B = 7, ∏ I = 60, O = 6):
+    # tucker (2, 3, 2 | 3): modes 2, 0, 1 (shrinks 2.5, 1.5, 1.33), then the core and U_O;
+    # cp R = 4: modes of size 5, 4, 3, then A_O; tt (1, 3, 3, 3, 1): left to right, then G_O
+    want_flops = {"tucker": 2 * (420 * 2 + 168 * 2 + 112 * 3 + 84 * 3 + 7 * 3 * 6),
+                  "cp": 2 * (420 * 4 + 336 + 84 + 7 * 4 * 6),
+                  "tt": 2 * 7 * (3 * 60 + 9 * 20 + 9 * 5 + 3 * 6)}[kind]
+    assert layer.flops(7) == want_flops
+
+
+def _xla_flops(layer, x):
+    graphdef, state = nnx.split(layer)
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if not cost or "flops" not in cost:
+        pytest.skip("this JAX gives no FLOP count of a compiled program")
+    return cost["flops"]
+
+
+def test_flops_are_what_xla_counts(x):
+    """The documented contraction order is the one the program runs: ``flops()`` equals XLA's
+    count of the compiled forward (no bias, so nothing else is counted)."""
+    layers = [TCL(IN_SHAPE, (2, 3, 2), rngs=nnx.Rngs(0))] + [
+        TRL(IN_SHAPE, OUT, kind=k, rank=r, use_bias=False, rngs=nnx.Rngs(0))
+        for k, r in TRL_RANKS.items()]
+    for layer in layers:
+        assert _xla_flops(layer, x) == layer.flops(7), layer
 
 
 def test_trl_ranks_resolve():
@@ -340,7 +366,8 @@ def test_bad_arguments(x):
         TRL(IN_SHAPE, OUT, rank=(2, -1, 2, 2), rngs=rngs)
     with pytest.raises(ValueError, match=r"one Tucker rank per mode"):
         TRL(IN_SHAPE, OUT, rank=(2, 2), rngs=rngs)
-    with pytest.raises(ValueError, match=r"rank\[2\] = 13 exceeds the lossless rank 12"):
+    with pytest.raises(ValueError, match=r"rank\[2\] = 13 exceeds the lossless rank 12 of that mode of W = "
+                                         r"\(3, 4, 5, 6\) in TT form"):
         TRL(IN_SHAPE, OUT, kind="tt", rank=(1, 2, 13, 2, 1), rngs=rngs)
     with pytest.raises(ValueError, match=r"rank\[2\] = 9 exceeds the lossless rank 5"):
         TRL(IN_SHAPE, OUT, rank=(2, 2, 9, 2), rngs=rngs)

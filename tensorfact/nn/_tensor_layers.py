@@ -11,8 +11,9 @@ Parsimonious Deep Nets", CVPR Workshops 2017). For an activation ``X`` of shape
 
 one mode product per mode, ``(batch, O_1, ..., O_N)`` out. The modes are contracted in order of
 largest shrink ``I_k / O_k`` first; each step costs ``2 · size · O_k`` FLOPs, ``size`` the number
-of entries before it (``B ∏ I`` at the first step), never more than ``2 B ∏ I · max_k O_k``
-in all steps together when every mode shrinks.
+of entries before it (``B ∏ I`` at the first step); when every mode shrinks (``O_k ≤ I_k``) the
+sizes only fall, so the whole chain costs at most ``2 B ∏ I · Σ_k O_k``, against
+``2 B ∏ I · ∏ O`` for the equivalent dense layer on the flattened input.
 
 **TRL** (Kossaifi, Lipton, Kolbeinsson, Khanna, Furlanello & Anandkumar, "Tensor Regression
 Networks", JMLR 21(123), 2020). A full contraction of ``X`` with a low-rank weight tensor ``W``
@@ -316,8 +317,12 @@ class TRL(nnx.Module):
         out_features = check_positive_int(out_features, "out_features")
         kind = check_choice(kind, TensorKind, "kind")
         if kind == "tt":   # a TT tensor is a TT-matrix whose column factors are all 1
-            n = len(in_shape) + 1
-            rank = resolve_rank("tt", rank, in_shape + (out_features,), (1,) * n)
+            dims = in_shape + (out_features,)
+            try:
+                rank = resolve_rank("tt", rank, dims, (1,) * len(dims))
+            except ValueError as err:
+                raise ValueError(str(err).replace(f"of the TT-matrix {dims + (1,) * len(dims)}",
+                                                  f"of W = {dims} in TT form")) from None
         else:
             rank = resolve_rank(kind, rank, in_shape, (out_features,))
         self.in_shape, self.out_features, self.kind, self.rank = (in_shape, out_features, kind,
