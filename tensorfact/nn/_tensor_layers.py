@@ -72,10 +72,12 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from tensorfact import algebra
-from tensorfact._checks import Precision, check_choice, check_positive_int
+from tensorfact._checks import Precision, check_choice, check_key, check_positive_int
 from tensorfact._numerics import resolve_precision
-from tensorfact.nn._common import (draw, no_bias, params_key, resolve_rank, tensorize, tt_apply,
-                                   tt_core_shapes, tt_rows, id_digits, valid_ids)
+from tensorfact.decomposition import cp, tt_matrix, tucker
+from tensorfact.nn._common import (cp_fibres, draw, id_digits, no_bias, params_key, resolve_rank,
+                                   spread_cp, tensorize, tt_apply, tt_core_shapes, tt_rows,
+                                   valid_ids, weight_of)
 from tensorfact.nn._partitioning import param, partition_specs
 from tensorfact.tensors import CPTensor, TTMatrix, TTTensor, TuckerTensor
 
@@ -549,11 +551,18 @@ class FactorizedEmbed(nnx.Module):
         shapes = tuple(s for _, shp in groups for s in shp)
         arrays = draw(params_key(rngs, "to draw FactorizedEmbed's factors"), shapes, variances,
                       jnp.dtype(param_dtype), truncated=False)
-        params = [param(a, sp) for a, sp in zip(arrays,
-                                                [sp for name, _ in groups for sp in specs[name]])]
-        if kind == "cp":
+        self._shapes = shapes
+        self._specs = tuple(sp for name, _ in groups for sp in specs[name])
+        self._set_factors(arrays)
+
+    def _set_factors(self, arrays):
+        """Holds ``arrays`` (in :meth:`_param_vars` order) as the parameters, with their
+        sharding annotations."""
+        params = [param(jnp.asarray(a, self.param_dtype).reshape(shp), sp)
+                  for a, shp, sp in zip(arrays, self._shapes, self._specs)]
+        if self.kind == "cp":
             self.factors = nnx.List(params)
-        elif kind == "tucker":
+        elif self.kind == "tucker":
             self.core, self.factors = params[0], nnx.List(params[1:])
         else:
             self.cores = nnx.List(params)
@@ -668,3 +677,65 @@ class FactorizedEmbed(nnx.Module):
         else:   # Eᵀ is the TT-matrix with each core's two middle axes swapped
             out = tt_apply(q, [g.transpose(0, 2, 1, 3) for g in arrays], prec, "auto")
         return out.reshape(lead + (self.num_embeddings,))
+
+    @classmethod
+    def from_layer(cls, layer, *, kind: TensorKind = "cp", rank, in_shape=None, out_shape=None,
+                   dtype=None, param_dtype=None, precision: Precision = None, key=None,
+                   partitioning=None, **fit_kwargs):
+        """A factorized embedding fitted to a table (tensorly-torch's
+        ``FactorizedEmbedding.from_embedding``): CP-ALS (:func:`tensorfact.cp`, the weights
+        spread evenly over the factors), HOOI (:func:`tensorfact.tucker`) or TT-SVD
+        (:func:`tensorfact.tt_matrix`) of the ``in_shape + out_shape`` tensor. Exact up to
+        rounding at ``rank="full"`` (CP through one rank-one term per fibre of the largest
+        mode).
+
+        Args:
+          layer: an ``nnx.Embed`` (its table and dtype are used) or a
+            ``(num_embeddings, features)`` array, finite.
+          kind, rank, in_shape, out_shape, dtype, precision, partitioning: as in the
+            constructor.
+          param_dtype: the factors' dtype; by default the table's.
+          key: ``jax.random`` key for a fit that draws (CP with a rank above a mode, a random
+            init).
+          **fit_kwargs: passed to the decomposition (``n_iter``, ``tol``, ...).
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> from tensorfact.nn import FactorizedEmbed
+          >>> dense = nnx.Embed(60, 12, rngs=nnx.Rngs(0))
+          >>> emb = FactorizedEmbed.from_layer(dense, kind="tucker", rank="full")
+          >>> ids = jnp.array([0, 7, 59])
+          >>> bool(jnp.allclose(emb(ids), dense(ids), atol=1e-5))
+          True
+        """
+        kind = check_choice(kind, TensorKind, "kind")
+        if key is not None:
+            key = check_key(key, f"by FactorizedEmbed.from_layer (kind {kind!r})")
+        table, embed = weight_of(layer, nnx.Embed, "embedding")
+        if embed is not None and dtype is None:
+            dtype = embed.dtype
+        num_embeddings, features = table.shape
+        in_shape, out_shape = tensorize(kind, num_embeddings, features, in_shape, out_shape,
+                                        names=("num_embeddings", "features"))
+        resolved = resolve_rank(kind, rank, in_shape, out_shape)
+        if kind == "tt":
+            arrays = list(tt_matrix(table, in_shape, out_shape, resolved, **fit_kwargs).cores)
+        else:
+            tensor = table.reshape(in_shape + out_shape)
+            if kind == "tucker":
+                core, factors = tucker(tensor, resolved, key=key, **fit_kwargs)
+                arrays = [core] + list(factors)
+            elif isinstance(rank, str) and rank == "full":
+                arrays = cp_fibres(tensor)
+            else:
+                weights, factors = cp(tensor, resolved, key=key, **fit_kwargs)
+                arrays = spread_cp(weights, factors)
+        param_dtype = table.dtype if param_dtype is None else param_dtype
+        # the layer's structure without drawing (nnx.eval_shape), then the fitted factors
+        out = nnx.eval_shape(lambda: cls(
+            num_embeddings, features, kind=kind, rank=resolved, in_shape=in_shape,
+            out_shape=out_shape, dtype=dtype, param_dtype=param_dtype, precision=precision,
+            partitioning=partitioning, rngs=nnx.Rngs(0)))
+        out._set_factors(arrays)
+        return out
