@@ -19,7 +19,7 @@ sizes only fall, so the whole chain costs at most ``2 B ∏ I · Σ_k O_k``, aga
 Networks", JMLR 21(123), 2020). A full contraction of ``X`` with a low-rank weight tensor ``W``
 of shape ``(I_1, ..., I_N, O)``:
 
-    y[b, o] = ⟨X[b], W[..., o]⟩_N + b_o = Σ_{i_1..i_N} X[b, i_1, ..., i_N] W[i_1, ..., i_N, o] + b_o,
+    y[b, o] = ⟨X[b], W[..., o]⟩_N + b_o = Σ_{i_1..i_N} X[b, i_1..i_N] W[i_1..i_N, o] + b_o,
 
 with ``W`` held as factors and never formed in the forward: ``X`` is contracted with the input
 factors first, mode by mode, so its size falls at every step, and only then with what is left.
