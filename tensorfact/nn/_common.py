@@ -27,7 +27,8 @@ from tensorfact.ranks import rank_for_params
 __all__ = ["Kind", "ConvKind", "Contraction", "check_rngs", "params_key", "check_input",
            "check_finite", "weight_of", "broadcast", "balanced_factors", "tensorize",
            "rank_kind", "largest_within", "resolve_rank", "full_rank", "n_factor_params",
-           "tt_core_shapes", "draw", "cp_fibres", "spread_cp", "tt_apply", "no_bias"]
+           "tt_core_shapes", "draw", "cp_fibres", "spread_cp", "tt_apply", "no_bias",
+           "id_digits", "valid_ids", "tt_rows"]
 
 #: The formats of :class:`~tensorfact.nn.FactorizedDense` (and of :func:`~tensorfact.nn.compress`).
 Kind = Literal["lowrank", "cp", "tucker", "tt"]
@@ -450,3 +451,42 @@ def tt_apply(x, cores, precision, impl):
     :func:`tensorfact.kernels.tt_chain_matmul` (``impl``: the fused Pallas kernel or XLA's
     einsums)."""
     return tt_chain_matmul(x, cores, impl=impl, precision=precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding lookups (TTEmbed, FactorizedEmbed): rows of a tensorized table without forming it
+
+
+def id_digits(ids, in_shape):
+    """The mixed-radix digits ``(i_1, ..., i_d)`` of the flat ``ids`` in ``in_shape`` (C order,
+    ``i_1`` slowest), one array of ``ids``' shape per factor."""
+    strides = [math.prod(in_shape[k + 1:]) for k in range(len(in_shape))]
+    return [(ids // stride) % m for m, stride in zip(in_shape, strides)]
+
+
+def valid_ids(ids, n: int):
+    """``(valid, ids)``: which ids lie in ``[0, n)``, and the ids as a signed integer type wide
+    enough for ``n`` (0 where invalid). The test runs in the ids' own dtype with a bound it can
+    represent: a ``uint8`` id compared with ``n = 1000`` would wrap ``n`` to 232."""
+    info = jnp.iinfo(ids.dtype)
+    valid = ids >= 0 if info.min < 0 else jnp.ones(ids.shape, bool)
+    if n <= info.max:
+        valid = valid & (ids < jnp.asarray(n, ids.dtype))
+    wide = jnp.int64 if n > np.iinfo(np.int32).max else jnp.int32
+    return valid, jnp.where(valid, ids, 0).astype(wide)
+
+
+def tt_rows(ids, cores, in_shape, precision):
+    """Rows of the TT-matrix with ``cores`` ``(r_{k-1}, m_k, n_k, r_k)`` at integer ``ids``
+    (flat, shape ``(B,)``, in ``[0, ∏ in_shape)``): ``(B, features)``. Each core is sliced at
+    its digit of the id and the slices are chained left to right (the engine of
+    :class:`~tensorfact.nn.TTEmbed` and of ``FactorizedEmbed(kind="tt")``)."""
+    t = None
+    for g, digit in zip(cores, id_digits(ids, in_shape)):
+        piece = jnp.take(g, digit, axis=1)             # (r, B, n, r'): this core's slices
+        if t is None:
+            t = piece[0]                               # r_0 = 1: (B, n_1, r_1)
+        else:
+            t = jnp.einsum("bpa,abnc->bpnc", t, piece, precision=precision)
+            t = t.reshape(t.shape[0], -1, t.shape[-1])
+    return t[..., 0]                                   # r_d = 1

@@ -24,11 +24,8 @@ has fan-in ``features``).
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
@@ -36,39 +33,11 @@ from tensorfact._checks import Precision, check_positive_int
 from tensorfact._numerics import resolve_precision
 from tensorfact.decomposition import tt_matrix
 from tensorfact.nn._common import (draw, params_key, resolve_rank, tensorize, tt_core_shapes,
-                                   weight_of)
+                                   tt_rows, valid_ids, weight_of)
 from tensorfact.nn._partitioning import param, partition_specs
 from tensorfact.tensors import TTMatrix
 
 __all__ = ["TTEmbed"]
-
-
-def _lookup(ids, cores, in_shape, precision):
-    """Rows of the TT-matrix at integer ``ids`` (flat, shape ``(B,)``, in ``[0, ∏ in_shape)``):
-    ``(B, features)``."""
-    strides = [math.prod(in_shape[k + 1:]) for k in range(len(in_shape))]
-    t = None
-    for g, m, stride in zip(cores, in_shape, strides):
-        digit = (ids // stride) % m
-        piece = jnp.take(g, digit, axis=1)             # (r, B, n, r'): this core's slices
-        if t is None:
-            t = piece[0]                               # r_0 = 1: (B, n_1, r_1)
-        else:
-            t = jnp.einsum("bpa,abnc->bpnc", t, piece, precision=precision)
-            t = t.reshape(t.shape[0], -1, t.shape[-1])
-    return t[..., 0]                                   # r_d = 1
-
-
-def _valid_ids(ids, n: int):
-    """``(valid, ids)``: which ids lie in ``[0, n)``, and the ids as a signed integer type wide
-    enough for ``n`` (0 where invalid). The test runs in the ids' own dtype with a bound it can
-    represent: a ``uint8`` id compared with ``n = 1000`` would wrap ``n`` to 232."""
-    info = jnp.iinfo(ids.dtype)
-    valid = ids >= 0 if info.min < 0 else jnp.ones(ids.shape, bool)
-    if n <= info.max:
-        valid = valid & (ids < jnp.asarray(n, ids.dtype))
-    wide = jnp.int64 if n > np.iinfo(np.int32).max else jnp.int32
-    return valid, jnp.where(valid, ids, 0).astype(wide)
 
 
 class TTEmbed(nnx.Module):
@@ -182,8 +151,8 @@ class TTEmbed(nnx.Module):
         if flat.shape[0] == 0:
             out = jnp.zeros((0, self.features), cores[0].dtype)
         else:
-            valid, flat = _valid_ids(flat, self.num_embeddings)
-            out = _lookup(flat, cores, self.in_shape, self.precision)
+            valid, flat = valid_ids(flat, self.num_embeddings)
+            out = tt_rows(flat, cores, self.in_shape, self.precision)
             out = jnp.where(valid[:, None], out, jnp.nan)
         return out.reshape(ids.shape + (self.features,))
 
