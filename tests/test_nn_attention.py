@@ -144,12 +144,14 @@ def test_forward_matches_float64_reference(name):
 
 def _decode_all(layer, x, max_length):
     """Runs ``x`` (``(batch, seq, features)``) token by token through ``decode_step`` under
-    ``nnx.jit``; returns the outputs stacked on axis 1 and the last cache."""
-    step = nnx.jit(lambda m, xt, c: m.decode_step(xt, c))
+    plain ``jax.jit`` (the layer split into graph and state, so the step must be pure);
+    returns the outputs stacked on axis 1 and the last cache."""
+    graphdef, state = nnx.split(layer)
+    step = jax.jit(lambda s, xt, c: nnx.merge(graphdef, s).decode_step(xt, c))
     cache = layer.init_cache(x.shape[0], max_length)
     ys = []
     for t in range(x.shape[1]):
-        y, cache = step(layer, x[:, t], cache)
+        y, cache = step(state, x[:, t], cache)
         ys.append(y)
     return jnp.stack(ys, axis=1), cache
 
@@ -356,10 +358,10 @@ def test_bfloat16_compute_with_float32_params(name):
     x = _x()
     y = layer(x)
     assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y)))
-    assert rel_err(y, ref(x)) < 5e-2                        # bfloat16 keeps ~3 digits
+    assert rel_err(y, ref(x)) < 3e-2                        # bfloat16 keeps ~3 digits
     ys, cache = _decode_all(layer, x, T)
     assert ys.dtype == jnp.bfloat16 and cache.entries[0].dtype == jnp.bfloat16
-    assert rel_err(ys, ref(x)) < 5e-2
+    assert rel_err(ys, ref(x)) < 3e-2
 
 
 def test_partitioning_annotations():
