@@ -307,8 +307,13 @@ def test_errors_name_argument_and_value():
         layer(jnp.ones((6, 16)))
     with pytest.raises(ValueError, match=r"mask must have shape \(batch, seq\) = \(2, 6\)"):
         layer(jnp.ones((2, 6, 16)), mask=jnp.ones((2, 5), bool))
-    with pytest.raises(ValueError, match="mask must be a boolean array"):
-        layer(jnp.ones((2, 6, 16)), mask=jnp.ones((2, 6)))
+    with pytest.raises(ValueError, match=r"mask must be boolean or 0/1.*got values \[0.5, 1.0\]"):
+        layer(jnp.ones((2, 6, 16)), mask=jnp.ones((2, 6)).at[0, 3].set(0.5))
+    x = _x()
+    m01 = jnp.ones((2, 6)).at[1, 4:].set(0)
+    assert float(jnp.abs(layer(x, mask=m01) - layer(x, mask=m01 > 0)).max()) == 0.0
+    with pytest.raises(ValueError, match="rope_base must be a finite number > 1, got 'x'"):
+        MultiHeadAttention(H, F, rope_base="x", rngs=r)
 
     cache = layer.init_cache(2, 2)
     with pytest.raises(ValueError, match=r"x_t must have shape \(batch, 16\), got \(2, 1, 16\)"):

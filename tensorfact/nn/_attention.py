@@ -138,7 +138,10 @@ class _CausalAttention(nnx.Module):
         self.num_heads, self.features, self.head_dim = _heads_and_dim(
             num_heads, features, head_dim, rope_on)
         self.rope = bool(rope_on)
-        self.rope_base = float(rope_base)
+        try:
+            self.rope_base = float(rope_base)
+        except (TypeError, ValueError):
+            self.rope_base = math.nan
         if not (math.isfinite(self.rope_base) and self.rope_base > 1.0):
             raise ValueError(f"rope_base must be a finite number > 1, got {rope_base!r}.")
         self.dtype, self.param_dtype = dtype, param_dtype
@@ -148,7 +151,7 @@ class _CausalAttention(nnx.Module):
         """``kernels``: ``[(name, shape, variance)]`` drawn (truncated normal, one draw);
         ``zeros`` / ``ones``: ``[(name, shape)]`` set to constants. Sets the attributes, each
         with its ``partitioning`` spec."""
-        groups = [(n, [s]) for n, s, _ in kernels] + [(n, [s]) for n, s in zeros + ones]
+        groups = [(n, [s]) for n, s, _ in kernels] + [(n, [s]) for n, s in [*zeros, *ones]]
         specs = partition_specs(partitioning, groups)  # checked before any array is drawn
         arrays = draw(params_key(rngs, why), tuple(s for _, s, _ in kernels),
                       tuple(v for _, _, v in kernels), jnp.dtype(self.param_dtype))
@@ -197,7 +200,8 @@ class _CausalAttention(nnx.Module):
 
     def __call__(self, x, *, mask=None):
         """The causal self-attention of ``x`` (``(batch, seq, features)``); ``mask``
-        (``(batch, seq)`` booleans, True for real tokens) hides padding tokens as keys."""
+        (``(batch, seq)``, boolean or 0/1, True/1 for real tokens) hides padding tokens as
+        keys. A query with no visible key (padding before the first real token) gives 0."""
         x = check_input(x, self.features)
         if x.ndim != 3:
             raise ValueError(f"x must have shape (batch, seq, {self.features}), got "
@@ -210,8 +214,10 @@ class _CausalAttention(nnx.Module):
                 raise ValueError(f"mask must have shape (batch, seq) = {(b, t)}, got "
                                  f"{tuple(mask.shape)}.")
             if mask.dtype != jnp.bool_:
-                raise ValueError(f"mask must be a boolean array (True = real token), got dtype "
-                                 f"{mask.dtype}.")
+                if not is_traced(mask) and not bool(jnp.all((mask == 0) | (mask == 1))):
+                    raise ValueError(f"mask must be boolean or 0/1 (True/1 = real token), got "
+                                     f"values {np.unique(np.asarray(mask))[:5].tolist()}.")
+                mask = mask != 0
             valid = valid & mask[:, None, :]
         valid = jnp.broadcast_to(valid, (b, t, t))
         x, p = self._arrays(x, self._param_names())
