@@ -99,6 +99,7 @@ def np_reference(layer, x, valid=None):
          if isinstance(var, nnx.Param) for name in [name[-1]]}
     x = np64(x)
     h, d = layer.num_heads, layer.head_dim
+    np_rope_ = np_rope if layer.rope else (lambda u, t: np.array(u, np.float64))
     q, k, v = [], [], []
     for t, xt in enumerate(x):
         if isinstance(layer, TensorProductAttention):
@@ -106,7 +107,7 @@ def np_reference(layer, x, valid=None):
                 a = (xt @ p[wa]).reshape(r, h)
                 b = (xt @ p[wb]).reshape(r, d)
                 if rot:
-                    b = np.stack([np_rope(b_r, t) for b_r in b])
+                    b = np.stack([np_rope_(b_r, t) for b_r in b])
                 return sum(np.outer(a[j], b[j]) for j in range(r)) / r    # (h, d)
             q.append(mat("w_aq", "w_bq", layer.q_rank, True))
             k.append(mat("w_ak", "w_bk", layer.kv_rank, True))
@@ -115,14 +116,14 @@ def np_reference(layer, x, valid=None):
             c = xt @ p["w_qa"]
             c = c / np.sqrt(np.mean(c ** 2) + 1e-6) * p["q_scale"]
             qt = (c @ p["w_qb"]).reshape(h, d)
-            q.append(np.stack([np_rope(qi, t) for qi in qt]))
+            q.append(np.stack([np_rope_(qi, t) for qi in qt]))
             kt = xt @ p["w_k"]
             vt = kt @ (np.eye(d) + p["w_r"]) if layer.key_reuse else xt @ p["w_v"]
-            k.append(np.tile(np_rope(kt, t), (h, 1)))      # one key head shared by all heads
+            k.append(np.tile(np_rope_(kt, t), (h, 1)))      # one key head shared by all heads
             v.append(np.tile(vt, (h, 1)))
         else:
-            q.append(np.stack([np_rope(u, t) for u in (xt @ p["w_q"]).reshape(h, d)]))
-            k.append(np.stack([np_rope(u, t) for u in (xt @ p["w_k"]).reshape(h, d)]))
+            q.append(np.stack([np_rope_(u, t) for u in (xt @ p["w_q"]).reshape(h, d)]))
+            k.append(np.stack([np_rope_(u, t) for u in (xt @ p["w_k"]).reshape(h, d)]))
             v.append((xt @ p["w_v"]).reshape(h, d))
     o = np_attention(np.array(q), np.array(k), np.array(v), valid)
     return o.reshape(len(x), h * d) @ p["w_o"]
@@ -136,6 +137,15 @@ def test_forward_matches_float64_reference(name):
     assert y.shape == (B, T, F)
     for b in range(B):
         assert rel_err(y[b], np_reference(layer, x[b])) < 2e-6
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_without_rope(name):
+    layer = randomize(BUILDERS[name](precision="highest", rope=False))
+    x = _x()
+    assert rel_err(layer(x)[0], np_reference(layer, x[0])) < 2e-6
+    ys, _ = _decode_all(layer, x, T)
+    assert rel_err(ys, layer(x)) < 2e-6
 
 
 # ---------------------------------------------------------------------------------------------

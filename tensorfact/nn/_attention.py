@@ -265,15 +265,6 @@ class _CausalAttention(nnx.Module):
         return y, AttentionCache(entries, index + 1)
 
 
-_DOC_SHARED = """
-    Args (shared): ``dtype`` the compute dtype (None: from the inputs and parameters, as in
-    ``nnx.Linear``), ``param_dtype`` the parameters' dtype, ``precision`` of the matmuls (None:
-    JAX's default), ``partitioning`` a mapping from kernel name to a PartitionSpec or tuple
-    (Flax ``out_sharding`` metadata, checked as in :class:`~tensorfact.nn.FactorizedDense`),
-    ``rngs`` an ``nnx.Rngs`` with a ``params`` (or ``default``) stream.
-"""
-
-
 class TensorProductAttention(_CausalAttention):
     r"""Tensor Product Attention (Zhang, Liu, Yuan, Qin, Yuan, Gu & Yao, "Tensor Product
     Attention Is All You Need", arXiv:2501.06425, 2025), with RoPE on the factors.
@@ -303,10 +294,17 @@ class TensorProductAttention(_CausalAttention):
         ``K``, ``V`` (the paper's 6 / 2 or 6 / 1 are typical), keyword-only.
       head_dim: ``d``; by default ``features // num_heads``.
       rope: apply RoPE to ``b^q`` and ``b^k``; ``rope_base`` its base.
-      dtype, param_dtype, precision, partitioning, rngs: see below. The kernels are ``w_aq``,
-        ``w_bq``, ``w_ak``, ``w_bk``, ``w_av``, ``w_bv`` (``features × R·h`` or ``features ×
-        R·d``) and ``w_o`` (``h d × features``), no biases; each is drawn with variance ``1 /
-        fan-in``.
+      dtype: the compute dtype (None: from the inputs and parameters, as in ``nnx.Linear``;
+        ``jnp.bfloat16`` computes in bfloat16 from float32 parameters, softmax in float32).
+      param_dtype: the parameters' dtype.
+      precision: of the matmuls (None: JAX's default, as in Flax).
+      partitioning: optional sharding annotations, a mapping from kernel name to a
+        ``PartitionSpec`` or tuple of mesh axis names (Flax ``out_sharding`` metadata, checked
+        as in :class:`~tensorfact.nn.FactorizedDense`); kernels left out are replicated.
+        The kernels are ``w_aq``, ``w_bq``, ``w_ak``, ``w_bk``, ``w_av``, ``w_bv``
+        (``features × R·h`` or ``features × R·d``) and ``w_o`` (``h d × features``), no
+        biases; each is drawn with variance ``1 / fan-in``.
+      rngs: ``nnx.Rngs`` with a ``params`` (or ``default``) stream.
 
     Returns (``__call__``): ``(batch, seq, features)``.
 
@@ -329,8 +327,6 @@ class TensorProductAttention(_CausalAttention):
       >>> y.shape, int(cache.index)
       ((2, 32), 1)
     """
-
-    __doc__ += _DOC_SHARED
 
     def __init__(self, num_heads: int, features: int, *, q_rank: int, kv_rank: int,
                  head_dim: int | None = None, rope: bool = True, rope_base: float = 10000.0,
@@ -405,9 +401,9 @@ class MultiMatrixFactorizationAttention(_CausalAttention):
       key_reuse: MFA-KR.
       q_norm: RMS-normalise the low-rank query (``eps`` 1e-6, learned scale ``q_scale``).
       rope, rope_base: as in :class:`TensorProductAttention`.
-      dtype, param_dtype, precision, partitioning, rngs: see below. The kernels are ``w_qa``,
-        ``w_qb``, ``w_k``, ``w_v`` (or ``w_r`` with ``key_reuse``), ``w_o``; also ``q_scale``
-        with ``q_norm``.
+      dtype, param_dtype, precision, partitioning, rngs: as in
+        :class:`TensorProductAttention`. The kernels are ``w_qa``, ``w_qb``, ``w_k``, ``w_v``
+        (or ``w_r`` with ``key_reuse``), ``w_o``; also ``q_scale`` with ``q_norm``.
 
     Returns (``__call__``): ``(batch, seq, features)``.
 
@@ -427,8 +423,6 @@ class MultiMatrixFactorizationAttention(_CausalAttention):
       >>> kr.cache_bytes_per_token                                       # d·4 bytes
       64
     """
-
-    __doc__ += _DOC_SHARED
 
     def __init__(self, num_heads: int, features: int, *, q_rank: int,
                  head_dim: int | None = None, key_reuse: bool = False, q_norm: bool = True,
@@ -490,8 +484,8 @@ class MultiHeadAttention(_CausalAttention):
 
     Args:
       num_heads, features, head_dim, rope, rope_base: as in :class:`TensorProductAttention`.
-      dtype, param_dtype, precision, partitioning, rngs: see below; the kernels are ``w_q``,
-        ``w_k``, ``w_v`` and ``w_o``.
+      dtype, param_dtype, precision, partitioning, rngs: as in
+        :class:`TensorProductAttention`; the kernels are ``w_q``, ``w_k``, ``w_v`` and ``w_o``.
 
     Returns (``__call__``): ``(batch, seq, features)``.
 
@@ -506,8 +500,6 @@ class MultiHeadAttention(_CausalAttention):
       >>> mha(jnp.ones((2, 5, 32))).shape, mha.cache_bytes_per_token    # 2·h·d·4 bytes
       ((2, 5, 32), 256)
     """
-
-    __doc__ += _DOC_SHARED
 
     def __init__(self, num_heads: int, features: int, *, head_dim: int | None = None,
                  rope: bool = True, rope_base: float = 10000.0, dtype=None,
