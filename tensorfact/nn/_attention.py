@@ -129,9 +129,11 @@ def _heads_and_dim(num_heads, features, head_dim, rope_on):
 
 
 class _CausalAttention(nnx.Module):
-    """The shared machinery. A subclass sets ``_groups`` (``(name, shape)`` of every kernel,
-    with its fan-in variance) and implements ``_queries``, ``_entries`` (what is cached per
-    token), ``_keys_values`` (keys and values from the cached entries) and uses ``w_o``."""
+    """The shared machinery. A subclass calls ``_setup`` and ``_make_params`` (its kernels,
+    one of them the output projection ``w_o``) and implements ``_param_names``,
+    ``_entry_shapes`` (the per-token shapes of the cache entries), ``_queries`` (``(B, T, h,
+    d)``, rotated), ``_entries`` (what is cached for new tokens) and ``_keys_values`` (keys and
+    values, ``(B, S, h, d)`` or shared ``(B, S, d)``, from the entries)."""
 
     def _setup(self, num_heads, features, head_dim, rope_on, rope_base, dtype, param_dtype,
                precision):
