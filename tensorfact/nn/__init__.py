@@ -49,6 +49,8 @@ from tensorfact.nn._peft import load_peft, save_peft
 from tensorfact.nn._research_adapters import NOLA, KronAdapter, LoRAXS, VeRA
 from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn._tensor_layers import TCL, TRL, FactorizedEmbed
+from tensorfact.nn._attention import (AttentionCache, MultiHeadAttention,
+                                       MultiMatrixFactorizationAttention, TensorProductAttention)
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
@@ -60,3 +62,5 @@ __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoR
            "merge_adapters", "adapter_state", "load_adapter", "save_adapter", "adapter_filter",
            "ADAPTER_KINDS", "load_peft", "save_peft", "principal_split"]
 __all__ += ["TCL", "TRL", "FactorizedEmbed"]
+__all__ += ["TensorProductAttention", "MultiMatrixFactorizationAttention", "MultiHeadAttention",
+            "AttentionCache"]
