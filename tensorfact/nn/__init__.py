@@ -48,6 +48,7 @@ from tensorfact.nn._model_adapters import (ADAPTER_KINDS, AdaptedLayer, AdaptedL
 from tensorfact.nn._peft import load_peft, save_peft
 from tensorfact.nn._research_adapters import NOLA, KronAdapter, LoRAXS, VeRA
 from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
+from tensorfact.nn._moe import MultilinearMoE
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
@@ -57,4 +58,5 @@ __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoR
            "AdapterRule", "AdaptedLayer", "AdapterReport", "AdaptedLayerReport",
            "apply_adapters", "set_active", "disable_adapters", "enable_adapters", "disabled",
            "merge_adapters", "adapter_state", "load_adapter", "save_adapter", "adapter_filter",
-           "ADAPTER_KINDS", "load_peft", "save_peft", "principal_split"]
+           "ADAPTER_KINDS", "load_peft", "save_peft", "principal_split",
+           "MultilinearMoE"]
