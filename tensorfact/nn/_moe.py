@@ -250,8 +250,8 @@ class MultilinearMoE(nnx.Module):
     @property
     def n_params(self) -> int:
         """Number of trainable scalars: the factors (or cores), the gate kernels and the bias."""
-        count = sum(int(v[...].size) for v in self._param_vars() + list(self.gate))
-        return count + (int(self.bias[...].size) if self.use_bias else 0)
+        vars_ = self._param_vars() + list(self.gate) + ([self.bias] if self.use_bias else [])
+        return sum(math.prod(v.get_value().shape) for v in vars_)   # also under eval_shape
 
     def flops(self, batch_size: int) -> dict:
         """Forward FLOPs (2 × multiply-adds, leading terms) for ``batch_size`` tokens:
