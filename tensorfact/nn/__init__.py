@@ -51,6 +51,7 @@ from tensorfact.nn._tensor_adapters import TTAdapter, TuckerAdapter
 from tensorfact.nn._tensor_layers import TCL, TRL, FactorizedEmbed
 from tensorfact.nn._attention import (AttentionCache, MultiHeadAttention,
                                        MultiMatrixFactorizationAttention, TensorProductAttention)
+from tensorfact.nn._moe import MultilinearMoE
 from tensorfact.nn import checkpoint  # the submodule: checkpoint.save / checkpoint.restore
 
 __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoRA", "LoKr",
@@ -61,6 +62,6 @@ __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoR
            "apply_adapters", "set_active", "disable_adapters", "enable_adapters", "disabled",
            "merge_adapters", "adapter_state", "load_adapter", "save_adapter", "adapter_filter",
            "ADAPTER_KINDS", "load_peft", "save_peft", "principal_split"]
-__all__ += ["TCL", "TRL", "FactorizedEmbed"]
+__all__ += ["TCL", "TRL", "FactorizedEmbed", "MultilinearMoE"]
 __all__ += ["TensorProductAttention", "MultiMatrixFactorizationAttention", "MultiHeadAttention",
             "AttentionCache"]
