@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_decompositions.py"
 
@@ -163,3 +165,26 @@ def test_bench_adapter_init_smoke(tmp_path):
     assert abs(quality["tfa apply_adapters(model, AdapterRule(init='pissa'))"]
                - quality["tfa LoRA.from_layers(bases, init='pissa')"]) < 1e-6, quality
     assert "| stack | 2 × 48² | 4 | tfa LoRA.from_layers(bases, init='pissa') |" in run.stdout
+
+
+def test_bench_attention_smoke(monkeypatch, tmp_path):
+    """The attention/MoE benchmark runs: the cache bytes are the arrays' (the script asserts
+    it), the cache grows linearly with the length, every cached decode equals the forward and
+    every feed-forward block matches its float64 reference."""
+    path = tmp_path / "attention.json"
+    out = _load_script("bench_attention", monkeypatch).main(
+        ["--small", "--repeats", "1", "--quiet", "--json", str(path)])
+    rows = out["results"]
+    decode = [r for r in rows if r["work"] == "decode"]
+    assert {r["contender"] for r in decode} == {"MHA", "TPA", "MFA", "MFA-KR"}
+    assert all(r["err"] < 1e-5 and r["ms"] > 0 for r in decode), decode
+    per = {r["contender"]: r["cache_bytes_per_token"] for r in decode}
+    assert per["MFA-KR"] < per["MFA"] < per["MHA"] and per["TPA"] < per["MHA"], per
+    for name in per:
+        mib = [r["cache_mib"] for r in decode if r["contender"] == name]
+        assert mib[1] == pytest.approx(2 * mib[0]), name              # lengths 16 and 32
+    moe = [r for r in rows if r["work"] == "moe"]
+    assert len(moe) == 6 and all(r["err"] < 1e-5 for r in moe), moe
+    dense = next(r["params"] for r in moe if r["contender"].startswith("dense"))
+    assert all(abs(r["params"] - dense) <= 0.1 * dense for r in moe), moe
+    assert len(json.loads(path.read_text())["results"]) == len(rows)

@@ -191,3 +191,20 @@ def test_finetune_transformer_small(tmp_path, capsys):
     lora = by_name["LoRA"]["trainable"]
     for name in ("LoRA-XS", "VeRA"):
         assert abs(by_name[name]["trainable"] - lora) <= 0.1 * lora, name
+
+
+def test_attention_variants_small(tmp_path, capsys):
+    ex = load_example("attention_variants")
+    rows = ex.main(["--small", "--no-progress", "--out", str(tmp_path)])
+    check_png(tmp_path / "attention_variants.png")
+    printed = capsys.readouterr().out
+    assert [r["name"] for r in rows] == ["MHA", "TPA", "MFA", "MFA-KR", "μMoE"]
+    assert all(r["name"] in printed for r in rows) and "KV B/token" in printed
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        assert np.isfinite(r["val"]) and r["step_ms"] > 0 and r["tokens_per_s"] > 0, r["name"]
+        assert r["decode_diff"] < 1e-4, r["name"]            # the cache gives the forward
+        # comparable sizes: within a quarter of the baseline's parameters
+        assert abs(r["params"] - by_name["MHA"]["params"]) <= 0.25 * by_name["MHA"]["params"]
+    kv = {r["name"]: r["cache_bytes"] for r in rows}
+    assert kv["MFA-KR"] < kv["MFA"] < kv["MHA"] == kv["μMoE"], kv
