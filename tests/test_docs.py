@@ -129,3 +129,21 @@ def test_cli_demo_without_the_model_side(capsys):
                      "--repeats", "1", "--no-model"]) == 0
     out = capsys.readouterr().out
     assert "CP-ALS" in out and "model side" not in out
+
+
+def test_readme_factorized_architectures_example_runs(capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Factorized architectures", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    ns = namespace
+    assert abs(ns["y0"] - ns["y"][:, 0]).max() < 1e-5          # decode == causal forward
+    tpa, mfa = ns["tpa"], ns["mfa"]
+    printed = capsys.readouterr().out.split()
+    # TPA: 2 · R_kv · (h + d_h) floats; MFA-KR: one key of d_h floats
+    assert printed == [str(2 * 2 * (4 + 16) * 4), str(16 * 4)]
+    assert tpa.cache_bytes_per_token < 2 * 4 * 16 * 4
+    assert ns["z"].shape == (2, 16, 64) and bool(jax.numpy.isfinite(ns["z"]).all())
+    table = ns["emb"].dense_weight()
+    assert abs(ns["rows"][0] - table[jax.numpy.array([1, 2, 49_999])]).max() < 1e-5

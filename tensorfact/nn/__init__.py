@@ -7,7 +7,8 @@
   parameters are ``nnx.LoRAParam``, so ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` trains
   only them; each starts at the base layer's output and ``merge()`` folds it into a plain
   ``nnx.Linear`` / ``nnx.Conv``. :func:`principal_split` computes the PiSSA / OLoRA start of
-  a stack of same-shaped layers as one program, for ``LoRA(..., split=...)``.
+  a stack or list of same-shaped layers as one program, for ``LoRA(..., split=...)``
+  (:meth:`LoRA.from_layers` does both).
 * :class:`TTAdapter` (LoRETTA: a TT-matrix update of an ``nnx.Linear``) and
   :class:`TuckerAdapter` (FLoRA: a Tucker update over all modes of an ``nnx.Conv`` kernel).
 * :mod:`~tensorfact.nn.checkpoint`: ``save`` / ``restore`` of any of these models with Orbax.
@@ -20,6 +21,14 @@
 * :class:`FactorizedConv`: ``nnx.Conv`` with a Tucker-2 or CP kernel, run as a chain of small
   convolutions, trained from scratch or fitted to a trained layer by
   :meth:`FactorizedConv.from_layer`.
+* :class:`TensorProductAttention`, :class:`MultiMatrixFactorizationAttention` and the
+  baseline :class:`MultiHeadAttention`: causal attention with one decode interface
+  (``init_cache``, ``decode_step``, ``cache_bytes_per_token``), caching factors (TPA) or one
+  shared key/value head (MFA) instead of every head's keys and values.
+* :class:`MultilinearMoE`: a soft mixture of many linear experts held as one CP or
+  tensor-ring tensor, never formed.
+* :class:`TRL`, :class:`TCL` and :class:`FactorizedEmbed`: tensor regression and contraction
+  layers, and an embedding table in CP, Tucker or TT form looked up without forming it.
 
 Every layer speaks one vocabulary (``docs/glossary.md``): ``dense_weight()`` is the array the
 plain layer would hold (for an adapter, base plus update), ``to_layer()`` a plain ``nnx.Linear``
@@ -62,6 +71,5 @@ __all__ = ["FactorizedDense", "FactorizedConv", "balanced_factors", "LoRA", "DoR
            "apply_adapters", "set_active", "disable_adapters", "enable_adapters", "disabled",
            "merge_adapters", "adapter_state", "load_adapter", "save_adapter", "adapter_filter",
            "ADAPTER_KINDS", "load_peft", "save_peft", "principal_split"]
-__all__ += ["TCL", "TRL", "FactorizedEmbed", "MultilinearMoE"]
-__all__ += ["TensorProductAttention", "MultiMatrixFactorizationAttention", "MultiHeadAttention",
-            "AttentionCache"]
+__all__ += ["TCL", "TRL", "FactorizedEmbed", "MultilinearMoE", "TensorProductAttention",
+            "MultiMatrixFactorizationAttention", "MultiHeadAttention", "AttentionCache"]
