@@ -16,6 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_decompositions.py"
 
 
+@pytest.mark.slow  # ~8 s: the script's whole --small preset
 def test_bench_decompositions_smoke(tmp_path):
     path = tmp_path / "bench.json"
     run = subprocess.run(
@@ -111,6 +112,7 @@ def test_every_script_uses_the_harness_and_no_other_script():
         assert "--quick" not in path.read_text(), path.name
 
 
+@pytest.mark.slow  # ~10 s: the script's whole --small preset
 def test_bench_kernels_smoke(monkeypatch, tmp_path):
     """The kernel benchmark runs on the CPU (interpret mode): every MTTKRP contender agrees with
     NumPy, both CP-ALS paths fit alike, and the TT layer's paths agree."""
@@ -128,6 +130,7 @@ def test_bench_kernels_smoke(monkeypatch, tmp_path):
     assert len(json.loads(path.read_text())["rows"]) == len(rows)
 
 
+@pytest.mark.slow  # ~16 s: the script's whole --small preset
 def test_bench_nn_smoke(tmp_path):
     """The layer benchmark's ``--small`` preset runs (in a subprocess: it pins JAX to the CPU),
     every layer's forward matches its own dense kernel, and PiSSA is near the optimum."""
@@ -147,6 +150,7 @@ def test_bench_nn_smoke(tmp_path):
     assert "| 64 | tucker | fwd | tfa factorized |" in run.stdout
 
 
+@pytest.mark.slow  # ~9 s: the script's whole --small preset
 def test_bench_adapter_init_smoke(tmp_path):
     """The PiSSA-init benchmark runs (in a subprocess: it pins JAX to the CPU); every
     tensorfact row is near the optimum and the batched split equals the one-by-one LoRA's."""
@@ -167,6 +171,7 @@ def test_bench_adapter_init_smoke(tmp_path):
     assert "| stack | 2 × 48² | 4 | tfa LoRA.from_layers(bases, init='pissa') |" in run.stdout
 
 
+@pytest.mark.slow  # ~10 s: the script's whole --small preset
 def test_bench_attention_smoke(monkeypatch, tmp_path):
     """The attention/MoE benchmark runs: the cache bytes are the arrays' (the script asserts
     it), the cache grows linearly with the length, every cached decode equals the forward and

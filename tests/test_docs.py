@@ -143,7 +143,7 @@ def test_readme_factorized_architectures_example_runs(capsys):
     printed = capsys.readouterr().out.split()
     # TPA: 2 · R_kv · (h + d_h) floats; MFA-KR: one key of d_h floats
     assert printed == [str(2 * 2 * (4 + 16) * 4), str(16 * 4)]
-    assert tpa.cache_bytes_per_token < 2 * 4 * 16 * 4
+    assert tpa.cache_bytes_per_token < 2 * 4 * 16 * 4 and mfa.cache_bytes_per_token == 16 * 4
     assert ns["z"].shape == (2, 16, 64) and bool(jax.numpy.isfinite(ns["z"]).all())
     table = ns["emb"].dense_weight()
     assert abs(ns["rows"][0] - table[jax.numpy.array([1, 2, 49_999])]).max() < 1e-5

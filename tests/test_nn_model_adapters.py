@@ -113,7 +113,8 @@ def test_trains_only_adapters_and_merges(model, ids):
 
     @nnx.jit
     def step(model, optimizer):
-        loss_fn = lambda m: jnp.mean((m(ids) - target) ** 2)
+        def loss_fn(m):
+            return jnp.mean((m(ids) - target) ** 2)
         loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.LoRAParam))(model)
         optimizer.update(model, grads)
         return loss

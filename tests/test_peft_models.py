@@ -29,7 +29,8 @@ class Net(nnx.Module):
 
     def __init__(self):
         rngs = nnx.Rngs(0)
-        ref = lambda k: jnp.asarray(REF[f"checkpoint/{k}"])
+        def ref(k):
+            return jnp.asarray(REF[f"checkpoint/{k}"])
         self.conv = nnx.Conv(3, 8, (3, 3), padding=((1, 1), (1, 1)), precision="highest",
                              rngs=rngs)
         self.conv.kernel[...] = ref("conv.weight").transpose(2, 3, 1, 0)
