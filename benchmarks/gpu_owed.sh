@@ -3,7 +3,8 @@
 # call on the GPU machine: `bash benchmarks/gpu_owed.sh GROUP` from the repository root.
 #   core    CP-ALS/Tucker 256³ vs TensorLy-PyTorch, randomized SVD stages, Pallas kernels
 #   tt      TT-SVD / TT-matrix, batched CP (1,024 fits of 32³), t-SVD / t-product
-#   nn      factorized layers vs tensorly-torch, PiSSA init vs PEFT, one-device sharding rows
+#   nn      factorized layers vs tensorly-torch, PiSSA init vs PEFT, one-device sharding rows,
+#           KV cache and decode time of the attentions, μMoE vs a dense MLP
 # Baselines come as wheels in .whl/ (the machine has no network), e.g. for Python 3.12:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .whl tensorly==0.10.0 tensorly-torch peft
@@ -40,6 +41,8 @@ case "$group" in
     run sharding_training python benchmarks/bench_sharding.py --gpu --devices 1 \
       --json "$out/sharding_training.json"
     run sharding_decompositions python benchmarks/bench_sharding.py --decompositions --gpu \
-      --devices 1 --json "$out/sharding_decompositions.json" ;;
+      --devices 1 --json "$out/sharding_decompositions.json"
+    run attention python benchmarks/bench_attention.py --lengths 1024,4096,16384 --batch 32 \
+      --tokens 8192 --json "$out/attention.json" ;;
   *) echo "unknown group $group (core, tt or nn)" >&2; exit 2 ;;
 esac

@@ -457,11 +457,19 @@ class FactorizedLayer(nnx.Module):
     def choose_contraction(self, shape) -> str:
         """What the forward does for an input of ``shape`` (``FactorizedDense``: the number of
         rows; ``FactorizedConv``: the input's shape): the set ``contraction``, or under
-        ``"auto"`` the one with fewer FLOPs by ``flops(shape)`` (factorized on ties)."""
+        ``"auto"`` the one with fewer FLOPs by ``flops(shape)`` (factorized on ties), the
+        factorized count weighed by the kind's measured rate (a TT chain runs at half a
+        GEMM's)."""
         if self.contraction != "auto":
             return self.contraction
         f = self.flops(shape)
-        return "factorized" if f["factorized"] <= f["dense"] else "dense"
+        return ("factorized" if f["factorized"] <= self._factorized_rate() * f["dense"]
+                else "dense")
+
+    def _factorized_rate(self) -> float:
+        """The speed of the factorized chain's FLOPs relative to the dense path's, which
+        ``"auto"`` weighs the FLOP counts by (1: FLOPs alone decide)."""
+        return 1.0
 
     def _fill(self, layer):
         """``layer`` (a fresh plain layer) with the rebuilt kernel and this layer's bias."""

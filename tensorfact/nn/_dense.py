@@ -56,7 +56,12 @@ both at trace time (the batch size is static) and takes the cheaper. For ``B`` r
 * tucker: ``x`` is projected one input mode at a time (largest shrink ``I_k / r_k`` first),
   ``2 · size · r_k`` per step, then ``2B ∏r ∏s`` for the core and ``2 · size · J_l`` per output
   mode (smallest growth first); against the same chain on the core alone plus ``2B in·out``;
-* tt: ``Σ_k 2B r_{k-1} r_k (I_k ⋯ I_d)(J_1 ⋯ J_k)`` against the core chain plus ``2B in·out``.
+* tt: ``Σ_k 2B r_{k-1} r_k (I_k ⋯ I_d)(J_1 ⋯ J_k)`` against the core chain plus ``2B in·out``;
+  the TT chain is taken only where it needs at most half the dense path's FLOPs: its
+  contractions transpose and reshape the activation at every core, and measured on a 2-core CPU
+  (1024², cores of rank 16 on a (32, 32) split, batch 128: 0.89 of the dense FLOPs) it ran
+  1.7× slower forward and forward + backward than forming ``W`` and multiplying
+  (``benchmarks/RESULTS.md``).
 
 Forward FLOPs only: training also runs the backward pass, which roughly doubles both sides.
 As in ``nnx.Linear``, ``precision=None`` and ``dtype=None`` keep JAX's defaults (TF32 passes
@@ -341,6 +346,10 @@ class FactorizedDense(FactorizedLayer):
             kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0)))
 
     # -- cost model ------------------------------------------------------------------------
+    def _factorized_rate(self) -> float:
+        # the TT chain's reshapes and narrow contractions (module docstring): half a GEMM's rate
+        return 0.5 if self.kind == "tt" else 1.0
+
     def flops(self, batch_size: int) -> dict:
         """Forward FLOPs (2 × multiply-adds) for ``batch_size`` rows: ``{"factorized": ...,
         "dense": ..., "plain": 2·B·in·out}``, the two contractions and the plain
