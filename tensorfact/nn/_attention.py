@@ -391,8 +391,11 @@ class MultiMatrixFactorizationAttention(_CausalAttention):
     (I + W^R)`` with ``W^R: d × d`` initialised at zero (so training starts from ``v = k``),
     where ``k_t`` is the key *before* RoPE. The cache then holds only the un-rotated ``k_t``
     (``d`` numbers per token): keys are rotated when read, values mapped by ``I + W^R``. The
-    paper states the idea ("repurposing the key cache as value through value projection
-    re-parameterization") without fixing a single form; this is the form used here.
+    paper writes the value projection as ``S_V = S_K + α ⊙ N S_K`` (a matrix ``N`` gated by a
+    vector ``α``; secondary summaries, the paper's text was not at hand), i.e. ``v = k (I +
+    N diag(α))``: the same functions as ``I + W^R`` with ``W^R = N diag(α)``, held here as
+    one matrix (the gate's separate parameterisation, which changes the training dynamics, is
+    not reproduced).
 
     Args:
       num_heads: ``h``, the number of query heads.
