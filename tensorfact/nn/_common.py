@@ -79,6 +79,16 @@ def stack_chunks(n_items: int, item_bytes: int) -> list[range]:
     return runs
 
 
+def embed_holding(table, layer_like) -> nnx.Embed:
+    """An ``nnx.Embed`` holding ``table`` ``(num_embeddings, features)``, with the ``dtype`` and
+    ``param_dtype`` of ``layer_like`` (a factorized embedding's ``to_layer``)."""
+    n, f = (int(d) for d in table.shape)
+    layer = nnx.Embed(n, f, dtype=layer_like.dtype, param_dtype=layer_like.param_dtype,
+                      embedding_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
+    layer.embedding[...] = table.astype(layer.embedding[...].dtype)
+    return layer
+
+
 def params_key(rngs, why: str) -> jax.Array:
     """The next key of ``rngs``'s ``params`` stream (or of its ``default`` one)."""
     rngs = check_rngs(rngs, why)

@@ -33,7 +33,7 @@ from tensorfact._checks import Precision, check_positive_int
 from tensorfact._numerics import resolve_precision
 from tensorfact.decomposition import tt_matrix
 from tensorfact.nn._common import (draw, params_key, resolve_rank, tensorize, tt_core_shapes,
-                                   tt_rows, valid_ids, weight_of)
+                                   tt_rows, valid_ids, weight_of, embed_holding)
 from tensorfact.nn._partitioning import param, partition_specs
 from tensorfact.tensors import TTMatrix
 
@@ -133,11 +133,7 @@ class TTEmbed(nnx.Module):
 
     def to_layer(self) -> nnx.Embed:
         """An ``nnx.Embed`` holding the formed table (:meth:`dense_weight`)."""
-        layer = nnx.Embed(self.num_embeddings, self.features, dtype=self.dtype,
-                          param_dtype=self.param_dtype,
-                          embedding_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
-        layer.embedding[...] = self.dense_weight().astype(layer.embedding[...].dtype)
-        return layer
+        return embed_holding(self.dense_weight(), self)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """The rows of the table at the integer ``ids`` (any shape and integer dtype):

@@ -77,7 +77,7 @@ from tensorfact._numerics import resolve_precision
 from tensorfact.decomposition import cp, tt_matrix, tucker
 from tensorfact.nn._common import (cp_fibres, draw, id_digits, no_bias, params_key, resolve_rank,
                                    spread_cp, tensorize, tt_apply, tt_core_shapes, tt_rows,
-                                   valid_ids, weight_of)
+                                   valid_ids, weight_of, embed_holding)
 from tensorfact.nn._partitioning import param, partition_specs
 from tensorfact.tensors import CPTensor, TTMatrix, TTTensor, TuckerTensor
 
@@ -598,11 +598,7 @@ class FactorizedEmbed(nnx.Module):
 
     def to_layer(self) -> nnx.Embed:
         """An ``nnx.Embed`` holding the formed table (:meth:`dense_weight`)."""
-        layer = nnx.Embed(self.num_embeddings, self.features, dtype=self.dtype,
-                          param_dtype=self.param_dtype,
-                          embedding_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
-        layer.embedding[...] = self.dense_weight().astype(layer.embedding[...].dtype)
-        return layer
+        return embed_holding(self.dense_weight(), self)
 
     def _arrays(self):
         return promote_dtype(tuple(v[...] for v in self._param_vars()), dtype=self.dtype)
