@@ -52,6 +52,21 @@ CASES = {
                         "**kw)", "ids", {"factors": [(None, M)] * 4}),
 }
 
+INPUTS = textwrap.dedent("""
+    def _inputs(kind):
+        key = jax.random.key(1)
+        if kind == "seq":
+            return jax.random.normal(key, (4, 6, 32))
+        if kind == "flat":
+            return jax.random.normal(key, (8, 32))
+        if kind == "tensor":
+            return jax.random.normal(key, (8, 4, 8))
+        return jax.random.randint(key, (4, 6), 0, 64)
+""")
+_namespace = {"jax": jax}
+exec(INPUTS, _namespace)  # noqa: S102  (the same inputs in this process and in the worker)
+_inputs = _namespace["_inputs"]
+
 WORKER = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
@@ -64,16 +79,6 @@ WORKER = textwrap.dedent("""
     mesh = make_mesh((2, 4), ("data", "model"))
     out = {"n_devices": jax.device_count()}
 
-    def inputs(kind):
-        key = jax.random.key(1)
-        if kind == "seq":
-            return jax.random.normal(key, (4, 6, 32))
-        if kind == "flat":
-            return jax.random.normal(key, (8, 32))
-        if kind == "tensor":
-            return jax.random.normal(key, (8, 4, 8))
-        return jax.random.randint(key, (4, 6), 0, 64)
-
     for name, (build, kind, partitioning) in cases.items():
         partitioning = {k: ([tuple(s) for s in v] if isinstance(v[0], list) else tuple(v))
                         for k, v in partitioning.items()}
@@ -81,7 +86,7 @@ WORKER = textwrap.dedent("""
             layer = eval(build, dict(tnn=tnn, nnx=nnx), dict(kw=dict(partitioning=partitioning)))
         specs = {"/".join(map(str, path)): str(v.sharding.spec) for path, v in
                  nnx.to_flat_state(nnx.state(layer, nnx.Param))}
-        x = inputs(kind)
+        x = _inputs(kind)
         x = jax.device_put(x, NamedSharding(mesh, P("data")))
         with jax.set_mesh(mesh):
             y = nnx.jit(lambda m, x: m(x))(layer, x)
@@ -107,21 +112,11 @@ def sharded():
                                        + " --xla_force_host_platform_device_count=8").strip())
     cases = {name: [build, kind, {k: v for k, v in spec.items()}]
              for name, (build, kind, spec) in CASES.items()}
-    run = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cases)], cwd=ROOT, env=env,
+    source = WORKER.replace("out = {", INPUTS + "\nout = {", 1)
+    run = subprocess.run([sys.executable, "-c", source, json.dumps(cases)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
-
-
-def _inputs(kind):
-    key = jax.random.key(1)
-    if kind == "seq":
-        return jax.random.normal(key, (4, 6, 32))
-    if kind == "flat":
-        return jax.random.normal(key, (8, 32))
-    if kind == "tensor":
-        return jax.random.normal(key, (8, 4, 8))
-    return jax.random.randint(key, (4, 6), 0, 64)
 
 
 def test_the_worker_has_eight_devices(sharded):

@@ -394,3 +394,24 @@ def test_partitioning_annotations():
     assert y.shape == (B, T, F)
     with jax.set_mesh(mesh), pytest.raises(ValueError, match="names mesh axis 'tensor'"):
         MultiHeadAttention(H, F, rngs=nnx.Rngs(0), partitioning={"w_q": (None, "tensor")})
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_extreme_scales_match_the_float64_reference(name):
+    """Inputs scaled to 1e±30 (TPA, quadratic in ``x``: 1e±15, whose outputs reach 1e±30):
+    the scores pass float32's range, the softmax must reach its limit (attention on the largest
+    score) rather than NaN, and the output is the float64 reference's."""
+    layer = randomize(BUILDERS[name](precision="highest"))
+    exponent = 15 if name == "tpa" else 30
+    for c in (10.0 ** -exponent, 10.0 ** exponent):
+        x = _x() * np.float32(c)
+        y = np.asarray(layer(x), np.float64)
+        assert np.all(np.isfinite(y)), (name, c)
+        for b in range(B):
+            assert rel_err(y[b], np_reference(layer, np.asarray(x[b], np.float64))) < 1e-4, c
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_an_empty_sequence_gives_an_empty_output(name):
+    layer = BUILDERS[name]()
+    assert layer(jnp.zeros((B, 0, F))).shape == (B, 0, F)

@@ -47,7 +47,7 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from tensorfact._checks import Precision, check_positive_int, is_traced
-from tensorfact._numerics import resolve_precision
+from tensorfact._numerics import pow2_scale, resolve_precision
 from tensorfact.nn._common import check_input, draw, params_key
 from tensorfact.nn._partitioning import param, partition_specs
 
@@ -92,25 +92,51 @@ def rope(u, positions, base: float = 10000.0):
 def attend(q, k, v, valid, precision):
     """Softmax attention: ``q`` ``(B, T, h, d)``, ``k`` and ``v`` ``(B, S, h, d)`` or, shared by
     all heads, ``(B, S, d)``; ``valid`` ``(B, T, S)`` booleans. Returns ``(B, T, h, d)``; a row
-    with no valid key gives zeros."""
+    with no valid key gives zeros.
+
+    The scores are formed from ``q / c_q`` and ``k / c_k`` (``c`` the power of two of each
+    one's largest entry, so the division is exact) and scaled back inside the exponent:
+    ``exp(c_q c_k (s' − max s') / √d)``. Where the true scores pass float32's range (inputs
+    around 1e20 and beyond) the softmax then tends to its limit, attention on the largest
+    score, instead of ``inf − inf = NaN``."""
     scale = 1.0 / math.sqrt(q.shape[-1])
+    c_q, c_k = (jax.lax.stop_gradient(pow2_scale(t)).astype(jnp.float32) for t in (q, k))
+    q = q / c_q.astype(q.dtype)
+    k = k / c_k.astype(k.dtype)
     if k.ndim == 3:
         scores = jnp.einsum("bthd,bsd->bhts", q, k, precision=precision,
                             preferred_element_type=jnp.float32)
     else:
         scores = jnp.einsum("bthd,bshd->bhts", q, k, precision=precision,
                             preferred_element_type=jnp.float32)
-    scores = scores * scale
     valid = valid[:, None]                                         # (B, 1, T, S)
     scores = jnp.where(valid, scores, -jnp.inf)
-    top = jnp.max(scores, axis=-1, keepdims=True)
+    top = jnp.max(scores, axis=-1, keepdims=True, initial=-jnp.inf)   # (an empty S: -inf)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
-    e = jnp.where(valid, jnp.exp(scores - top), 0.0)
+    # (s' − top) ≤ 0 times each positive factor in turn: at worst −inf, never NaN
+    logits = (scores - top) * (c_q * scale) * c_k
+    e = jnp.where(valid, jnp.exp(logits), 0.0)
     total = jnp.sum(e, axis=-1, keepdims=True)
     p = (e / jnp.where(total > 0, total, 1.0)).astype(v.dtype)
     if v.ndim == 3:
         return jnp.einsum("bhts,bsd->bthd", p, v, precision=precision)
     return jnp.einsum("bhts,bshd->bthd", p, v, precision=precision)
+
+
+def _rms_normalize(u, eps):
+    """``u / √(mean(u²) + eps)`` over the last axis, without squaring ``u`` itself: each row is
+    divided by the power of two ``s`` of its largest entry first (exact), and ``eps`` enters as
+    ``eps / s²`` (rows of large entries) or the mean as ``mean(u'²) s²`` (small ones), so rows
+    around 1e±30 neither overflow (``u²`` = inf, a query of zeros) nor underflow."""
+    peak = jnp.max(jnp.abs(u), axis=-1, keepdims=True, initial=0.0)
+    ok = jnp.isfinite(peak) & (peak > 0)
+    _, exponent = jnp.frexp(jnp.where(ok, peak, 1.0))
+    s = jax.lax.stop_gradient(jnp.where(ok, jnp.ldexp(jnp.ones_like(peak), exponent - 1), 1.0))
+    w = u / s
+    ms = jnp.mean(w * w, axis=-1, keepdims=True)
+    # (the branch not taken stays finite or zero: no NaN reaches the gradient)
+    return jnp.where(s >= 1, w * jax.lax.rsqrt(ms + eps / (s * s)),
+                     u * jax.lax.rsqrt(ms * s * s + eps))
 
 
 def _heads_and_dim(num_heads, features, head_dim, rope_on):
@@ -289,6 +315,11 @@ class TensorProductAttention(_CausalAttention):
     With ``R_q = R_kv = h``, ``a_r ≡ R e_r`` (a unit head vector) and ``b_r = x W_r``, ``Q_t``
     is MHA's per-head projection: TPA contains MHA (tested).
 
+    **Scale.** Queries, keys and values are products of two factors linear in ``x``, so the
+    output is quadratic in ``x``: in float32 inputs up to about 1e±15 give outputs up to
+    1e±30 (tested against a float64 reference); inputs near 1e30 give outputs near 1e60,
+    which float32 cannot hold (inf or NaN), and inputs near 1e-30 underflow to zero.
+
     Args:
       num_heads: ``h``, the number of heads.
       features: the input's and the output's last axis.
@@ -460,9 +491,7 @@ class MultiMatrixFactorizationAttention(_CausalAttention):
         b, t = x.shape[:2]
         c = self._mm(x, p["w_qa"])
         if self.q_norm:
-            c32 = c.astype(jnp.float32)
-            c32 = c32 * jax.lax.rsqrt(jnp.mean(c32 * c32, axis=-1, keepdims=True) + 1e-6)
-            c = c32.astype(c.dtype) * p["q_scale"]
+            c = _rms_normalize(c.astype(jnp.float32), 1e-6).astype(c.dtype) * p["q_scale"]
         q = self._mm(c, p["w_qb"]).reshape(b, t, self.num_heads, self.head_dim)
         return self._rope(q, positions)
 
