@@ -91,8 +91,9 @@ def constrained_cp(x, rank: int, *, constraints, key=None, init: Union[Init, CPT
       key: ``jax.random`` key; needed for ``init="random"`` only.
       init: ``"svd"`` (as :func:`~tensorfact.cp`), ``"random"`` (needs ``key``), or a finite
         ``CPTensor`` (its weights are absorbed into the carrier factor). A start from an option
-        is matched to the norm of the data, made nonnegative on ``Nonneg``/``Simplex`` modes,
-        then passed through each mode's prox.
+        is made nonnegative on ``Nonneg``/``Simplex``/nonnegative-``Box`` modes, matched to the
+        norm of the data by scaling the carrier factor, then projected onto each mode's set
+        (the prox at ``ρ = 1/eps``: penalties are not applied to the start).
       n_iter: maximum number of outer (AO) iterations (static).
       tol: stop when the relative error changes by less than ``tol`` between outer iterations;
         a concrete ``0`` runs exactly ``n_iter`` (a differentiable ``lax.scan``).
@@ -192,10 +193,13 @@ def _fit(x, key, init_tensor, tol, *, rank, n_iter, fixed, init, constraints, in
         weights, factors = cp_initial_factors(x, rank, key, init, False, precision)
         factors = [jnp.abs(a) if _nonneg_start(c) else a for a, c in zip(factors, constraints)]
         weights, factors = scaled_to_data(weights, factors, norm_x_sq, precision)
-        share = weights ** (1.0 / ndim)  # the start's scale spread evenly over the modes
-        factors = [a * share for a in factors]
-        factors = [a if c is None else c.prox(a, jnp.ones((), dtype))
-                   for a, c in zip(factors, cons)]
+        # the start's scale on the carrier alone: the other modes start from unit columns
+        # whatever the data's magnitude, so the path is scale-equivariant
+        factors[carrier] = factors[carrier] * weights
+        # projected onto the sets; penalties left out (ρ → ∞: a prox at ρ = 1 would threshold
+        # unit columns against a penalty stated for the data's scale, and can zero them)
+        big = 1 / jnp.finfo(dtype).eps
+        factors = [a if c is None else c.prox(a, big) for a, c in zip(factors, cons)]
     duals = [jnp.zeros_like(a) for a in factors]
 
     def step(state):
