@@ -152,8 +152,12 @@ def _resolve_init(init, key, x_shape, y_shape, c, rank):
         check_finite_init(tx)
         check_finite_init(ty)
         return init, "given"
-    return resolve_init(init, CPTensor, key, lambda t: (_ for _ in ()).throw(ValueError(
-        "init must be 'svd', 'random' or a pair (x_cp, y_cp) of CPTensors, got one CPTensor.")))
+    return resolve_init(init, CPTensor, key, _one_cp_tensor)
+
+
+def _one_cp_tensor(_):
+    raise ValueError("init must be 'svd', 'random' or a pair (x_cp, y_cp) of CPTensors, got one "
+                     "CPTensor.")
 
 
 @functools.partial(jax.jit, static_argnames=("rank", "coupled", "n_iter", "fixed", "init",
