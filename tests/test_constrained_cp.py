@@ -13,7 +13,7 @@ from tensorly.decomposition import constrained_parafac
 from tensorly.decomposition._constrained_cp import initialize_constrained_parafac
 
 import tensorfact as tfa
-from tensorfact.constraints import L1, Box, Nonneg, Simplex, Smooth
+from tensorfact.constraints import L1, Box, Nonneg, Simplex, Smooth, Unimodal
 
 RNG = np.random.default_rng(0)
 
@@ -81,6 +81,38 @@ def test_smooth_prox_solves_the_penalised_least_squares():
     np.testing.assert_allclose(np.asarray(Smooth(1.0).prox(jnp.ones((2, 3)), 1.0)), 1.0)
 
 
+def _np_isotonic(y):
+    """Pool-adjacent-violators in float64 (increasing fit)."""
+    blocks = []
+    for v in y:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return np.concatenate([[t / c] * int(c) for t, c in blocks])
+
+
+def _np_unimodal(y):
+    """Exhaustive search over the peak: increasing fit before, decreasing after (float64)."""
+    best = None
+    for m in range(len(y)):
+        tail = -_np_isotonic(-y[m + 1:]) if m + 1 < len(y) else np.zeros(0)
+        fit = np.concatenate([_np_isotonic(y[:m + 1]), tail])
+        err = np.sum((fit - y) ** 2)
+        if best is None or err < best[0]:
+            best = (err, fit)
+    return best[1]
+
+
+def test_unimodal_prox_is_the_least_squares_projection():
+    v = RNG.normal(size=(15, 6))
+    v[:, 0] = np.sin(np.linspace(0, 3, 15)) + 0.1 * RNG.normal(size=15)
+    got = np.asarray(Unimodal().prox(jnp.asarray(v, jnp.float32), 1.0), np.float64)
+    expected = np.stack([_np_unimodal(v[:, j]) for j in range(6)], axis=1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 # ---- the fit against TensorLy and the constraints on its result ----------------------------
 
 X = _planted_nonneg()
@@ -115,6 +147,22 @@ def test_matches_tensorly_from_its_start_and_constraints_hold(ours, theirs):
         assert (s >= 0).all()
         np.testing.assert_allclose(s.sum(axis=0), 1.0, atol=1e-5)
         assert bool((fit.factors[2] >= 0).all())
+
+
+def test_unimodal_fit_holds_and_is_no_worse_than_tensorly():
+    t = np.linspace(-2, 2, 14)
+    rng = np.random.default_rng(0)
+    fs = [rng.random((12, 3)), rng.random((13, 3)),
+          np.exp(-(t[:, None] - np.array([-1.0, 0.0, 1.0])) ** 2)]
+    x = np.einsum("ir,jr,kr->ijk", *fs) + 0.05 * rng.random((12, 13, 14))
+    ref = constrained_parafac(x, 3, n_iter_max=60, tol_outer=0, init="svd",
+                              unimodality={2: True}, non_negative={1: True})
+    fit = tfa.constrained_cp(jnp.asarray(x, jnp.float32), 3,
+                             constraints=[None, "nonneg", "unimodal"], n_iter=60, tol=0)
+    assert _rel(x, np.asarray(fit.to_dense(), np.float64)) <= _rel(x, tl.cp_to_tensor(ref))
+    for col in np.asarray(fit.factors[2], np.float64).T:  # rises to one peak, then falls
+        d = np.sign(np.diff(col)[np.abs(np.diff(col)) > 1e-6])
+        assert np.sum(np.diff(d) != 0) <= 1 and (len(d) == 0 or d[0] > 0 or (d < 0).all())
 
 
 def test_box_holds_exactly_and_l1_lowers_its_own_objective():

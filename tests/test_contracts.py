@@ -122,6 +122,11 @@ FITS = [
         lambda x, **kw: tfa.constrained_cp(
             x, 2, constraints=[None, tfa.constraints.Box(-0.6, 0.6), tfa.constraints.Smooth(0.1)],
             n_iter=10, tol=0, inner_iter=5, **kw), _x3, scale=False),
+    # Unimodal's pool-adjacent-violators merges run in a lax.while_loop: no reverse-mode grad
+    Fit("constrained_cp_unimodal",
+        lambda x, **kw: tfa.constrained_cp(x, 2, constraints=[None, "nonneg", "unimodal"],
+                                           n_iter=10, tol=0, inner_iter=5, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False),
     Fit("constrained_cp_random",
         lambda x, **kw: tfa.constrained_cp(x, 2, constraints="nonneg", init="random",
                                            n_iter=10, tol=0, inner_iter=5, **kw),

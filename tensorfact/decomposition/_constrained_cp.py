@@ -30,7 +30,7 @@ from tensorfact.decomposition._common import (check_finite_init, check_iteration
                                               resolve_init, resolve_tol,
                                               solve_normal_equations)
 from tensorfact.decomposition._constraints import (L1, Box, Nonneg, Simplex, Smooth,
-                                                   resolve_constraints)
+                                                   Unimodal, resolve_constraints)
 from tensorfact.decomposition._loop import (DEFAULT_TOL, FitInfo, cp_info, error_from_norms,
                                             iterate, refine_error, relative_error)
 from tensorfact.decomposition._sweeps import cp_initial_factors, scaled_to_data
@@ -67,26 +67,27 @@ def constrained_cp(x, rank: int, *, constraints, key=None, init: Union[Init, CPT
 
     Scale: the factors carry the scale and the weights are ones (as TensorLy), so constraints
     are stated on the returned factors. The fit runs on ``x / s`` (``s`` a power of two near
-    ``max|x|``) with ``s`` carried by one *carrier* factor (the first unconstrained mode, else
-    the first ``Nonneg``, ``L1`` or ``Smooth`` mode, else mode 0), ``A_c = s·B_c``; each
-    constraint is rescaled so that the problem solved is exactly the one stated on ``x``
-    (:meth:`~tensorfact.constraints.Constraint.for_scaled_fit`: an ``L1`` strength ``λ``
-    becomes ``λ f/s²``, a ``Smooth`` strength ``λ f²/s²``, ``Box`` bounds ``/f`` and the simplex
-    total ``1/f``, with ``f = s`` on the carrier and ``1`` elsewhere). Hence
-    ``constrained_cp(c·x) = c·constrained_cp(x)`` for scale-free constraints (``None``,
-    ``Nonneg``, and ``Simplex`` away from the carrier), while penalties and bounds, which are
-    not scale-free, solve the problem with the data as given at any magnitude: scaling ``x``
-    by ``c`` is matched by ``L1`` strengths ``×c`` on the carrier and ``×c²`` elsewhere, and
-    carrier ``Box`` bounds ``×c``. Note that a penalty on some modes with an unpenalised mode
-    elsewhere can be made arbitrarily small by moving scale into the unpenalised mode (the
-    infimum is not attained); penalise every mode to avoid it.
+    ``max|x|``) with ``s`` carried by one *carrier* factor, ``A_c = s·B_c``: the first
+    unconstrained mode, else the first ``Nonneg`` or ``Unimodal`` mode, then ``L1`` or
+    ``Smooth``, else mode 0. Each constraint is rescaled so that the problem solved is exactly
+    the one stated on ``x`` (:meth:`~tensorfact.constraints.Constraint.for_scaled_fit`: an
+    ``L1`` strength ``λ`` becomes ``λ f/s²``, a ``Smooth`` strength ``λ f²/s²``, ``Box`` bounds
+    ``/f`` and the simplex total ``1/f``, with ``f = s`` on the carrier and ``1`` elsewhere).
+    Hence ``constrained_cp(c·x) = c·constrained_cp(x)`` for scale-free constraints (``None``,
+    ``Nonneg``, ``Unimodal``, and ``Simplex`` or ``Box`` away from the carrier), while penalties
+    and carrier bounds, which are not scale-free, solve the problem with the data as given at
+    any magnitude: scaling ``x`` by ``c`` is matched by ``L1`` strengths ``×c`` on the carrier
+    and ``×c²`` elsewhere, and carrier ``Box`` bounds ``×c``. A penalty on some modes with an
+    unpenalised mode elsewhere can be made arbitrarily small by moving scale into the
+    unpenalised mode (the infimum is not attained); penalise every mode to avoid it.
 
     Args:
       x: array with at least 2 dimensions, none of size zero.
       rank: number of components ``R``.
       constraints: one constraint for every mode, or a sequence of one per mode: a
         :mod:`tensorfact.constraints` object (``Nonneg()``, ``L1(strength)``, ``Simplex()``,
-        ``Box(lower, upper)``, ``Smooth(strength)``), ``"nonneg"`` or ``"simplex"``, or
+        ``Box(lower, upper)``, ``Smooth(strength)``, ``Unimodal()``), ``"nonneg"``,
+        ``"simplex"`` or ``"unimodal"``, or
         ``None`` (unconstrained). Required (keyword-only).
       key: ``jax.random`` key; needed for ``init="random"`` only.
       init: ``"svd"`` (as :func:`~tensorfact.cp`), ``"random"`` (needs ``key``), or a finite
@@ -142,8 +143,8 @@ def _check_init(init: CPTensor, shape, rank) -> CPTensor:
 
 def carrier_mode(constraints) -> int:
     """The mode whose factor carries the data's scale: the first unconstrained one, else the
-    first cone or penalty (``Nonneg``, ``L1``, ``Smooth``), else mode 0."""
-    for kinds in ((type(None),), (Nonneg,), (L1, Smooth)):
+    first cone (``Nonneg``, ``Unimodal``), then penalty (``L1``, ``Smooth``), else mode 0."""
+    for kinds in ((type(None),), (Nonneg, Unimodal), (L1, Smooth)):
         for n, c in enumerate(constraints):
             if isinstance(c, kinds):
                 return n
