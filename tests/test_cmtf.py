@@ -109,3 +109,13 @@ def test_bad_input():
         tfa.cmtf(x, jnp.ones((4, 3)), 2, matrix_weight=-1.0)
     with pytest.raises(ValueError, match="init"):
         tfa.cmtf(x, jnp.ones((4, 3)), 2, init=tfa.cp(x, 2))
+
+
+def test_given_start_continues_the_fit():
+    x, y, _, _ = _coupled((6, 7, 8), cols=5, rank=2, noise=0.05, seed=4)
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    first, info1 = tfa.cmtf(x, y, 2, n_iter=3, tol=0, return_info=True)
+    _, info2 = tfa.cmtf(x, y, 2, init=first, n_iter=3, tol=0, return_info=True)
+    _, info6 = tfa.cmtf(x, y, 2, n_iter=6, tol=0, return_info=True)
+    assert float(info2.rel_error) <= float(info1.rel_error) + 1e-6
+    np.testing.assert_allclose(float(info2.rel_error), float(info6.rel_error), rtol=1e-3)
