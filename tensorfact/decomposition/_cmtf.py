@@ -96,7 +96,8 @@ def cmtf(x, y, rank: int, *, coupled_mode: int = 0, matrix_weight: float = 1.0, 
 
     Returns:
       ``(x_cp, y_cp)``: two :class:`CPTensor` with unit-norm columns, ``x_cp.factors[c]`` and
-      ``y_cp.factors[0]`` the same array; or ``((x_cp, y_cp), info)`` with ``return_info``.
+      ``y_cp.factors[0]`` equal (the shared factor); or ``((x_cp, y_cp), info)`` with
+      ``return_info=True``.
 
     Raises:
       ValueError: for bad ``x``, a ``y`` that is not a matrix or whose row count differs from

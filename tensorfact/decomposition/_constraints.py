@@ -50,6 +50,10 @@ class Constraint:
     the original one divided by ``data_scale²``: ``r'(B) = r(factor_scale · B) / data_scale²``.
     Rescaled strengths are capped at ``1/eps`` (where they already zero or flatten a factor),
     so no infinity enters the fit.
+
+    A custom constraint subclasses this with ``prox`` (traceable, shape-preserving) and, unless
+    it is scale-free (a cone, like ``Nonneg``), ``for_scaled_fit``; make it hashable (a frozen
+    dataclass): it is a static argument of the compiled fit.
     """
 
     def prox(self, a, rho):  # pragma: no cover - abstract
