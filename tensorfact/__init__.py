@@ -10,11 +10,12 @@ Every decomposition is a pure function that compiles with ``jax.jit``, maps over
     print(tfa.relative_error(x, cp.to_dense()), tk.n_params, tk.norm())
 """
 
-from tensorfact import (algebra, decomposition, kernels, metrics, optim, random, ranks, sharding,
-                        tensors, tubal)
+from tensorfact import (algebra, constraints, decomposition, kernels, metrics, optim, random,
+                        ranks, sharding, tensors, tubal)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
-from tensorfact.decomposition import (CPInfo, FitInfo, GDInfo, TTCrossInfo, complete, cp, cur,
+from tensorfact.decomposition import (CMTFInfo, CPInfo, FitInfo, GDInfo, TTCrossInfo, cmtf,
+                                      complete, constrained_cp, cp, cur,
                                       factorize_gd, gaussian_measurements, measure, nmf, rpca,
                                       svd, tensor_ring, tt, tt_cross, tt_matrix, tt_round, tucker)
 from tensorfact.metrics import fit, relative_error
@@ -41,9 +42,10 @@ __all__ = [
     "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
     "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors",
     # info types (one family: n_iter, errors, rel_error, converged, then their own fields)
-    "FitInfo", "CPInfo", "GDInfo", "TTCrossInfo",
+    "FitInfo", "CPInfo", "GDInfo", "TTCrossInfo", "CMTFInfo",
     # decompositions
-    "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross",
+    "cp", "constrained_cp", "cmtf", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring",
+    "tt_cross",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",
     # tensor-train arithmetic
     "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
@@ -52,6 +54,6 @@ __all__ = [
     "partial_mttkrp", "relative_error", "fit", "stable_rank", "effective_rank",
     "rank_for_energy", "rank_for_params", "random_cp", "random_tucker", "noisy",
     # namespaces
-    "algebra", "decomposition", "kernels", "metrics", "nn", "optim", "random", "ranks",
-    "sharding", "tensors", "tubal",
+    "algebra", "constraints", "decomposition", "kernels", "metrics", "nn", "optim", "random",
+    "ranks", "sharding", "tensors", "tubal",
 ]

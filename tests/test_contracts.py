@@ -104,6 +104,39 @@ FITS = [
         lambda: (_planted_cp((5, 6, 7), 2), _half_mask((5, 6, 7))), names=("x", "mask")),
     Fit("cp_random", lambda x, **kw: tfa.cp(x, 2, n_iter=15, tol=0, init="random", **kw), _x3,
         key="option"),
+    Fit("constrained_cp_nonneg",
+        lambda x, **kw: tfa.constrained_cp(x, 2, constraints="nonneg", n_iter=10, tol=0,
+                                           inner_iter=5, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),)),
+    Fit("constrained_cp_simplex",
+        lambda x, **kw: tfa.constrained_cp(x, 2, constraints=[None, "simplex", "nonneg"],
+                                           n_iter=10, tol=0, inner_iter=5, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),)),
+    # penalties are not scale-free (the problem changes with the data's scale): the rescaled
+    # strengths that make the fit equivariant are tested in tests/test_constrained_cp.py
+    Fit("constrained_cp_l1",
+        lambda x, **kw: tfa.constrained_cp(x, 2, constraints=tfa.constraints.L1(0.01),
+                                           n_iter=10, tol=0, inner_iter=5, **kw), _x3,
+        scale=False),
+    Fit("constrained_cp_box_smooth",
+        lambda x, **kw: tfa.constrained_cp(
+            x, 2, constraints=[None, tfa.constraints.Box(-0.6, 0.6), tfa.constraints.Smooth(0.1)],
+            n_iter=10, tol=0, inner_iter=5, **kw), _x3, scale=False),
+    # Unimodal's pool-adjacent-violators merges run in a lax.while_loop: no reverse-mode grad
+    Fit("constrained_cp_unimodal",
+        lambda x, **kw: tfa.constrained_cp(x, 2, constraints=[None, "nonneg", "unimodal"],
+                                           n_iter=10, tol=0, inner_iter=5, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False),
+    Fit("constrained_cp_random",
+        lambda x, **kw: tfa.constrained_cp(x, 2, constraints="nonneg", init="random",
+                                           n_iter=10, tol=0, inner_iter=5, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), key="option"),
+    # a pair (x_cp, y_cp); scaling x alone changes the balance of the coupled problem (joint
+    # scaling is tested in tests/test_cmtf.py)
+    Fit("cmtf", lambda x, y, **kw: tfa.cmtf(x, y, 2, n_iter=15, tol=0, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2), _lowrank(5, 4, 2, seed=3)), names=("x", "y"),
+        dense=lambda r: jnp.concatenate([r[0].to_dense().ravel(), r[1].to_dense().ravel()]),
+        scale=False),
     Fit("tucker", lambda x, **kw: tfa.tucker(x, (2, 3, 2), n_iter=10, tol=0, **kw), _x3),
     Fit("tucker_hosvd", lambda x, **kw: tfa.tucker(x, (2, 3, 2), method="hosvd", **kw), _x3),
     Fit("tucker_st_hosvd", lambda x, **kw: tfa.tucker(x, (2, 3, 2), method="st_hosvd", **kw),
@@ -206,7 +239,7 @@ def test_registry_covers_every_public_fit():
 def test_result_alone_by_default_and_info_on_request(fit):
     data = fit.make()
     result = _run(fit, data)
-    assert not isinstance(result, tuple) or fit.name.endswith("rpca")
+    assert not isinstance(result, tuple) or fit.name.endswith("rpca") or fit.name == "cmtf"
     if not fit.iterative:
         return
     result, info = _run(fit, data, return_info=True)
