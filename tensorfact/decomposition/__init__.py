@@ -7,6 +7,7 @@ from tensorfact.decomposition._cp import cp
 from tensorfact.decomposition._cur import cur
 from tensorfact.decomposition._loop import CPInfo, FitInfo
 from tensorfact.decomposition._nmf import nmf
+from tensorfact.decomposition._gcp import GCPInfo, gcp
 from tensorfact.decomposition._gradient_fit import GDInfo
 from tensorfact.decomposition._sensing import factorize_gd, gaussian_measurements, measure
 from tensorfact.decomposition._svd import svd
@@ -15,6 +16,6 @@ from tensorfact.decomposition._tt import tt, tt_matrix, tt_round
 from tensorfact.decomposition._tt_cross import tt_cross, TTCrossInfo
 from tensorfact.decomposition._tucker import tucker
 
-__all__ = ["FitInfo", "CPInfo", "GDInfo", "TTCrossInfo", "complete", "cp", "cur", "factorize_gd",
+__all__ = ["FitInfo", "CPInfo", "GDInfo", "GCPInfo", "TTCrossInfo", "complete", "cp", "gcp", "cur", "factorize_gd",
            "gaussian_measurements", "measure", "nmf", "rpca", "svd", "tucker", "tt", "tt_matrix",
            "tt_round", "tensor_ring", "tt_cross"]

@@ -1,0 +1,560 @@
+"""Generalized CP (GCP) decomposition: a CP model fitted under any elementwise loss.
+
+GCP (Hong, Kolda & Duersch, "Generalized canonical polyadic tensor decomposition", SIAM Review
+62(1), 2020) finds factors ``A_0, …, A_{N-1}`` (each ``I_n × R``) of the model
+``m = [[A_0, …, A_{N-1}]]`` that minimise
+
+    F(A) = (1 / |Ω|) Σ_{i ∈ Ω} f(x_i, m_i),
+
+the mean over the observed entries ``Ω`` of an elementwise loss ``f`` chosen for the data's
+distribution (Table 1 of the paper; ``m`` is the model on the scale of its link):
+
+==============  =====================================  ================  ==================
+``loss``        ``f(x, m)``                            constraint        mean ``E[x | m]``
+==============  =====================================  ================  ==================
+"gaussian"      ``(x − m)²``                           —                 ``m``
+"poisson"       ``m − x log(m + ε)``                   ``m ≥ 0``         ``m``
+"poisson_log"   ``exp(m) − x m``                       —                 ``exp(m)``
+"bernoulli"     ``log(m + 1) − x log(m + ε)`` (odds)   ``m ≥ 0``         ``m / (1 + m)``
+"gamma"         ``x / (m + ε) + log(m + ε)``           ``m ≥ 0``         ``m``
+"rayleigh"      ``2 log(m + ε) + (π/4)(x / (m + ε))²``  ``m ≥ 0``         ``m``
+"huber"         ``½r²`` if ``|r| ≤ δ`` else            —                 ``m``
+                ``δ(|r| − ½δ)``, ``r = x − m``
+==============  =====================================  ================  ==================
+
+with ``ε = 1e-10`` (as in the Tensor Toolbox and pyttb). A callable ``loss(x, m)`` (elementwise,
+JAX-traceable) is fitted as given, unconstrained. The gradient is JAX's autodiff of ``F``
+through the dense model (for ``n_samples``, through the model at the sampled entries only),
+equal to the paper's ``∂F/∂A_n = Y_(n) · khatri_rao(A_k, k ≠ n)`` with ``Y = ∂f/∂m``.
+
+Constraints. The losses marked ``m ≥ 0`` keep every factor nonnegative (so ``m ≥ 0``) by
+projection ``A ← max(A, 0)``, as the Tensor Toolbox does with L-BFGS-B's lower bound 0.
+
+Optimisers (``optimizer=``):
+
+* ``"lbfgs"`` (default for a full-gradient fit) — a projected L-BFGS, not L-BFGS-B: the
+  direction ``d`` is Optax's :func:`optax.scale_by_lbfgs` (two-loop recursion, memory 10)
+  applied to the gradient of the free variables (those with ``A > 0`` or a gradient pointing
+  into the feasible set; the others are held at their bound, as in Kim, Sra & Dhillon, "Tackling
+  box-constrained optimization via a new projected quasi-Newton approach", SISC 2010), then a
+  backtracking Armijo search along the projection arc ``P(A − t d)``, ``t = 1, ½, ¼, …`` (at
+  most 30 halvings; a step that lowers nothing leaves ``A`` as it is and the fit stops). For the
+  unconstrained losses ``P`` is the identity and this is plain L-BFGS with Armijo backtracking.
+  The line search is a ``lax.while_loop``, so ``jax.grad`` cannot go through this fit.
+* ``"adam"`` or any ``optax.GradientTransformation``: ``A ← P(A + update(∇F))`` each step
+  (for the Adam default the step is ``learning_rate``, default 1e-2 on the rescaled problem).
+  With ``tol=0`` it is a ``lax.scan`` that ``jax.grad`` can traverse.
+
+Stochastic GCP (``n_samples=s``; Kolda & Hong, "Stochastic gradients for large-scale tensor
+decomposition", SIMODS 2020): each step draws ``s`` entries uniformly with replacement
+(from ``key``) and steps along the unbiased gradient estimate
+``(1/(s p)) Σ_samples [i ∈ Ω] ∇f(x_i, m_i)`` (``p = |Ω| / size``), computing the model only at
+the sampled entries. Adam is the default there. The per-step ``losses`` and ``errors`` are
+still exact (one dense reconstruction per step, on dense ``x``): this saves gradient work, not
+memory. Sparse (``BCOO``) input and the stratified sampler of zeros and nonzeros are not
+implemented.
+
+Scale. For the scale-equivariant losses (gaussian, poisson, gamma, rayleigh, huber with ``δ`` in
+the data's units) the fit runs on ``x / 2^k`` (``2^k`` near ``max |x|``) and multiplies the
+weights back, so ``gcp(c·x) = c·gcp(x)`` from 1e-30 to 1e30 in float32. ``poisson_log`` and
+``bernoulli`` (counts, binary data) and a callable loss are fitted on ``x`` as given.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Literal, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from tensorfact._checks import (Init, Precision, as_float_array, check_choice, check_key,
+                                check_mask, check_nonneg_number, check_positive_int,
+                                check_positive_number, finite_part, is_traced, poison,
+                                report_nonfinite)
+from tensorfact._numerics import pow2_scale, safe_divide, safe_norm
+from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
+                                              normalize_columns, resolve_init, resolve_tol)
+from tensorfact.decomposition._loop import FitInfo, relative_error
+from tensorfact.decomposition._sweeps import cp_initial_factors
+from tensorfact.tensors import CPTensor
+
+__all__ = ["gcp", "GCPInfo", "LOSSES", "EPS"]
+
+#: ``ε`` of the losses with a logarithm or a division (as in the Tensor Toolbox and pyttb).
+EPS = 1e-10
+#: Default Adam step on the rescaled problem (``max |x|`` in ``[1, 2)``).
+DEFAULT_ADAM_LEARNING_RATE = 1e-2
+LBFGS_MEMORY = 10
+ARMIJO_C1 = 1e-4
+MAX_HALVINGS = 30
+
+Loss = Literal["gaussian", "poisson", "poisson_log", "bernoulli", "gamma", "rayleigh", "huber"]
+
+
+class GCPInfo(NamedTuple):
+    """Diagnostics of a GCP fit (``return_info=True``): the four fields of
+    :class:`~tensorfact.FitInfo`, then the loss.
+
+    Attributes:
+      n_iter: iterations (optimiser steps) run.
+      errors: ``(n_iter,)`` ``‖x − μ‖ / ‖x‖`` on the observed entries after each step, with
+        ``μ = E[x | m]`` the model's mean (``m`` itself, ``exp(m)`` for ``poisson_log``,
+        ``m / (1 + m)`` for ``bernoulli``); NaN past the last step run.
+      rel_error: the same for the returned result.
+      converged: whether the loss changed by at most ``tol`` (relative) in the last step.
+      losses: ``(n_iter,)`` the mean loss ``F`` over the observed entries after each step, of
+        ``x`` as given (the rescaled fit's loss mapped back; it may overflow float32 where
+        ``x`` is near 1e30); NaN past the last step run.
+    """
+
+    n_iter: jax.Array
+    errors: jax.Array
+    rel_error: jax.Array
+    converged: jax.Array
+    losses: jax.Array
+
+
+assert GCPInfo._fields[:4] == FitInfo._fields  # the one info convention (docs/glossary.md)
+
+
+# -- the losses ---------------------------------------------------------------------------------
+
+def _gaussian(x, m, delta):
+    return jnp.square(x - m)
+
+
+def _poisson(x, m, delta):
+    return m - x * jnp.log(m + EPS)
+
+
+def _poisson_log(x, m, delta):
+    return jnp.exp(m) - x * m
+
+
+def _bernoulli(x, m, delta):
+    return jnp.log1p(m) - x * jnp.log(m + EPS)
+
+
+def _gamma(x, m, delta):
+    return x / (m + EPS) + jnp.log(m + EPS)
+
+
+def _rayleigh(x, m, delta):
+    return 2 * jnp.log(m + EPS) + (math.pi / 4) * jnp.square(x / (m + EPS))
+
+
+def _huber(x, m, delta):
+    r = jnp.abs(x - m)
+    return jnp.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta))
+
+
+class _Spec(NamedTuple):
+    f: Callable          # f(x, m, delta)
+    nonneg: bool         # factors kept ≥ 0
+    scaled: bool         # fitted on x / 2^k
+    mean: Callable       # E[x | m]
+    data: Optional[str]  # the data check: "nonneg", "binary", "positive" or None
+
+
+def _identity(m):
+    return m
+
+
+#: The built-in losses: ``{name: (f, nonneg, scaled, mean, data check)}``.
+LOSSES = {
+    "gaussian": _Spec(_gaussian, False, True, _identity, None),
+    "poisson": _Spec(_poisson, True, True, _identity, "nonneg"),
+    "poisson_log": _Spec(_poisson_log, False, False, jnp.exp, "nonneg"),
+    "bernoulli": _Spec(_bernoulli, True, False, lambda m: m / (1 + m), "binary"),
+    "gamma": _Spec(_gamma, True, True, _identity, "positive"),
+    "rayleigh": _Spec(_rayleigh, True, True, _identity, "positive"),
+    "huber": _Spec(_huber, False, True, _identity, None),
+}
+
+
+class _UserLoss:
+    """A callable ``loss(x, m)`` as ``f(x, m, delta)``; equal (one compiled fit) for the same
+    function."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x, m, delta):
+        return self.fn(x, m)
+
+    def __eq__(self, other):
+        return isinstance(other, _UserLoss) and other.fn is self.fn
+
+    def __hash__(self):
+        return hash(("user_loss", id(self.fn)))
+
+
+def _rescale_loss(loss: str, value, s, mean_x):
+    """The mean loss of ``x`` from that of ``x / s`` (``mean_x``: the mean of ``x / s`` over the
+    observed entries)."""
+    if loss in ("gaussian", "huber"):
+        return value * s * s
+    if loss == "poisson":
+        return s * value - s * jnp.log(s) * mean_x
+    if loss == "gamma":
+        return value + jnp.log(s)
+    if loss == "rayleigh":
+        return value + 2 * jnp.log(s)
+    return value
+
+
+# -- the public function ------------------------------------------------------------------------
+
+def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
+        init: Union[Init, CPTensor] = "svd", mask=None, optimizer=None, learning_rate=None,
+        n_iter: int = 200, tol: float = 1e-8, n_samples: Optional[int] = None,
+        delta: float = 1.0, precision: Precision = "highest", return_info: bool = False):
+    """Generalized CP decomposition: the CP model minimising the mean of an elementwise loss.
+
+    Minimises ``F(A) = (1/|Ω|) Σ_{i∈Ω} f(x_i, m_i)`` over the factors of the CP model ``m``
+    (Hong, Kolda & Duersch, SIAM Review 2020); the losses, constraints, optimisers and the
+    stochastic variant are described in :mod:`tensorfact.decomposition._gcp`.
+
+    Args:
+      x: dense array with at least 2 dimensions, none of size zero.
+      rank: number of components ``R``.
+      key: ``jax.random`` key; needed for ``init="random"`` and for ``n_samples``.
+      loss: ``"gaussian"``, ``"poisson"`` (identity link, ``m ≥ 0``), ``"poisson_log"`` (log
+        link), ``"bernoulli"`` (odds link, ``m ≥ 0``), ``"gamma"``, ``"rayleigh"`` (both
+        ``m ≥ 0``), ``"huber"`` (threshold ``delta``), or a callable ``loss(x, m)``:
+        elementwise and JAX-traceable, fitted unconstrained on ``x`` as given.
+      init: ``"svd"`` (leading singular vectors of the unfoldings, their absolute values for the
+        ``m ≥ 0`` losses; deterministic), ``"random"`` (uniform for ``m ≥ 0`` losses, else
+        Gaussian; needs ``key``) — both scaled so the start has the norm of ``x`` (of
+        ``log(1 + x)`` for ``poisson_log``) — or a ``CPTensor`` of matching shape and rank.
+      mask: optional boolean (or 0/1) array of ``x.shape``, True where observed; the loss is
+        the mean over the observed entries only (the others may hold anything, NaN included).
+      optimizer: ``"lbfgs"`` (projected L-BFGS with Armijo backtracking: the default for
+        full-gradient fits), ``"adam"`` (the default with ``n_samples``), or any
+        ``optax.GradientTransformation`` (followed by the projection for the ``m ≥ 0`` losses).
+      learning_rate: Adam's step (default 1e-2 on the rescaled problem); only with
+        ``optimizer="adam"`` (or its default).
+      n_iter: most steps (L-BFGS iterations or optimiser steps); static, it sizes the info.
+      tol: stop when the loss changes by at most ``tol`` relative to its size between steps.
+        A concrete ``0`` runs exactly ``n_iter`` steps (for Adam, a differentiable
+        ``lax.scan``).
+      n_samples: draw this many entries per step (stochastic GCP, uniform with replacement;
+        needs ``key``; not with ``"lbfgs"``).
+      delta: the Huber threshold, in the units of ``x`` (``loss="huber"`` only).
+      precision: XLA precision of the contractions (``"highest"``: true float32).
+      return_info: also return a :class:`GCPInfo`.
+
+    Returns:
+      A :class:`CPTensor` with unit-norm factor columns and the scales in ``weights``: the
+      model ``m`` on its link's scale (``exp`` of it is the rate for ``poisson_log``, the odds
+      for ``bernoulli``). With ``return_info=True``, ``(CPTensor, GCPInfo)``.
+
+    Raises:
+      ValueError: an unknown ``loss`` (the message lists the choices); data outside the loss's
+        domain (negative counts for ``"poisson"``/``"poisson_log"``, values other than 0 and 1
+        for ``"bernoulli"``, nonpositive values for ``"gamma"``/``"rayleigh"``), naming ``x``
+        (checked on eager calls; under ``jit`` the values are unknown and not checked); NaN/Inf
+        in the observed entries of ``x`` (eager calls; under ``jit`` the result is NaN); the
+        usual argument errors (``rank``, ``n_iter``, ``tol``, ``mask``, ``init``, ``key``,
+        ``learning_rate`` without Adam, ``"lbfgs"`` with ``n_samples``).
+
+    Example:
+      >>> import jax, tensorfact as tfa
+      >>> x = tfa.random_cp(jax.random.key(0), (6, 7, 8), rank=2).to_dense()
+      >>> approx, info = tfa.gcp(x, 2, return_info=True)
+      >>> bool(info.rel_error < 1e-3)
+      True
+      >>> counts = jax.random.poisson(jax.random.key(1), abs(x) * 3).astype(float)
+      >>> rates = tfa.gcp(counts, 2, loss="poisson")
+      >>> bool(rates.to_dense().min() >= 0)
+      True
+    """
+    x = as_float_array(x, "x", min_ndim=2, nonempty=True)
+    rank = check_positive_int(rank, "rank")
+    n_iter, tol = check_iteration_args(n_iter, tol)
+    if callable(loss) and not isinstance(loss, str):
+        spec = _Spec(_UserLoss(loss), False, False, _identity, None)
+        loss_name = None
+    else:
+        loss_name = check_choice(loss, Loss, "loss")
+        spec = LOSSES[loss_name]
+    check_positive_number(delta, "delta")
+    mask = check_mask(mask, x.shape)
+    optimizer = _resolve_optimizer(optimizer, learning_rate, n_samples)
+    if n_samples is not None:
+        n_samples = check_positive_int(n_samples, "n_samples")
+        check_key(key, "for n_samples (stochastic GCP draws entries)")
+    init_tensor, init_kind = resolve_init(init, CPTensor, key,
+                                          lambda t: _check_init(t, x.shape, rank))
+    fixed, tol = resolve_tol(tol)
+    if not is_traced(x) and (mask is None or not is_traced(mask)):
+        _check_domain(x, mask, spec.data, loss_name)
+    result, n_nonfinite = _gcp_fit(
+        x, mask, key, init_tensor, tol, float(delta), rank=rank, n_iter=n_iter, fixed=fixed,
+        init=init_kind, spec=spec, loss_name=loss_name, optimizer=optimizer,
+        n_samples=n_samples, precision=precision, return_info=bool(return_info))
+    report_nonfinite(n_nonfinite, "x", maskable=True)
+    return result
+
+
+def _resolve_optimizer(optimizer, learning_rate, n_samples):
+    """``"lbfgs"`` or an ``optax.GradientTransformation`` (Adam built here)."""
+    if optimizer is None:
+        optimizer = "adam" if n_samples is not None else "lbfgs"
+    if isinstance(optimizer, str):
+        optimizer = check_choice(optimizer, ("lbfgs", "adam"), "optimizer")
+        if optimizer == "lbfgs":
+            if n_samples is not None:
+                raise ValueError('optimizer="lbfgs" needs the full gradient: with n_samples use '
+                                 '"adam" (the default there) or an optax transformation.')
+            if learning_rate is not None:
+                raise ValueError('learning_rate is for optimizer="adam"; "lbfgs" sets its step '
+                                 f'by a line search (got learning_rate={learning_rate!r}).')
+            return "lbfgs"
+        if learning_rate is None:
+            learning_rate = DEFAULT_ADAM_LEARNING_RATE
+        else:
+            check_positive_number(learning_rate, "learning_rate")
+        return optax.adam(float(learning_rate))
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError('optimizer must be "lbfgs", "adam" or an optax.GradientTransformation, '
+                        f"got {type(optimizer).__name__}.")
+    if learning_rate is not None:
+        raise ValueError("pass either an optax optimizer or learning_rate, not both (got "
+                         f"learning_rate={learning_rate!r}).")
+    return optimizer
+
+
+def _check_domain(x, mask, data, loss_name):
+    """Eager check that the observed entries lie in the loss's domain (finite ones only: NaN
+    and Inf are reported by the fit)."""
+    if data is None:
+        return
+    values = np.asarray(x)
+    keep = np.isfinite(values)
+    if mask is not None:
+        keep &= np.asarray(mask)
+    values = values[keep]
+    if data == "nonneg" and np.any(values < 0):
+        raise ValueError(f'x must be nonnegative counts for loss="{loss_name}", got '
+                         f"{int(np.sum(values < 0))} negative value(s) (min {values.min()}).")
+    if data == "binary" and np.any((values != 0) & (values != 1)):
+        bad = values[(values != 0) & (values != 1)]
+        raise ValueError(f'x must hold only 0 and 1 for loss="{loss_name}", got {bad.size} '
+                         f"other value(s) (e.g. {bad[0]}).")
+    if data == "positive" and np.any(values <= 0):
+        raise ValueError(f'x must be positive for loss="{loss_name}", got '
+                         f"{int(np.sum(values <= 0))} value(s) ≤ 0 (min {values.min()}).")
+
+
+def _check_init(init: CPTensor, shape, rank) -> CPTensor:
+    if init.shape != tuple(shape) or init.rank != rank:
+        raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
+                         f"shape {init.shape} and rank {init.rank}.")
+    check_finite_init(init)
+    return init
+
+
+# -- the compiled fit ---------------------------------------------------------------------------
+
+def _model(factors, precision):
+    return CPTensor(jnp.ones((factors[0].shape[1],), factors[0].dtype),
+                    tuple(factors)).to_dense(precision=precision)
+
+
+def _balanced(factors, target_norm, precision):
+    """The factors scaled, equally in every mode, so the CP model has norm ``target_norm``."""
+    norm = safe_norm(_model(factors, precision))
+    ratio = safe_divide(target_norm, norm)
+    ratio = jnp.where((ratio > 0) & jnp.isfinite(ratio), ratio, 1)
+    root = ratio ** (1.0 / len(factors))
+    return tuple(a * root for a in factors)
+
+
+def _sample_model(factors, idx):
+    """The model at the entries ``idx`` (``s × N``): ``Σ_r Π_n A_n[idx_n, r]``."""
+    prod = factors[0][idx[:, 0]]
+    for n, a in enumerate(factors[1:], start=1):
+        prod = prod * a[idx[:, n]]
+    return jnp.sum(prod, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "rank", "n_iter", "fixed", "init", "spec", "loss_name", "optimizer", "n_samples",
+    "precision", "return_info"))
+def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init, spec,
+             loss_name, optimizer, n_samples, precision, return_info):
+    dtype = x.dtype
+    x, n_nonfinite = finite_part(x, mask)
+    obs = jnp.ones(x.shape, bool) if mask is None else mask.astype(bool)
+    x = jnp.where(obs, x, 0)
+    n_obs = jnp.maximum(jnp.sum(obs), 1).astype(dtype)
+    s = lax.stop_gradient(pow2_scale(x)) if spec.scaled else jnp.ones((), dtype)
+    xs = x / s
+    delta = delta / s
+
+    def elementwise(xv, mv):
+        return spec.f(xv, mv, delta)
+
+    def full_loss(factors):
+        vals = elementwise(xs, _model(factors, precision))
+        return jnp.sum(jnp.where(obs, vals, 0)) / n_obs
+
+    project = ((lambda p: tuple(jnp.maximum(a, 0) for a in p)) if spec.nonneg
+               else (lambda p: p))
+
+    # -- start
+    if init == "given":
+        w = init_tensor.weights.astype(dtype) / s
+        factors = [a.astype(dtype) for a in init_tensor.factors]
+        root = jnp.abs(w) ** (1.0 / x.ndim)
+        factors = tuple([factors[0] * (w / jnp.where(root > 0, root, 1) ** (x.ndim - 1))]
+                        + [a * root for a in factors[1:]])
+        factors = project(factors)
+    else:
+        init_key = None
+        if init == "random":
+            init_key = key if n_samples is None else jax.random.fold_in(key, 1)
+        _, factors = cp_initial_factors(xs, rank, init_key, init, spec.nonneg, precision)
+        target = jnp.log1p(xs) if loss_name == "poisson_log" else xs
+        factors = _balanced(project(tuple(factors)), safe_norm(jnp.where(obs, target, 0)),
+                            precision)
+
+    # -- the record of one step
+    norm_x = safe_norm(xs)
+
+    def record(factors, value):
+        mu = spec.mean(_model(factors, precision))
+        err = safe_divide(safe_norm(jnp.where(obs, xs - mu, 0)), norm_x)
+        return value, err
+
+    # -- the steps
+    if optimizer == "lbfgs":
+        direction = optax.scale_by_lbfgs(memory_size=LBFGS_MEMORY)
+        value_and_grad = jax.value_and_grad(full_loss)
+
+        def step(state):
+            p, value, grad, opt_state = state
+            if spec.nonneg:
+                bound = tuple((a <= 0) & (g > 0) for a, g in zip(p, grad))
+            else:
+                bound = tuple(jnp.zeros(a.shape, bool) for a in p)
+            free_grad = tuple(jnp.where(b, 0, g) for b, g in zip(bound, grad))
+            d, opt_state = direction.update(free_grad, opt_state, p)
+            d = tuple(jnp.where(b, 0, di) for b, di in zip(bound, d))
+            slope = sum(jnp.vdot(g, di) for g, di in zip(free_grad, d))
+            ok = jnp.isfinite(slope) & (slope > 0)
+            d = jax.tree_util.tree_map(lambda di, g: jnp.where(ok, di, g), d, free_grad)
+
+            def trial(t):
+                q = project(tuple(a - t * di for a, di in zip(p, d)))
+                decrease = sum(jnp.vdot(g, qi - a) for g, qi, a in zip(grad, q, p))
+                return q, full_loss(q), decrease
+
+            one = jnp.ones((), dtype)
+            _, v1, dec1 = trial(one)
+            t, v_new, dec = _armijo(trial, value, one, v1, dec1)
+            accepted = (v_new <= value + ARMIJO_C1 * dec) & jnp.isfinite(v_new)
+            q = trial(t)[0]
+            q = jax.tree_util.tree_map(lambda qi, a: jnp.where(accepted, qi, a), q, p)
+            new_value, new_grad = value_and_grad(q)
+            return (q, new_value, new_grad, opt_state), record(q, new_value)
+
+        value0, grad0 = value_and_grad(factors)
+        state = (factors, value0, grad0, direction.init(factors))
+    else:
+        if n_samples is None:
+            grad_fn = jax.grad(full_loss)
+        else:
+            size = x.size
+            frac_obs = n_obs / size
+
+            def sampled_loss(factors, idx):
+                xv = xs.reshape(-1)[idx]
+                ov = obs.reshape(-1)[idx]
+                coords = jnp.stack(jnp.unravel_index(idx, x.shape), axis=1)
+                vals = elementwise(xv, _sample_model(factors, coords))
+                return jnp.sum(jnp.where(ov, vals, 0)) / (n_samples * frac_obs)
+
+            def grad_fn(factors, k):
+                idx = jax.random.randint(jax.random.fold_in(key, k), (n_samples,), 0, size)
+                return jax.grad(sampled_loss)(factors, idx)
+
+        def step(state):
+            p, opt_state, k = state
+            g = grad_fn(p) if n_samples is None else grad_fn(p, k)
+            updates, opt_state = optimizer.update(g, opt_state, p)
+            q = project(optax.apply_updates(p, updates))
+            return (q, opt_state, k + 1), record(q, full_loss(q))
+
+        state = (factors, optimizer.init(factors), jnp.zeros((), jnp.int32))
+
+    state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
+                                                        tol=0 if fixed else tol)
+    factors = state[0]
+
+    # -- scale back: unit columns, the scales (and 2^k) in the weights
+    weights = jnp.ones((rank,), dtype)
+    unit = []
+    for a in factors:
+        norms, a = normalize_columns(a)
+        weights = weights * norms
+        unit.append(a)
+    result = poison(CPTensor(weights * s, tuple(unit)), n_nonfinite)
+    if not return_info:
+        return result, n_nonfinite
+    mean_x = jnp.sum(xs) / n_obs
+    losses = _rescale_loss(loss_name, losses, s, mean_x)
+    rel = relative_error(x / s, spec.mean(_model(factors, precision)), mask)
+    info = GCPInfo(n_done, errors, rel, converged, losses)
+    return (result, poison(info, n_nonfinite)), n_nonfinite
+
+
+def _armijo(trial, value, t0, v0, dec0):
+    """Backtracking: halve ``t`` until ``F(P(A − t d)) ≤ F(A) + c₁ ∇Fᵀ(P(A − t d) − A)``."""
+    def accepted(v, dec):
+        return (v <= value + ARMIJO_C1 * dec) & jnp.isfinite(v)
+
+    def cond(carry):
+        k, _, v, dec = carry
+        return (k < MAX_HALVINGS) & ~accepted(v, dec)
+
+    def body(carry):
+        k, t, _, _ = carry
+        t = t / 2
+        _, v, dec = trial(t)
+        return k + 1, t, v, dec
+
+    _, t, v, dec = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), t0, v0, dec0))
+    return t, v, dec
+
+
+def _iterate(step, state, *, n_iter, tol):
+    """``state, (loss, err) = step(state)`` for ``n_iter`` steps (a scan for ``tol == 0``) or
+    until ``|ΔF| ≤ tol · |F|`` (a while loop). Returns ``(state, n_done, losses, errors,
+    converged)``."""
+    if isinstance(tol, float) and tol == 0:
+        state, (losses, errors) = lax.scan(lambda s, _: step(s), state, None, length=n_iter)
+        return state, jnp.asarray(n_iter, jnp.int32), losses, errors, jnp.zeros((), bool)
+    probe = jax.eval_shape(step, state)[1][0]
+    nan = jnp.full((n_iter,), jnp.nan, probe.dtype)
+
+    def cond(carry):
+        _, i, _, _, _, done = carry
+        return (i < n_iter) & ~done
+
+    def body(carry):
+        state, i, losses, errors, prev, _ = carry
+        state, (value, err) = step(state)
+        done = jnp.abs(prev - value) <= tol * jnp.abs(prev)
+        return state, i + 1, losses.at[i].set(value), errors.at[i].set(err), value, done
+
+    carry = (state, jnp.zeros((), jnp.int32), nan, nan, jnp.asarray(jnp.nan, probe.dtype),
+             jnp.zeros((), bool))
+    state, n_done, losses, errors, _, converged = lax.while_loop(cond, body, carry)
+    return state, n_done, losses, errors, converged
