@@ -79,7 +79,7 @@ from tensorfact._checks import (Init, Precision, as_float_array, check_choice, c
 from tensorfact._numerics import pow2_scale, safe_divide, safe_norm
 from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
                                               normalize_columns, resolve_init, resolve_tol)
-from tensorfact.decomposition._loop import FitInfo, relative_error
+from tensorfact.decomposition._loop import FitInfo, is_fixed_length, relative_error
 from tensorfact.decomposition._sweeps import cp_initial_factors
 from tensorfact.tensors import CPTensor
 
@@ -538,7 +538,7 @@ def _iterate(step, state, *, n_iter, tol):
     """``state, (loss, err) = step(state)`` for ``n_iter`` steps (a scan for ``tol == 0``) or
     until ``|ΔF| ≤ tol · |F|`` (a while loop). Returns ``(state, n_done, losses, errors,
     converged)``."""
-    if isinstance(tol, float) and tol == 0:
+    if is_fixed_length(tol):
         state, (losses, errors) = lax.scan(lambda s, _: step(s), state, None, length=n_iter)
         return state, jnp.asarray(n_iter, jnp.int32), losses, errors, jnp.zeros((), bool)
     probe = jax.eval_shape(step, state)[1][0]
