@@ -320,7 +320,7 @@ def _resolve_optimizer(optimizer, learning_rate, n_samples):
             learning_rate = DEFAULT_ADAM_LEARNING_RATE
         else:
             check_positive_number(learning_rate, "learning_rate")
-        return optax.adam(float(learning_rate))
+        return ("adam", float(learning_rate))  # hashable: one compiled fit per step size
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError('optimizer must be "lbfgs", "adam" or an optax.GradientTransformation, '
                         f"got {type(optimizer).__name__}.")
@@ -456,11 +456,7 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
                 decrease = sum(jnp.vdot(g, qi - a) for g, qi, a in zip(grad, q, p))
                 return q, full_loss(q), decrease
 
-            one = jnp.ones((), dtype)
-            _, v1, dec1 = trial(one)
-            t, v_new, dec = _armijo(trial, value, one, v1, dec1)
-            accepted = (v_new <= value + ARMIJO_C1 * dec) & jnp.isfinite(v_new)
-            q = trial(t)[0]
+            q, v_new, accepted = _armijo(trial, p, value)
             q = jax.tree_util.tree_map(lambda qi, a: jnp.where(accepted, qi, a), q, p)
             new_value, new_grad = value_and_grad(q)
             return (q, new_value, new_grad, opt_state), record(q, new_value)
@@ -468,6 +464,8 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
         value0, grad0 = value_and_grad(factors)
         state = (factors, value0, grad0, direction.init(factors))
     else:
+        if isinstance(optimizer, tuple):
+            optimizer = optax.adam(optimizer[1])
         if n_samples is None:
             grad_fn = jax.grad(full_loss)
         else:
@@ -515,23 +513,25 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
     return (result, poison(info, n_nonfinite)), n_nonfinite
 
 
-def _armijo(trial, value, t0, v0, dec0):
-    """Backtracking: halve ``t`` until ``F(P(A − t d)) ≤ F(A) + c₁ ∇Fᵀ(P(A − t d) − A)``."""
+def _armijo(trial, p, value):
+    """Backtracking from ``t = 1``: halve ``t`` until ``F(A') ≤ F(A) + c₁ ∇Fᵀ(A' − A)`` for
+    ``A' = P(A − t d)``, at most ``MAX_HALVINGS`` times. Returns ``(A', F(A'), accepted)``."""
     def accepted(v, dec):
         return (v <= value + ARMIJO_C1 * dec) & jnp.isfinite(v)
 
     def cond(carry):
-        k, _, v, dec = carry
-        return (k < MAX_HALVINGS) & ~accepted(v, dec)
+        k, _, _, v, dec = carry
+        return (k <= MAX_HALVINGS) & ~accepted(v, dec)
 
     def body(carry):
-        k, t, _, _ = carry
-        t = t / 2
-        _, v, dec = trial(t)
-        return k + 1, t, v, dec
+        k, t, _, _, _ = carry
+        q, v, dec = trial(t)
+        return k + 1, t / 2, q, v, dec
 
-    _, t, v, dec = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), t0, v0, dec0))
-    return t, v, dec
+    nan = jnp.asarray(jnp.nan, value.dtype)
+    _, _, q, v, dec = lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), jnp.ones((), value.dtype), p, nan, nan))
+    return q, v, accepted(v, dec)
 
 
 def _iterate(step, state, *, n_iter, tol):
