@@ -16,6 +16,7 @@ from tensorfact.decomposition._tt import tt, tt_matrix, tt_round
 from tensorfact.decomposition._tt_cross import tt_cross, TTCrossInfo
 from tensorfact.decomposition._tucker import tucker
 
-__all__ = ["FitInfo", "CPInfo", "GDInfo", "GCPInfo", "TTCrossInfo", "complete", "cp", "gcp", "cur", "factorize_gd",
+__all__ = ["FitInfo", "CPInfo", "GDInfo", "GCPInfo", "TTCrossInfo", "complete", "cp",
+           "gcp", "cur", "factorize_gd",
            "gaussian_measurements", "measure", "nmf", "rpca", "svd", "tucker", "tt", "tt_matrix",
            "tt_round", "tensor_ring", "tt_cross"]

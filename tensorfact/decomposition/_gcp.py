@@ -73,7 +73,7 @@ import optax
 from jax import lax
 
 from tensorfact._checks import (Init, Precision, as_float_array, check_choice, check_key,
-                                check_mask, check_nonneg_number, check_positive_int,
+                                check_mask, check_positive_int,
                                 check_positive_number, finite_part, is_traced, poison,
                                 report_nonfinite)
 from tensorfact._numerics import pow2_scale, safe_divide, safe_norm
