@@ -71,12 +71,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.experimental import sparse as jsparse
+from jax.flatten_util import ravel_pytree
 
 from tensorfact._checks import (Init, Precision, as_float_array, check_choice, check_key,
                                 check_mask, check_positive_int,
                                 check_positive_number, finite_part, is_traced, poison,
                                 report_nonfinite)
-from tensorfact._numerics import pow2_scale, safe_divide, safe_norm
+from tensorfact._numerics import pow2_scale, resolve_precision, safe_divide, safe_norm
 from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
                                               normalize_columns, resolve_init, resolve_tol)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, relative_error
@@ -91,7 +93,7 @@ EPS = 1e-10
 DEFAULT_ADAM_LEARNING_RATE = 1e-2
 LBFGS_MEMORY = 10
 ARMIJO_C1 = 1e-4
-MAX_HALVINGS = 30
+MAX_HALVINGS = 20
 
 Loss = Literal["gaussian", "poisson", "poisson_log", "bernoulli", "gamma", "rayleigh", "huber"]
 
@@ -274,6 +276,11 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
       >>> bool(rates.to_dense().min() >= 0)
       True
     """
+    if isinstance(x, jsparse.BCOO):
+        return _gcp_sparse(x, rank, key=key, loss=loss, init=init, mask=mask,
+                           optimizer=optimizer, learning_rate=learning_rate, n_iter=n_iter,
+                           tol=tol, n_samples=n_samples, precision=precision,
+                           return_info=return_info)
     x = as_float_array(x, "x", min_ndim=2, nonempty=True)
     rank = check_positive_int(rank, "rank")
     n_iter, tol = check_iteration_args(n_iter, tol)
@@ -435,40 +442,12 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
 
     # -- the steps
     if optimizer == "lbfgs":
-        direction = optax.scale_by_lbfgs(memory_size=LBFGS_MEMORY)
-        value_and_grad = jax.value_and_grad(full_loss)
-
-        def step(state):
-            p, value, grad, opt_state = state
-            if spec.nonneg:
-                bound = tuple((a <= 0) & (g > 0) for a, g in zip(p, grad))
-            else:
-                bound = tuple(jnp.zeros(a.shape, bool) for a in p)
-            free_grad = tuple(jnp.where(b, 0, g) for b, g in zip(bound, grad))
-            d, opt_state = direction.update(free_grad, opt_state, p)
-            d = tuple(jnp.where(b, 0, di) for b, di in zip(bound, d))
-            slope = sum(jnp.vdot(g, di) for g, di in zip(free_grad, d))
-            ok = jnp.isfinite(slope) & (slope > 0)
-            d = jax.tree_util.tree_map(lambda di, g: jnp.where(ok, di, g), d, free_grad)
-
-            def trial(t):
-                q = project(tuple(a - t * di for a, di in zip(p, d)))
-                decrease = sum(jnp.vdot(g, qi - a) for g, qi, a in zip(grad, q, p))
-                return q, full_loss(q), decrease
-
-            q, v_new, accepted = _armijo(trial, p, value)
-            q = jax.tree_util.tree_map(lambda qi, a: jnp.where(accepted, qi, a), q, p)
-            new_value, new_grad = value_and_grad(q)
-            return (q, new_value, new_grad, opt_state), record(q, new_value)
-
-        value0, grad0 = value_and_grad(factors)
-        state = (factors, value0, grad0, direction.init(factors))
+        step, state, factors_of = _lbfgs(full_loss, project, record, factors, spec.nonneg)
     else:
         if isinstance(optimizer, tuple):
             optimizer = optax.adam(optimizer[1])
-        if n_samples is None:
-            grad_fn = jax.grad(full_loss)
-        else:
+        grad_fn = jax.grad(full_loss)
+        if n_samples is not None:
             size = x.size
             frac_obs = n_obs / size
 
@@ -483,18 +462,12 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
                 idx = jax.random.randint(jax.random.fold_in(key, k), (n_samples,), 0, size)
                 return jax.grad(sampled_loss)(factors, idx)
 
-        def step(state):
-            p, opt_state, k = state
-            g = grad_fn(p) if n_samples is None else grad_fn(p, k)
-            updates, opt_state = optimizer.update(g, opt_state, p)
-            q = project(optax.apply_updates(p, updates))
-            return (q, opt_state, k + 1), record(q, full_loss(q))
-
-        state = (factors, optimizer.init(factors), jnp.zeros((), jnp.int32))
+        step, state, factors_of = _first_order(optimizer, grad_fn, full_loss, project, record,
+                                               factors, stochastic=n_samples is not None)
 
     state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
                                                         tol=0 if fixed else tol)
-    factors = state[0]
+    factors = factors_of(state)
 
     # -- scale back: unit columns, the scales (and 2^k) in the weights
     weights = jnp.ones((rank,), dtype)
@@ -513,25 +486,118 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
     return (result, poison(info, n_nonfinite)), n_nonfinite
 
 
+def _lbfgs(full_loss, project, record, factors, nonneg):
+    """The projected L-BFGS iteration of the module docstring: ``(step, state)`` for
+    :func:`_iterate`. The factors are flattened into one vector ``a``; the memory holds the
+    last ``LBFGS_MEMORY`` pairs ``s = a_{k+1} − a_k``, ``y = ∇F_{k+1} − ∇F_k`` (full gradients,
+    kept only where ``sᵀy > 0``), and the two-loop recursion is applied to the gradient of the
+    free variables."""
+    flat, unravel = ravel_pytree(factors)
+    n, m = flat.shape[0], LBFGS_MEMORY
+    dtype = flat.dtype
+
+    def loss_flat(a):
+        return full_loss(unravel(a))
+
+    def project_flat(a):
+        return jnp.maximum(a, 0) if nonneg else a
+
+    value_and_grad = jax.value_and_grad(loss_flat)
+
+    def two_loop(g, mem_s, mem_y, rho, k):
+        count = jnp.minimum(k, m)
+
+        def backward(i, carry):
+            q, alpha = carry
+            j = (k - 1 - i) % m
+            a_j = jnp.where(i < count, rho[j] * jnp.vdot(mem_s[j], q), 0)
+            return q - a_j * mem_y[j], alpha.at[j].set(a_j)
+
+        q, alpha = lax.fori_loop(0, m, backward, (g, jnp.zeros((m,), dtype)))
+        newest = (k - 1) % m
+        yy = jnp.vdot(mem_y[newest], mem_y[newest])
+        gamma = jnp.where(count > 0, safe_divide(1.0, rho[newest] * yy),
+                          safe_divide(1.0, safe_norm(g)))
+        r = gamma * q
+
+        def forward(i, r):
+            j = (k - count + i) % m
+            beta = rho[j] * jnp.vdot(mem_y[j], r)
+            return jnp.where(i < count, r + mem_s[j] * (alpha[j] - beta), r)
+
+        return lax.fori_loop(0, m, forward, r), gamma
+
+    def step(state):
+        a, value, grad, mem_s, mem_y, rho, k = state
+        bound = (a <= 0) & (grad > 0) if nonneg else jnp.zeros(a.shape, bool)
+        free = jnp.where(bound, 0, grad)
+        d, gamma = two_loop(free, mem_s, mem_y, rho, k)
+        d = jnp.where(bound, 0, d)
+        slope = jnp.vdot(free, d)
+        d = jnp.where(jnp.isfinite(slope) & (slope > 0), d, gamma * free)
+
+        steepest = safe_divide(1.0, safe_norm(free)) * free
+
+        def trial(t, fallback):
+            q = project_flat(a - t * jnp.where(fallback, steepest, d))
+            return q, loss_flat(q), jnp.vdot(grad, q - a)
+
+        q, _, accepted, fell_back = _armijo(trial, a, value)
+        q = jnp.where(accepted, q, a)
+        new_value, new_grad = value_and_grad(q)
+        s_k, y_k = q - a, new_grad - grad
+        sy = jnp.vdot(s_k, y_k)
+        keep = sy > 1e-10 * safe_norm(s_k) * safe_norm(y_k)
+        slot = k % m
+        mem_s = jnp.where(keep, mem_s.at[slot].set(s_k), mem_s)
+        mem_y = jnp.where(keep, mem_y.at[slot].set(y_k), mem_y)
+        rho = jnp.where(keep, rho.at[slot].set(safe_divide(1.0, sy)), rho)
+        k = jnp.where(fell_back, 0, k + keep.astype(k.dtype))  # a failed L-BFGS step: restart
+        return (q, new_value, new_grad, mem_s, mem_y, rho, k), record(unravel(q), new_value)
+
+    value0, grad0 = value_and_grad(flat)
+    state = (flat, value0, grad0, jnp.zeros((m, n), dtype), jnp.zeros((m, n), dtype),
+             jnp.zeros((m,), dtype), jnp.zeros((), jnp.int32))
+    return step, state, lambda state: unravel(state[0])
+
+
+def _first_order(optimizer, grad_fn, full_loss, project, record, factors, stochastic):
+    """``A ← P(A + update(∇F))`` with an Optax transformation; ``grad_fn(A, k)`` for the
+    stochastic estimate at step ``k``."""
+    def step(state):
+        p, opt_state, k = state
+        g = grad_fn(p, k) if stochastic else grad_fn(p)
+        updates, opt_state = optimizer.update(g, opt_state, p)
+        q = project(optax.apply_updates(p, updates))
+        return (q, opt_state, k + 1), record(q, full_loss(q))
+
+    return (step, (factors, optimizer.init(factors), jnp.zeros((), jnp.int32)),
+            lambda state: state[0])
+
+
 def _armijo(trial, p, value):
     """Backtracking from ``t = 1``: halve ``t`` until ``F(A') ≤ F(A) + c₁ ∇Fᵀ(A' − A)`` for
-    ``A' = P(A − t d)``, at most ``MAX_HALVINGS`` times. Returns ``(A', F(A'), accepted)``."""
-    def accepted(v, dec):
-        return (v <= value + ARMIJO_C1 * dec) & jnp.isfinite(v)
+    ``A' = P(A − t d)``. After ``MAX_HALVINGS`` halvings along the L-BFGS direction it starts
+    again from ``t = 1`` along the steepest-descent direction ``∇F / ‖∇F‖`` (the fit then
+    discards its memory), for ``MAX_HALVINGS`` more. Returns ``(A', F(A'), accepted,
+    fell_back)``."""
+    def accepted(v, dec):  # a strict decrease: an unchanged float is no progress
+        return (v <= value + ARMIJO_C1 * dec) & (v < value) & jnp.isfinite(v)
 
     def cond(carry):
-        k, _, _, v, dec = carry
-        return (k <= MAX_HALVINGS) & ~accepted(v, dec)
+        k, _, v, dec = carry
+        return (k < 2 * MAX_HALVINGS) & ~accepted(v, dec)
 
     def body(carry):
-        k, t, _, _, _ = carry
-        q, v, dec = trial(t)
-        return k + 1, t / 2, q, v, dec
+        k, _, _, _ = carry
+        fallback = k >= MAX_HALVINGS
+        t = jnp.ldexp(jnp.ones((), value.dtype), -jnp.where(fallback, k - MAX_HALVINGS, k))
+        q, v, dec = trial(t, fallback)
+        return k + 1, q, v, dec
 
     nan = jnp.asarray(jnp.nan, value.dtype)
-    _, _, q, v, dec = lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), jnp.ones((), value.dtype), p, nan, nan))
-    return q, v, accepted(v, dec)
+    k, q, v, dec = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), p, nan, nan))
+    return q, v, accepted(v, dec), k > MAX_HALVINGS
 
 
 def _iterate(step, state, *, n_iter, tol):
@@ -558,3 +624,135 @@ def _iterate(step, state, *, n_iter, tol):
              jnp.zeros((), bool))
     state, n_done, losses, errors, _, converged = lax.while_loop(cond, body, carry)
     return state, n_done, losses, errors, converged
+
+
+# -- sparse data ------------------------------------------------------------------------------
+
+SPARSE_LOSSES = ("gaussian", "poisson")
+
+
+def _gcp_sparse(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_iter, tol,
+                n_samples, precision, return_info):
+    """GCP of a ``BCOO`` tensor for the losses whose sum over the zeros has a closed form:
+
+    * Gaussian: ``Σ_all (x − m)² = Σ_nz x² − 2 Σ_nz x m + ‖m‖²``, ``‖m‖² = 1ᵀ(⊛_n A_nᵀA_n)1``;
+    * Poisson: ``Σ_all (m − x log(m + ε)) = Σ_r Π_n (1ᵀA_n)_r − Σ_nz x log(m + ε)``;
+
+    so each loss and gradient costs ``O(nnz · N · R + Σ_n I_n R²)``; the dense tensor is never
+    formed. ``F`` is the mean over all ``Π I_n`` entries, as for dense data.
+    """
+    if x.n_batch or x.n_dense:
+        raise ValueError(f"x must be a BCOO array with sparse dimensions only, got n_batch="
+                         f"{x.n_batch}, n_dense={x.n_dense}.")
+    if x.ndim < 2 or 0 in x.shape:
+        raise ValueError(f"x must have at least 2 dimensions, none of size zero, got shape "
+                         f"{tuple(x.shape)}.")
+    if not isinstance(loss, str) or loss not in SPARSE_LOSSES:
+        choice = check_choice(loss, Loss, "loss") if isinstance(loss, str) else "a callable"
+        raise ValueError(f"sparse (BCOO) x is fitted with loss in {list(SPARSE_LOSSES)} (the "
+                         f"sum over its zeros has a closed form); got {choice!r}: pass "
+                         "x.todense() for the other losses.")
+    if mask is not None:
+        raise ValueError("mask is not supported with sparse (BCOO) x: its zeros are data.")
+    if n_samples is not None:
+        raise ValueError("n_samples (stochastic GCP) is not implemented for sparse (BCOO) x "
+                         "(the stratified sampler of Kolda & Hong 2020 is not written yet).")
+    rank = check_positive_int(rank, "rank")
+    n_iter, tol = check_iteration_args(n_iter, tol)
+    optimizer = _resolve_optimizer(optimizer, learning_rate, None)
+    if init == "svd":
+        raise ValueError('init="svd" needs dense unfoldings: with sparse (BCOO) x pass '
+                         'init="random" with a key, or a CPTensor.')
+    init_tensor, init_kind = resolve_init(init, CPTensor, key,
+                                          lambda t: _check_init(t, x.shape, rank))
+    fixed, tol = resolve_tol(tol)
+    values = x.data
+    if not jnp.issubdtype(values.dtype, jnp.floating) or values.dtype not in (jnp.float32,
+                                                                              jnp.float64):
+        values = values.astype(jnp.float32)
+    if not is_traced(values):
+        _check_domain(values, None, LOSSES[loss].data, loss)
+    result, n_nonfinite = _gcp_sparse_fit(
+        values, x.indices, key, init_tensor, tol, shape=tuple(x.shape), rank=rank,
+        n_iter=n_iter, fixed=fixed, init=init_kind, loss_name=loss, optimizer=optimizer,
+        precision=precision, return_info=bool(return_info))
+    report_nonfinite(n_nonfinite, "x")
+    return result
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "shape", "rank", "n_iter", "fixed", "init", "loss_name", "optimizer", "precision",
+    "return_info"))
+def _gcp_sparse_fit(values, indices, key, init_tensor, tol, *, shape, rank, n_iter, fixed,
+                    init, loss_name, optimizer, precision, return_info):
+    dtype = values.dtype
+    spec = LOSSES[loss_name]
+    values, n_nonfinite = finite_part(values)
+    size = float(np.prod(shape))
+    s = lax.stop_gradient(pow2_scale(values))
+    v = values / s
+    sum_sq = jnp.vdot(v, v)
+
+    def gram_sum(factors):
+        prec = resolve_precision(precision)
+        g = functools.reduce(jnp.multiply, [jnp.matmul(a.T, a, precision=prec)
+                                            for a in factors])
+        return jnp.sum(g)
+
+    def cross(factors):
+        return jnp.vdot(v, _sample_model(factors, indices))
+
+    def full_loss(factors):
+        if loss_name == "gaussian":
+            total = sum_sq - 2 * cross(factors) + gram_sum(factors)
+        else:
+            sums = functools.reduce(jnp.multiply, [jnp.sum(a, axis=0) for a in factors])
+            m = _sample_model(factors, indices)
+            total = jnp.sum(sums) - jnp.vdot(v, jnp.log(m + EPS))
+        return total / size
+
+    project = ((lambda p: tuple(jnp.maximum(a, 0) for a in p)) if spec.nonneg
+               else (lambda p: p))
+
+    def record(factors, value):
+        err_sq = jnp.maximum(sum_sq - 2 * cross(factors) + gram_sum(factors), 0)
+        return value, safe_divide(jnp.sqrt(err_sq), jnp.sqrt(sum_sq))
+
+    if init == "given":
+        w = init_tensor.weights.astype(dtype) / s
+        factors = [a.astype(dtype) for a in init_tensor.factors]
+        root = jnp.abs(w) ** (1.0 / len(shape))
+        factors = project(tuple([factors[0] * (w / jnp.where(root > 0, root, 1)
+                                               ** (len(shape) - 1))]
+                                + [a * root for a in factors[1:]]))
+    else:
+        keys = jax.random.split(key, len(shape))
+        draw = jax.random.uniform if spec.nonneg else jax.random.normal
+        factors = tuple(draw(k, (n, rank), dtype) for k, n in zip(keys, shape))
+        norm = jnp.sqrt(jnp.maximum(gram_sum(factors), 0))
+        ratio = safe_divide(jnp.sqrt(sum_sq), norm)
+        ratio = jnp.where((ratio > 0) & jnp.isfinite(ratio), ratio, 1)
+        factors = tuple(a * ratio ** (1.0 / len(shape)) for a in factors)
+
+    if optimizer == "lbfgs":
+        step, state, factors_of = _lbfgs(full_loss, project, record, factors, spec.nonneg)
+    else:
+        if isinstance(optimizer, tuple):
+            optimizer = optax.adam(optimizer[1])
+        step, state, factors_of = _first_order(optimizer, jax.grad(full_loss), full_loss,
+                                               project, record, factors, stochastic=False)
+    state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
+                                                        tol=0 if fixed else tol)
+    factors = factors_of(state)
+    weights = jnp.ones((rank,), dtype)
+    unit = []
+    for a in factors:
+        norms, a = normalize_columns(a)
+        weights = weights * norms
+        unit.append(a)
+    result = poison(CPTensor(weights * s, tuple(unit)), n_nonfinite)
+    if not return_info:
+        return result, n_nonfinite
+    losses = _rescale_loss(loss_name, losses, s, jnp.sum(v) / size)
+    info = GCPInfo(n_done, errors, record(factors, losses[0])[1], converged, losses)
+    return (result, poison(info, n_nonfinite)), n_nonfinite
