@@ -196,6 +196,12 @@ def test_stochastic_poisson_gets_close_to_the_full_fit():
     full_loss = np.asarray(full.losses)[int(full.n_iter) - 1]
     assert np.asarray(info.losses)[-1] <= full_loss + 0.02 * abs(full_loss)
     assert factor_match_score(factors, fit.factors) >= 0.9
+    # equivariant to powers of two exactly (the same samples, the same rescaled data)
+    for c in (np.float32(2.0 ** -90), np.float32(2.0 ** 90)):
+        scaled = tfa.gcp(counts * c, RANK, loss="poisson", n_samples=300, n_iter=400, tol=0,
+                         key=jax.random.key(0), return_info=True)[0]
+        np.testing.assert_array_equal(np.asarray(scaled.to_dense(), np.float64) / c,
+                                      np.asarray(fit.to_dense(), np.float64))
 
 
 @pytest.mark.parametrize("loss, x, match", [
