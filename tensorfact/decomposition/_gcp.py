@@ -224,7 +224,7 @@ def _rescale_loss(loss: str, value, s, mean_x):
 
 def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
         init: Union[Init, CPTensor] = "svd", mask=None, optimizer=None, learning_rate=None,
-        n_iter: int = 200, tol: float = 1e-8, n_samples: Optional[int] = None,
+        n_iter: int = 1000, tol: float = 1e-8, n_samples: Optional[int] = None,
         delta: float = 1.0, precision: Precision = "highest", return_info: bool = False):
     """Generalized CP decomposition: the CP model minimising the mean of an elementwise loss.
 
@@ -253,7 +253,8 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
         ``optax.GradientTransformation`` (followed by the projection for the ``m ≥ 0`` losses).
       learning_rate: Adam's step (default 1e-2 on the rescaled problem); only with
         ``optimizer="adam"`` (or its default).
-      n_iter: most steps (L-BFGS iterations or optimiser steps); static, it sizes the info.
+      n_iter: most steps (L-BFGS iterations or optimiser steps; default 1000, pyttb's
+        ``maxiter``); static, it sizes the info.
       tol: stop when the loss changes by at most ``tol`` relative to its size between steps.
         A concrete ``0`` runs exactly ``n_iter`` steps (for Adam, a differentiable
         ``lax.scan``).
