@@ -269,3 +269,19 @@ def test_sparse_bcoo_errors():
         tfa.gcp(x, 2, init="random", key=key, n_samples=5)
     with pytest.raises(ValueError, match="x must be nonnegative"):
         tfa.gcp(-x, 2, loss="poisson", init="random", key=key)
+
+
+def test_zero_data_give_the_zero_model():
+    fit, info = tfa.gcp(np.zeros(SHAPE, np.float32), RANK, return_info=True)
+    assert np.all(np.asarray(fit.to_dense()) == 0) and float(info.rel_error) == 0
+
+
+def test_an_optax_transformation_is_used_as_given():
+    """``optimizer=optax.sgd(...)`` (a NamedTuple, as every Optax transformation): plain
+    gradient descent on the mean loss lowers it at every step here."""
+    import optax
+
+    x = tfa.random_cp(jax.random.key(5), SHAPE, rank=RANK).to_dense()
+    _, info = tfa.gcp(x, RANK, optimizer=optax.sgd(0.5), n_iter=30, tol=0, return_info=True)
+    losses = np.asarray(info.losses)
+    assert np.all(np.diff(losses) < 0) and losses[-1] < 0.6 * losses[0]

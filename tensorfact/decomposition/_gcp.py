@@ -391,7 +391,8 @@ def _balanced(factors, target_norm, precision):
     """The factors scaled, equally in every mode, so the CP model has norm ``target_norm``."""
     norm = safe_norm(_model(factors, precision))
     ratio = safe_divide(target_norm, norm)
-    ratio = jnp.where((ratio > 0) & jnp.isfinite(ratio), ratio, 1)
+    # zero data: a zero start, which stays (a zero start for nonzero data is left as it is)
+    ratio = jnp.where(jnp.isfinite(ratio) & (norm > 0), ratio, 1)
     root = ratio ** (1.0 / len(factors))
     return tuple(a * root for a in factors)
 
@@ -457,7 +458,7 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
     if optimizer == "lbfgs":
         step, state, factors_of = _lbfgs(full_loss, project, record, factors, spec.nonneg)
     else:
-        if isinstance(optimizer, tuple):
+        if type(optimizer) is tuple:  # ("adam", learning_rate); an optax transform is a NamedTuple
             optimizer = optax.adam(optimizer[1])
         grad_fn = jax.grad(full_loss)
         if n_samples is not None:
@@ -744,13 +745,13 @@ def _gcp_sparse_fit(values, indices, key, init_tensor, tol, *, shape, rank, n_it
         factors = tuple(draw(k, (n, rank), dtype) for k, n in zip(keys, shape))
         norm = jnp.sqrt(jnp.maximum(gram_sum(factors), 0))
         ratio = safe_divide(jnp.sqrt(sum_sq), norm)
-        ratio = jnp.where((ratio > 0) & jnp.isfinite(ratio), ratio, 1)
+        ratio = jnp.where(jnp.isfinite(ratio) & (norm > 0), ratio, 1)
         factors = tuple(a * ratio ** (1.0 / len(shape)) for a in factors)
 
     if optimizer == "lbfgs":
         step, state, factors_of = _lbfgs(full_loss, project, record, factors, spec.nonneg)
     else:
-        if isinstance(optimizer, tuple):
+        if type(optimizer) is tuple:  # ("adam", learning_rate); an optax transform is a NamedTuple
             optimizer = optax.adam(optimizer[1])
         step, state, factors_of = _first_order(optimizer, jax.grad(full_loss), full_loss,
                                                project, record, factors, stochastic=False)
