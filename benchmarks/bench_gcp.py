@@ -18,6 +18,8 @@ Two cases:
     (each outer iteration makes up to 10 inner updates per mode; ``stoptol=0``);
   - the same with ``3 × n_iter`` iterations (our projected L-BFGS needs about three times
     SciPy's L-BFGS-B iterations on this problem; see NOTES);
+  - ``tfa.cp_apr``: the same multiplicative updates as pyttb's (``tol=0``: every outer
+    iteration makes all ``inner_iters = 10`` inner updates, as pyttb's with ``stoptol=0``);
   - ``tfa.gcp(loss="poisson", n_samples=s)``: stochastic GCP, Adam on ``s`` sampled entries per
     step, ``10 × n_iter`` steps (a different amount of work: compare the loss column).
 
@@ -202,6 +204,11 @@ def main(argv=None):
     out, t_ms, t_first = median_ms(pyttb_apr, sync_nothing, args.repeats)
     add("poisson", "pyttb.cp_apr(algorithm='mu')", out, t_ms, t_first,
         dense(out.weights, out.factor_matrices), out.factor_matrices)
+
+    apr_fn = jax.jit(lambda x, s: tfa.cp_apr(x, rank, init=s, n_iter=n_iter, tol=0.0))
+    out, t_ms, t_first = median_ms(lambda: apr_fn(xj, start), sync_jax, args.repeats)
+    add("poisson", "tfa.cp_apr (multiplicative updates)", out, t_ms, t_first,
+        dense(out.weights, out.factors), out.factors)
 
     truth = np.einsum(_spec(len(shape)), *true)
     truth *= 5.0 / truth.mean()

@@ -17,7 +17,7 @@ from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, m
 from tensorfact.decomposition import (CPInfo, FitInfo, GDInfo, TTCrossInfo, complete, cp, cur,
                                       factorize_gd, gaussian_measurements, measure, nmf, rpca,
                                       svd, tensor_ring, tt, tt_cross, tt_matrix, tt_round, tucker)
-from tensorfact.decomposition import GCPInfo, gcp
+from tensorfact.decomposition import GCPInfo, cp_apr, gcp
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
@@ -46,7 +46,7 @@ __all__ = [
     # decompositions
     "cp", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring", "tt_cross",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",
-    "gcp",
+    "gcp", "cp_apr",
     # tensor-train arithmetic
     "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
     # algebra, metrics, ranks, planted data

@@ -25,7 +25,7 @@ def test_bench_gcp_smoke(tmp_path):
     rows = json.loads(path.read_text())["results"]
     poisson = [r for r in rows if r["case"] == "poisson"]
     il2 = [r for r in rows if r["case"] == "il2"]
-    assert len(poisson) == 5 and len(il2) == 3
+    assert len(poisson) == 6 and len(il2) == 3
     for row in rows:
         assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
     for row in poisson:

@@ -161,6 +161,9 @@ FITS = [
         lambda x, **kw: tfa.gcp(x, 2, loss="poisson", n_samples=40, n_iter=20, tol=0,
                                 **{"key": KEY, **kw}),
         lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), key="required", scale=False),
+    # cp_apr: multiplicative updates in while loops (KKT tests): no reverse-mode derivative
+    Fit("cp_apr", lambda x, **kw: tfa.cp_apr(x, 2, n_iter=30, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False),
     Fit("tubal_svd", lambda x, **kw: tfa.tubal.svd(x, rank=2, **kw),
         lambda: (_tubal_lowrank(),), iterative=False),
     Fit("tubal_rpca", lambda x, **kw: tfa.tubal.rpca(x, n_iter=30, tol=0, **kw),

@@ -4,6 +4,7 @@
 
 from tensorfact.decomposition._completion import complete, rpca
 from tensorfact.decomposition._cp import cp
+from tensorfact.decomposition._cp_apr import cp_apr
 from tensorfact.decomposition._cur import cur
 from tensorfact.decomposition._loop import CPInfo, FitInfo
 from tensorfact.decomposition._nmf import nmf
@@ -17,6 +18,6 @@ from tensorfact.decomposition._tt_cross import tt_cross, TTCrossInfo
 from tensorfact.decomposition._tucker import tucker
 
 __all__ = ["FitInfo", "CPInfo", "GDInfo", "GCPInfo", "TTCrossInfo", "complete", "cp",
-           "gcp", "cur", "factorize_gd",
+           "gcp", "cp_apr", "cur", "factorize_gd",
            "gaussian_measurements", "measure", "nmf", "rpca", "svd", "tucker", "tt", "tt_matrix",
            "tt_round", "tensor_ring", "tt_cross"]
