@@ -18,6 +18,7 @@ from tensorfact.decomposition import (CMTFInfo, CPInfo, FitInfo, GDInfo, TTCross
                                       complete, constrained_cp, cp, cur,
                                       factorize_gd, gaussian_measurements, measure, nmf, rpca,
                                       svd, tensor_ring, tt, tt_cross, tt_matrix, tt_round, tucker)
+from tensorfact.decomposition import GCPInfo, cp_apr, gcp
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
@@ -42,11 +43,12 @@ __all__ = [
     "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
     "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors",
     # info types (one family: n_iter, errors, rel_error, converged, then their own fields)
-    "FitInfo", "CPInfo", "GDInfo", "TTCrossInfo", "CMTFInfo",
+    "FitInfo", "CPInfo", "GDInfo", "TTCrossInfo", "CMTFInfo", "GCPInfo",
     # decompositions
     "cp", "constrained_cp", "cmtf", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring",
     "tt_cross",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",
+    "gcp", "cp_apr",
     # tensor-train arithmetic
     "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
     # algebra, metrics, ranks, planted data

@@ -177,6 +177,26 @@ FITS = [
     Fit("factorize_gd",
         lambda y, a, **kw: tfa.factorize_gd(y, a, 2, n_iter=30, **{"key": KEY, **kw}),
         _sensing, names=("y", "a"), key="required", scale=False),
+    # gcp: the L-BFGS line search is a while_loop (no reverse-mode derivative); Adam is a scan.
+    # Poisson's projected L-BFGS converges slowly and its float32 path after c·x (c not a power
+    # of two) differs by rounding by ~2e-3 mid-way: exact for powers of two and checked to 1e-2
+    # in tests/test_gcp.py instead. Adam's sign-like first steps (g/√v) turn those rounding
+    # differences into ~5% differences after 20 steps: the Adam fits are equivariant to powers
+    # of two exactly (tests/test_gcp.py), not to 1e-3 for any c.
+    Fit("gcp", lambda x, **kw: tfa.gcp(x, 2, n_iter=60, tol=0, **kw), _x3, grad=False),
+    Fit("gcp_poisson", lambda x, **kw: tfa.gcp(x, 2, loss="poisson", n_iter=20, tol=0, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False, scale=False),
+    Fit("gcp_adam_mask", lambda x, m, **kw: tfa.gcp(x, 2, optimizer="adam", mask=m, n_iter=20,
+                                                    tol=0, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2), _half_mask((5, 6, 7))), names=("x", "mask"),
+        scale=False),
+    Fit("gcp_stochastic",
+        lambda x, **kw: tfa.gcp(x, 2, loss="poisson", n_samples=40, n_iter=20, tol=0,
+                                **{"key": KEY, **kw}),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), key="required", scale=False),
+    # cp_apr: multiplicative updates in while loops (KKT tests): no reverse-mode derivative
+    Fit("cp_apr", lambda x, **kw: tfa.cp_apr(x, 2, n_iter=30, **kw),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False),
     Fit("tubal_svd", lambda x, **kw: tfa.tubal.svd(x, rank=2, **kw),
         lambda: (_tubal_lowrank(),), iterative=False),
     Fit("tubal_rpca", lambda x, **kw: tfa.tubal.rpca(x, n_iter=30, tol=0, **kw),
