@@ -7,6 +7,7 @@ from tensorfact.decomposition._cp import cp
 from tensorfact.decomposition._cur import cur
 from tensorfact.decomposition._loop import CPInfo, FitInfo
 from tensorfact.decomposition._nmf import nmf
+from tensorfact.decomposition._parafac2 import parafac2
 from tensorfact.decomposition._gradient_fit import GDInfo
 from tensorfact.decomposition._sensing import factorize_gd, gaussian_measurements, measure
 from tensorfact.decomposition._svd import svd
@@ -16,5 +17,5 @@ from tensorfact.decomposition._tt_cross import tt_cross, TTCrossInfo
 from tensorfact.decomposition._tucker import tucker
 
 __all__ = ["FitInfo", "CPInfo", "GDInfo", "TTCrossInfo", "complete", "cp", "cur", "factorize_gd",
-           "gaussian_measurements", "measure", "nmf", "rpca", "svd", "tucker", "tt", "tt_matrix",
+           "gaussian_measurements", "measure", "nmf", "parafac2", "rpca", "svd", "tucker", "tt", "tt_matrix",
            "tt_round", "tensor_ring", "tt_cross"]
