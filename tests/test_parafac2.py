@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _helpers import x64
+
 import tensorfact as tfa
 
 ROWS = (5, 9, 7, 6, 10, 8)
@@ -91,7 +93,7 @@ def test_errors_follow_tensorly_iteration_by_iteration():
     from tensorly.parafac2_tensor import parafac2_to_slices
 
     xs = _planted(seed=3)
-    with jax.experimental.enable_x64():
+    with x64():
         fit = tfa.parafac2([jnp.asarray(x) for x in xs], 3, n_iter=8, tol=0, cp_sweeps=2)
         ours = _rel(xs, fit.to_slices())
     with warnings.catch_warnings():

@@ -17,5 +17,5 @@ from tensorfact.decomposition._tt_cross import tt_cross, TTCrossInfo
 from tensorfact.decomposition._tucker import tucker
 
 __all__ = ["FitInfo", "CPInfo", "GDInfo", "TTCrossInfo", "complete", "cp", "cur", "factorize_gd",
-           "gaussian_measurements", "measure", "nmf", "parafac2", "rpca", "svd", "tucker", "tt", "tt_matrix",
-           "tt_round", "tensor_ring", "tt_cross"]
+           "gaussian_measurements", "measure", "nmf", "rpca", "svd", "tucker", "tt", "tt_matrix",
+           "tt_round", "tensor_ring", "tt_cross", "parafac2"]

@@ -8,8 +8,8 @@ Bro ("PARAFAC2 — Part I. A direct fitting algorithm for the PARAFAC2 model", J
 
 1. for each ``k``, the orthogonal Procrustes solution ``P_k = U_k V_kᵀ`` from the thin SVD
    ``X_k C D_k Bᵀ = U_k S_k V_kᵀ``;
-2. one CP-ALS sweep (``cp_sweeps`` of them; ``A``, then ``B``, then ``C``, TensorLy's order) on the projected tensor
-   ``Y_k = P_kᵀ X_k`` (``K × R × J``): with the ``P_k`` fixed,
+2. one CP-ALS sweep (``cp_sweeps`` of them; ``A``, then ``B``, then ``C``, TensorLy's order)
+   on the projected tensor ``Y_k = P_kᵀ X_k`` (``K × R × J``): with the ``P_k`` fixed,
    ``‖X_k − P_k M_k‖² = ‖X_k‖² − ‖Y_k‖² + ‖Y_k − M_k‖²``, so the CP sweep lowers the PARAFAC2
    loss. The same identity gives the error of every iteration without a dense reconstruction.
 
@@ -45,14 +45,16 @@ __all__ = ["parafac2"]
 
 def parafac2(slices, rank: int, *, key=None, init: Union[Init, Parafac2Tensor] = "svd",
              n_iter: int = 100, tol: float = DEFAULT_TOL, cp_sweeps: int = 5,
-             nonneg: bool = False, mask=None, precision: Precision = "highest", return_info: bool = False):
+             nonneg: bool = False, mask=None, precision: Precision = "highest",
+             return_info: bool = False):
     """PARAFAC2 of a list of matrices with a shared column mode, by ALS.
 
     Model: ``X_k ≈ P_k B diag(w ⊙ a_k) Cᵀ`` with ``P_kᵀP_k = I``; each iteration solves for
     every ``P_k`` (orthogonal Procrustes: ``P_k = U_k V_kᵀ`` from the SVD of
-    ``X_k C diag(w ⊙ a_k) Bᵀ``), then runs one CP-ALS sweep for ``A``, ``B``, ``C`` on the
-    projected tensor ``Y_k = P_kᵀ X_k`` (``cp_sweeps`` of them; Kiers, ten Berge & Bro, J. Chemometrics 1999). The
-    whole fit is one compiled program (``lax.scan`` for ``tol=0``, else ``lax.while_loop``).
+    ``X_k C diag(w ⊙ a_k) Bᵀ``), then runs CP-ALS sweeps for ``A``, ``B``, ``C`` on the
+    projected tensor ``Y_k = P_kᵀ X_k`` (``cp_sweeps`` of them; Kiers, ten Berge & Bro,
+    J. Chemometrics 1999). The whole fit is one compiled program (``lax.scan`` for ``tol=0``,
+    else ``lax.while_loop``).
 
     Args:
       slices: a sequence of ``K`` 2-D arrays ``(I_k, J)`` (row counts may differ; they are
@@ -196,7 +198,8 @@ def _check_init(init: Parafac2Tensor, n_slices, n_cols, rank) -> Parafac2Tensor:
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "row_counts", "rank", "n_iter", "fixed", "init", "cp_sweeps", "nonneg", "precision", "return_info"))
+    "row_counts", "rank", "n_iter", "fixed", "init", "cp_sweeps", "nonneg", "precision",
+    "return_info"))
 def _parafac2_fit(x, mask, key, init_tensor, tol, *, row_counts, rank, n_iter, fixed, init,
                   cp_sweeps, nonneg, precision, return_info):
     n_slices, i_max, n_cols = x.shape

@@ -12,5 +12,5 @@ from tensorfact.tensors._tt import TTMatrix, TTTensor
 from tensorfact.tensors._tubal import TubalFactors
 from tensorfact.tensors._tucker import TuckerTensor
 
-__all__ = ["FactorizedTensor", "CPTensor", "CURMatrix", "LowRankMatrix", "Parafac2Tensor", "TRTensor", "TSVDTensor",
-           "TTMatrix", "TTTensor", "TubalFactors", "TuckerTensor"]
+__all__ = ["FactorizedTensor", "CPTensor", "CURMatrix", "LowRankMatrix", "TRTensor", "TSVDTensor",
+           "TTMatrix", "TTTensor", "TubalFactors", "TuckerTensor", "Parafac2Tensor"]
