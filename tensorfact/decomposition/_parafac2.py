@@ -213,6 +213,7 @@ def _parafac2_fit(x, mask, key, init_tensor, tol, *, row_counts, rank, n_iter, f
     scale = lax.stop_gradient(pow2_scale(x))  # fit x / 2^k: exact, no square overflows
     x = x / scale
     rowsf = rows.astype(dtype)[..., None]
+    counts = row_counts or (i_max,) * n_slices  # the result's static row counts
 
     if init == "given":
         weights = init_tensor.weights.astype(dtype) / scale
@@ -244,7 +245,7 @@ def _parafac2_fit(x, mask, key, init_tensor, tol, *, row_counts, rank, n_iter, f
             err = safe_sqrt(safe_divide(jnp.maximum(err_sq, 0.0), norm_x_sq))
             return (weights, factors, None), err
         dense = Parafac2Tensor.tree_unflatten(
-            (row_counts,), (weights, factors, proj)).to_dense(precision=precision)
+            (counts,), (weights, factors, proj)).to_dense(precision=precision)
         err = relative_error(x, dense, observed)
         return (weights, factors, jnp.where(observed, x, dense * rowsf)), err
 
@@ -253,8 +254,8 @@ def _parafac2_fit(x, mask, key, init_tensor, tol, *, row_counts, rank, n_iter, f
     weights, factors, data = state
     current = x if data is None else data
     proj = _projections(current, weights, factors, rowsf, prec)
-    fitted = Parafac2Tensor.tree_unflatten((row_counts,), (weights, factors, proj))
-    result = Parafac2Tensor.tree_unflatten((row_counts,), (weights * scale, factors, proj))
+    fitted = Parafac2Tensor.tree_unflatten((counts,), (weights, factors, proj))
+    result = Parafac2Tensor.tree_unflatten((counts,), (weights * scale, factors, proj))
     if return_info:
         rel = relative_error(x, fitted.to_dense(precision=precision), observed)
         result = (result, FitInfo(n_done, errors, rel, converged))
