@@ -14,16 +14,16 @@ from tensorfact import (algebra, constraints, decomposition, kernels, metrics, o
                         ranks, sharding, tensors, tubal)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
-from tensorfact.decomposition import (CMTFInfo, CPInfo, FitInfo, GDInfo, TTCrossInfo, cmtf,
-                                      complete, constrained_cp, cp, cur,
-                                      factorize_gd, gaussian_measurements, measure, nmf, rpca,
-                                      svd, tensor_ring, tt, tt_cross, tt_matrix, tt_round, tucker)
-from tensorfact.decomposition import GCPInfo, cp_apr, gcp
+from tensorfact.decomposition import (CMTFInfo, CPInfo, FitInfo, GCPInfo, GDInfo, TTCrossInfo,
+                                      cmtf, complete, constrained_cp, cp, cp_apr, cur,
+                                      factorize_gd, gaussian_measurements, gcp, measure, nmf,
+                                      parafac2, rpca, svd, tensor_ring, tt, tt_cross, tt_matrix,
+                                      tt_round, tucker)
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
 from tensorfact.tensors import (CPTensor, CURMatrix, FactorizedTensor, LowRankMatrix, TRTensor,
-                                TSVDTensor, TTMatrix, TTTensor, TuckerTensor)
+                                TSVDTensor, TTMatrix, TTTensor, TuckerTensor, Parafac2Tensor)
 from tensorfact.tensors._tt import (tt_add, tt_gather, tt_hadamard, tt_inner, tt_matmul,
                                     tt_orthogonalize, tt_scale)
 from tensorfact.tubal import TubalFactors
@@ -41,14 +41,14 @@ def __getattr__(name):
 __all__ = [
     # types
     "FactorizedTensor", "CPTensor", "TuckerTensor", "TTTensor", "TTMatrix", "TRTensor",
-    "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors",
+    "LowRankMatrix", "CURMatrix", "TSVDTensor", "TubalFactors", "Parafac2Tensor",
     # info types (one family: n_iter, errors, rel_error, converged, then their own fields)
     "FitInfo", "CPInfo", "GDInfo", "TTCrossInfo", "CMTFInfo", "GCPInfo",
     # decompositions
     "cp", "constrained_cp", "cmtf", "tucker", "tt", "tt_matrix", "tt_round", "tensor_ring",
     "tt_cross",
     "svd", "nmf", "cur", "complete", "rpca", "factorize_gd", "gaussian_measurements", "measure",
-    "gcp", "cp_apr",
+    "gcp", "cp_apr", "parafac2",
     # tensor-train arithmetic
     "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
     # algebra, metrics, ranks, planted data

@@ -88,6 +88,15 @@ class Fit:
     sized: bool = True
 
 
+def _parafac2_slices(seed=0, nonneg=False):
+    """A planted PARAFAC2 model as a 3-way array (5 slices of 6 × 7, rank 2)."""
+    ka, kb, kc, kp = jax.random.split(jax.random.key(seed), 4)
+    a = jax.random.uniform(ka, (5, 2)) + 0.5
+    c = jax.random.uniform(kc, (7, 2)) if nonneg else jax.random.normal(kc, (7, 2))
+    p = jnp.linalg.qr(jax.random.normal(kp, (5, 6, 2)))[0]
+    return (jnp.einsum("kir,rs,ks,js->kij", p, jax.random.normal(kb, (2, 2)), a, c),)
+
+
 def _x3():
     return (_planted_cp((5, 6, 7), 2),)
 
@@ -137,6 +146,13 @@ FITS = [
         lambda: (_planted_cp((5, 6, 7), 2), _lowrank(5, 4, 2, seed=3)), names=("x", "y"),
         dense=lambda r: jnp.concatenate([r[0].to_dense().ravel(), r[1].to_dense().ravel()]),
         scale=False),
+    # PARAFAC2 registered on its 3-way array form (a list of ragged slices is a Python list of
+    # arrays of different shapes: it cannot be stacked for vmap)
+    Fit("parafac2", lambda s, **kw: tfa.parafac2(s, 2, n_iter=15, tol=0, **kw), _parafac2_slices,
+        names=("slices",)),
+    Fit("parafac2_mask",
+        lambda s, m, **kw: tfa.parafac2(s, 2, n_iter=15, tol=0, mask=m, **kw),
+        lambda: (_parafac2_slices()[0], _half_mask((5, 6, 7))), names=("slices", "mask")),
     Fit("tucker", lambda x, **kw: tfa.tucker(x, (2, 3, 2), n_iter=10, tol=0, **kw), _x3),
     Fit("tucker_hosvd", lambda x, **kw: tfa.tucker(x, (2, 3, 2), method="hosvd", **kw), _x3),
     Fit("tucker_st_hosvd", lambda x, **kw: tfa.tucker(x, (2, 3, 2), method="st_hosvd", **kw),

@@ -11,6 +11,7 @@ from tensorfact.decomposition._cur import cur
 from tensorfact.decomposition._loop import CPInfo, FitInfo
 from tensorfact.decomposition._nmf import nmf
 from tensorfact.decomposition._gcp import GCPInfo, gcp
+from tensorfact.decomposition._parafac2 import parafac2
 from tensorfact.decomposition._gradient_fit import GDInfo
 from tensorfact.decomposition._sensing import factorize_gd, gaussian_measurements, measure
 from tensorfact.decomposition._svd import svd
@@ -22,4 +23,4 @@ from tensorfact.decomposition._tucker import tucker
 __all__ = ["FitInfo", "CPInfo", "GDInfo", "GCPInfo", "TTCrossInfo", "CMTFInfo", "cmtf",
            "complete", "constrained_cp", "cp", "cp_apr", "gcp", "cur", "factorize_gd",
            "gaussian_measurements", "measure", "nmf", "rpca", "svd", "tucker", "tt", "tt_matrix",
-           "tt_round", "tensor_ring", "tt_cross"]
+           "tt_round", "tensor_ring", "tt_cross", "parafac2"]
