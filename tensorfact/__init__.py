@@ -21,6 +21,7 @@ from tensorfact.decomposition import (CMTFInfo, CPInfo, FitInfo, GCPInfo, GDInfo
                                       tt_round, tucker)
 from tensorfact.metrics import fit, relative_error
 from tensorfact.random import noisy, random_cp, random_tucker
+from tensorfact._sparse import sparse_tensor
 from tensorfact.ranks import effective_rank, rank_for_energy, rank_for_params, stable_rank
 from tensorfact.tensors import (CPTensor, CURMatrix, FactorizedTensor, LowRankMatrix, TRTensor,
                                 TSVDTensor, TTMatrix, TTTensor, TuckerTensor, Parafac2Tensor)
@@ -53,7 +54,7 @@ __all__ = [
     "tt_add", "tt_scale", "tt_hadamard", "tt_inner", "tt_orthogonalize", "tt_gather", "tt_matmul",
     # algebra, metrics, ranks, planted data
     "unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker", "mttkrp",
-    "partial_mttkrp", "relative_error", "fit", "stable_rank", "effective_rank",
+    "partial_mttkrp", "sparse_tensor", "relative_error", "fit", "stable_rank", "effective_rank",
     "rank_for_energy", "rank_for_params", "random_cp", "random_tucker", "noisy",
     # namespaces
     "algebra", "constraints", "decomposition", "kernels", "metrics", "nn", "optim", "random",

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 from tensorfact import kernels
 from tensorfact._arrays import (as_tensor, check_factors, check_index, check_mode, check_sequence,
                                 check_shape)
-from tensorfact._checks import Impl, Precision, check_modes
+from tensorfact._checks import Impl, Precision, check_choice, check_modes
 from tensorfact._numerics import resolve_precision
+from tensorfact._sparse import check_sparse, is_sparse, sparse_mttkrp
 
 __all__ = [
     "unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker",
@@ -379,6 +380,12 @@ def mttkrp(x: jax.Array, factors: Sequence[jax.Array], mode: int, *, impl: Impl 
     :func:`partial_mttkrp`: no Khatri–Rao product, ``x`` read once. A mode of size zero gives an
     empty (``I_n = 0``) or zero (another mode) result.
 
+    A sparse ``x`` (a ``jax.experimental.sparse.BCOO``, e.g. from
+    :func:`tensorfact.sparse_tensor`) is contracted over its stored entries alone: each entry's
+    factor rows gathered, multiplied and summed into the rows of the result
+    (``jax.ops.segment_sum``), in ``O(nnz · R)`` memory; ``impl`` and ``precision`` do not apply
+    (the products are elementwise) and ``impl="pallas"`` is an error.
+
     ``impl``: ``"xla"`` (that path), ``"pallas"`` (the kernel
     :func:`tensorfact.kernels.mttkrp_pallas`, in interpret mode off GPUs) or ``"auto"`` (the
     kernel on a GPU where dtype, size and rank suit it and a GPU benchmark has shown it to pay,
@@ -392,6 +399,8 @@ def mttkrp(x: jax.Array, factors: Sequence[jax.Array], mode: int, *, impl: Impl 
       >>> tfa.mttkrp(x, fs, 0)[:, 0]          # sums of the two slices
       Array([ 66., 210.], dtype=float32)
     """
+    if is_sparse(x):
+        return _sparse_mttkrp(x, factors, mode, impl)
     x = as_tensor(x, "x", min_ndim=2)
     mode = check_mode(mode, x.ndim, shape=x.shape)
     factors = check_factors(factors, x.shape, skip=mode)
@@ -400,3 +409,13 @@ def mttkrp(x: jax.Array, factors: Sequence[jax.Array], mode: int, *, impl: Impl 
         return kernels.mttkrp(x, factors, mode, impl="pallas", precision=precision)
     others = [m for m in range(x.ndim) if m != mode]
     return partial_mttkrp(x, [factors[m] for m in others], others, precision=precision)
+
+
+def _sparse_mttkrp(x, factors, mode, impl):
+    x = check_sparse(x, "x", min_ndim=2, keep_low_floats=True)
+    mode = check_mode(mode, x.ndim, shape=x.shape)
+    factors = check_factors(factors, x.shape, skip=mode)
+    if check_choice(impl, Impl, "impl") == "pallas":
+        raise ValueError('impl="pallas" has no kernel for a sparse x (a BCOO): use "auto" or '
+                         '"xla" (the MTTKRP over its stored entries).')
+    return sparse_mttkrp(x, factors, mode)

@@ -48,7 +48,8 @@ from tensorfact._checks import (Impl, Init, Precision, as_float_array, check_mas
                                 check_nonneg_number, check_positive_int, count_nonfinite,
                                 report_nonfinite)
 from tensorfact._numerics import pow2_scale
-from tensorfact.decomposition import _sharded
+from tensorfact._sparse import is_sparse
+from tensorfact.decomposition import _sharded, _sparse_cp
 from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
                                               concrete_or_traced, hals_columns,
                                               normalize_columns, resolve_init, resolve_tol,
@@ -74,7 +75,10 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
         dtypes are cast to float32). A ``jax.Array`` split over a device mesh (see
         :mod:`tensorfact.sharding`) is fitted where it lies, never gathered; the result is
         replicated on the mesh (what moves between devices:
-        :func:`tensorfact.decomposition._sharded.cp`).
+        :func:`tensorfact.decomposition._sharded.cp`). A sparse tensor (a
+        ``jax.experimental.sparse.BCOO``, e.g. from :func:`tensorfact.sparse_tensor`) is
+        fitted over its stored entries, never densified (``mask`` does not apply; see
+        :mod:`tensorfact.decomposition._sparse_cp`).
       rank: number of rank-one components ``R`` (a positive int; may exceed the mode sizes:
         the redundant directions then get the minimum-norm share).
       key: ``jax.random`` key; needed for ``init="random"`` only.
@@ -129,6 +133,10 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
         missing key for ``init="random"``, NaN/Inf in ``init``, or NaN/Inf in the observed
         entries of ``x`` (eager calls).
     """
+    if is_sparse(x):  # a BCOO: ALS over the stored entries, never densified
+        return _sparse_cp.sparse_cp(x, rank, key=key, init=init, n_iter=n_iter, tol=tol,
+                                    mask=mask, nonneg=nonneg, l2=l2, normalize=normalize,
+                                    precision=precision, impl=impl, return_info=return_info)
     x = as_float_array(x, "x", min_ndim=2, nonempty=True)
     rank = check_positive_int(rank, "rank")
     n_iter, tol = check_iteration_args(n_iter, tol)
