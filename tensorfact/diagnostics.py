@@ -32,6 +32,7 @@ from tensorfact._numerics import pow2_scale, safe_divide, safe_norm
 from tensorfact.decomposition import cp as _fit_cp
 from tensorfact.decomposition._common import check_iteration_args
 from tensorfact.decomposition._loop import DEFAULT_TOL, component_congruence, min_congruence
+from tensorfact.decomposition._sweeps import cp_initial_factors, scaled_to_data
 from tensorfact.tensors import CPTensor
 
 __all__ = ["core_consistency", "congruence", "factor_match_score", "degeneracy",
@@ -80,15 +81,21 @@ def _scaled_weights(model: CPTensor, scale):
 def core_consistency(x, cp, *, precision="highest"):
     """CORCONDIA: ``100 · (1 − ‖G − T‖² / R)`` (Bro & Kiers 2003, eq. 4).
 
-    ``G`` is the least-squares Tucker core of ``x`` given the CP factors,
+    ``G`` is the least-squares Tucker core of ``x`` given the CP loadings,
 
-        G = x ×_0 A_0⁺ ×_1 A_1⁺ ⋯ ×_{N-1} A_{N-1}⁺,
+        G = x ×_0 B_0⁺ ×_1 B_1⁺ ⋯ ×_{N-1} B_{N-1}⁺,
 
-    with the weights folded into ``A_0`` (``A_0 diag(w)``) and pseudo-inverses applied mode by
-    mode (no Kronecker product is formed: ``R^N`` entries for the core, ``x``'s size for the
-    first product). ``T`` is the superdiagonal identity core a CP model has, and the
-    normalisation is by ``R = ‖T‖²`` (Bro & Kiers' original; some later code divides by
-    ``‖G‖²`` instead, which gives other values when ``G`` is far from ``T``).
+    computed mode by mode with pseudo-inverses (no Kronecker product is formed: ``R^N``
+    entries for the core, ``x``'s size for the first product). ``T`` is the superdiagonal
+    identity core a CP model has, and the normalisation is by ``R = ‖T‖²`` (Bro & Kiers'
+    original, the N-way toolbox's and TensorLy-Viz's default; some code divides by ``‖G‖²``
+    instead, which gives other values when ``G`` is far from ``T``).
+
+    The loadings ``B_n`` are the unit factor columns times ``λ_r^(1/N)``, the component norm
+    ``λ_r = |w_r| ∏_n ‖a_nr‖`` spread equally over the modes (as the N-way toolbox's
+    ``corcond`` does). The off-diagonal entries of ``G`` depend on how a component's scale is
+    split between modes, so this fixes the value for a model however its scale is stored
+    (folding the weights into one factor would make it depend on which).
 
     Reading it: 100 means the model's components describe trilinear variation exactly (an
     exact rank-``R`` tensor at rank ``R``, and always a rank-1 least-squares fit); values above
@@ -127,17 +134,18 @@ def core_consistency(x, cp, *, precision="highest"):
 def _core_consistency(x, cp, *, precision):
     n_bad = count_nonfinite(x)
     scale = pow2_scale(x)
-    units, weights = _scaled_weights(cp, scale)
     x = x / scale
     dtype = x.dtype
-    factors = [units[0] * weights.astype(dtype)] + [u.astype(dtype) for u in units[1:]]
-    pinvs = [jnp.linalg.pinv(a) for a in factors]
-    # smallest result first: the mode with the largest I_n / R shrinkage
+    units, log_norm, sign = _unit_form(cp)
+    # each mode's loadings u_nr · λ_r^(1/N) (the sign in mode 0): pinv(U_n D) = D⁻¹ pinv(U_n)
+    log_root = (log_norm - jnp.log(scale)) / x.ndim
+    inv_root = jnp.where(jnp.isneginf(log_norm), 0, jnp.exp(-log_root)).astype(dtype)
+    pinvs = [jnp.linalg.pinv(u.astype(dtype)) * inv_root[:, None] for u in units]
+    pinvs[0] = pinvs[0] * sign.astype(dtype)[:, None]
     core = algebra.multi_mode_dot(x, pinvs, precision=precision)
     rank = cp.rank
     identity = jnp.zeros((rank,) * x.ndim, dtype)
-    diagonal = (jnp.arange(rank),) * x.ndim
-    identity = identity.at[diagonal].set(1)
+    identity = identity.at[(jnp.arange(rank),) * x.ndim].set(1)
     return 100 * (1 - jnp.sum((core - identity) ** 2) / rank), n_bad
 
 
@@ -421,8 +429,9 @@ def rank_scan(x, ranks: Sequence[int], *, key=None, n_restarts: int = 5, n_iter:
     """Fits :func:`tensorfact.cp` at every rank in ``ranks`` from several starts and reports,
     per rank, what the choice of the number of components rests on.
 
-    At each rank: one fit from the SVD start and ``n_restarts`` from random starts (the
-    random fits are one ``jax.vmap`` over the keys, the whole rank one compiled program); the
+    At each rank: one fit from the SVD start and ``n_restarts`` from random starts, each the
+    fit ``tfa.cp(x, rank, init=..., key=k)`` would return, computed as one ``jax.vmap`` over
+    the stacked starts (the whole rank is one compiled program); the
     best fit is kept, and its core consistency and degeneracy are computed. With a ``mask``
     the core consistency is that of the data with the missing entries filled by the best
     model (their least-squares values, as in EM imputation).
@@ -503,19 +512,28 @@ def rank_scan(x, ranks: Sequence[int], *, key=None, n_restarts: int = 5, n_iter:
 @functools.partial(jax.jit, static_argnames=("tol", "stable_tol", "rank", "n_iter", "nonneg",
                                              "precision"))
 def _scan_rank(x, mask, keys, *, tol, stable_tol, rank, n_iter, nonneg, precision):
-    def fit(key, init):
-        return _fit_cp(x, rank, key=key, init=init, n_iter=n_iter, tol=tol, mask=mask,
-                       nonneg=nonneg, precision=precision, return_info=True)
+    # The starts tfa.cp would draw (same scaling, same draws), stacked, then one vmapped fit
+    # from the given starts: one compiled fit for all starts, each equal to a separate call.
+    filled = x if mask is None else jnp.where(mask, x, 0)
+    scale = pow2_scale(filled)
+    scaled = filled / scale
+    hi = algebra.resolve_precision(precision)
 
-    model, info = fit(None, "svd")
-    models = jax.tree_util.tree_map(lambda a: a[None], model)
-    errors = info.rel_error[None]
+    def start(key, init):
+        weights, factors = cp_initial_factors(scaled, rank, key, init, nonneg, precision)
+        if nonneg:
+            weights, factors = scaled_to_data(weights, factors, jnp.vdot(scaled, scaled,
+                                                                         precision=hi), precision)
+        return CPTensor(weights * scale, factors)  # tfa.cp divides a given start by the scale
+
+    starts = jax.tree_util.tree_map(lambda a: a[None], start(None, "svd"))
     if keys is not None:
-        random_models, random_info = jax.vmap(lambda k: fit(k, "random"))(keys)
-        models = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), models,
-                                        random_models)
-        errors = jnp.concatenate([errors, random_info.rel_error])
-    fits = 1 - errors
+        drawn = jax.vmap(lambda k: start(k, "random"))(keys)
+        starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), starts, drawn)
+    models, info = jax.vmap(lambda init: _fit_cp(
+        x, rank, init=init, n_iter=n_iter, tol=tol, mask=mask, nonneg=nonneg,
+        precision=precision, return_info=True))(starts)
+    fits = 1 - info.rel_error
     fits = jnp.where(jnp.isnan(fits), -jnp.inf, fits)  # a failed start never counts as best
     best = jnp.argmax(fits)
     best_model = jax.tree_util.tree_map(lambda a: a[best], models)
