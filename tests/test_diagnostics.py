@@ -333,3 +333,17 @@ def test_rank_scan_picks_the_planted_rank_3_from_noisy_data():
     scan = dg.rank_scan(jnp.where(mask, x, jnp.nan), [3, 4], key=jax.random.key(2),
                         n_restarts=2, n_iter=100, mask=mask)
     assert scan.core_consistency[0] > 90 and scan.core_consistency[1] < 80, scan
+
+
+@pytest.mark.slow
+def test_choose_rank_example_runs_in_quick_mode():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "choose_rank.py"
+    spec = importlib.util.spec_from_file_location("example_choose_rank", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scan = module.main(["--small"])
+    assert scan.ranks.tolist() == [1, 2, 3]
+    assert np.all(np.diff(scan.fit) > -1e-4) and 0 < scan.fit[0] < scan.fit[-1] < 1
+    assert abs(scan.core_consistency[0] - 100) < 1e-2  # a rank-1 least-squares fit
