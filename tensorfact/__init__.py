@@ -10,8 +10,8 @@ Every decomposition is a pure function that compiles with ``jax.jit``, maps over
     print(tfa.relative_error(x, cp.to_dense()), tk.n_params, tk.norm())
 """
 
-from tensorfact import (algebra, constraints, decomposition, kernels, metrics, optim, random,
-                        ranks, sharding, tensors, tubal)
+from tensorfact import (algebra, constraints, decomposition, diagnostics, kernels, metrics,
+                        optim, random, ranks, sharding, tensors, tubal)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
 from tensorfact.decomposition import (CMTFInfo, CPInfo, FitInfo, GCPInfo, GDInfo, TTCrossInfo,
@@ -57,6 +57,6 @@ __all__ = [
     "partial_mttkrp", "sparse_tensor", "relative_error", "fit", "stable_rank", "effective_rank",
     "rank_for_energy", "rank_for_params", "random_cp", "random_tucker", "noisy",
     # namespaces
-    "algebra", "constraints", "decomposition", "kernels", "metrics", "nn", "optim", "random",
-    "ranks", "sharding", "tensors", "tubal",
+    "algebra", "constraints", "decomposition", "diagnostics", "kernels", "metrics", "nn", "optim",
+    "random", "ranks", "sharding", "tensors", "tubal",
 ]

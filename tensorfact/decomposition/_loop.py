@@ -17,11 +17,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from tensorfact._checks import is_zero
-from tensorfact._numerics import safe_divide, safe_norm, safe_sqrt
+from tensorfact._numerics import resolve_precision, safe_divide, safe_norm, safe_sqrt
 from tensorfact.metrics import relative_error  # noqa: F401  (re-exported for the fits)
 
-__all__ = ["DEFAULT_TOL", "DEFAULT_RESIDUAL_TOL", "FitInfo", "CPInfo", "cp_info", "iterate",
-           "is_fixed_length", "error_from_norms", "relative_from_squares", "refine_error",
+__all__ = ["DEFAULT_TOL", "DEFAULT_RESIDUAL_TOL", "FitInfo", "CPInfo", "cp_info",
+           "component_congruence", "min_congruence", "iterate", "is_fixed_length",
+           "error_from_norms", "relative_from_squares", "refine_error",
            "relative_error"]
 
 #: Default ``tol`` of the fits of an objective (ALS, HALS, MU, HOOI, TR-ALS): stop when the
@@ -85,18 +86,36 @@ def cp_info(fit: FitInfo, weights, factors) -> CPInfo:
     """:class:`CPInfo` of a fitted CP tensor ``[[weights; factors]]`` (traceable; the norms are
     safe at zero columns and do not overflow)."""
     column_norms = [safe_norm(a, axis=0) for a in factors]
-    cosines = jnp.ones((weights.shape[0],) * 2, weights.dtype)
-    for a, norms in zip(factors, column_norms):
-        unit = safe_divide(a, norms)
-        cosines = cosines * jnp.matmul(unit.T, unit, precision=lax.Precision.HIGHEST)
-    rank = weights.shape[0]
-    off_diagonal = ~jnp.eye(rank, dtype=bool)
-    min_congruence = (jnp.min(jnp.where(off_diagonal, cosines, jnp.inf)) if rank > 1
-                      else jnp.zeros((), weights.dtype))
     component_norms = jnp.abs(weights)
     for norms in column_norms:
         component_norms = component_norms * norms
-    return CPInfo(*fit, min_congruence, component_norms)
+    return CPInfo(*fit, min_congruence(factors), component_norms)
+
+
+def component_congruence(factors_a, factors_b, precision="highest"):
+    """The ``R_a × R_b`` matrix of congruences ``∏_n cos(a_nr, b_ns)`` between the components
+    of two CP models of the same shape (the cosine between their rank-one tensors); a zero
+    column has cosine 0 with everything. Traceable; the cosines are of unit columns, so no
+    scale over- or underflows."""
+    precision = resolve_precision(precision)
+    cosines = None
+    for a, b in zip(factors_a, factors_b):
+        unit_a = safe_divide(a, safe_norm(a, axis=0))
+        unit_b = safe_divide(b, safe_norm(b, axis=0))
+        c = jnp.matmul(unit_a.T, unit_b, precision=precision)
+        cosines = c if cosines is None else cosines * c
+    return cosines
+
+
+def min_congruence(factors, precision="highest"):
+    """The smallest :func:`component_congruence` between two different components of one CP
+    model (``0`` for rank 1): near ``−1``, two components cancel (a degenerate fit)."""
+    cosines = component_congruence(factors, factors, precision)
+    rank = cosines.shape[0]
+    if rank == 1:
+        return jnp.zeros((), cosines.dtype)
+    off_diagonal = ~jnp.eye(rank, dtype=bool)
+    return jnp.min(jnp.where(off_diagonal, cosines, jnp.inf))
 
 
 def is_fixed_length(tol) -> bool:
