@@ -71,5 +71,5 @@ def test_errors():
         tfa.cp_apr(-np.ones(SHAPE), RANK)
     with pytest.raises(ValueError, match="key"):
         tfa.cp_apr(np.ones(SHAPE), RANK, init="random")
-    with pytest.raises(ValueError, match="inner_iters"):
-        tfa.cp_apr(np.ones(SHAPE), RANK, inner_iters=0)
+    with pytest.raises(ValueError, match="inner_iter"):
+        tfa.cp_apr(np.ones(SHAPE), RANK, inner_iter=0)

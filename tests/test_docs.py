@@ -29,7 +29,8 @@ def test_readme_python_example_runs():
 
 def test_readme_nnx_example_runs():
     readme = (ROOT / "README.md").read_text()
-    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[1]
+    section = readme.split("## Flax NNX layers and adapters", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
     from flax import nnx
@@ -39,6 +40,30 @@ def test_readme_nnx_example_runs():
     assert isinstance(merged, nnx.Linear)
     assert abs(merged(x) - lora(x)).max() < 1e-4
     assert namespace["layer"].n_params <= 0.1 * 1024 * 1024 + 1024
+
+
+def test_readme_catalogue_example_runs(capsys):
+    """The catalogue block: PARAFAC2, CMTF, constrained CP, GCP, CP-APR, sparse CP, rank scan."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The rest of the catalogue", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    ns = namespace
+    assert isinstance(ns["p2"], tfa.Parafac2Tensor) and ns["p2"].row_counts == tuple(range(15, 21))
+    assert [s.shape for s in ns["p2"].to_slices()] == [(15 + k, 10) for k in range(6)]
+    assert float(ns["info"].rel_error_x) < 1e-3 and float(ns["info"].rel_error_y) < 1e-3
+    simplex = ns["c"].factors[1]
+    assert float(simplex.min()) >= 0 and abs(simplex.sum(0) - 1).max() < 1e-5
+    for model in (ns["rates"], ns["rates_mu"], ns["sparse_fit"], ns["sparse_gcp"]):
+        assert isinstance(model, tfa.CPTensor) and model.shape == ns["x"].shape
+    # the sparse ALS fit equals the dense one on the same counts
+    dense_fit = tfa.cp(ns["counts"], 3, n_iter=50)
+    assert abs(float(tfa.fit(ns["counts"], ns["sparse_fit"].to_dense()))
+               - float(tfa.fit(ns["counts"], dense_fit.to_dense()))) < 1e-3
+    assert list(ns["scan"].ranks) == [2, 3, 4] and ns["scan"].core_consistency[1] > 99
+    assert ns["fms"] > 0.99
+    assert "| rank |" in capsys.readouterr().out
 
 
 def test_readme_compression_with_data_example_runs():

@@ -4,7 +4,7 @@
 The model ``m = [[λ; A_0, …, A_{N-1}]]`` has nonnegative factors whose columns sum to one and
 minimises ``Σ_i m_i − x_i log m_i`` (the Poisson loss of :func:`tensorfact.gcp`, summed). Each
 outer iteration visits every mode ``n`` and solves the subproblem in ``B = A_n Λ`` by up to
-``inner_iters`` multiplicative updates
+``inner_iter`` multiplicative updates
 
     Φ = (X_(n) ⊘ max(B Πᵀ, ε)) Π,    B ← B ⊛ Φ,
 
@@ -45,7 +45,7 @@ KAPPA_TOL = 1e-10
 
 
 def cp_apr(x, rank: int, *, key=None, init="svd", n_iter: int = 200, tol: float = 1e-4,
-           inner_iters: int = 10, precision: Precision = "highest", return_info: bool = False):
+           inner_iter: int = 10, precision: Precision = "highest", return_info: bool = False):
     """Nonnegative CP of counts by CP-APR multiplicative updates (Chi & Kolda 2012).
 
     Args:
@@ -58,7 +58,7 @@ def cp_apr(x, rank: int, *, key=None, init="svd", n_iter: int = 200, tol: float 
       n_iter: most outer iterations (static: it sizes ``info.errors``).
       tol: KKT tolerance of every subproblem (pyttb's ``stoptol``, default 1e-4); the fit
         stops when every mode meets it at once.
-      inner_iters: most multiplicative updates per subproblem (pyttb's ``maxinneriters``).
+      inner_iter: most multiplicative updates per subproblem (pyttb's ``maxinneriters``).
       precision: XLA precision of the contractions.
       return_info: also return a :class:`~tensorfact.FitInfo` (``errors``: ``‖x − m‖/‖x‖``
         after each outer iteration).
@@ -81,7 +81,7 @@ def cp_apr(x, rank: int, *, key=None, init="svd", n_iter: int = 200, tol: float 
     x = as_float_array(x, "x", min_ndim=2, nonempty=True)
     rank = check_positive_int(rank, "rank")
     n_iter = check_positive_int(n_iter, "n_iter")
-    inner_iters = check_positive_int(inner_iters, "inner_iters")
+    inner_iter = check_positive_int(inner_iter, "inner_iter")
     check_nonneg_number(tol, "tol")
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
                                           lambda t: _check_init(t, x.shape, rank))
@@ -94,7 +94,7 @@ def cp_apr(x, rank: int, *, key=None, init="svd", n_iter: int = 200, tol: float 
                              f"{int(np.sum(values < 0))} negative value(s) (min "
                              f"{values.min()}).")
     result, n_nonfinite = _cp_apr_fit(x, key, init_tensor, float(tol), rank=rank,
-                                      n_iter=n_iter, inner_iters=inner_iters, init=init_kind,
+                                      n_iter=n_iter, inner_iter=inner_iter, init=init_kind,
                                       precision=precision, return_info=bool(return_info))
     report_nonfinite(n_nonfinite, "x")
     return result
@@ -113,9 +113,9 @@ def _column_stochastic(a):
     return sums, a / jnp.where(sums > 0, sums, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("rank", "n_iter", "inner_iters", "init",
+@functools.partial(jax.jit, static_argnames=("rank", "n_iter", "inner_iter", "init",
                                              "precision", "return_info"))
-def _cp_apr_fit(x, key, init_tensor, tol, *, rank, n_iter, inner_iters, init, precision,
+def _cp_apr_fit(x, key, init_tensor, tol, *, rank, n_iter, inner_iter, init, precision,
                 return_info):
     dtype = x.dtype
     x, n_nonfinite = finite_part(x)
@@ -150,7 +150,7 @@ def _cp_apr_fit(x, key, init_tensor, tol, *, rank, n_iter, inner_iters, init, pr
 
         def cond(carry):
             i, _, done = carry
-            return (i < inner_iters) & ~done
+            return (i < inner_iter) & ~done
 
         def body(carry):
             i, b, _ = carry
