@@ -19,7 +19,7 @@ Two cases:
   - the same with ``3 × n_iter`` iterations (our projected L-BFGS needs about three times
     SciPy's L-BFGS-B iterations on this problem; see NOTES);
   - ``tfa.cp_apr``: the same multiplicative updates as pyttb's (``tol=0``: every outer
-    iteration makes all ``inner_iters = 10`` inner updates, as pyttb's with ``stoptol=0``);
+    iteration makes all ``inner_iter = 10`` inner updates, as pyttb's with ``stoptol=0``);
   - ``tfa.gcp(loss="poisson", n_samples=s)``: stochastic GCP, Adam on ``s`` sampled entries per
     step, ``10 × n_iter`` steps (a different amount of work: compare the loss column).
 
