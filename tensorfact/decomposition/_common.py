@@ -118,6 +118,15 @@ def check_finite_init(init, name: str = "init") -> None:
                          f"{type(init).__name__} must be finite.")
 
 
+def check_cp_init(init, shape, rank: int):
+    """A given CP start (``init=CPTensor``) of the data's shape and the fit's rank, finite."""
+    if init.shape != tuple(shape) or init.rank != rank:
+        raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
+                         f"shape {init.shape} and rank {init.rank}.")
+    check_finite_init(init)
+    return init
+
+
 def normalize_columns(a):
     """``(norms, a / norms)`` over the columns of ``a``; a zero column stays zero with a zero
     norm, and the derivative is finite there (safe norm and division)."""

@@ -26,7 +26,7 @@ from tensorfact import algebra
 from tensorfact._checks import (Init, Precision, as_float_array, check_positive_int,
                                 count_nonfinite, report_nonfinite)
 from tensorfact._numerics import pow2_scale
-from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
+from tensorfact.decomposition._common import (check_cp_init, check_iteration_args,
                                               resolve_init, resolve_tol,
                                               solve_normal_equations)
 from tensorfact.decomposition._constraints import (L1, Box, Nonneg, Simplex, Smooth,
@@ -124,21 +124,13 @@ def constrained_cp(x, rank: int, *, constraints, key=None, init: Union[Init, CPT
     inner_iter = check_positive_int(inner_iter, "inner_iter")
     cons = resolve_constraints(constraints, x.ndim)
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
-                                          lambda t: _check_init(t, x.shape, rank))
+                                          lambda t: check_cp_init(t, x.shape, rank))
     fixed, tol = resolve_tol(tol)
     result, n_nonfinite = _fit(x, key, init_tensor, tol, rank=rank, n_iter=n_iter, fixed=fixed,
                                init=init_kind, constraints=cons, inner_iter=inner_iter,
                                precision=precision, return_info=bool(return_info))
     report_nonfinite(n_nonfinite, "x")
     return result
-
-
-def _check_init(init: CPTensor, shape, rank) -> CPTensor:
-    if init.shape != tuple(shape) or init.rank != rank:
-        raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
-                         f"shape {init.shape} and rank {init.rank}.")
-    check_finite_init(init)
-    return init
 
 
 def carrier_mode(constraints) -> int:

@@ -50,7 +50,7 @@ from tensorfact._checks import (Impl, Init, Precision, as_float_array, check_mas
 from tensorfact._numerics import pow2_scale
 from tensorfact._sparse import is_sparse
 from tensorfact.decomposition import _sharded, _sparse_cp
-from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
+from tensorfact.decomposition._common import (check_cp_init, check_iteration_args,
                                               concrete_or_traced, hals_columns,
                                               normalize_columns, resolve_init, resolve_tol,
                                               solve_normal_equations)
@@ -144,7 +144,7 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
     mttkrp_impl = kernels.resolve_mttkrp_impl(x, rank, impl)
     mask = check_mask(mask, x.shape)
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
-                                          lambda t: _check_init(t, x.shape, rank))
+                                          lambda t: check_cp_init(t, x.shape, rank))
     fixed, tol = resolve_tol(tol)
     if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
         return _sharded.cp(x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank,
@@ -157,14 +157,6 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
         precision=precision, impl=mttkrp_impl, return_info=bool(return_info))
     report_nonfinite(n_nonfinite, "x", maskable=True)  # counted in the fit: no extra pass
     return result
-
-
-def _check_init(init: CPTensor, shape, rank) -> CPTensor:
-    if init.shape != tuple(shape) or init.rank != rank:
-        raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
-                         f"shape {init.shape} and rank {init.rank}.")
-    check_finite_init(init)
-    return init
 
 
 @functools.partial(jax.jit, static_argnames=(

@@ -32,7 +32,7 @@ from tensorfact import algebra
 from tensorfact._checks import (Precision, as_float_array, check_nonneg_number,
                                 check_positive_int, finite_part, poison, report_nonfinite)
 from tensorfact._numerics import pow2_scale
-from tensorfact.decomposition._common import check_finite_init, resolve_init
+from tensorfact.decomposition._common import check_cp_init, resolve_init
 from tensorfact.decomposition._loop import FitInfo, relative_error
 from tensorfact.decomposition._sweeps import cp_initial_factors
 from tensorfact.tensors import CPTensor
@@ -84,7 +84,7 @@ def cp_apr(x, rank: int, *, key=None, init="svd", n_iter: int = 200, tol: float 
     inner_iter = check_positive_int(inner_iter, "inner_iter")
     check_nonneg_number(tol, "tol")
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
-                                          lambda t: _check_init(t, x.shape, rank))
+                                          lambda t: check_cp_init(t, x.shape, rank))
     if not isinstance(x, jax.core.Tracer):
         import numpy as np
         values = np.asarray(x)
@@ -98,14 +98,6 @@ def cp_apr(x, rank: int, *, key=None, init="svd", n_iter: int = 200, tol: float 
                                       precision=precision, return_info=bool(return_info))
     report_nonfinite(n_nonfinite, "x")
     return result
-
-
-def _check_init(init: CPTensor, shape, rank) -> CPTensor:
-    if init.shape != tuple(shape) or init.rank != rank:
-        raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
-                         f"shape {init.shape} and rank {init.rank}.")
-    check_finite_init(init)
-    return init
 
 
 def _column_stochastic(a):

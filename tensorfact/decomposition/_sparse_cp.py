@@ -50,7 +50,7 @@ from tensorfact._checks import (Impl, check_choice, check_nonneg_number, check_p
                                 finite_part, poison, report_nonfinite)
 from tensorfact._numerics import pow2_scale
 from tensorfact._sparse import check_sparse, gather_rows, inside, sparse_mttkrp
-from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
+from tensorfact.decomposition._common import (check_cp_init, check_iteration_args,
                                               concrete_or_traced, leading_eigenvectors,
                                               resolve_init, resolve_tol)
 from tensorfact.decomposition._loop import (FitInfo, cp_info, error_from_norms, iterate,
@@ -87,7 +87,7 @@ def sparse_cp(x, rank, *, key, init, n_iter, tol, mask, nonneg, l2, normalize, p
         raise ValueError('impl="pallas" has no kernel for a sparse x (a BCOO): use "auto" or '
                          '"xla" (the MTTKRP over its stored entries).')
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
-                                          lambda t: _check_init(t, x.shape, rank))
+                                          lambda t: check_cp_init(t, x.shape, rank))
     fixed, tol = resolve_tol(tol)
     result, n_nonfinite = _sparse_cp_fit(
         x, key, init_tensor, concrete_or_traced(l2), tol, rank=rank, n_iter=n_iter, fixed=fixed,
@@ -95,14 +95,6 @@ def sparse_cp(x, rank, *, key, init, n_iter, tol, mask, nonneg, l2, normalize, p
         return_info=bool(return_info))
     report_nonfinite(n_nonfinite, "x")
     return result
-
-
-def _check_init(init: CPTensor, shape, rank) -> CPTensor:
-    if init.shape != tuple(shape) or init.rank != rank:
-        raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
-                         f"shape {init.shape} and rank {init.rank}.")
-    check_finite_init(init)
-    return init
 
 
 @functools.partial(jax.jit, static_argnames=(
