@@ -265,8 +265,8 @@ def test_sparse_bcoo_errors():
         tfa.gcp(x, 2, loss="bernoulli", init="random", key=key)
     with pytest.raises(ValueError, match='init="svd"'):
         tfa.gcp(x, 2)
-    with pytest.raises(ValueError, match="n_samples"):
-        tfa.gcp(x, 2, init="random", key=key, n_samples=5)
+    with pytest.raises(ValueError, match="needs x > 0"):
+        tfa.gcp(x, 2, loss="gamma", init="random", key=key, n_samples=5)
     with pytest.raises(ValueError, match="x must be nonnegative"):
         tfa.gcp(-x, 2, loss="poisson", init="random", key=key)
 

@@ -292,7 +292,7 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
     if isinstance(x, jsparse.BCOO):
         return _gcp_sparse(x, rank, key=key, loss=loss, init=init, mask=mask,
                            optimizer=optimizer, learning_rate=learning_rate, n_iter=n_iter,
-                           tol=tol, n_samples=n_samples, precision=precision,
+                           tol=tol, n_samples=n_samples, delta=delta, precision=precision,
                            return_info=return_info)
     x = as_float_array(x, "x", min_ndim=2, nonempty=True)
     rank = check_positive_int(rank, "rank")
@@ -646,7 +646,7 @@ SPARSE_LOSSES = ("gaussian", "poisson")
 
 
 def _gcp_sparse(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_iter, tol,
-                n_samples, precision, return_info):
+                n_samples, delta, precision, return_info):
     """GCP of a ``BCOO`` tensor for the losses whose sum over the zeros has a closed form:
 
     * Gaussian: ``Σ_all (x − m)² = Σ_nz x² − 2 Σ_nz x m + ‖m‖²``, ``‖m‖² = 1ᵀ(⊛_n A_nᵀA_n)1``;
@@ -661,16 +661,19 @@ def _gcp_sparse(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_i
     if x.ndim < 2 or 0 in x.shape:
         raise ValueError(f"x must have at least 2 dimensions, none of size zero, got shape "
                          f"{tuple(x.shape)}.")
+    if n_samples is not None:
+        return _gcp_sparse_stochastic(x, rank, key=key, loss=loss, init=init, mask=mask,
+                                      optimizer=optimizer, learning_rate=learning_rate,
+                                      n_iter=n_iter, tol=tol, n_samples=n_samples, delta=delta,
+                                      precision=precision, return_info=return_info)
     if not isinstance(loss, str) or loss not in SPARSE_LOSSES:
         choice = check_choice(loss, Loss, "loss") if isinstance(loss, str) else "a callable"
         raise ValueError(f"sparse (BCOO) x is fitted with loss in {list(SPARSE_LOSSES)} (the "
                          f"sum over its zeros has a closed form); got {choice!r}: pass "
+                         "n_samples (stochastic GCP, which samples the zeros) or "
                          "x.todense() for the other losses.")
     if mask is not None:
         raise ValueError("mask is not supported with sparse (BCOO) x: its zeros are data.")
-    if n_samples is not None:
-        raise ValueError("n_samples (stochastic GCP) is not implemented for sparse (BCOO) x "
-                         "(the stratified sampler of Kolda & Hong 2020 is not written yet).")
     rank = check_positive_int(rank, "rank")
     n_iter, tol = check_iteration_args(n_iter, tol)
     optimizer = _resolve_optimizer(optimizer, learning_rate, None)
@@ -770,3 +773,265 @@ def _gcp_sparse_fit(values, indices, key, init_tensor, tol, *, shape, rank, n_it
     losses = _rescale_loss(loss_name, losses, s, jnp.sum(v) / size)
     info = GCPInfo(n_done, errors, record(factors, losses[0])[1], converged, losses)
     return (result, poison(info, n_nonfinite)), n_nonfinite
+
+
+# -- stochastic GCP of sparse data: stratified sampling ---------------------------------------
+
+#: Losses whose domain excludes ``x = 0``: the zeros of sparse data are not data for them.
+ZERO_FREE_LOSSES = ("gamma", "rayleigh")
+#: The fixed estimation sample is this many times the per-step sample (zeros and nonzeros).
+EVAL_FACTOR = 4
+#: Stochastic fits with ``tol > 0`` stop after this many steps in a row whose estimated loss
+#: is not below the best so far by more than ``tol`` (relative).
+MAX_FAILS = 10
+
+
+def _split_samples(n_samples):
+    """``(p, q)``: nonzeros and zeros drawn per step, from an int (``p = ⌈s/2⌉``, ``q = ⌊s/2⌋``)
+    or a pair."""
+    if isinstance(n_samples, (tuple, list)):
+        if len(n_samples) != 2:
+            raise ValueError("n_samples must be a positive int or a pair (p, q) of positive ints "
+                             f"(nonzeros, zeros per step), got {n_samples!r}.")
+        return (check_positive_int(n_samples[0], "n_samples[0]"),
+                check_positive_int(n_samples[1], "n_samples[1]"))
+    s = check_positive_int(n_samples, "n_samples")
+    if s < 2:
+        raise ValueError("n_samples for sparse (BCOO) x must be at least 2 (half nonzeros, half "
+                         f"zeros) or a pair (p, q), got {n_samples!r}.")
+    return (s + 1) // 2, s // 2
+
+
+def _lex_sorted(indices):
+    """The rows of ``indices`` (``nnz × N``) in lexicographic order, and the permutation."""
+    order = jnp.lexsort(tuple(indices[:, n] for n in reversed(range(indices.shape[1]))))
+    return indices[order], order
+
+
+def _is_stored(sorted_indices, coords):
+    """Whether each row of ``coords`` (``q × N``) is a row of ``sorted_indices`` (``nnz × N``,
+    lexicographically sorted, unique): a vectorised binary search of ``⌈log₂(nnz + 1)⌉``
+    halvings comparing coordinate tuples, so no linear index (which overflows int32 past
+    ``2³¹`` entries) is formed. ``O(q · N · log nnz)`` work, ``O(q · N)`` memory."""
+    nnz = sorted_indices.shape[0]
+
+    def less(rows, c):  # rows < c lexicographically, row by row
+        lt = jnp.zeros(c.shape[0], bool)
+        eq = jnp.ones(c.shape[0], bool)
+        for n in range(c.shape[1]):
+            lt = lt | (eq & (rows[:, n] < c[:, n]))
+            eq = eq & (rows[:, n] == c[:, n])
+        return lt
+
+    def body(_, carry):
+        lo, hi = carry
+        mid = (lo + hi) // 2
+        go_right = less(sorted_indices[jnp.minimum(mid, nnz - 1)], coords) & (lo < hi)
+        return jnp.where(go_right, mid + 1, lo), jnp.where(go_right | (lo >= hi), hi, mid)
+
+    q = coords.shape[0]
+    lo, _ = lax.fori_loop(0, max(1, math.ceil(math.log2(nnz + 1))), body,
+                          (jnp.zeros(q, jnp.int32), jnp.full(q, nnz, jnp.int32)))
+    found = sorted_indices[jnp.minimum(lo, nnz - 1)]
+    return (lo < nnz) & jnp.all(found == coords, axis=1)
+
+
+def _stratified_sample(key, values, sorted_indices, shape, p, q):
+    """Kolda & Hong's stratified sample of a sparse tensor: ``p`` stored entries uniformly with
+    replacement, and ``q`` entries uniformly with replacement from the whole index space taken
+    as zeros, those that hit a stored entry rejected (weight 0). Returns ``(coords, x, w)``
+    (``(p+q) × N``, ``p+q``, ``p+q``) such that ``Σ_k w_k f(x_k, m_k)`` is an unbiased estimate
+    of ``F = (1/numel) Σ_all f(x_i, m_i)``: ``w = nnz / (p · numel)`` on the stored samples and
+    ``w = 1 / q`` on the zero samples not rejected (a uniform draw is a zero with probability
+    ``(numel − nnz)/numel``, so ``E[(numel/q) Σ [zero] f] = Σ_zeros f``; this equals the
+    paper's weight ``(numel − nnz)/q`` for exactly-``q`` zeros in expectation, without
+    redrawing)."""
+    nnz = values.shape[0]
+    numel = float(np.prod(shape))
+    k_nz, k_z = jax.random.split(key)
+    pick = jax.random.randint(k_nz, (p,), 0, nnz)
+    zkeys = jax.random.split(k_z, len(shape))
+    zero_coords = jnp.stack([jax.random.randint(k, (q,), 0, n, dtype=sorted_indices.dtype)
+                             for k, n in zip(zkeys, shape)], axis=1)
+    hit = _is_stored(sorted_indices, zero_coords)
+    dtype = values.dtype
+    coords = jnp.concatenate([sorted_indices[pick], zero_coords], axis=0)
+    xv = jnp.concatenate([values[pick], jnp.zeros((q,), dtype)])
+    w = jnp.concatenate([jnp.full((p,), nnz / (p * numel), dtype),
+                         jnp.where(hit, 0, 1 / q).astype(dtype)])
+    return coords, xv, w
+
+
+def _sampled_loss(f, factors, sample):
+    """``Σ_k w_k f(x_k, m_k)`` with the model ``m`` at the sampled coordinates only."""
+    coords, xv, w = sample
+    return jnp.sum(w * f(xv, _sample_model(factors, coords)))
+
+
+def _gcp_sparse_stochastic(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_iter,
+                           tol, n_samples, delta, precision, return_info):
+    """Checks for stochastic GCP of a ``BCOO`` tensor, then the compiled fit."""
+    if callable(loss) and not isinstance(loss, str):
+        spec = _Spec(_UserLoss(loss), False, False, _identity, None)
+        loss_name = None
+    else:
+        loss_name = check_choice(loss, Loss, "loss")
+        if loss_name in ZERO_FREE_LOSSES:
+            raise ValueError(f'loss="{loss_name}" needs x > 0, but the unstored entries of a '
+                             "sparse (BCOO) x are zeros: densify the positive entries you have "
+                             "and pass a mask, or choose another loss.")
+        spec = LOSSES[loss_name]
+    if mask is not None:
+        raise ValueError("mask is not supported with sparse (BCOO) x: its zeros are data.")
+    rank = check_positive_int(rank, "rank")
+    n_iter, tol = check_iteration_args(n_iter, tol)
+    check_positive_number(delta, "delta")
+    p, q = _split_samples(n_samples)
+    check_key(key, "for n_samples (stochastic GCP draws entries)")
+    optimizer = _resolve_optimizer(optimizer, learning_rate, n_samples)
+    if init == "svd":
+        raise ValueError('init="svd" needs dense unfoldings: with sparse (BCOO) x pass '
+                         'init="random" with a key, or a CPTensor.')
+    init_tensor, init_kind = resolve_init(init, CPTensor, key,
+                                          lambda t: _check_init(t, x.shape, rank))
+    fixed, tol = resolve_tol(tol)
+    if x.nse == 0:
+        raise ValueError("x (BCOO) has no stored entries: stratified sampling needs at least "
+                         "one nonzero.")
+    values = x.data
+    if not jnp.issubdtype(values.dtype, jnp.floating) or values.dtype not in (jnp.float32,
+                                                                              jnp.float64):
+        values = values.astype(jnp.float32)
+    if not is_traced(values):
+        _check_domain(values, None, spec.data, loss_name)
+    indices = x.indices.astype(jnp.int32)
+    result, n_nonfinite = _gcp_sparse_stochastic_fit(
+        values, indices, key, init_tensor, tol, float(delta), shape=tuple(x.shape), rank=rank,
+        n_iter=n_iter, fixed=fixed, init=init_kind, spec=spec, loss_name=loss_name,
+        optimizer=optimizer, p=p, q=q, precision=precision, return_info=bool(return_info))
+    report_nonfinite(n_nonfinite, "x")
+    return result
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "shape", "rank", "n_iter", "fixed", "init", "spec", "loss_name", "optimizer", "p", "q",
+    "precision", "return_info"))
+def _gcp_sparse_stochastic_fit(values, indices, key, init_tensor, tol, delta, *, shape, rank,
+                               n_iter, fixed, init, spec, loss_name, optimizer, p, q, precision,
+                               return_info):
+    dtype = values.dtype
+    values, n_nonfinite = finite_part(values)
+    size = float(np.prod(shape))
+    s = lax.stop_gradient(pow2_scale(values)) if spec.scaled else jnp.ones((), dtype)
+    v = values / s
+    delta = delta / s
+    sorted_indices, order = _lex_sorted(indices)
+    v = v[order]
+    sum_sq = jnp.vdot(v, v)
+    init_key, eval_key, step_key = jax.random.split(key, 3)
+
+    def f(xv, mv):
+        return spec.f(xv, mv, delta)
+
+    def gram_sum(factors):
+        prec = resolve_precision(precision)
+        g = functools.reduce(jnp.multiply, [jnp.matmul(a.T, a, precision=prec)
+                                            for a in factors])
+        return jnp.sum(g)
+
+    project = ((lambda p_: tuple(jnp.maximum(a, 0) for a in p_)) if spec.nonneg
+               else (lambda p_: p_))
+
+    # -- start (as the full-gradient sparse fit; the norm of log(1 + x) for poisson_log)
+    if init == "given":
+        w = init_tensor.weights.astype(dtype) / s
+        factors = [a.astype(dtype) for a in init_tensor.factors]
+        root = jnp.abs(w) ** (1.0 / len(shape))
+        factors = project(tuple([factors[0] * (w / jnp.where(root > 0, root, 1)
+                                               ** (len(shape) - 1))]
+                                + [a * root for a in factors[1:]]))
+    else:
+        keys = jax.random.split(init_key, len(shape))
+        draw = jax.random.uniform if spec.nonneg else jax.random.normal
+        factors = tuple(draw(k, (n, rank), dtype) for k, n in zip(keys, shape))
+        target = jnp.log1p(v) if loss_name == "poisson_log" else v
+        norm = jnp.sqrt(jnp.maximum(gram_sum(factors), 0))
+        ratio = safe_divide(safe_norm(target), norm)
+        ratio = jnp.where(jnp.isfinite(ratio) & (norm > 0), ratio, 1)
+        factors = tuple(a * ratio ** (1.0 / len(shape)) for a in factors)
+
+    # -- the fixed estimation sample (drawn once) and the record of one step
+    eval_sample = _stratified_sample(eval_key, v, sorted_indices, shape, EVAL_FACTOR * p,
+                                     EVAL_FACTOR * q)
+    norm_v = jnp.sqrt(sum_sq)
+
+    def estimate(factors):
+        coords, xv, w = eval_sample
+        m = _sample_model(factors, coords)
+        value = jnp.sum(w * f(xv, m))
+        err_sq = size * jnp.sum(w * jnp.square(xv - spec.mean(m)))
+        return value, safe_divide(jnp.sqrt(err_sq), norm_v)
+
+    def step(state):
+        factors, opt_state, k = state
+        sample = _stratified_sample(jax.random.fold_in(step_key, k), v, sorted_indices, shape,
+                                    p, q)
+        g = jax.grad(_sampled_loss, argnums=1)(f, factors, sample)
+        updates, opt_state = optimizer.update(g, opt_state, factors)
+        factors = project(optax.apply_updates(factors, updates))
+        return (factors, opt_state, k + 1), estimate(factors)
+
+    if type(optimizer) is tuple:  # ("adam", learning_rate)
+        optimizer = optax.adam(optimizer[1])
+    state = (factors, optimizer.init(factors), jnp.zeros((), jnp.int32))
+    state, n_done, losses, errors, converged = _iterate_stochastic(
+        step, state, n_iter=n_iter, tol=0 if fixed else tol)
+    factors = state[0]
+
+    weights = jnp.ones((rank,), dtype)
+    unit = []
+    for a in factors:
+        norms, a = normalize_columns(a)
+        weights = weights * norms
+        unit.append(a)
+    result = poison(CPTensor(weights * s, tuple(unit)), n_nonfinite)
+    if not return_info:
+        return result, n_nonfinite
+    losses = _rescale_loss(loss_name, losses, s, jnp.sum(v) / size)
+    if spec.mean is _identity:  # exact: ‖x − m‖² = ‖x‖² − 2⟨x, m⟩ + ‖m‖² from the Grams
+        cross = jnp.vdot(v, _sample_model(factors, sorted_indices))
+        err_sq = jnp.maximum(sum_sq - 2 * cross + gram_sum(factors), 0)
+        rel = safe_divide(jnp.sqrt(err_sq), norm_v)
+    else:  # a nonlinear mean: the estimate from the fixed sample
+        rel = estimate(factors)[1]
+    info = GCPInfo(n_done, errors, rel, converged, losses)
+    return (result, poison(info, n_nonfinite)), n_nonfinite
+
+
+def _iterate_stochastic(step, state, *, n_iter, tol):
+    """As :func:`_iterate`, but the stopping rule for noisy loss estimates: stop after
+    ``MAX_FAILS`` steps in a row whose estimate is not below the best so far by more than
+    ``tol · |best|`` (a simple form of Kolda & Hong's rule, without their step decay)."""
+    if is_fixed_length(tol):
+        state, (losses, errors) = lax.scan(lambda s, _: step(s), state, None, length=n_iter)
+        return state, jnp.asarray(n_iter, jnp.int32), losses, errors, jnp.zeros((), bool)
+    probe = jax.eval_shape(step, state)[1][0]
+    nan = jnp.full((n_iter,), jnp.nan, probe.dtype)
+
+    def cond(carry):
+        _, i, _, _, _, fails = carry
+        return (i < n_iter) & (fails < MAX_FAILS)
+
+    def body(carry):
+        state, i, losses, errors, best, fails = carry
+        state, (value, err) = step(state)
+        better = jnp.where(jnp.isfinite(best), value < best - tol * jnp.abs(best),
+                           jnp.isfinite(value))
+        fails = jnp.where(better, 0, fails + 1)
+        best = jnp.where(better, value, best)
+        return state, i + 1, losses.at[i].set(value), errors.at[i].set(err), best, fails
+
+    carry = (state, jnp.zeros((), jnp.int32), nan, nan, jnp.asarray(jnp.inf, probe.dtype),
+             jnp.zeros((), jnp.int32))
+    state, n_done, losses, errors, _, fails = lax.while_loop(cond, body, carry)
+    return state, n_done, losses, errors, fails >= MAX_FAILS
