@@ -178,3 +178,17 @@ def test_errors():
         tfa.gcp(x, 2, loss="poisson", init="random", key=key, n_samples=10, optimizer="lbfgs")
     with pytest.raises(ValueError, match="x must be nonnegative"):
         tfa.gcp(-x, 2, loss="poisson", init="random", key=key, n_samples=10)
+
+
+def test_stochastic_tol_stops_on_the_estimate():
+    """With ``tol > 0`` a stochastic fit (dense or sparse) stops once its estimated loss has
+    failed to improve ``MAX_FAILS`` times in a row: before ``n_iter``, ``converged`` True."""
+    rng = np.random.default_rng(6)
+    x = rng.poisson(2.0, (8, 9, 10)).astype(np.float32)
+    for data in (x, to_bcoo(x)):
+        _, info = tfa.gcp(data, 2, loss="poisson", init="random", key=jax.random.key(0),
+                          n_samples=200, n_iter=3000, tol=1e-3, return_info=True)
+        n = int(info.n_iter)
+        assert n < 3000 and bool(info.converged)
+        assert np.all(np.isfinite(np.asarray(info.losses)[:n]))
+        assert np.all(np.isnan(np.asarray(info.losses)[n:]))

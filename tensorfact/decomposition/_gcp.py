@@ -104,6 +104,15 @@ DEFAULT_ADAM_LEARNING_RATE = 1e-2
 LBFGS_MEMORY = 10
 ARMIJO_C1 = 1e-4
 MAX_HALVINGS = 20
+#: Losses whose domain excludes ``x = 0``: the zeros of sparse data are not data for them.
+ZERO_FREE_LOSSES = ("gamma", "rayleigh")
+#: The fixed estimation sample is this many times the per-step sample (zeros and nonzeros).
+EVAL_FACTOR = 4
+#: ``fold_in`` tag of the key of the fixed estimation sample of a dense stochastic fit.
+EVAL_SAMPLE_TAG = 2**31 - 1
+#: Stochastic fits with ``tol > 0`` stop after this many steps in a row whose estimated loss
+#: is not below the best so far by more than ``tol`` (relative).
+MAX_FAILS = 10
 
 Loss = Literal["gaussian", "poisson", "poisson_log", "bernoulli", "gamma", "rayleigh", "huber"]
 
@@ -476,11 +485,31 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
                 idx = jax.random.randint(jax.random.fold_in(key, k), (n_samples,), 0, size)
                 return jax.grad(sampled_loss)(factors, idx)
 
+            # the record: F and the error estimated on one fixed sample (no dense model)
+            n_eval = EVAL_FACTOR * n_samples
+            eval_idx = jax.random.randint(jax.random.fold_in(key, EVAL_SAMPLE_TAG), (n_eval,), 0,
+                                          size)
+            eval_x = xs.reshape(-1)[eval_idx]
+            eval_obs = obs.reshape(-1)[eval_idx]
+            eval_coords = jnp.stack(jnp.unravel_index(eval_idx, x.shape), axis=1)
+
+            def record(factors, value):
+                del value
+                mv = _sample_model(factors, eval_coords)
+                est = jnp.sum(jnp.where(eval_obs, elementwise(eval_x, mv), 0))
+                sq = jnp.sum(jnp.where(eval_obs, jnp.square(eval_x - spec.mean(mv)), 0))
+                return (est / (n_eval * frac_obs),
+                        safe_divide(jnp.sqrt(sq * (size / n_eval)), norm_x))
+
         step, state, factors_of = _first_order(optimizer, grad_fn, full_loss, project, record,
                                                factors, stochastic=n_samples is not None)
 
-    state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
-                                                        tol=0 if fixed else tol)
+    if n_samples is None:
+        state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
+                                                            tol=0 if fixed else tol)
+    else:
+        state, n_done, losses, errors, converged = _iterate_stochastic(
+            step, state, n_iter=n_iter, tol=0 if fixed else tol)
     factors = factors_of(state)
 
     # -- scale back: unit columns, the scales (and 2^k) in the weights
@@ -583,7 +612,8 @@ def _first_order(optimizer, grad_fn, full_loss, project, record, factors, stocha
         g = grad_fn(p, k) if stochastic else grad_fn(p)
         updates, opt_state = optimizer.update(g, opt_state, p)
         q = project(optax.apply_updates(p, updates))
-        return (q, opt_state, k + 1), record(q, full_loss(q))
+        # stochastic: the record estimates F itself (no full pass over the data)
+        return (q, opt_state, k + 1), record(q, None if stochastic else full_loss(q))
 
     return (step, (factors, optimizer.init(factors), jnp.zeros((), jnp.int32)),
             lambda state: state[0])
@@ -777,13 +807,6 @@ def _gcp_sparse_fit(values, indices, key, init_tensor, tol, *, shape, rank, n_it
 
 # -- stochastic GCP of sparse data: stratified sampling ---------------------------------------
 
-#: Losses whose domain excludes ``x = 0``: the zeros of sparse data are not data for them.
-ZERO_FREE_LOSSES = ("gamma", "rayleigh")
-#: The fixed estimation sample is this many times the per-step sample (zeros and nonzeros).
-EVAL_FACTOR = 4
-#: Stochastic fits with ``tol > 0`` stop after this many steps in a row whose estimated loss
-#: is not below the best so far by more than ``tol`` (relative).
-MAX_FAILS = 10
 
 
 def _split_samples(n_samples):
