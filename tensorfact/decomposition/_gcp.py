@@ -50,19 +50,40 @@ Optimisers (``optimizer=``):
   (for the Adam default the step is ``learning_rate``, default 1e-2 on the rescaled problem).
   With ``tol=0`` it is a ``lax.scan`` that ``jax.grad`` can traverse.
 
-Stochastic GCP (``n_samples=s``; Kolda & Hong, "Stochastic gradients for large-scale tensor
-decomposition", SIMODS 2020): each step draws ``s`` entries uniformly with replacement
-(from ``key``) and steps along the unbiased gradient estimate
-``(1/(s p)) Σ_samples [i ∈ Ω] ∇f(x_i, m_i)`` (``p = |Ω| / size``), computing the model only at
-the sampled entries. Adam is the default there. The per-step ``losses`` and ``errors`` are
-still exact (one dense reconstruction per step, on dense ``x``): this saves gradient work, not
-memory. The stratified sampler of zeros and nonzeros for sparse data is not implemented.
+Stochastic GCP (``n_samples``; Kolda & Hong, "Stochastic gradients for large-scale tensor
+decomposition", SIAM J. Math. Data Sci. 2(4), 2020): each step follows an unbiased estimate of
+``∇F`` computed from the model at sampled entries only (rows of the factors gathered, the
+product over modes summed over the rank). Adam is the default there.
 
-Sparse data. A ``jax.experimental.sparse.BCOO`` ``x`` is fitted for the Gaussian and Poisson
-losses, whose sums over the zeros have closed forms (``Σ m² = 1ᵀ(⊛_n A_nᵀA_n)1``,
-``Σ m = Σ_r Π_n 1ᵀa_nr``), from the model at the nonzeros only: ``O(nnz·N·R + Σ I_n R²)`` per
-evaluation, the dense tensor never formed (``init="random"`` or a ``CPTensor``: the SVD start
-needs dense unfoldings; no ``mask``, no ``n_samples``).
+* Dense ``x``, ``n_samples=s``: ``s`` entries uniformly with replacement (``fold_in(key,
+  step)``), the estimate ``(1/(s p)) Σ_samples [i ∈ Ω] ∇f(x_i, m_i)`` (``p = |Ω| / size``).
+* Sparse ``x`` (``BCOO``), *stratified sampling*: ``p`` stored entries uniformly with
+  replacement, weight ``nnz / p``, and ``q`` entries uniformly with replacement from the whole
+  index space taken as zeros, weight ``numel / q`` — a zero sample that hits a stored entry is
+  rejected (weight 0), found by a vectorised binary search over the lexicographically sorted
+  coordinates (no linear index, so shapes past ``2³¹`` entries are fine). Since a uniform draw
+  is a zero with probability ``(numel − nnz)/numel``, this is exactly unbiased, and equal in
+  expectation to the paper's weight ``(numel − nnz)/q`` on exactly ``q`` zeros (which the
+  Tensor Toolbox gets by over-sampling and redrawing). ``n_samples=s`` takes ``p = ⌈s/2⌉``,
+  ``q = ⌊s/2⌋``; ``n_samples=(p, q)`` sets both. Every loss defined at ``x = 0`` works
+  (gaussian, poisson, poisson_log, bernoulli, huber, a callable); gamma and rayleigh need
+  ``x > 0`` and raise. Memory is ``O(nnz + (p + q)·R·N + Σ I_n R)``, never ``O(numel)``.
+
+For both, the recorded ``losses`` (and the per-step ``errors``) are *estimates* of ``F`` (and
+of the relative error of the mean ``E[x|m]``) on a fixed estimation sample drawn once from
+``key`` (``4 s`` uniform entries, or the stratified ``4 (p, q)``), so no step forms the dense
+model; ``rel_error`` is exact (dense ``x``: one dense model at the end; ``BCOO``: from the
+nonzeros and the Grams, ``‖x‖² − 2⟨x, m⟩ + ‖m‖²``, for the identity-mean losses, else the
+estimate). With ``tol > 0`` a stochastic fit stops after ``MAX_FAILS = 10`` steps in a row whose
+estimate is not below the best so far by more than ``tol`` relative (a simple form of Kolda &
+Hong's rule: no step decay, no return to the best iterate).
+
+Sparse data. A ``jax.experimental.sparse.BCOO`` ``x`` with the full gradient is fitted for the
+Gaussian and Poisson losses, whose sums over the zeros have closed forms (``Σ m² =
+1ᵀ(⊛_n A_nᵀA_n)1``, ``Σ m = Σ_r Π_n 1ᵀa_nr``), from the model at the nonzeros only:
+``O(nnz·N·R + Σ I_n R²)`` per evaluation, the dense tensor never formed; with ``n_samples``,
+stochastically for any loss defined at zero (above). Either way ``init="random"`` or a
+``CPTensor`` (the SVD start needs dense unfoldings), no ``mask``.
 
 Scale. For the scale-equivariant losses (gaussian, poisson, gamma, rayleigh, huber with ``δ`` in
 the data's units) the fit runs on ``x / 2^k`` (``2^k`` near ``max |x|``) and multiplies the
@@ -125,12 +146,16 @@ class GCPInfo(NamedTuple):
       n_iter: iterations (optimiser steps) run.
       errors: ``(n_iter,)`` ``‖x − μ‖ / ‖x‖`` on the observed entries after each step, with
         ``μ = E[x | m]`` the model's mean (``m`` itself, ``exp(m)`` for ``poisson_log``,
-        ``m / (1 + m)`` for ``bernoulli``); NaN past the last step run.
-      rel_error: the same for the returned result.
+        ``m / (1 + m)`` for ``bernoulli``); NaN past the last step run. For stochastic fits
+        (``n_samples``) an estimate on the fixed estimation sample.
+      rel_error: the same for the returned result, exact (for a stochastic fit of a ``BCOO``
+        with ``poisson_log``/``bernoulli``/a callable loss: the fixed-sample estimate).
       converged: whether the loss changed by at most ``tol`` (relative) in the last step.
       losses: ``(n_iter,)`` the mean loss ``F`` over the observed entries after each step, of
         ``x`` as given (the rescaled fit's loss mapped back; it may overflow float32 where
-        ``x`` is near 1e30); NaN past the last step run.
+        ``x`` is near 1e30); NaN past the last step run. For stochastic fits
+        (``n_samples``): the estimate of ``F`` on a fixed sample drawn once (module
+        docstring), not the exact loss.
     """
 
     n_iter: jax.Array
@@ -243,8 +268,9 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
 
     Args:
       x: array with at least 2 dimensions, none of size zero; or a
-        ``jax.experimental.sparse.BCOO`` tensor for ``loss="gaussian"``/``"poisson"`` (see the
-        module docstring).
+        ``jax.experimental.sparse.BCOO`` tensor: for ``loss="gaussian"``/``"poisson"`` with
+        the full gradient, for any loss defined at ``x = 0`` with ``n_samples`` (stratified
+        sampling; see the module docstring).
       rank: number of components ``R``.
       key: ``jax.random`` key; needed for ``init="random"`` and for ``n_samples``.
       loss: ``"gaussian"``, ``"poisson"`` (identity link, ``m ≥ 0``), ``"poisson_log"`` (log
@@ -264,11 +290,14 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
         ``optimizer="adam"`` (or its default).
       n_iter: most steps (L-BFGS iterations or optimiser steps; default 1000, pyttb's
         ``maxiter``); static, it sizes the info.
-      tol: stop when the loss changes by at most ``tol`` relative to its size between steps.
-        A concrete ``0`` runs exactly ``n_iter`` steps (for Adam, a differentiable
-        ``lax.scan``).
+      tol: stop when the loss changes by at most ``tol`` relative to its size between steps
+        (stochastic fits: when the estimated loss has not improved on its best by more than
+        ``tol`` relative for 10 steps in a row). A concrete ``0`` runs exactly ``n_iter``
+        steps (for Adam, a differentiable ``lax.scan``).
       n_samples: draw this many entries per step (stochastic GCP, uniform with replacement;
-        needs ``key``; not with ``"lbfgs"``).
+        needs ``key``; not with ``"lbfgs"``). For a ``BCOO`` ``x``: an int ``s ≥ 2`` (``⌈s/2⌉``
+        stored entries and ``⌊s/2⌋`` zeros per step) or a pair ``(p, q)`` (stratified
+        sampling).
       delta: the Huber threshold, in the units of ``x`` (``loss="huber"`` only).
       precision: XLA precision of the contractions (``"highest"``: true float32).
       return_info: also return a :class:`GCPInfo`.
@@ -285,7 +314,10 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
         (checked on eager calls; under ``jit`` the values are unknown and not checked); NaN/Inf
         in the observed entries of ``x`` (eager calls; under ``jit`` the result is NaN); the
         usual argument errors (``rank``, ``n_iter``, ``tol``, ``mask``, ``init``, ``key``,
-        ``learning_rate`` without Adam, ``"lbfgs"`` with ``n_samples``).
+        ``learning_rate`` without Adam, ``"lbfgs"`` with ``n_samples``); for a ``BCOO``:
+        ``"gamma"``/``"rayleigh"`` (its zeros are outside their domain), a full-gradient loss
+        other than gaussian/poisson, ``n_samples`` not an int ``≥ 2`` or a pair of positive
+        ints, ``mask``, ``init="svd"``.
 
     Example:
       >>> import jax, tensorfact as tfa
@@ -297,6 +329,11 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
       >>> rates = tfa.gcp(counts, 2, loss="poisson")
       >>> bool(rates.to_dense().min() >= 0)
       True
+      >>> from jax.experimental import sparse          # stochastic, stratified, never dense
+      >>> fit = tfa.gcp(sparse.BCOO.fromdense(counts), 2, loss="poisson", init="random",
+      ...               key=jax.random.key(2), n_samples=(50, 50), n_iter=20, tol=0)
+      >>> fit.shape
+      (6, 7, 8)
     """
     if isinstance(x, jsparse.BCOO):
         return _gcp_sparse(x, rank, key=key, loss=loss, init=init, mask=mask,
