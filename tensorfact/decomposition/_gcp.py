@@ -50,19 +50,40 @@ Optimisers (``optimizer=``):
   (for the Adam default the step is ``learning_rate``, default 1e-2 on the rescaled problem).
   With ``tol=0`` it is a ``lax.scan`` that ``jax.grad`` can traverse.
 
-Stochastic GCP (``n_samples=s``; Kolda & Hong, "Stochastic gradients for large-scale tensor
-decomposition", SIMODS 2020): each step draws ``s`` entries uniformly with replacement
-(from ``key``) and steps along the unbiased gradient estimate
-``(1/(s p)) Σ_samples [i ∈ Ω] ∇f(x_i, m_i)`` (``p = |Ω| / size``), computing the model only at
-the sampled entries. Adam is the default there. The per-step ``losses`` and ``errors`` are
-still exact (one dense reconstruction per step, on dense ``x``): this saves gradient work, not
-memory. The stratified sampler of zeros and nonzeros for sparse data is not implemented.
+Stochastic GCP (``n_samples``; Kolda & Hong, "Stochastic gradients for large-scale tensor
+decomposition", SIAM J. Math. Data Sci. 2(4), 2020): each step follows an unbiased estimate of
+``∇F`` computed from the model at sampled entries only (rows of the factors gathered, the
+product over modes summed over the rank). Adam is the default there.
 
-Sparse data. A ``jax.experimental.sparse.BCOO`` ``x`` is fitted for the Gaussian and Poisson
-losses, whose sums over the zeros have closed forms (``Σ m² = 1ᵀ(⊛_n A_nᵀA_n)1``,
-``Σ m = Σ_r Π_n 1ᵀa_nr``), from the model at the nonzeros only: ``O(nnz·N·R + Σ I_n R²)`` per
-evaluation, the dense tensor never formed (``init="random"`` or a ``CPTensor``: the SVD start
-needs dense unfoldings; no ``mask``, no ``n_samples``).
+* Dense ``x``, ``n_samples=s``: ``s`` entries uniformly with replacement (``fold_in(key,
+  step)``), the estimate ``(1/(s p)) Σ_samples [i ∈ Ω] ∇f(x_i, m_i)`` (``p = |Ω| / size``).
+* Sparse ``x`` (``BCOO``), *stratified sampling*: ``p`` stored entries uniformly with
+  replacement, weight ``nnz / p``, and ``q`` entries uniformly with replacement from the whole
+  index space taken as zeros, weight ``numel / q`` — a zero sample that hits a stored entry is
+  rejected (weight 0), found by a vectorised binary search over the lexicographically sorted
+  coordinates (no linear index, so shapes past ``2³¹`` entries are fine). Since a uniform draw
+  is a zero with probability ``(numel − nnz)/numel``, this is exactly unbiased, and equal in
+  expectation to the paper's weight ``(numel − nnz)/q`` on exactly ``q`` zeros (which the
+  Tensor Toolbox gets by over-sampling and redrawing). ``n_samples=s`` takes ``p = ⌈s/2⌉``,
+  ``q = ⌊s/2⌋``; ``n_samples=(p, q)`` sets both. Every loss defined at ``x = 0`` works
+  (gaussian, poisson, poisson_log, bernoulli, huber, a callable); gamma and rayleigh need
+  ``x > 0`` and raise. Memory is ``O(nnz + (p + q)·R·N + Σ I_n R)``, never ``O(numel)``.
+
+For both, the recorded ``losses`` (and the per-step ``errors``) are *estimates* of ``F`` (and
+of the relative error of the mean ``E[x|m]``) on a fixed estimation sample drawn once from
+``key`` (``4 s`` uniform entries, or the stratified ``4 (p, q)``), so no step forms the dense
+model; ``rel_error`` is exact (dense ``x``: one dense model at the end; ``BCOO``: from the
+nonzeros and the Grams, ``‖x‖² − 2⟨x, m⟩ + ‖m‖²``, for the identity-mean losses, else the
+estimate). With ``tol > 0`` a stochastic fit stops after ``MAX_FAILS = 10`` steps in a row whose
+estimate is not below the best so far by more than ``tol`` relative (a simple form of Kolda &
+Hong's rule: no step decay, no return to the best iterate).
+
+Sparse data. A ``jax.experimental.sparse.BCOO`` ``x`` with the full gradient is fitted for the
+Gaussian and Poisson losses, whose sums over the zeros have closed forms (``Σ m² =
+1ᵀ(⊛_n A_nᵀA_n)1``, ``Σ m = Σ_r Π_n 1ᵀa_nr``), from the model at the nonzeros only:
+``O(nnz·N·R + Σ I_n R²)`` per evaluation, the dense tensor never formed; with ``n_samples``,
+stochastically for any loss defined at zero (above). Either way ``init="random"`` or a
+``CPTensor`` (the SVD start needs dense unfoldings), no ``mask``.
 
 Scale. For the scale-equivariant losses (gaussian, poisson, gamma, rayleigh, huber with ``δ`` in
 the data's units) the fit runs on ``x / 2^k`` (``2^k`` near ``max |x|``) and multiplies the
@@ -104,6 +125,15 @@ DEFAULT_ADAM_LEARNING_RATE = 1e-2
 LBFGS_MEMORY = 10
 ARMIJO_C1 = 1e-4
 MAX_HALVINGS = 20
+#: Losses whose domain excludes ``x = 0``: the zeros of sparse data are not data for them.
+ZERO_FREE_LOSSES = ("gamma", "rayleigh")
+#: The fixed estimation sample is this many times the per-step sample (zeros and nonzeros).
+EVAL_FACTOR = 4
+#: ``fold_in`` tag of the key of the fixed estimation sample of a dense stochastic fit.
+EVAL_SAMPLE_TAG = 2**31 - 1
+#: Stochastic fits with ``tol > 0`` stop after this many steps in a row whose estimated loss
+#: is not below the best so far by more than ``tol`` (relative).
+MAX_FAILS = 10
 
 Loss = Literal["gaussian", "poisson", "poisson_log", "bernoulli", "gamma", "rayleigh", "huber"]
 
@@ -116,12 +146,16 @@ class GCPInfo(NamedTuple):
       n_iter: iterations (optimiser steps) run.
       errors: ``(n_iter,)`` ``‖x − μ‖ / ‖x‖`` on the observed entries after each step, with
         ``μ = E[x | m]`` the model's mean (``m`` itself, ``exp(m)`` for ``poisson_log``,
-        ``m / (1 + m)`` for ``bernoulli``); NaN past the last step run.
-      rel_error: the same for the returned result.
+        ``m / (1 + m)`` for ``bernoulli``); NaN past the last step run. For stochastic fits
+        (``n_samples``) an estimate on the fixed estimation sample.
+      rel_error: the same for the returned result, exact (for a stochastic fit of a ``BCOO``
+        with ``poisson_log``/``bernoulli``/a callable loss: the fixed-sample estimate).
       converged: whether the loss changed by at most ``tol`` (relative) in the last step.
       losses: ``(n_iter,)`` the mean loss ``F`` over the observed entries after each step, of
         ``x`` as given (the rescaled fit's loss mapped back; it may overflow float32 where
-        ``x`` is near 1e30); NaN past the last step run.
+        ``x`` is near 1e30); NaN past the last step run. For stochastic fits
+        (``n_samples``): the estimate of ``F`` on a fixed sample drawn once (module
+        docstring), not the exact loss.
     """
 
     n_iter: jax.Array
@@ -234,8 +268,9 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
 
     Args:
       x: array with at least 2 dimensions, none of size zero; or a
-        ``jax.experimental.sparse.BCOO`` tensor for ``loss="gaussian"``/``"poisson"`` (see the
-        module docstring).
+        ``jax.experimental.sparse.BCOO`` tensor: for ``loss="gaussian"``/``"poisson"`` with
+        the full gradient, for any loss defined at ``x = 0`` with ``n_samples`` (stratified
+        sampling; see the module docstring).
       rank: number of components ``R``.
       key: ``jax.random`` key; needed for ``init="random"`` and for ``n_samples``.
       loss: ``"gaussian"``, ``"poisson"`` (identity link, ``m ≥ 0``), ``"poisson_log"`` (log
@@ -255,11 +290,14 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
         ``optimizer="adam"`` (or its default).
       n_iter: most steps (L-BFGS iterations or optimiser steps; default 1000, pyttb's
         ``maxiter``); static, it sizes the info.
-      tol: stop when the loss changes by at most ``tol`` relative to its size between steps.
-        A concrete ``0`` runs exactly ``n_iter`` steps (for Adam, a differentiable
-        ``lax.scan``).
+      tol: stop when the loss changes by at most ``tol`` relative to its size between steps
+        (stochastic fits: when the estimated loss has not improved on its best by more than
+        ``tol`` relative for 10 steps in a row). A concrete ``0`` runs exactly ``n_iter``
+        steps (for Adam, a differentiable ``lax.scan``).
       n_samples: draw this many entries per step (stochastic GCP, uniform with replacement;
-        needs ``key``; not with ``"lbfgs"``).
+        needs ``key``; not with ``"lbfgs"``). For a ``BCOO`` ``x``: an int ``s ≥ 2`` (``⌈s/2⌉``
+        stored entries and ``⌊s/2⌋`` zeros per step) or a pair ``(p, q)`` (stratified
+        sampling).
       delta: the Huber threshold, in the units of ``x`` (``loss="huber"`` only).
       precision: XLA precision of the contractions (``"highest"``: true float32).
       return_info: also return a :class:`GCPInfo`.
@@ -276,7 +314,10 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
         (checked on eager calls; under ``jit`` the values are unknown and not checked); NaN/Inf
         in the observed entries of ``x`` (eager calls; under ``jit`` the result is NaN); the
         usual argument errors (``rank``, ``n_iter``, ``tol``, ``mask``, ``init``, ``key``,
-        ``learning_rate`` without Adam, ``"lbfgs"`` with ``n_samples``).
+        ``learning_rate`` without Adam, ``"lbfgs"`` with ``n_samples``); for a ``BCOO``:
+        ``"gamma"``/``"rayleigh"`` (its zeros are outside their domain), a full-gradient loss
+        other than gaussian/poisson, ``n_samples`` not an int ``≥ 2`` or a pair of positive
+        ints, ``mask``, ``init="svd"``.
 
     Example:
       >>> import jax, tensorfact as tfa
@@ -288,11 +329,16 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
       >>> rates = tfa.gcp(counts, 2, loss="poisson")
       >>> bool(rates.to_dense().min() >= 0)
       True
+      >>> from jax.experimental import sparse          # stochastic, stratified, never dense
+      >>> fit = tfa.gcp(sparse.BCOO.fromdense(counts), 2, loss="poisson", init="random",
+      ...               key=jax.random.key(2), n_samples=(50, 50), n_iter=20, tol=0)
+      >>> fit.shape
+      (6, 7, 8)
     """
     if isinstance(x, jsparse.BCOO):
         return _gcp_sparse(x, rank, key=key, loss=loss, init=init, mask=mask,
                            optimizer=optimizer, learning_rate=learning_rate, n_iter=n_iter,
-                           tol=tol, n_samples=n_samples, precision=precision,
+                           tol=tol, n_samples=n_samples, delta=delta, precision=precision,
                            return_info=return_info)
     x = as_float_array(x, "x", min_ndim=2, nonempty=True)
     rank = check_positive_int(rank, "rank")
@@ -476,11 +522,31 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
                 idx = jax.random.randint(jax.random.fold_in(key, k), (n_samples,), 0, size)
                 return jax.grad(sampled_loss)(factors, idx)
 
+            # the record: F and the error estimated on one fixed sample (no dense model)
+            n_eval = EVAL_FACTOR * n_samples
+            eval_idx = jax.random.randint(jax.random.fold_in(key, EVAL_SAMPLE_TAG), (n_eval,), 0,
+                                          size)
+            eval_x = xs.reshape(-1)[eval_idx]
+            eval_obs = obs.reshape(-1)[eval_idx]
+            eval_coords = jnp.stack(jnp.unravel_index(eval_idx, x.shape), axis=1)
+
+            def record(factors, value):
+                del value
+                mv = _sample_model(factors, eval_coords)
+                est = jnp.sum(jnp.where(eval_obs, elementwise(eval_x, mv), 0))
+                sq = jnp.sum(jnp.where(eval_obs, jnp.square(eval_x - spec.mean(mv)), 0))
+                return (est / (n_eval * frac_obs),
+                        safe_divide(jnp.sqrt(sq * (size / n_eval)), norm_x))
+
         step, state, factors_of = _first_order(optimizer, grad_fn, full_loss, project, record,
                                                factors, stochastic=n_samples is not None)
 
-    state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
-                                                        tol=0 if fixed else tol)
+    if n_samples is None:
+        state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
+                                                            tol=0 if fixed else tol)
+    else:
+        state, n_done, losses, errors, converged = _iterate_stochastic(
+            step, state, n_iter=n_iter, tol=0 if fixed else tol)
     factors = factors_of(state)
 
     # -- scale back: unit columns, the scales (and 2^k) in the weights
@@ -583,7 +649,8 @@ def _first_order(optimizer, grad_fn, full_loss, project, record, factors, stocha
         g = grad_fn(p, k) if stochastic else grad_fn(p)
         updates, opt_state = optimizer.update(g, opt_state, p)
         q = project(optax.apply_updates(p, updates))
-        return (q, opt_state, k + 1), record(q, full_loss(q))
+        # stochastic: the record estimates F itself (no full pass over the data)
+        return (q, opt_state, k + 1), record(q, None if stochastic else full_loss(q))
 
     return (step, (factors, optimizer.init(factors), jnp.zeros((), jnp.int32)),
             lambda state: state[0])
@@ -646,7 +713,7 @@ SPARSE_LOSSES = ("gaussian", "poisson")
 
 
 def _gcp_sparse(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_iter, tol,
-                n_samples, precision, return_info):
+                n_samples, delta, precision, return_info):
     """GCP of a ``BCOO`` tensor for the losses whose sum over the zeros has a closed form:
 
     * Gaussian: ``Σ_all (x − m)² = Σ_nz x² − 2 Σ_nz x m + ‖m‖²``, ``‖m‖² = 1ᵀ(⊛_n A_nᵀA_n)1``;
@@ -661,16 +728,19 @@ def _gcp_sparse(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_i
     if x.ndim < 2 or 0 in x.shape:
         raise ValueError(f"x must have at least 2 dimensions, none of size zero, got shape "
                          f"{tuple(x.shape)}.")
+    if n_samples is not None:
+        return _gcp_sparse_stochastic(x, rank, key=key, loss=loss, init=init, mask=mask,
+                                      optimizer=optimizer, learning_rate=learning_rate,
+                                      n_iter=n_iter, tol=tol, n_samples=n_samples, delta=delta,
+                                      precision=precision, return_info=return_info)
     if not isinstance(loss, str) or loss not in SPARSE_LOSSES:
         choice = check_choice(loss, Loss, "loss") if isinstance(loss, str) else "a callable"
         raise ValueError(f"sparse (BCOO) x is fitted with loss in {list(SPARSE_LOSSES)} (the "
                          f"sum over its zeros has a closed form); got {choice!r}: pass "
+                         "n_samples (stochastic GCP, which samples the zeros) or "
                          "x.todense() for the other losses.")
     if mask is not None:
         raise ValueError("mask is not supported with sparse (BCOO) x: its zeros are data.")
-    if n_samples is not None:
-        raise ValueError("n_samples (stochastic GCP) is not implemented for sparse (BCOO) x "
-                         "(the stratified sampler of Kolda & Hong 2020 is not written yet).")
     rank = check_positive_int(rank, "rank")
     n_iter, tol = check_iteration_args(n_iter, tol)
     optimizer = _resolve_optimizer(optimizer, learning_rate, None)
@@ -770,3 +840,258 @@ def _gcp_sparse_fit(values, indices, key, init_tensor, tol, *, shape, rank, n_it
     losses = _rescale_loss(loss_name, losses, s, jnp.sum(v) / size)
     info = GCPInfo(n_done, errors, record(factors, losses[0])[1], converged, losses)
     return (result, poison(info, n_nonfinite)), n_nonfinite
+
+
+# -- stochastic GCP of sparse data: stratified sampling ---------------------------------------
+
+
+
+def _split_samples(n_samples):
+    """``(p, q)``: nonzeros and zeros drawn per step, from an int (``p = ⌈s/2⌉``, ``q = ⌊s/2⌋``)
+    or a pair."""
+    if isinstance(n_samples, (tuple, list)):
+        if len(n_samples) != 2:
+            raise ValueError("n_samples must be a positive int or a pair (p, q) of positive ints "
+                             f"(nonzeros, zeros per step), got {n_samples!r}.")
+        return (check_positive_int(n_samples[0], "n_samples[0]"),
+                check_positive_int(n_samples[1], "n_samples[1]"))
+    s = check_positive_int(n_samples, "n_samples")
+    if s < 2:
+        raise ValueError("n_samples for sparse (BCOO) x must be at least 2 (half nonzeros, half "
+                         f"zeros) or a pair (p, q), got {n_samples!r}.")
+    return (s + 1) // 2, s // 2
+
+
+def _lex_sorted(indices):
+    """The rows of ``indices`` (``nnz × N``) in lexicographic order, and the permutation."""
+    order = jnp.lexsort(tuple(indices[:, n] for n in reversed(range(indices.shape[1]))))
+    return indices[order], order
+
+
+def _is_stored(sorted_indices, coords):
+    """Whether each row of ``coords`` (``q × N``) is a row of ``sorted_indices`` (``nnz × N``,
+    lexicographically sorted, unique): a vectorised binary search of ``⌈log₂(nnz + 1)⌉``
+    halvings comparing coordinate tuples, so no linear index (which overflows int32 past
+    ``2³¹`` entries) is formed. ``O(q · N · log nnz)`` work, ``O(q · N)`` memory."""
+    nnz = sorted_indices.shape[0]
+
+    def less(rows, c):  # rows < c lexicographically, row by row
+        lt = jnp.zeros(c.shape[0], bool)
+        eq = jnp.ones(c.shape[0], bool)
+        for n in range(c.shape[1]):
+            lt = lt | (eq & (rows[:, n] < c[:, n]))
+            eq = eq & (rows[:, n] == c[:, n])
+        return lt
+
+    def body(_, carry):
+        lo, hi = carry
+        mid = (lo + hi) // 2
+        go_right = less(sorted_indices[jnp.minimum(mid, nnz - 1)], coords) & (lo < hi)
+        return jnp.where(go_right, mid + 1, lo), jnp.where(go_right | (lo >= hi), hi, mid)
+
+    q = coords.shape[0]
+    lo, _ = lax.fori_loop(0, max(1, math.ceil(math.log2(nnz + 1))), body,
+                          (jnp.zeros(q, jnp.int32), jnp.full(q, nnz, jnp.int32)))
+    found = sorted_indices[jnp.minimum(lo, nnz - 1)]
+    return (lo < nnz) & jnp.all(found == coords, axis=1)
+
+
+def _stratified_sample(key, values, sorted_indices, shape, p, q):
+    """Kolda & Hong's stratified sample of a sparse tensor: ``p`` stored entries uniformly with
+    replacement, and ``q`` entries uniformly with replacement from the whole index space taken
+    as zeros, those that hit a stored entry rejected (weight 0). Returns ``(coords, x, w)``
+    (``(p+q) × N``, ``p+q``, ``p+q``) such that ``Σ_k w_k f(x_k, m_k)`` is an unbiased estimate
+    of ``F = (1/numel) Σ_all f(x_i, m_i)``: ``w = nnz / (p · numel)`` on the stored samples and
+    ``w = 1 / q`` on the zero samples not rejected (a uniform draw is a zero with probability
+    ``(numel − nnz)/numel``, so ``E[(numel/q) Σ [zero] f] = Σ_zeros f``; this equals the
+    paper's weight ``(numel − nnz)/q`` for exactly-``q`` zeros in expectation, without
+    redrawing)."""
+    nnz = values.shape[0]
+    numel = float(np.prod(shape))
+    k_nz, k_z = jax.random.split(key)
+    pick = jax.random.randint(k_nz, (p,), 0, nnz)
+    zkeys = jax.random.split(k_z, len(shape))
+    zero_coords = jnp.stack([jax.random.randint(k, (q,), 0, n, dtype=sorted_indices.dtype)
+                             for k, n in zip(zkeys, shape)], axis=1)
+    hit = _is_stored(sorted_indices, zero_coords)
+    dtype = values.dtype
+    coords = jnp.concatenate([sorted_indices[pick], zero_coords], axis=0)
+    xv = jnp.concatenate([values[pick], jnp.zeros((q,), dtype)])
+    w = jnp.concatenate([jnp.full((p,), nnz / (p * numel), dtype),
+                         jnp.where(hit, 0, 1 / q).astype(dtype)])
+    return coords, xv, w
+
+
+def _sampled_loss(f, factors, sample):
+    """``Σ_k w_k f(x_k, m_k)`` with the model ``m`` at the sampled coordinates only."""
+    coords, xv, w = sample
+    return jnp.sum(w * f(xv, _sample_model(factors, coords)))
+
+
+def _gcp_sparse_stochastic(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_iter,
+                           tol, n_samples, delta, precision, return_info):
+    """Checks for stochastic GCP of a ``BCOO`` tensor, then the compiled fit."""
+    if callable(loss) and not isinstance(loss, str):
+        spec = _Spec(_UserLoss(loss), False, False, _identity, None)
+        loss_name = None
+    else:
+        loss_name = check_choice(loss, Loss, "loss")
+        if loss_name in ZERO_FREE_LOSSES:
+            raise ValueError(f'loss="{loss_name}" needs x > 0, but the unstored entries of a '
+                             "sparse (BCOO) x are zeros: densify the positive entries you have "
+                             "and pass a mask, or choose another loss.")
+        spec = LOSSES[loss_name]
+    if mask is not None:
+        raise ValueError("mask is not supported with sparse (BCOO) x: its zeros are data.")
+    rank = check_positive_int(rank, "rank")
+    n_iter, tol = check_iteration_args(n_iter, tol)
+    check_positive_number(delta, "delta")
+    p, q = _split_samples(n_samples)
+    check_key(key, "for n_samples (stochastic GCP draws entries)")
+    optimizer = _resolve_optimizer(optimizer, learning_rate, n_samples)
+    if init == "svd":
+        raise ValueError('init="svd" needs dense unfoldings: with sparse (BCOO) x pass '
+                         'init="random" with a key, or a CPTensor.')
+    init_tensor, init_kind = resolve_init(init, CPTensor, key,
+                                          lambda t: _check_init(t, x.shape, rank))
+    fixed, tol = resolve_tol(tol)
+    if x.nse == 0:
+        raise ValueError("x (BCOO) has no stored entries: stratified sampling needs at least "
+                         "one nonzero.")
+    values = x.data
+    if not jnp.issubdtype(values.dtype, jnp.floating) or values.dtype not in (jnp.float32,
+                                                                              jnp.float64):
+        values = values.astype(jnp.float32)
+    if not is_traced(values):
+        _check_domain(values, None, spec.data, loss_name)
+    indices = x.indices.astype(jnp.int32)
+    result, n_nonfinite = _gcp_sparse_stochastic_fit(
+        values, indices, key, init_tensor, tol, float(delta), shape=tuple(x.shape), rank=rank,
+        n_iter=n_iter, fixed=fixed, init=init_kind, spec=spec, loss_name=loss_name,
+        optimizer=optimizer, p=p, q=q, precision=precision, return_info=bool(return_info))
+    report_nonfinite(n_nonfinite, "x")
+    return result
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "shape", "rank", "n_iter", "fixed", "init", "spec", "loss_name", "optimizer", "p", "q",
+    "precision", "return_info"))
+def _gcp_sparse_stochastic_fit(values, indices, key, init_tensor, tol, delta, *, shape, rank,
+                               n_iter, fixed, init, spec, loss_name, optimizer, p, q, precision,
+                               return_info):
+    dtype = values.dtype
+    values, n_nonfinite = finite_part(values)
+    size = float(np.prod(shape))
+    s = lax.stop_gradient(pow2_scale(values)) if spec.scaled else jnp.ones((), dtype)
+    v = values / s
+    delta = delta / s
+    sorted_indices, order = _lex_sorted(indices)
+    v = v[order]
+    sum_sq = jnp.vdot(v, v)
+    init_key, eval_key, step_key = jax.random.split(key, 3)
+
+    def f(xv, mv):
+        return spec.f(xv, mv, delta)
+
+    def gram_sum(factors):
+        prec = resolve_precision(precision)
+        g = functools.reduce(jnp.multiply, [jnp.matmul(a.T, a, precision=prec)
+                                            for a in factors])
+        return jnp.sum(g)
+
+    project = ((lambda p_: tuple(jnp.maximum(a, 0) for a in p_)) if spec.nonneg
+               else (lambda p_: p_))
+
+    # -- start (as the full-gradient sparse fit; the norm of log(1 + x) for poisson_log)
+    if init == "given":
+        w = init_tensor.weights.astype(dtype) / s
+        factors = [a.astype(dtype) for a in init_tensor.factors]
+        root = jnp.abs(w) ** (1.0 / len(shape))
+        factors = project(tuple([factors[0] * (w / jnp.where(root > 0, root, 1)
+                                               ** (len(shape) - 1))]
+                                + [a * root for a in factors[1:]]))
+    else:
+        keys = jax.random.split(init_key, len(shape))
+        draw = jax.random.uniform if spec.nonneg else jax.random.normal
+        factors = tuple(draw(k, (n, rank), dtype) for k, n in zip(keys, shape))
+        target = jnp.log1p(v) if loss_name == "poisson_log" else v
+        norm = jnp.sqrt(jnp.maximum(gram_sum(factors), 0))
+        ratio = safe_divide(safe_norm(target), norm)
+        ratio = jnp.where(jnp.isfinite(ratio) & (norm > 0), ratio, 1)
+        factors = tuple(a * ratio ** (1.0 / len(shape)) for a in factors)
+
+    # -- the fixed estimation sample (drawn once) and the record of one step
+    eval_sample = _stratified_sample(eval_key, v, sorted_indices, shape, EVAL_FACTOR * p,
+                                     EVAL_FACTOR * q)
+    norm_v = jnp.sqrt(sum_sq)
+
+    def estimate(factors):
+        coords, xv, w = eval_sample
+        m = _sample_model(factors, coords)
+        value = jnp.sum(w * f(xv, m))
+        err_sq = size * jnp.sum(w * jnp.square(xv - spec.mean(m)))
+        return value, safe_divide(jnp.sqrt(err_sq), norm_v)
+
+    def step(state):
+        factors, opt_state, k = state
+        sample = _stratified_sample(jax.random.fold_in(step_key, k), v, sorted_indices, shape,
+                                    p, q)
+        g = jax.grad(_sampled_loss, argnums=1)(f, factors, sample)
+        updates, opt_state = optimizer.update(g, opt_state, factors)
+        factors = project(optax.apply_updates(factors, updates))
+        return (factors, opt_state, k + 1), estimate(factors)
+
+    if type(optimizer) is tuple:  # ("adam", learning_rate)
+        optimizer = optax.adam(optimizer[1])
+    state = (factors, optimizer.init(factors), jnp.zeros((), jnp.int32))
+    state, n_done, losses, errors, converged = _iterate_stochastic(
+        step, state, n_iter=n_iter, tol=0 if fixed else tol)
+    factors = state[0]
+
+    weights = jnp.ones((rank,), dtype)
+    unit = []
+    for a in factors:
+        norms, a = normalize_columns(a)
+        weights = weights * norms
+        unit.append(a)
+    result = poison(CPTensor(weights * s, tuple(unit)), n_nonfinite)
+    if not return_info:
+        return result, n_nonfinite
+    losses = _rescale_loss(loss_name, losses, s, jnp.sum(v) / size)
+    if spec.mean is _identity:  # exact: ‖x − m‖² = ‖x‖² − 2⟨x, m⟩ + ‖m‖² from the Grams
+        cross = jnp.vdot(v, _sample_model(factors, sorted_indices))
+        err_sq = jnp.maximum(sum_sq - 2 * cross + gram_sum(factors), 0)
+        rel = safe_divide(jnp.sqrt(err_sq), norm_v)
+    else:  # a nonlinear mean: the estimate from the fixed sample
+        rel = estimate(factors)[1]
+    info = GCPInfo(n_done, errors, rel, converged, losses)
+    return (result, poison(info, n_nonfinite)), n_nonfinite
+
+
+def _iterate_stochastic(step, state, *, n_iter, tol):
+    """As :func:`_iterate`, but the stopping rule for noisy loss estimates: stop after
+    ``MAX_FAILS`` steps in a row whose estimate is not below the best so far by more than
+    ``tol · |best|`` (a simple form of Kolda & Hong's rule, without their step decay)."""
+    if is_fixed_length(tol):
+        state, (losses, errors) = lax.scan(lambda s, _: step(s), state, None, length=n_iter)
+        return state, jnp.asarray(n_iter, jnp.int32), losses, errors, jnp.zeros((), bool)
+    probe = jax.eval_shape(step, state)[1][0]
+    nan = jnp.full((n_iter,), jnp.nan, probe.dtype)
+
+    def cond(carry):
+        _, i, _, _, _, fails = carry
+        return (i < n_iter) & (fails < MAX_FAILS)
+
+    def body(carry):
+        state, i, losses, errors, best, fails = carry
+        state, (value, err) = step(state)
+        better = jnp.where(jnp.isfinite(best), value < best - tol * jnp.abs(best),
+                           jnp.isfinite(value))
+        fails = jnp.where(better, 0, fails + 1)
+        best = jnp.where(better, value, best)
+        return state, i + 1, losses.at[i].set(value), errors.at[i].set(err), best, fails
+
+    carry = (state, jnp.zeros((), jnp.int32), nan, nan, jnp.asarray(jnp.inf, probe.dtype),
+             jnp.zeros((), jnp.int32))
+    state, n_done, losses, errors, _, fails = lax.while_loop(cond, body, carry)
+    return state, n_done, losses, errors, fails >= MAX_FAILS
