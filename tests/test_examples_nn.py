@@ -162,6 +162,7 @@ def test_pissa_vs_lora_quick(tmp_path, capsys):
 # -- finetune_transformer -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~20 s; its pieces (apply_adapters, merge, PEFT format) are unit-tested
 def test_finetune_transformer_small(tmp_path, capsys):
     ex = load_example("finetune_transformer")
     base, rows = ex.main(["--small", "--no-progress", "--out", str(tmp_path)])
@@ -193,6 +194,7 @@ def test_finetune_transformer_small(tmp_path, capsys):
         assert abs(by_name[name]["trainable"] - lora) <= 0.1 * lora, name
 
 
+@pytest.mark.slow  # ~15 s; each layer's math, decode and training are unit-tested
 def test_attention_variants_small(tmp_path, capsys):
     ex = load_example("attention_variants")
     rows = ex.main(["--small", "--no-progress", "--out", str(tmp_path)])

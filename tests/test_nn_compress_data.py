@@ -272,6 +272,7 @@ def test_global_budget_errors():
         tnn.compress(model, params=0.5, kind="tt")
 
 
+@pytest.mark.slow  # ~15 s; every method is unit-tested and the README's block runs
 def test_compress_with_data_example_quick(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     pytest.importorskip("sklearn")

@@ -110,7 +110,7 @@ from tensorfact._checks import (Init, Precision, as_float_array, check_choice, c
                                 check_positive_number, finite_part, is_traced, poison,
                                 report_nonfinite)
 from tensorfact._numerics import pow2_scale, resolve_precision, safe_divide, safe_norm
-from tensorfact.decomposition._common import (check_finite_init, check_iteration_args,
+from tensorfact.decomposition._common import (check_cp_init, check_iteration_args,
                                               normalize_columns, resolve_init, resolve_tol)
 from tensorfact.decomposition._loop import FitInfo, is_fixed_length, relative_error
 from tensorfact.decomposition._sweeps import cp_initial_factors
@@ -356,7 +356,7 @@ def gcp(x, rank: int, *, key=None, loss: Union[Loss, Callable] = "gaussian",
         n_samples = check_positive_int(n_samples, "n_samples")
         check_key(key, "for n_samples (stochastic GCP draws entries)")
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
-                                          lambda t: _check_init(t, x.shape, rank))
+                                          lambda t: check_cp_init(t, x.shape, rank))
     fixed, tol = resolve_tol(tol)
     if not is_traced(x) and (mask is None or not is_traced(mask)):
         _check_domain(x, mask, spec.data, loss_name)
@@ -416,14 +416,6 @@ def _check_domain(x, mask, data, loss_name):
     if data == "positive" and np.any(values <= 0):
         raise ValueError(f'x must be positive for loss="{loss_name}", got '
                          f"{int(np.sum(values <= 0))} value(s) ≤ 0 (min {values.min()}).")
-
-
-def _check_init(init: CPTensor, shape, rank) -> CPTensor:
-    if init.shape != tuple(shape) or init.rank != rank:
-        raise ValueError(f"init must be a CPTensor of shape {tuple(shape)} and rank {rank}, got "
-                         f"shape {init.shape} and rank {init.rank}.")
-    check_finite_init(init)
-    return init
 
 
 # -- the compiled fit ---------------------------------------------------------------------------
@@ -748,7 +740,7 @@ def _gcp_sparse(x, rank, *, key, loss, init, mask, optimizer, learning_rate, n_i
         raise ValueError('init="svd" needs dense unfoldings: with sparse (BCOO) x pass '
                          'init="random" with a key, or a CPTensor.')
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
-                                          lambda t: _check_init(t, x.shape, rank))
+                                          lambda t: check_cp_init(t, x.shape, rank))
     fixed, tol = resolve_tol(tol)
     values = x.data
     if not jnp.issubdtype(values.dtype, jnp.floating) or values.dtype not in (jnp.float32,
@@ -953,7 +945,7 @@ def _gcp_sparse_stochastic(x, rank, *, key, loss, init, mask, optimizer, learnin
         raise ValueError('init="svd" needs dense unfoldings: with sparse (BCOO) x pass '
                          'init="random" with a key, or a CPTensor.')
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
-                                          lambda t: _check_init(t, x.shape, rank))
+                                          lambda t: check_cp_init(t, x.shape, rank))
     fixed, tol = resolve_tol(tol)
     if x.nse == 0:
         raise ValueError("x (BCOO) has no stored entries: stratified sampling needs at least "
