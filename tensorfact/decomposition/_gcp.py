@@ -418,6 +418,18 @@ def _check_domain(x, mask, data, loss_name):
                          f"{int(np.sum(values <= 0))} value(s) ≤ 0 (min {values.min()}).")
 
 
+def _unit_columns(factors, scale) -> CPTensor:
+    """The fitted factors as a CP tensor with unit columns, their norms (and the data's scale
+    ``2^k``) in the weights."""
+    weights = jnp.ones((factors[0].shape[1],), factors[0].dtype)
+    unit = []
+    for a in factors:
+        norms, a = normalize_columns(a)
+        weights = weights * norms
+        unit.append(a)
+    return CPTensor(weights * scale, tuple(unit))
+
+
 # -- the compiled fit ---------------------------------------------------------------------------
 
 def _model(factors, precision):
@@ -541,14 +553,7 @@ def _gcp_fit(x, mask, key, init_tensor, tol, delta, *, rank, n_iter, fixed, init
             step, state, n_iter=n_iter, tol=0 if fixed else tol)
     factors = factors_of(state)
 
-    # -- scale back: unit columns, the scales (and 2^k) in the weights
-    weights = jnp.ones((rank,), dtype)
-    unit = []
-    for a in factors:
-        norms, a = normalize_columns(a)
-        weights = weights * norms
-        unit.append(a)
-    result = poison(CPTensor(weights * s, tuple(unit)), n_nonfinite)
+    result = poison(_unit_columns(factors, s), n_nonfinite)
     if not return_info:
         return result, n_nonfinite
     mean_x = jnp.sum(xs) / n_obs
@@ -820,13 +825,7 @@ def _gcp_sparse_fit(values, indices, key, init_tensor, tol, *, shape, rank, n_it
     state, n_done, losses, errors, converged = _iterate(step, state, n_iter=n_iter,
                                                         tol=0 if fixed else tol)
     factors = factors_of(state)
-    weights = jnp.ones((rank,), dtype)
-    unit = []
-    for a in factors:
-        norms, a = normalize_columns(a)
-        weights = weights * norms
-        unit.append(a)
-    result = poison(CPTensor(weights * s, tuple(unit)), n_nonfinite)
+    result = poison(_unit_columns(factors, s), n_nonfinite)
     if not return_info:
         return result, n_nonfinite
     losses = _rescale_loss(loss_name, losses, s, jnp.sum(v) / size)
@@ -1040,13 +1039,7 @@ def _gcp_sparse_stochastic_fit(values, indices, key, init_tensor, tol, delta, *,
         step, state, n_iter=n_iter, tol=0 if fixed else tol)
     factors = state[0]
 
-    weights = jnp.ones((rank,), dtype)
-    unit = []
-    for a in factors:
-        norms, a = normalize_columns(a)
-        weights = weights * norms
-        unit.append(a)
-    result = poison(CPTensor(weights * s, tuple(unit)), n_nonfinite)
+    result = poison(_unit_columns(factors, s), n_nonfinite)
     if not return_info:
         return result, n_nonfinite
     losses = _rescale_loss(loss_name, losses, s, jnp.sum(v) / size)
