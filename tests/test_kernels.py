@@ -96,7 +96,7 @@ def test_triton_lowering(n):
     """The kernel lowers through Triton for CUDA (exported from the CPU; not run)."""
     check = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
     exported = jax.export.export(
-        jax.jit(functools.partial(spd_inverse, impl="pallas", _target="gpu")),
+        jax.jit(functools.partial(spd_inverse, impl="pallas", target="gpu", interpret=False)),
         platforms=("cuda",), disabled_checks=[check])(jax.ShapeDtypeStruct((n, n), jnp.float32))
     assert "triton" in exported.mlir_module()
 

@@ -118,7 +118,7 @@ def test_dispatcher_falls_back_on_cpu_and_says_why(caplog, monkeypatch):
     monkeypatch.setenv(_pallas.DEBUG_ENV, "1")
     with caplog.at_level(logging.WARNING, logger="tensorfact.kernels"):
         loud = mttkrp(x, factors, 0)
-    assert any("not a GPU" in r.getMessage() for r in caplog.records)
+    assert any("neither a GPU nor a TPU" in r.getMessage() for r in caplog.records)
     np.testing.assert_array_equal(quiet, mttkrp_xla(x, factors, 0))  # auto = XLA, bit for bit
     np.testing.assert_array_equal(public, tfa.mttkrp(x, factors, 0, impl="xla"))
     np.testing.assert_allclose(loud, quiet, rtol=1e-6, atol=1e-6)
@@ -228,6 +228,6 @@ def test_triton_lowering(shape, dtype):
     spec = jax.ShapeDtypeStruct
     for mode in range(len(shape)):
         exported = _export_for_cuda(
-            lambda x, fs: mttkrp_pallas(x, fs, mode, _target="gpu"), spec(shape, dtype),
+            lambda x, fs: mttkrp_pallas(x, fs, mode, target="gpu", interpret=False), spec(shape, dtype),
             [spec((n, 32), jnp.float32) for n in shape])
         assert "triton" in exported.mlir_module()

@@ -102,7 +102,7 @@ def test_dispatcher_falls_back_and_says_why(caplog, monkeypatch):
     monkeypatch.setenv(_pallas.DEBUG_ENV, "1")
     with caplog.at_level(logging.WARNING, logger="tensorfact.kernels"):
         out = tt_chain_matmul(x, cores)
-    assert "not a GPU" in caplog.text
+    assert "neither a GPU nor a TPU" in caplog.text
     np.testing.assert_array_equal(out, tt_chain_xla(x, cores))
     # on a GPU: too large to keep on chip → XLA, and says so; small → the kernel
     monkeypatch.setattr(_pallas, "on_gpu", lambda: True)
@@ -155,6 +155,6 @@ def test_triton_lowering(ms, ns, ranks, batch, dtype):
     rs = (1,) + ranks + (1,)
     spec = jax.ShapeDtypeStruct
     cores = [spec((rs[k], m, n, rs[k + 1]), dtype) for k, (m, n) in enumerate(zip(ms, ns))]
-    fwd = _export_for_cuda(lambda x, cs: tt_chain_pallas(x, cs, _target="gpu"),
+    fwd = _export_for_cuda(lambda x, cs: tt_chain_pallas(x, cs, target="gpu", interpret=False),
                            spec((batch, math.prod(ms)), dtype), cores)
     assert "triton" in fwd.mlir_module()

@@ -132,7 +132,7 @@ def resolve_mttkrp_impl(x, rank: int, impl: Impl) -> str:
       >>> resolve_mttkrp_impl(x, 8, "pallas"), resolve_mttkrp_impl(x, 8, "auto")  # on a CPU
       ('pallas', 'xla')
     """
-    return _pallas.resolve_impl("mttkrp", impl, lambda: _shape_reason(x, rank))
+    return _pallas.resolve_impl("mttkrp", impl, lambda target: _shape_reason(x, rank))
 
 
 def _shape_reason(x, rank):
@@ -196,10 +196,12 @@ def _view(x, factors, mode):
 
 
 def mttkrp_pallas(x, factors, mode: int, *, precision: Precision = "highest", block_out=None,
-                  block_dot=None, n_split=None, _target=None) -> jax.Array:
+                  block_dot=None, n_split=None, target=None, interpret=None) -> jax.Array:
     """The kernel (see the module docstring for the tiling). ``block_out``/``block_dot`` (powers
     of two ≥ 16) and ``n_split`` override the block sizes and the split of the loop axis;
-    ``_target`` forces ``"gpu"`` (Triton) or ``"interpret"``. A tensor with a mode of size zero,
+    ``target`` (``"gpu"``: the Triton kernel, ``"tpu"``: the Mosaic kernel; default the
+    backend's) and ``interpret`` (default: compile on the target's hardware, interpret
+    elsewhere) choose the launch (``_pallas.resolve_launch``). A tensor with a mode of size zero,
     or a rank of zero, has nothing to launch: its (empty or zero) result comes from
     :func:`mttkrp_xla`.
 
@@ -216,7 +218,7 @@ def mttkrp_pallas(x, factors, mode: int, *, precision: Precision = "highest", bl
     if x.dtype not in _KERNEL_DTYPES and x.dtype != jnp.float64:
         raise ValueError(f"x must be float32, float64, bfloat16 or float16 for impl='pallas', "
                          f"got dtype {x.dtype}.")
-    target = _pallas.resolve_target(_target)
+    launch = _pallas.resolve_launch(target, interpret)
     for name, b in (("block_out", block_out), ("block_dot", block_dot)):
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 16
                               or b & (b - 1)):
@@ -229,24 +231,24 @@ def mttkrp_pallas(x, factors, mode: int, *, precision: Precision = "highest", bl
     out_dtype = jnp.result_type(x, *_others(factors, mode))
     acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
     return _mttkrp_view(view, loop_f.astype(acc_dtype), dot_f.astype(acc_dtype), out_axis,
-                        resolve_precision(precision), block_out, block_dot, n_split, target,
+                        resolve_precision(precision), block_out, block_dot, n_split, launch,
                         jnp.dtype(out_dtype))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=tuple(range(3, 10)))
-def _mttkrp_view(x, loop_f, dot_f, out_axis, precision, block_out, block_dot, n_split, target,
+def _mttkrp_view(x, loop_f, dot_f, out_axis, precision, block_out, block_dot, n_split, launch,
                  out_dtype):
     return _mttkrp_call(x, loop_f, dot_f, out_axis=out_axis, precision=precision,
-                        block_out=block_out, block_dot=block_dot, n_split=n_split, target=target,
+                        block_out=block_out, block_dot=block_dot, n_split=n_split, launch=launch,
                         out_dtype=out_dtype)
 
 
 @_mttkrp_view.defjvp
-def _mttkrp_view_jvp(out_axis, precision, block_out, block_dot, n_split, target, out_dtype,
+def _mttkrp_view_jvp(out_axis, precision, block_out, block_dot, n_split, launch, out_dtype,
                      primals, tangents):
     # MTTKRP is multilinear: the tangent is the XLA einsum's (whose primal XLA then drops), and
     # being linear it transposes, so reverse mode works too
-    out = _mttkrp_view(*primals, out_axis, precision, block_out, block_dot, n_split, target,
+    out = _mttkrp_view(*primals, out_axis, precision, block_out, block_dot, n_split, launch,
                        out_dtype)
     spec = {0: "pqs,qr,sr->pr", 1: "pqs,pr,sr->qr", 2: "pqs,pr,qr->sr"}[out_axis]
     acc = primals[1].dtype
@@ -264,9 +266,9 @@ def _pow2(n, lo, hi):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "out_axis", "precision", "block_out", "block_dot", "n_split", "target", "out_dtype"))
+    "out_axis", "precision", "block_out", "block_dot", "n_split", "launch", "out_dtype"))
 def _mttkrp_call(x, loop_f, dot_f, *, out_axis, precision, block_out, block_dot, n_split,
-                 target, out_dtype):
+                 launch, out_dtype):
     rank = loop_f.shape[1]
     dot_axis = 1 if out_axis == 2 else 2
     loop_axis = 0 if out_axis != 0 else 1
@@ -328,7 +330,7 @@ def _mttkrp_call(x, loop_f, dot_f, *, out_axis, precision, block_out, block_dot,
                        mask=o_ok[:, None] & r_ok[None, :])
 
     partial = _pallas.call(
-        kernel, target=target, num_warps=4, num_stages=2, grid=(out_blocks, n_split),
+        kernel, launch=launch, num_warps=4, num_stages=2, grid=(out_blocks, n_split),
         out_shape=jax.ShapeDtypeStruct((n_split, n_out, rank), acc_dtype),
     )(x, loop_f, dot_f)
     return jnp.sum(partial, axis=0).astype(out_dtype)

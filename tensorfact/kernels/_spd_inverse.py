@@ -29,7 +29,8 @@ __all__ = ["spd_inverse", "MAX_SIZE"]
 MAX_SIZE = 64  # the matrix is unrolled pivot by pivot; beyond this use a Cholesky solve
 
 
-def spd_inverse(v: jax.Array, *, impl: Impl = "auto", _target=None) -> jax.Array:
+def spd_inverse(v: jax.Array, *, impl: Impl = "auto", target=None,
+                interpret=None) -> jax.Array:
     """Inverse of symmetric positive definite matrices of size ``n ≤ 64`` (leading batch axes ok).
 
     Args:
@@ -38,8 +39,9 @@ def spd_inverse(v: jax.Array, *, impl: Impl = "auto", _target=None) -> jax.Array
         Gauss–Jordan in XLA ops: the reference), or ``"auto"`` (Pallas for float32 on a GPU,
         XLA elsewhere; ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it chose XLA).
 
-    Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``. ``_target`` forces the kernel's lowering
-    (``"gpu"``: Triton, ``"interpret"``); by default it follows the backend.
+    Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``. ``target`` (``"gpu"``: Triton, ``"tpu"``: Mosaic)
+    and ``interpret`` choose the kernel's launch (``_pallas.resolve_launch``); by default they
+    follow the backend.
 
     Example:
       >>> import jax.numpy as jnp
@@ -55,29 +57,29 @@ def spd_inverse(v: jax.Array, *, impl: Impl = "auto", _target=None) -> jax.Array
         raise ValueError(f"v must be at most {MAX_SIZE} × {MAX_SIZE} for spd_inverse, got "
                          f"{v.shape[-1]} × {v.shape[-1]}; use a Cholesky solve instead.")
 
-    def dtype_reason():
+    def dtype_reason(target):
         return None if v.dtype == jnp.float32 else f"v has dtype {v.dtype}, not float32"
 
     impl = _pallas.resolve_impl("spd_inverse", impl, dtype_reason)
     if v.size == 0:  # an empty batch, or 0 × 0 matrices: nothing to invert
         return v
-    return _inverse(v, impl, _pallas.resolve_target(_target))
+    return _inverse(v, impl, _pallas.resolve_launch(target, interpret))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _inverse(v, impl, target):
+def _inverse(v, impl, launch):
     if impl == "xla":
         return _gauss_jordan_xla(v)
     batch = v.shape[:-2]
     flat = v.reshape((-1,) + v.shape[-2:])
-    inverse = functools.partial(_gauss_jordan_pallas, target=target)
+    inverse = functools.partial(_gauss_jordan_pallas, launch=launch)
     return jax.vmap(inverse)(flat).reshape(v.shape) if batch else inverse(v)
 
 
 @_inverse.defjvp
-def _inverse_jvp(impl, target, primals, tangents):
+def _inverse_jvp(impl, launch, primals, tangents):
     (v,), (dv,) = primals, tangents
-    inv = _inverse(v, impl, target)
+    inv = _inverse(v, impl, launch)
     return inv, -inv @ dv @ inv
 
 
@@ -93,13 +95,13 @@ def _gauss_jordan_xla(v):
     return (inverse + jnp.swapaxes(inverse, -1, -2)) / 2
 
 
-def _gauss_jordan_pallas(v, target):
+def _gauss_jordan_pallas(v, launch):
     """One Pallas program: ``v`` (padded to a power of two with an identity block) on chip."""
     n = v.shape[-1]
     size = max(16, pl.next_power_of_2(n))
     padded = jnp.eye(size, dtype=v.dtype).at[:n, :n].set(v)
     inverse = _pallas.call(
-        _gauss_jordan_kernel, target=target, num_warps=4, num_stages=1,
+        _gauss_jordan_kernel, launch=launch, num_warps=4, num_stages=1,
         out_shape=jax.ShapeDtypeStruct((size, size), v.dtype),
     )(padded)[:n, :n]
     return (inverse + inverse.T) / 2

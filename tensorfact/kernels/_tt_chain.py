@@ -108,13 +108,13 @@ def resolve_tt_chain_impl(x, cores, impl: str) -> str:
     """``"pallas"`` or ``"xla"``: ``impl`` checked and ``"auto"`` resolved for ``x`` (anything
     with ``shape``/``dtype``) and the cores (logging why it chose XLA under
     ``TENSORFACT_DEBUG_DISPATCH=1``). ``tensorfact.tt_matmul`` decides through it."""
-    return _pallas.resolve_impl("tt_chain", impl, lambda: _shape_reason(x, cores),
+    return _pallas.resolve_impl("tt_chain", impl, lambda target: _shape_reason(x, cores),
                                 label="tt_chain_matmul")
 
 
 def _auto_reason(x, cores):
     """Why ``impl="auto"`` should not take the kernel (None when it should)."""
-    return _pallas.auto_reason("tt_chain", lambda: _shape_reason(x, cores))
+    return _pallas.auto_reason("tt_chain", lambda target: _shape_reason(x, cores))
 
 
 def _shape_reason(x, cores):
@@ -173,29 +173,30 @@ def _plan(shapes):
 
 
 def tt_chain_pallas(x, cores, *, precision: Precision = "highest", block_rows=None,
-                    _target=None) -> jax.Array:
+                    target=None, interpret=None) -> jax.Array:
     """The fused kernel (module docstring), differentiable through :func:`tt_chain_xla`'s VJP.
-    ``block_rows`` (a power of two ≥ 16) overrides the rows per program; ``_target`` forces
-    ``"gpu"`` (Triton) or ``"interpret"``."""
+    ``block_rows`` (a power of two ≥ 16) overrides the rows per program; ``target`` (``"gpu"``:
+    Triton, ``"tpu"``: Mosaic; default the backend's) and ``interpret`` (default: compile on the
+    target's hardware, interpret elsewhere) choose the launch (``_pallas.resolve_launch``)."""
     x, cores = _check_args(x, cores)
     if block_rows is not None and (block_rows < _MIN_ROWS or block_rows & (block_rows - 1)):
         raise ValueError(f"block_rows must be a power of two >= 16, got {block_rows!r}.")
     precision = resolve_precision(precision)
     if x.shape[0] == 0:  # no rows: no program to launch (an empty grid); the empty result
         return _chain_xla(x, cores, precision)
-    return _fused(x, cores, precision, block_rows, _pallas.resolve_target(_target))
+    return _fused(x, cores, precision, block_rows, _pallas.resolve_launch(target, interpret))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _fused(x, cores, precision, block_rows, target):
-    return _chain_call(x, cores, precision=precision, block_rows=block_rows, target=target)
+def _fused(x, cores, precision, block_rows, launch):
+    return _chain_call(x, cores, precision=precision, block_rows=block_rows, launch=launch)
 
 
-def _fused_fwd(x, cores, precision, block_rows, target):
-    return _fused(x, cores, precision, block_rows, target), (x, cores)
+def _fused_fwd(x, cores, precision, block_rows, launch):
+    return _fused(x, cores, precision, block_rows, launch), (x, cores)
 
 
-def _fused_bwd(precision, block_rows, target, residuals, cotangent):
+def _fused_bwd(precision, block_rows, launch, residuals, cotangent):
     x, cores = residuals
     _, vjp = jax.vjp(lambda x, cores: _chain_xla(x, cores, precision), x, cores)
     return vjp(cotangent.astype(jnp.result_type(x, *cores)))
@@ -204,8 +205,8 @@ def _fused_bwd(precision, block_rows, target, residuals, cotangent):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("precision", "block_rows", "target"))
-def _chain_call(x, cores, *, precision, block_rows, target):
+@functools.partial(jax.jit, static_argnames=("precision", "block_rows", "launch"))
+def _chain_call(x, cores, *, precision, block_rows, launch):
     shapes = tuple(g.shape for g in cores)
     ms, ns, rs, per_row = _plan(shapes)
     m_true, n_true = [s[1] for s in shapes], [s[2] for s in shapes]
@@ -256,7 +257,7 @@ def _chain_call(x, cores, *, precision, block_rows, target):
                        y.astype(out_dtype), mask=block_mask(out_block, n_true))
 
     out = _pallas.call(
-        kernel, target=target, num_warps=4, num_stages=1, grid=(pl.cdiv(batch, bb),),
+        kernel, launch=launch, num_warps=4, num_stages=1, grid=(pl.cdiv(batch, bb),),
         out_shape=jax.ShapeDtypeStruct((batch,) + tuple(n_true), out_dtype),
     )(x.reshape((batch,) + tuple(m_true)), *mats)
     return out.reshape(batch, -1)
