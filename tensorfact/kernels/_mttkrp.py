@@ -57,6 +57,7 @@ from tensorfact._arrays import as_tensor, check_factors, check_mode
 from tensorfact._checks import Impl, Precision, check_positive_int
 from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
+from tensorfact.kernels._mttkrp_tpu import mttkrp_view_tpu
 
 __all__ = ["mttkrp", "mttkrp_pallas", "mttkrp_xla", "resolve_mttkrp_impl", "MAX_RANK",
            "MIN_ELEMENTS"]
@@ -219,6 +220,9 @@ def mttkrp_pallas(x, factors, mode: int, *, precision: Precision = "highest", bl
         raise ValueError(f"x must be float32, float64, bfloat16 or float16 for impl='pallas', "
                          f"got dtype {x.dtype}.")
     launch = _pallas.resolve_launch(target, interpret)
+    if launch.target == "tpu" and x.dtype == jnp.float64:
+        raise ValueError(f"x has dtype {x.dtype}: float64 is not a TPU dtype; target='tpu' "
+                         f"takes float32, bfloat16 and float16.")
     for name, b in (("block_out", block_out), ("block_dot", block_dot)):
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 16
                               or b & (b - 1)):
@@ -269,6 +273,10 @@ def _pow2(n, lo, hi):
     "out_axis", "precision", "block_out", "block_dot", "n_split", "launch", "out_dtype"))
 def _mttkrp_call(x, loop_f, dot_f, *, out_axis, precision, block_out, block_dot, n_split,
                  launch, out_dtype):
+    if launch.target == "tpu":  # the Mosaic kernel (tensorfact/kernels/_mttkrp_tpu.py)
+        return mttkrp_view_tpu(x, loop_f, dot_f, out_axis=out_axis, precision=precision,
+                               block_out=block_out, block_dot=block_dot, launch=launch,
+                               out_dtype=out_dtype)
     rank = loop_f.shape[1]
     dot_axis = 1 if out_axis == 2 else 2
     loop_axis = 0 if out_axis != 0 else 1
