@@ -34,6 +34,11 @@ it is ``(∏ first, I_{N−2}, I_{N−1})``. Those partial Khatri–Rao products
 into one axis, ``∏ I_k × R``) are formed in HBM by XLA; the tensor itself is only reshaped
 (free). For 3-way tensors nothing is formed: the groups are single modes.
 
+The above is the ``"gpu"`` (Triton) kernel. ``target="tpu"`` launches the Mosaic kernel of
+``tensorfact/kernels/_mttkrp_tpu.py`` on the same view (``BlockSpec`` tiles in VMEM, a float32
+VMEM accumulator, unaligned shapes padded in XLA; float64 raises ``ValueError``); the custom
+JVP below and the reference are shared by both.
+
 :func:`mttkrp_xla` is the reference (one einsum, float32 accumulation). :func:`mttkrp`
 dispatches: ``impl="auto"`` takes the kernel on a GPU for float32/bfloat16/float16 tensors of
 at least ``MIN_ELEMENTS`` entries and ranks up to ``MAX_RANK``, once the kernel is listed in
