@@ -21,6 +21,12 @@ that the script works, not a measurement): use ``--small``. Full float32 precisi
     python benchmarks/bench_kernels.py --small                 # CPU smoke, tiny sizes
     python benchmarks/bench_kernels.py --json out/kernels_gpu.json   # on the GPU machine
     python benchmarks/bench_kernels.py --which mttkrp --sizes 512 --tune   # block-size sweep
+    python benchmarks/bench_kernels.py --tpu --json out/kernels_tpu.json   # on a TPU
+    python benchmarks/bench_kernels.py --tpu --small           # CPU smoke, TPU interpret mode
+
+``--tpu`` runs the rows of ``TPU_BENCHES`` instead: MTTKRP at 256³ and 512³, ranks 16/32/64,
+float32 and bfloat16, the TPU kernel (``mttkrp_pallas(target="tpu")``) vs the XLA einsum vs a
+device copy of the tensor, with the bandwidth of reading the tensor once.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ PRESETS = {
                 tt_shape=((4, 8, 8, 4), (4, 8, 8, 4)), tt_rank=8, batch=4096, repeats=20),
 }
 WORKS = ("mttkrp", "cp", "tt")
+TPU_PRESETS = {"small": dict(sizes=(12,), ranks=(4,), repeats=1),
+               "tpu": dict(sizes=(256, 512), ranks=(16, 32, 64), repeats=20)}
 
 
 def _row(table, **entry):
@@ -101,6 +109,35 @@ def bench_mttkrp(sizes, rank, repeats, table, tune=False):
                         continue
                     _row(table, bench="mttkrp-tune", n=n, rank=rank, mode=mode,
                          impl=f"pallas bo={bo} bs={bs} split={split}", ms=t, read_tbs=gb / t)
+
+
+def bench_mttkrp_tpu(sizes, ranks, repeats, table):
+    """``--tpu``: the TPU MTTKRP kernel vs the XLA einsum vs a copy, float32 and bfloat16."""
+    for n, dtype in itertools.product(sizes, (jnp.float32, jnp.bfloat16)):
+        keys = jax.random.split(jax.random.key(n), 4)
+        x = jax.random.normal(keys[0], (n, n, n), dtype)
+        gb, name = x.nbytes / 1e9, jnp.dtype(dtype).name
+        _, t_copy, _ = median_ms(lambda: jax.jit(jnp.negative)(x), sync_jax, repeats)
+        _row(table, bench="mttkrp-tpu", n=n, dtype=name, rank="-", mode="-", impl="copy",
+             ms=t_copy, read_tbs=gb / t_copy)
+        for rank, mode in itertools.product(ranks, range(3)):
+            factors = [jax.random.normal(k, (n, rank), dtype) for k in keys[1:]]
+            sides = {"pallas-tpu": jax.jit(functools.partial(mttkrp_pallas, mode=mode,
+                                                             target="tpu")),
+                     "xla-einsum": jax.jit(functools.partial(_einsum_mttkrp, mode=mode))}
+            ref = None
+            for impl, fn in sides.items():
+                out, t, first = median_ms(lambda fn=fn: fn(x, factors), sync_jax, repeats)
+                ref = out if ref is None else ref
+                err = float(jnp.linalg.norm((out - ref).astype(jnp.float32))
+                            / jnp.linalg.norm(ref.astype(jnp.float32)))
+                _row(table, bench="mttkrp-tpu", n=n, dtype=name, rank=rank, mode=mode,
+                     impl=impl, ms=t, read_tbs=gb / t, compile_s=first, rel_to_pallas=err)
+
+
+# the --tpu rows: each entry is called as fn(preset, table); the TT-chain TPU rows go here
+TPU_BENCHES = [lambda cfg, table: bench_mttkrp_tpu(cfg["sizes"], cfg["ranks"], cfg["repeats"],
+                                                   table)]
 
 
 def _einsum_mttkrp(x, factors, mode):
@@ -183,8 +220,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int)
     p.add_argument("--tune", action="store_true",
                    help="also time the MTTKRP kernel over a grid of block sizes")
+    p.add_argument("--tpu", action="store_true", help="the TPU rows (TPU_BENCHES) instead; "
+                   "with --small, tiny sizes in TPU interpret mode")
     p.add_argument("--json", help="write the rows and the environment here")
     args = p.parse_args(argv)
+    if args.tpu:
+        return _main_tpu(args)
     check_positive(p, args, ("rank", "n_iter", "repeats"))
     cfg = dict(PRESETS[args.preset])
     for key in ("sizes", "rank", "n_iter", "repeats"):
@@ -206,6 +247,25 @@ def main(argv=None):
         bench_cp(cfg["cp_size"], cfg["rank"], cfg["n_iter"], cfg["repeats"], table)
     if "tt" in which:
         bench_tt(*cfg["tt_shape"], cfg["tt_rank"], cfg["batch"], cfg["repeats"], table)
+    write_json(args.json, dict(environment=env, rows=table))
+    return table
+
+
+def _main_tpu(args):
+    cfg = dict(TPU_PRESETS["small" if args.preset == "small" else "tpu"])
+    cfg.update({k: getattr(args, k) for k in ("sizes", "repeats") if getattr(args, k)})
+    if args.rank:
+        cfg["ranks"] = (args.rank,)
+    dev = jax.devices()[0]
+    env = dict(jax=jax.__version__, device=f"{dev.platform}: {getattr(dev, 'device_kind', dev)}",
+               python=platform.python_version(), preset=cfg)
+    print(json.dumps(env, default=str), flush=True)
+    if dev.platform != "tpu":
+        print("note: not on a TPU; the TPU kernels run in interpret mode (timings are not "
+              "meaningful)", flush=True)
+    table = []
+    for bench in TPU_BENCHES:
+        bench(cfg, table)
     write_json(args.json, dict(environment=env, rows=table))
     return table
 

@@ -130,6 +130,19 @@ def test_bench_kernels_smoke(monkeypatch, tmp_path):
     assert len(json.loads(path.read_text())["rows"]) == len(rows)
 
 
+@pytest.mark.slow  # ~5 s: TPU interpret mode at 12³
+def test_bench_kernels_tpu_smoke(monkeypatch):
+    """``--tpu --small`` runs the TPU MTTKRP rows in TPU interpret mode; the kernel agrees
+    with the XLA einsum in float32 and bfloat16, and every row has a time and a bandwidth."""
+    rows = _load_script("bench_kernels", monkeypatch).main(["--tpu", "--small"])
+    assert {(r["impl"], r["dtype"]) for r in rows} == {
+        (i, d) for i in ("copy", "pallas-tpu", "xla-einsum") for d in ("float32", "bfloat16")}
+    for r in rows:
+        assert r["ms"] > 0 and r["read_tbs"] > 0, r
+        if r["impl"] == "xla-einsum":
+            assert r["rel_to_pallas"] < (2e-2 if r["dtype"] == "bfloat16" else 1e-5), r
+
+
 @pytest.mark.slow  # ~16 s: the script's whole --small preset
 def test_bench_nn_smoke(tmp_path):
     """The layer benchmark's ``--small`` preset runs (in a subprocess: it pins JAX to the CPU),

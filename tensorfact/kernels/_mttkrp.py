@@ -34,6 +34,11 @@ it is ``(∏ first, I_{N−2}, I_{N−1})``. Those partial Khatri–Rao products
 into one axis, ``∏ I_k × R``) are formed in HBM by XLA; the tensor itself is only reshaped
 (free). For 3-way tensors nothing is formed: the groups are single modes.
 
+The above is the ``"gpu"`` (Triton) kernel. ``target="tpu"`` launches the Mosaic kernel of
+``tensorfact/kernels/_mttkrp_tpu.py`` on the same view (``BlockSpec`` tiles in VMEM, a float32
+VMEM accumulator, unaligned shapes padded in XLA; float64 raises ``ValueError``); the custom
+JVP below and the reference are shared by both.
+
 :func:`mttkrp_xla` is the reference (one einsum, float32 accumulation). :func:`mttkrp`
 dispatches: ``impl="auto"`` takes the kernel on a GPU for float32/bfloat16/float16 tensors of
 at least ``MIN_ELEMENTS`` entries and ranks up to ``MAX_RANK``, once the kernel is listed in
@@ -57,6 +62,7 @@ from tensorfact._arrays import as_tensor, check_factors, check_mode
 from tensorfact._checks import Impl, Precision, check_positive_int
 from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
+from tensorfact.kernels._mttkrp_tpu import mttkrp_view_tpu
 
 __all__ = ["mttkrp", "mttkrp_pallas", "mttkrp_xla", "resolve_mttkrp_impl", "MAX_RANK",
            "MIN_ELEMENTS"]
@@ -219,6 +225,9 @@ def mttkrp_pallas(x, factors, mode: int, *, precision: Precision = "highest", bl
         raise ValueError(f"x must be float32, float64, bfloat16 or float16 for impl='pallas', "
                          f"got dtype {x.dtype}.")
     launch = _pallas.resolve_launch(target, interpret)
+    if launch.target == "tpu" and x.dtype == jnp.float64:
+        raise ValueError(f"x has dtype {x.dtype}: float64 is not a TPU dtype; target='tpu' "
+                         f"takes float32, bfloat16 and float16.")
     for name, b in (("block_out", block_out), ("block_dot", block_dot)):
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 16
                               or b & (b - 1)):
@@ -269,6 +278,10 @@ def _pow2(n, lo, hi):
     "out_axis", "precision", "block_out", "block_dot", "n_split", "launch", "out_dtype"))
 def _mttkrp_call(x, loop_f, dot_f, *, out_axis, precision, block_out, block_dot, n_split,
                  launch, out_dtype):
+    if launch.target == "tpu":  # the Mosaic kernel (tensorfact/kernels/_mttkrp_tpu.py)
+        return mttkrp_view_tpu(x, loop_f, dot_f, out_axis=out_axis, precision=precision,
+                               block_out=block_out, block_dot=block_dot, launch=launch,
+                               out_dtype=out_dtype)
     rank = loop_f.shape[1]
     dot_axis = 1 if out_axis == 2 else 2
     loop_axis = 0 if out_axis != 0 else 1
