@@ -86,6 +86,20 @@ class Fit:
     scale: bool = True
     rtol: float = 1e-4
     sized: bool = True
+    contracts: frozenset | None = None  # None: every contract; else only those named here
+
+
+#: The contracts a further line of a family runs (its family's first line runs every contract).
+#: Constrained CP's constraints and GCP's losses/optimisers differ only inside one jitted
+#: ``_fit`` program: the wrapper's checks (NaN/Inf reported eagerly, zero-size modes), ``jit``
+#: against eager (the public function only checks and calls that program) and determinism are
+#: the family's shared code and run on its first line. What a constraint or loss changes runs
+#: on every line: the program's batching rules (``vmap``), its derivative (``grad``), scale
+#: equivariance, NaN/Inf under jit (a prox or a loss could turn NaN into an answer, or hang),
+#: and keys (only the lines with a ``key``). A GCP line with another optimiser (Adam, the
+#: stochastic fit) builds its info in another loop, and so runs the info contract too.
+VARIANT = frozenset({"vmap", "grad", "scale", "nonfinite_jit", "key"})
+OPTIMISER_VARIANT = VARIANT | {"info"}
 
 
 def _parafac2_slices(seed=0, nonneg=False):
@@ -120,26 +134,26 @@ FITS = [
     Fit("constrained_cp_simplex",
         lambda x, **kw: tfa.constrained_cp(x, 2, constraints=[None, "simplex", "nonneg"],
                                            n_iter=10, tol=0, inner_iter=5, **kw),
-        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),)),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), contracts=VARIANT),
     # penalties are not scale-free (the problem changes with the data's scale): the rescaled
     # strengths that make the fit equivariant are tested in tests/test_constrained_cp.py
     Fit("constrained_cp_l1",
         lambda x, **kw: tfa.constrained_cp(x, 2, constraints=tfa.constraints.L1(0.01),
                                            n_iter=10, tol=0, inner_iter=5, **kw), _x3,
-        scale=False),
+        scale=False, contracts=VARIANT),
     Fit("constrained_cp_box_smooth",
         lambda x, **kw: tfa.constrained_cp(
             x, 2, constraints=[None, tfa.constraints.Box(-0.6, 0.6), tfa.constraints.Smooth(0.1)],
-            n_iter=10, tol=0, inner_iter=5, **kw), _x3, scale=False),
+            n_iter=10, tol=0, inner_iter=5, **kw), _x3, scale=False, contracts=VARIANT),
     # Unimodal's pool-adjacent-violators merges run in a lax.while_loop: no reverse-mode grad
     Fit("constrained_cp_unimodal",
         lambda x, **kw: tfa.constrained_cp(x, 2, constraints=[None, "nonneg", "unimodal"],
                                            n_iter=10, tol=0, inner_iter=5, **kw),
-        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False, contracts=VARIANT),
     Fit("constrained_cp_random",
         lambda x, **kw: tfa.constrained_cp(x, 2, constraints="nonneg", init="random",
                                            n_iter=10, tol=0, inner_iter=5, **kw),
-        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), key="option"),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), key="option", contracts=VARIANT),
     # a pair (x_cp, y_cp); scaling x alone changes the balance of the coupled problem (joint
     # scaling is tested in tests/test_cmtf.py)
     Fit("cmtf", lambda x, y, **kw: tfa.cmtf(x, y, 2, n_iter=15, tol=0, **kw),
@@ -201,15 +215,17 @@ FITS = [
     # of two exactly (tests/test_gcp.py), not to 1e-3 for any c.
     Fit("gcp", lambda x, **kw: tfa.gcp(x, 2, n_iter=60, tol=0, **kw), _x3, grad=False),
     Fit("gcp_poisson", lambda x, **kw: tfa.gcp(x, 2, loss="poisson", n_iter=20, tol=0, **kw),
-        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False, scale=False),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False, scale=False,
+        contracts=VARIANT),
     Fit("gcp_adam_mask", lambda x, m, **kw: tfa.gcp(x, 2, optimizer="adam", mask=m, n_iter=20,
                                                     tol=0, **kw),
         lambda: (_planted_cp((5, 6, 7), 2), _half_mask((5, 6, 7))), names=("x", "mask"),
-        scale=False),
+        scale=False, contracts=OPTIMISER_VARIANT),
     Fit("gcp_stochastic",
         lambda x, **kw: tfa.gcp(x, 2, loss="poisson", n_samples=40, n_iter=20, tol=0,
                                 **{"key": KEY, **kw}),
-        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), key="required", scale=False),
+        lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), key="required", scale=False,
+        contracts=OPTIMISER_VARIANT),
     # cp_apr: multiplicative updates in while loops (KKT tests): no reverse-mode derivative
     Fit("cp_apr", lambda x, **kw: tfa.cp_apr(x, 2, n_iter=30, **kw),
         lambda: (_planted_cp((5, 6, 7), 2, nonneg=True),), grad=False),
@@ -231,9 +247,13 @@ FITS = [
 
 
 
-def _over(predicate=lambda f: True):
+def _runs(fit, contract):
+    return fit.contracts is None or contract in fit.contracts
+
+
+def _over(contract, predicate=lambda f: True):
     """Parametrizes a test over the fits the contract applies to (never a skip)."""
-    chosen = [f for f in FITS if predicate(f)]
+    chosen = [f for f in FITS if predicate(f) and _runs(f, contract)]
     return pytest.mark.parametrize("fit", chosen, ids=[f.name for f in chosen])
 
 
@@ -271,7 +291,7 @@ def test_registry_covers_every_public_fit():
             assert _registered("tubal_" + name), f"tensorfact.tubal.{name} is not registered"
 
 
-@_over()
+@_over("info")
 def test_result_alone_by_default_and_info_on_request(fit):
     data = fit.make()
     result = _run(fit, data)
@@ -283,7 +303,7 @@ def test_result_alone_by_default_and_info_on_request(fit):
     assert np.isfinite(float(info.rel_error))
 
 
-@_over()
+@_over("jit")
 def test_jit_matches_eager(fit):
     data = fit.make()
     eager = _dense(fit, _run(fit, data))
@@ -291,7 +311,7 @@ def test_jit_matches_eager(fit):
     np.testing.assert_allclose(jitted, eager, rtol=fit.rtol, atol=fit.rtol * np.abs(eager).max())
 
 
-@_over()
+@_over("vmap")
 def test_vmap_matches_a_loop(fit):
     a, b = fit.make(), tuple(2 * d if d.dtype != bool else d for d in fit.make())
     stacked = tuple(jnp.stack([p, q]) for p, q in zip(a, b))
@@ -302,13 +322,13 @@ def test_vmap_matches_a_loop(fit):
                                    atol=1e-3 * np.abs(single).max())
 
 
-@_over()
+@_over("deterministic")
 def test_deterministic(fit):
     data = fit.make()
     np.testing.assert_array_equal(_dense(fit, _run(fit, data)), _dense(fit, _run(fit, data)))
 
 
-@_over(lambda f: f.grad)
+@_over("grad", lambda f: f.grad)
 def test_grad_is_finite(fit):
     data = fit.make()
 
@@ -319,7 +339,7 @@ def test_grad_is_finite(fit):
     assert np.all(np.isfinite(np.asarray(g)))
 
 
-@_over()
+@_over("nonfinite")
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nonfinite_is_reported_naming_the_argument(fit, bad):
     data = fit.make()
@@ -347,7 +367,7 @@ def _run_with_info(fit, data):
 def test_scale_equivariant_with_the_true_error(exponent):  # overflow in float32
     c = np.float32(10.0 ** exponent)
     for fit in FITS:
-        if not fit.scale:
+        if not (fit.scale and _runs(fit, "scale")):
             continue
         data = fit.make()
         scaled = (data[0] * c,) + tuple(data[1:])
@@ -361,7 +381,7 @@ def test_scale_equivariant_with_the_true_error(exponent):  # overflow in float32
                                        rtol=1e-2, atol=1e-5, err_msg=fit.name)
 
 
-@_over(lambda f: f.sized)
+@_over("zero_size", lambda f: f.sized)
 def test_zero_size_mode_is_an_error_naming_the_data(fit):
     empty = tuple(d[:0] for d in fit.make())
     with pytest.raises(ValueError, match="|".join(n for n in fit.names if n != "mask")):
@@ -371,13 +391,13 @@ def test_zero_size_mode_is_an_error_naming_the_data(fit):
 @pytest.mark.parametrize("bad_key", [3, jnp.ones((2,), jnp.float32), "seed",
                                      jax.random.split(jax.random.key(0), 2)],
                          ids=["int", "float-array", "str", "batch"])
-@_over(lambda f: f.key is not None)
+@_over("key", lambda f: f.key is not None)
 def test_bad_keys_name_key(fit, bad_key):
     with pytest.raises((TypeError, ValueError), match="key"):
         fit.call(*fit.make(), key=bad_key)
 
 
-@_over(lambda f: f.sized)
+@_over("nonfinite_jit", lambda f: f.sized)
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nonfinite_under_jit_gives_nan_not_an_answer(fit, bad):
     """Under jit nothing can be raised: a NaN or Inf in the data must show in the result (and
