@@ -41,6 +41,7 @@ nb_execution_raise_on_error = True  # a failing guide fails the build
 
 # -- API reference ---------------------------------------------------------------------------
 autosummary_generate = True
+templates_path = ["_templates"]  # autosummary/class.rst: a class page documents its own members
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
@@ -53,5 +54,46 @@ sphinx_gallery_conf = {
     "reset_argv": lambda gallery_conf, script_vars: ["--small"],
 }
 
+# sphinx-gallery's reset_argv is a function, which Sphinx cannot pickle into its environment
+# cache: it only means a config change to it is not detected between incremental builds.
+suppress_warnings = ["config.cache"]
+
 html_theme = "sphinx_book_theme"
 html_title = "tensorfact"
+
+
+# -- API reference hooks ---------------------------------------------------------------------
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """A NamedTuple's fields are documented by its docstring's ``Attributes:`` section (napoleon);
+    autodoc's own entries for them ("Alias for field number 0") would describe them twice."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def _reexported_data_doc(app, what, name, obj, options, lines):
+    """A constant re-exported by a package (``tensorfact.nn.ADAPTER_KINDS``) has its ``#:``
+    comment in the private module that defines it, where autodoc does not look: find it there
+    instead of showing the docstring of ``dict`` or ``int``."""
+    if what != "data":
+        return
+    from sphinx.pycode import ModuleAnalyzer
+
+    package = name.rpartition(".")[0]
+    for modname, module in sorted(sys.modules.items()):
+        if not modname.startswith(package + "._") or module is None:
+            continue
+        for attr, value in vars(module).items():
+            if value is obj and not attr.startswith("_"):
+                try:
+                    docs = ModuleAnalyzer.for_module(modname).find_attr_docs()
+                except Exception:  # noqa: BLE001 - no source: keep looking
+                    continue
+                if ("", attr) in docs:
+                    lines[:] = list(docs[("", attr)])
+                    return
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    app.connect("autodoc-process-docstring", _reexported_data_doc)

@@ -335,8 +335,10 @@ class KronAdapter(Adapter):
 
     Attributes:
       kron_c, kron_d: the ``nnx.LoRAParam`` factors, ``(rank, i_1, o_1)`` and
-      ``(rank, i_2, o_2)``. base: a copy of the base layer holding the residual
-      ``W − Σ_k C_k ⊗ D_k``. n_params: ``rank (i_1 o_1 + i_2 o_2)``.
+        ``(rank, i_2, o_2)``.
+      base: a copy of the base layer holding the residual ``W − Σ_k C_k ⊗ D_k``.
+
+    ``n_params`` is ``rank (i_1 o_1 + i_2 o_2)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
