@@ -54,6 +54,11 @@ sphinx_gallery_conf = {
     "reset_argv": lambda gallery_conf, script_vars: ["--small"],
 }
 
+# the copy button leaves out doctest prompts and output (the "Coming from" examples)
+copybutton_prompt_text = r">>> |\.\.\. "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+
 # sphinx-gallery's reset_argv is a function, which Sphinx cannot pickle into its environment
 # cache: it only means a config change to it is not detected between incremental builds.
 suppress_warnings = ["config.cache"]
