@@ -65,6 +65,16 @@ suppress_warnings = ["config.cache"]
 
 html_theme = "sphinx_book_theme"
 html_title = "tensorfact"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+
+# -- Math: MathJax 3, from a local copy when there is one ------------------------------------
+# ``python docs/get_mathjax.py`` puts MathJax in _static/mathjax (git-ignored) so the site
+# renders its math offline (the screenshot check runs with no internet); without it, Sphinx's
+# default CDN copy of MathJax 3 is used.
+if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_static", "mathjax",
+                               "tex-chtml.js")):
+    mathjax_path = "mathjax/tex-chtml.js"
 
 
 # -- API reference hooks ---------------------------------------------------------------------
