@@ -109,6 +109,22 @@ def _reexported_data_doc(app, what, name, obj, options, lines):
                     return
 
 
+def _short_type_names(app, doctree):
+    """Type hints in the parameter lists come out as ``~tensorfact.tensors._cp.CPTensor``
+    (autodoc's "smart" format, whose ``~`` the typed fields leave as text): show the last
+    component, ``CPTensor``, as a signature would."""
+    import re
+
+    from docutils import nodes
+
+    for body in doctree.findall(nodes.field_body):
+        for text in list(body.findall(nodes.Text)):
+            if "~" in text:
+                text.parent.replace(text, nodes.Text(re.sub(r"~(?:\w+\.)*(\w+)", r"\1",
+                                                            str(text))))
+
+
 def setup(app):
+    app.connect("doctree-read", _short_type_names)
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
     app.connect("autodoc-process-docstring", _reexported_data_doc)

@@ -298,10 +298,10 @@ class TRL(nnx.Module):
       core: the Tucker core ``(r_1, ..., r_N, r_O)``, an ``nnx.Param`` (tucker only).
       cores: the ``nnx.Param`` cores of a tt layer, ``(r_{k-1}, I_k, r_k)`` then
         ``(r_N, O, 1)``.
-      weight: ``W`` as the library's type (:class:`~tensorfact.tensors.CPTensor`,
-        :class:`~tensorfact.tensors.TuckerTensor`, :class:`~tensorfact.tensors.TTTensor`).
 
-    ``dense_weight()`` is the formed ``W``.
+    ``weight`` is ``W`` as the library's type (:class:`~tensorfact.CPTensor`,
+    :class:`~tensorfact.TuckerTensor`, :class:`~tensorfact.TTTensor`), ``dense_weight()`` the
+    formed ``W``.
 
     Example:
       >>> import jax.numpy as jnp
