@@ -65,6 +65,11 @@ suppress_warnings = ["config.cache"]
 
 html_theme = "sphinx_book_theme"
 html_title = "tensorfact"
+html_theme_options = {
+    # the left sidebar lists the API pages only under the open branch: rendering the whole
+    # tree of ~200 generated pages into every page was half the build's writing time
+    "collapse_navbar": True,
+}
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 
