@@ -132,3 +132,11 @@ def test_the_coming_from_examples_run_as_written(stem, block):
     runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 0 and result.failed == 0, f"{stem}: {result.failed} failed"
+
+
+def test_the_benchmarks_page_includes_the_results_file():
+    page = (DOCS / "benchmarks.md").read_text()
+    included = re.search(r"```\{include\} (\S+)", page)
+    assert included, "docs/benchmarks.md no longer includes benchmarks/RESULTS.md"
+    target = (DOCS / included.group(1)).resolve()
+    assert target == DOCS.parent / "benchmarks" / "RESULTS.md" and target.exists()
