@@ -43,9 +43,24 @@ nb_execution_raise_on_error = True  # a failing guide fails the build
 autosummary_generate = True
 templates_path = ["_templates"]  # autosummary/class.rst: a class page documents its own members
 autodoc_typehints = "description"
+# types only for what the docstring documents: an NNX layer's class signature is its
+# metaclass's (*args, **kwargs) -> Any, which would add "args (Any)" and "Return type: Any"
+autodoc_typehints_description_target = "documented"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+
+# Flax NNX layers are built through their metaclass's __call__(*args, **kwargs): have autodoc
+# show the __init__ signature instead, as it does for enum.EnumType (a private table of
+# Sphinx's autodoc; if it moves, class pages show (*args, **kwargs) again, nothing breaks).
+try:
+    from sphinx.ext.autodoc._dynamic import _signatures as _autodoc_signatures
+
+    _autodoc_signatures._METACLASS_CALL_BLACKLIST = (
+        _autodoc_signatures._METACLASS_CALL_BLACKLIST
+        | {"flax.nnx.pytreelib.PytreeMeta.__call__", "flax.nnx.object.ObjectMeta.__call__"})
+except (ImportError, AttributeError):
+    pass
 
 # -- Gallery: the examples, run in --small mode ----------------------------------------------
 sphinx_gallery_conf = {
