@@ -41,10 +41,26 @@ nb_execution_raise_on_error = True  # a failing guide fails the build
 
 # -- API reference ---------------------------------------------------------------------------
 autosummary_generate = True
+templates_path = ["_templates"]  # autosummary/class.rst: a class page documents its own members
 autodoc_typehints = "description"
+# types only for what the docstring documents: an NNX layer's class signature is its
+# metaclass's (*args, **kwargs) -> Any, which would add "args (Any)" and "Return type: Any"
+autodoc_typehints_description_target = "documented"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+
+# Flax NNX layers are built through their metaclass's __call__(*args, **kwargs): have autodoc
+# show the __init__ signature instead, as it does for enum.EnumType (a private table of
+# Sphinx's autodoc; if it moves, class pages show (*args, **kwargs) again, nothing breaks).
+try:
+    from sphinx.ext.autodoc._dynamic import _signatures as _autodoc_signatures
+
+    _autodoc_signatures._METACLASS_CALL_BLACKLIST = (
+        _autodoc_signatures._METACLASS_CALL_BLACKLIST
+        | {"flax.nnx.pytreelib.PytreeMeta.__call__", "flax.nnx.object.ObjectMeta.__call__"})
+except (ImportError, AttributeError):
+    pass
 
 # -- Gallery: the examples, run in --small mode ----------------------------------------------
 sphinx_gallery_conf = {
@@ -53,5 +69,82 @@ sphinx_gallery_conf = {
     "reset_argv": lambda gallery_conf, script_vars: ["--small"],
 }
 
+# the copy button leaves out doctest prompts and output (the "Coming from" examples)
+copybutton_prompt_text = r">>> |\.\.\. "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+
+# sphinx-gallery's reset_argv is a function, which Sphinx cannot pickle into its environment
+# cache: it only means a config change to it is not detected between incremental builds.
+suppress_warnings = ["config.cache"]
+
 html_theme = "sphinx_book_theme"
 html_title = "tensorfact"
+html_theme_options = {
+    # the left sidebar lists the API pages only under the open branch: rendering the whole
+    # tree of ~200 generated pages into every page was half the build's writing time
+    "collapse_navbar": True,
+}
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+
+# -- Math: MathJax 3, from a local copy when there is one ------------------------------------
+# ``python docs/get_mathjax.py`` puts MathJax in _static/mathjax (git-ignored) so the site
+# renders its math offline (the screenshot check runs with no internet); without it, Sphinx's
+# default CDN copy of MathJax 3 is used.
+if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_static", "mathjax",
+                               "tex-chtml.js")):
+    mathjax_path = "mathjax/tex-chtml.js"
+
+
+# -- API reference hooks ---------------------------------------------------------------------
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """A NamedTuple's fields are documented by its docstring's ``Attributes:`` section (napoleon);
+    autodoc's own entries for them ("Alias for field number 0") would describe them twice."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def _reexported_data_doc(app, what, name, obj, options, lines):
+    """A constant re-exported by a package (``tensorfact.nn.ADAPTER_KINDS``) has its ``#:``
+    comment in the private module that defines it, where autodoc does not look: find it there
+    instead of showing the docstring of ``dict`` or ``int``."""
+    if what != "data":
+        return
+    from sphinx.pycode import ModuleAnalyzer
+
+    package = name.rpartition(".")[0]
+    for modname, module in sorted(sys.modules.items()):
+        if not modname.startswith(package + "._") or module is None:
+            continue
+        for attr, value in vars(module).items():
+            if value is obj and not attr.startswith("_"):
+                try:
+                    docs = ModuleAnalyzer.for_module(modname).find_attr_docs()
+                except Exception:  # noqa: BLE001 - no source: keep looking
+                    continue
+                if ("", attr) in docs:
+                    lines[:] = list(docs[("", attr)])
+                    return
+
+
+def _short_type_names(app, doctree):
+    """Type hints in the parameter lists come out as ``~tensorfact.tensors._cp.CPTensor``
+    (autodoc's "smart" format, whose ``~`` the typed fields leave as text): show the last
+    component, ``CPTensor``, as a signature would."""
+    import re
+
+    from docutils import nodes
+
+    for body in doctree.findall(nodes.field_body):
+        for text in list(body.findall(nodes.Text)):
+            if "~" in text:
+                text.parent.replace(text, nodes.Text(re.sub(r"~(?:\w+\.)*(\w+)", r"\1",
+                                                            str(text))))
+
+
+def setup(app):
+    app.connect("doctree-read", _short_type_names)
+    app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    app.connect("autodoc-process-docstring", _reexported_data_doc)

@@ -10,10 +10,11 @@ Every decomposition is a pure function that compiles with ``jax.jit``, maps over
     print(tfa.relative_error(x, cp.to_dense()), tk.n_params, tk.norm())
 """
 
-from tensorfact import (algebra, constraints, decomposition, diagnostics, kernels, metrics,
-                        optim, random, ranks, sharding, tensors, tubal)
+from tensorfact import (algebra, constraints, decomposition, diagnostics, interop, kernels,
+                        metrics, optim, random, ranks, sharding, tensors, tubal)
 from tensorfact.algebra import (fold, khatri_rao, kronecker, mode_dot, mttkrp, multi_mode_dot,
                                 partial_mttkrp, unfold)
+from tensorfact.interop import from_tensorly, to_tensorly
 from tensorfact.decomposition import (CMTFInfo, CPInfo, FitInfo, GCPInfo, GDInfo, TTCrossInfo,
                                       cmtf, complete, constrained_cp, cp, cp_apr, cur,
                                       factorize_gd, gaussian_measurements, gcp, measure, nmf,
@@ -56,7 +57,9 @@ __all__ = [
     "unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker", "mttkrp",
     "partial_mttkrp", "sparse_tensor", "relative_error", "fit", "stable_rank", "effective_rank",
     "rank_for_energy", "rank_for_params", "random_cp", "random_tucker", "noisy",
+    # interop
+    "to_tensorly", "from_tensorly",
     # namespaces
-    "algebra", "constraints", "decomposition", "diagnostics", "kernels", "metrics", "nn", "optim",
-    "random", "ranks", "sharding", "tensors", "tubal",
+    "algebra", "constraints", "decomposition", "diagnostics", "interop", "kernels", "metrics", "nn",
+    "optim", "random", "ranks", "sharding", "tensors", "tubal",
 ]

@@ -208,7 +208,7 @@ def _congruence(cp_a, cp_b, *, weights, precision):
 def factor_match_score(cp_a, cp_b, *, consider_weights: bool = True,
                        return_permutation: bool = False, precision="highest"):
     """Factor match score (FMS) of two CP models of the same rank: how well their components
-    agree once matched (Tomasi & Bro 2006; Acar, Dunlavy & Kolda 2011):
+    agree once matched (Tomasi & Bro 2006; Acar, Dunlavy & Kolda 2011)::
 
         FMS = (1/R) Σ_r (1 − |λ_r − μ_p(r)| / max(λ_r, μ_p(r))) ∏_n |cos(a_nr, b_n,p(r))|,
 

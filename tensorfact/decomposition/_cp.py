@@ -68,7 +68,18 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
        tol: float = DEFAULT_TOL, mask=None, nonneg: bool = False, l2: float = 0.0,
        normalize: bool = True, precision: Precision = "highest", impl: Impl = "auto",
        return_info: bool = False):
-    """CP decomposition of an N-way array by ALS (or HALS when ``nonneg=True``).
+    r"""CP decomposition of an N-way array by ALS (or HALS when ``nonneg=True``).
+
+    Fits ``R`` rank-one terms, factor matrices :math:`A_n = [a^{(n)}_1, \dots, a^{(n)}_R]`
+    with unit-norm columns (``normalize=True``) and weights :math:`w`:
+
+    .. math::
+
+       x \approx \sum_{r=1}^{R} w_r \; a^{(0)}_r \circ a^{(1)}_r \circ \cdots \circ
+       a^{(N-1)}_r ,
+
+    minimising :math:`\lVert x - \hat{x} \rVert_F` over one factor at a time (Kolda & Bader,
+    "Tensor Decompositions and Applications", SIAM Review 51(3), 2009, §3.4).
 
     Args:
       x: array with at least 2 dimensions, none of size zero (float32 or float64; other real

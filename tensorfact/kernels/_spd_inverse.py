@@ -26,7 +26,8 @@ from tensorfact.kernels import _pallas
 
 __all__ = ["spd_inverse", "MAX_SIZE"]
 
-MAX_SIZE = 64  # the matrix is unrolled pivot by pivot; beyond this use a Cholesky solve
+#: The largest matrix size spd_inverse unrolls pivot by pivot; beyond it, use a Cholesky solve.
+MAX_SIZE = 64
 
 
 def spd_inverse(v: jax.Array, *, impl: Impl = "auto", target=None,

@@ -172,9 +172,10 @@ class LoRA(Adapter):
 
     Attributes:
       lora_a, lora_b: the ``nnx.LoRAParam`` factors, ``(in, r)`` and ``(r, out)`` (on a Conv
-      ``in = prod(spatial) c_in``). base: the (frozen) base layer, a copy with the residual
-      kernel for PiSSA and OLoRA. lora_a0, lora_b0: for PiSSA and OLoRA, the starting factors
-      (:class:`~tensorfact.nn.AdapterBuffer`), which define the residual (:meth:`rebase`).
+        ``in = prod(spatial) c_in``).
+      base: the (frozen) base layer, a copy with the residual kernel for PiSSA and OLoRA.
+      lora_a0, lora_b0: for PiSSA and OLoRA, the starting factors
+        (:class:`~tensorfact.nn.AdapterBuffer`), which define the residual (:meth:`rebase`).
       dropout: an ``nnx.Dropout`` on the input of the change, or None.
 
     Example:

@@ -199,12 +199,14 @@ class FactorizedConv(FactorizedLayer):
       rngs: ``nnx.Rngs``: one ``params`` key for the factors and one for the bias.
 
     Attributes:
-      core, factors (tucker: ``G``, then ``[U, V]``); factors (cp: ``K_1, ..., K_d, A, B``):
-      the ``nnx.Param`` factors. ``weight`` assembles them as the library's type (a partial
-      ``TuckerTensor`` over the channel modes or a ``CPTensor``, of shape ``kernel_size +
-      (in_features, out_features)``); ``dense_weight()`` is the rebuilt kernel, ``to_layer()``
-      an ``nnx.Conv`` holding it and ``choose_contraction(input_shape)`` what the forward does
-      for an input of that shape.
+      core: the Tucker core ``G``, an ``nnx.Param`` (tucker only).
+      factors: the ``nnx.Param`` factors: ``[U, V]`` (tucker) or ``K_1, ..., K_d, A, B`` (cp).
+      weight: the factors assembled as the library's type (a partial ``TuckerTensor`` over the
+        channel modes or a ``CPTensor``, of shape ``kernel_size + (in_features,
+        out_features)``).
+
+    ``dense_weight()`` is the rebuilt kernel, ``to_layer()`` an ``nnx.Conv`` holding it and
+    ``choose_contraction(input_shape)`` what the forward does for an input of that shape.
 
     Example:
       >>> import jax.numpy as jnp

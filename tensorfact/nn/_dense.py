@@ -218,12 +218,16 @@ class FactorizedDense(FactorizedLayer):
         layer contracts the factors, and is ignored by the other kinds.
 
     Attributes:
-      u, vt (lowrank); factors (cp); core, factors (tucker, input modes first); cores (tt):
-      the ``nnx.Param`` factors. ``weight`` assembles them as the library's type: a
-      ``LowRankMatrix`` of shape ``(in, out)``, a ``CPTensor`` or ``TuckerTensor`` of shape
-      ``in_shape + out_shape``, or a ``TTMatrix`` of shape ``(in, out)``; ``dense_weight()``
-      is the rebuilt ``(in, out)`` kernel, ``to_layer()`` an ``nnx.Linear`` holding it and
-      ``choose_contraction(batch_size)`` what the forward does for that many rows.
+      u, vt: the ``nnx.Param`` factors of a ``kind="lowrank"`` layer.
+      factors: the ``nnx.Param`` factors of a cp or tucker layer (input modes first).
+      core: the Tucker core, an ``nnx.Param`` (tucker only).
+      cores: the ``nnx.Param`` cores of a tt layer.
+      weight: the factors assembled as the library's type: a ``LowRankMatrix`` of shape
+        ``(in, out)``, a ``CPTensor`` or ``TuckerTensor`` of shape ``in_shape + out_shape``,
+        or a ``TTMatrix`` of shape ``(in, out)``.
+
+    ``dense_weight()`` is the rebuilt ``(in, out)`` kernel, ``to_layer()`` an ``nnx.Linear``
+    holding it and ``choose_contraction(batch_size)`` what the forward does for that many rows.
 
     Example:
       >>> import jax.numpy as jnp

@@ -163,12 +163,15 @@ class MultilinearMoE(nnx.Module):
         start at zero).
 
     Attributes:
-      factors (cp): ``nnx.List`` of ``nnx.Param``: ``A_1, ..., A_d`` ``(N_k, R)``, ``U (I, R)``,
-      ``C (O, R)``. cores (tr): ``G_1, ..., G_d`` ``(R, N_k, R)``, ``G_i (R, I, R)``,
-      ``G_o (R, O, R)``. gate: ``nnx.List`` of the gate kernels ``(I, N_k)``. bias: ``(O,)`` or
-      None. ``n_params``: the number of trainable scalars. ``expert_weights()``: the dense
-      ``(N, I, O)`` tensor (for tests and inspection). ``gates(x)``: the ``(..., N)`` weights
-      of the experts. ``flops(batch_size)``: the forward's cost.
+      factors: (cp) ``nnx.List`` of ``nnx.Param``: ``A_1, ..., A_d`` ``(N_k, R)``,
+        ``U (I, R)``, ``C (O, R)``.
+      cores: (tr) ``G_1, ..., G_d`` ``(R, N_k, R)``, ``G_i (R, I, R)``, ``G_o (R, O, R)``.
+      gate: ``nnx.List`` of the gate kernels ``(I, N_k)``.
+      bias: ``(O,)`` or None.
+
+    ``n_params``: the number of trainable scalars. ``expert_weights()``: the dense
+    ``(N, I, O)`` tensor (for tests and inspection). ``gates(x)``: the ``(..., N)`` weights of
+    the experts. ``flops(batch_size)``: the forward's cost.
 
     Returns (when called on ``x`` of shape ``(..., I)``):
       ``y`` of shape ``(..., O)``.

@@ -128,9 +128,12 @@ class LoRAXS(Adapter):
       rngs: ``nnx.Rngs``; needed only for ``svd_method="randomized"``.
 
     Attributes:
-      xs_r: the ``nnx.LoRAParam`` ``R``, ``(r, r)``. xs_a, xs_b: the :class:`AdapterBuffer`
-      ``A = U_r S_r`` (``(in, r)``) and ``B = V_rᵀ`` (``(r, out)``). base: the (frozen) base
-      layer, the one passed in. n_params: ``r²``.
+      xs_r: the ``nnx.LoRAParam`` ``R``, ``(r, r)``.
+      xs_a, xs_b: the :class:`AdapterBuffer` ``A = U_r S_r`` (``(in, r)``) and ``B = V_rᵀ``
+        (``(r, out)``).
+      base: the (frozen) base layer, the one passed in.
+
+    ``n_params`` is ``r²``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -335,8 +338,10 @@ class KronAdapter(Adapter):
 
     Attributes:
       kron_c, kron_d: the ``nnx.LoRAParam`` factors, ``(rank, i_1, o_1)`` and
-      ``(rank, i_2, o_2)``. base: a copy of the base layer holding the residual
-      ``W − Σ_k C_k ⊗ D_k``. n_params: ``rank (i_1 o_1 + i_2 o_2)``.
+        ``(rank, i_2, o_2)``.
+      base: a copy of the base layer holding the residual ``W − Σ_k C_k ⊗ D_k``.
+
+    ``n_params`` is ``rank (i_1 o_1 + i_2 o_2)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -453,8 +458,12 @@ class VeRA(Adapter):
 
     Attributes:
       lambda_d, lambda_b: the ``nnx.LoRAParam`` vectors ``d`` (``(r,)``, ``d_init``) and ``b``
-      (``(out,)``, zero). vera_a, vera_b: the :class:`AdapterBuffer` slices ``A`` (``(in, r)``)
-      and ``B`` (``(r, out)``). scale: ``s``. n_params: ``r + out``.
+        (``(out,)``, zero).
+      vera_a, vera_b: the :class:`AdapterBuffer` slices ``A`` (``(in, r)``) and ``B``
+        (``(r, out)``).
+      scale: ``s``.
+
+    ``n_params`` is ``r + out``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -540,7 +549,9 @@ class NOLA(Adapter):
     Attributes:
       nola_alpha, nola_beta: the ``nnx.LoRAParam`` coefficients, ``(K,)`` each.
       nola_basis_a, nola_basis_b: the :class:`AdapterBuffer` bases, ``(K, in, r)`` and
-      ``(K, r, out)``. n_params: ``2 K``.
+        ``(K, r, out)``.
+
+    ``n_params`` is ``2 K``.
 
     Example:
       >>> import jax, jax.numpy as jnp

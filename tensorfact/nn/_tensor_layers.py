@@ -161,7 +161,8 @@ class TCL(nnx.Module):
 
     Attributes:
       factors: the ``nnx.Param`` factors ``V_k`` of shape ``(O_k, I_k)`` (tensorly-torch's
-        layout); ``bias``: ``out_shape`` or None.
+        layout).
+      bias: of shape ``out_shape``, or None.
 
     Example:
       >>> import jax.numpy as jnp
@@ -292,11 +293,15 @@ class TRL(nnx.Module):
         ``in_shape`` (naming ``x``); a bad ``partitioning``.
 
     Attributes:
-      factors (cp: ``(I_k, R)`` then ``(O, R)``); core ``(r_1, ..., r_N, r_O)`` and factors
-      (tucker: ``(I_k, r_k)`` then ``(O, r_O)``); cores (tt: ``(r_{k-1}, I_k, r_k)`` then
-      ``(r_N, O, 1)``): the ``nnx.Param`` factors. ``weight`` is ``W`` as the library's type
-      (:class:`~tensorfact.tensors.CPTensor`, :class:`~tensorfact.tensors.TuckerTensor`,
-      :class:`~tensorfact.tensors.TTTensor`), ``dense_weight()`` the formed ``W``.
+      factors: the ``nnx.Param`` factors: cp ``(I_k, R)`` then ``(O, R)``; tucker
+        ``(I_k, r_k)`` then ``(O, r_O)``.
+      core: the Tucker core ``(r_1, ..., r_N, r_O)``, an ``nnx.Param`` (tucker only).
+      cores: the ``nnx.Param`` cores of a tt layer, ``(r_{k-1}, I_k, r_k)`` then
+        ``(r_N, O, 1)``.
+
+    ``weight`` is ``W`` as the library's type (:class:`~tensorfact.CPTensor`,
+    :class:`~tensorfact.TuckerTensor`, :class:`~tensorfact.TTTensor`), ``dense_weight()`` the
+    formed ``W``.
 
     Example:
       >>> import jax.numpy as jnp

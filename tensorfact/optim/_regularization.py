@@ -127,7 +127,7 @@ def proximal_l1(lam, learning_rate, *, mask=None) -> optax.GradientTransformatio
     rank-1 components), chained after the gradient step.
 
     Returns ``u' = S_{ηλ}(θ + u) − θ`` so that the new parameters are the ISTA iterate
-    (Parikh & Boyd, "Proximal Algorithms", Found. Trends Optim. 2014, §6.5.2)
+    (Parikh & Boyd, "Proximal Algorithms", Found. Trends Optim. 2014, §6.5.2)::
 
         θ⁺ = S_{ηλ}(θ − η ∇f(θ)),   S_τ(x) = sign(x) max(|x| − τ, 0)   (entrywise).
 
@@ -366,6 +366,8 @@ def stable_rank_monitor(*, select=None, every: int = 1) -> optax.GradientTransfo
     At update calls ``t = 0, every, 2·every, ...`` it measures, for each selected parameter
     ``W`` (seen as the matrix ``(prod(all axes but the last), last)``: dense kernels as they are,
     conv kernels unfolded along their output channels),
+
+    ::
 
         srank_t(W) = ‖W‖_F² / ‖W‖_2²,     δ_t(W) = |srank_t − srank_{t−1}| / srank_{t−1},
 
