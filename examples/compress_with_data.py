@@ -136,6 +136,7 @@ def main(argv=None):
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
+    plt.close(fig)
     print(f"saved {args.out}")
     return dense, results
 

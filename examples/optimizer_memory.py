@@ -96,6 +96,7 @@ def main(argv=None):
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
+    plt.close(fig)
     print(f"saved {args.out}")
     return results
 
