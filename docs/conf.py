@@ -57,7 +57,8 @@ napoleon_numpy_docstring = False
 # others are listed with their code, unexecuted. char_lm.py is a helper module, not an example.
 _GALLERY_EXECUTED = ("choose_rank", "matrix_sensing_overparameterization",
                      "tubal_implicit_regularization", "tubal_image_completion", "train_sharded",
-                     "optimizer_memory", "pissa_vs_lora", "compress_finetune")
+                     "optimizer_memory", "pissa_vs_lora", "compress_finetune",
+                     "digits_factorized")
 # reset_argv and the scraper live in docs/_gallery_hooks.py and are named by strings: Sphinx
 # pickles the config, and neither a lambda nor anything defined in conf.py can be pickled
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
