@@ -38,6 +38,11 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 nb_execution_mode = "force"
 nb_execution_timeout = 300
 nb_execution_raise_on_error = True  # a failing guide fails the build
+nb_execution_show_tb = True  # and the log shows the failing cell's traceback
+# the guides' kernels are separate processes started in docs/guides: let them import this
+# checkout's tensorfact (a relative PYTHONPATH=. would point into docs/guides there)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (os.path.abspath(".."), os.environ.get("PYTHONPATH")) if p)
 
 # -- API reference ---------------------------------------------------------------------------
 autosummary_generate = True
@@ -63,10 +68,26 @@ except (ImportError, AttributeError):
     pass
 
 # -- Gallery: the examples, run in --small mode ----------------------------------------------
+# Which examples run at build time: the ones with a plot or a short table that fit a CI budget
+# of about two minutes in --small mode on 2 cores (NOTES_docs-guides.md has the timings). The
+# others are listed with their code, unexecuted. char_lm.py is a helper module, not an example.
+_GALLERY_EXECUTED = ("choose_rank", "matrix_sensing_overparameterization",
+                     "tubal_implicit_regularization", "tubal_image_completion", "train_sharded",
+                     "optimizer_memory", "pissa_vs_lora", "compress_finetune",
+                     "digits_factorized")
+# reset_argv and the scraper live in docs/_gallery_hooks.py and are named by strings: Sphinx
+# pickles the config, and neither a lambda nor anything defined in conf.py can be pickled
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "gallery",
-    "reset_argv": lambda gallery_conf, script_vars: ["--small"],
+    "reset_argv": "_gallery_hooks.reset_argv",  # --small, --out into a scratch folder
+    "filename_pattern": "/(" + "|".join(_GALLERY_EXECUTED) + r")\.py$",
+    "ignore_pattern": r"(__init__|char_lm)\.py$",
+    "image_scrapers": ("matplotlib", "_gallery_hooks.saved_figure_scraper"),
+    "within_subsection_order": "ExampleTitleSortKey",
+    "min_reported_time": 1,
 }
 
 # the copy button leaves out doctest prompts and output (the "Coming from" examples)

@@ -1,4 +1,7 @@
-"""Factorized attention and experts in one small language model: multi-head attention against
+"""Factorized attention and experts in a small language model
+==========================================================
+
+Factorized attention and experts in one small language model: multi-head attention against
 Tensor Product Attention, Multi-matrix Factorization Attention (and its key-reuse form) and a
 multilinear mixture-of-experts feed-forward, trained from scratch on the same text.
 
@@ -77,7 +80,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# sphinx-gallery runs the examples from examples/ without __file__
+sys.path.insert(0, os.path.dirname(os.path.abspath(globals().get("__file__", "_"))))
 import char_lm  # noqa: E402  (the shared model code beside this file)
 
 import tensorfact.nn as tnn  # noqa: E402
@@ -290,7 +294,7 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--small", action="store_true",
                         help="a tiny model and a few steps (seconds; for the test suite)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (600)")

@@ -1,4 +1,7 @@
-"""How many CP components? A rank scan of TensorLy's COVID-19 systems-serology tensor
+"""How many CP components? A rank scan
+===================================
+
+How many CP components? A rank scan of TensorLy's COVID-19 systems-serology tensor
 (samples × antigens × receptors; Tan et al. 2021), the data set of TensorLy's own rank-choice
 example, loaded from TensorLy at run time.
 
@@ -29,7 +32,7 @@ def load():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--small", action="store_true", help="ranks 1..3, 2 random starts")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -1,4 +1,7 @@
-"""Compress a trained dense MLP with ``tensorfact.nn.compress``, fine-tune, and plot accuracy
+"""Compress a trained MLP, then fine-tune it
+=========================================
+
+Compress a trained dense MLP with ``tensorfact.nn.compress``, fine-tune, and plot accuracy
 against the compression ratio.
 
 Post-training compression replaces each trained ``nnx.Linear`` by a factorized layer fitted to
@@ -54,7 +57,8 @@ import sys
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling example
+# the sibling example (sphinx-gallery runs the examples from examples/ without __file__)
+sys.path.insert(0, os.path.dirname(os.path.abspath(globals().get("__file__", "_"))))
 from digits_factorized import MLP, accuracy, load_data, n_params, train  # noqa: E402
 
 from flax import nnx  # noqa: E402
@@ -142,8 +146,8 @@ def plot(dense, rows, path, title):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", "--small", action="store_true",
                         help="a fast smoke run (lowrank, three fractions, fewer steps)")
     parser.add_argument("--kinds", nargs="+", default=None, choices=KINDS,
                         help="factorized kinds (default lowrank tucker)")

@@ -1,4 +1,7 @@
-"""Compression that knows the data: a trained MLP on scikit-learn's digits compressed at several
+"""Compression that knows the data
+===============================
+
+Compression that knows the data: a trained MLP on scikit-learn's digits compressed at several
 kept-parameter fractions by plain SVD, by the data-aware methods (SVD-LLM whitening, ASVD,
 FWSVD; one global budget, ``params=``), by CUR (actual columns and rows, at the ranks the SVD
 budget chose), by TT-matrices (MPO, the fraction per layer) and by ACIP (one scoring run, every
@@ -107,8 +110,8 @@ def run(fractions=(0.1, 0.2, 0.3, 0.5), hidden: int = 256, steps: int = 2000,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
+    p = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    p.add_argument("--quick", "--small", action="store_true",
                    help="a smaller model trained briefly, one fraction")
     p.add_argument("--out", default="compress_with_data.png")
     args = p.parse_args(argv)
@@ -133,6 +136,7 @@ def main(argv=None):
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
+    plt.close(fig)
     print(f"saved {args.out}")
     return dense, results
 

@@ -1,4 +1,7 @@
-"""Factorized layers against dense ones on scikit-learn's digits: accuracy, parameters, time.
+"""Factorized layers against dense ones on scikit-learn's digits
+=============================================================
+
+Factorized layers against dense ones on scikit-learn's digits: accuracy, parameters, time.
 
 Trains the same small networks on the 8 × 8 handwritten digits that ship with scikit-learn
 (1 797 images, 10 classes; 75 % train, 25 % test, stratified), once with dense layers and once
@@ -299,8 +302,9 @@ def plot(results, path, title):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run (200 steps)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", "--small", action="store_true",
+                        help="a fast smoke run (200 steps)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--rank", type=_rank, default=0.1,
                         help="a parameter fraction in (0, 1] or an int rank (default 0.1)")

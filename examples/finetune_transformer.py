@@ -1,4 +1,7 @@
-"""Parameter-efficient fine-tuning of a small transformer: LoRA, PiSSA, DoRA, LoRA-XS, VeRA and
+"""Parameter-efficient fine-tuning of a small transformer
+======================================================
+
+Parameter-efficient fine-tuning of a small transformer: LoRA, PiSSA, DoRA, LoRA-XS, VeRA and
 the Kronecker adapter against a full fine-tune, through ``tensorfact.nn.apply_adapters``.
 
 A character-level decoder-only transformer (``char_lm.py``: ``nnx.MultiHeadAttention``, an MLP
@@ -121,7 +124,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling module
+# the sibling module (sphinx-gallery runs the examples from examples/ without __file__)
+sys.path.insert(0, os.path.dirname(os.path.abspath(globals().get("__file__", "_"))))
 import char_lm  # noqa: E402
 
 from tensorfact import nn as tnn  # noqa: E402
@@ -416,7 +420,7 @@ def sweep(settings, lrs, names, *, seed=0, progress=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--small", action="store_true",
                         help="a tiny model and a handful of steps (the test suite's run)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA's rank (default 4)")

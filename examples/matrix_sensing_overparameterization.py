@@ -1,4 +1,7 @@
-"""Over-parameterization slows down gradient descent in matrix sensing.
+"""Over-parameterization slows down gradient descent in matrix sensing
+===================================================================
+
+Over-parameterization slows down gradient descent in matrix sensing.
 
 Reproduces the main finding of N. Xiong, L. Ding, S. S. Du, "How Over-Parameterization Slows
 Down Gradient Descent in Matrix Sensing: The Curses of Symmetry and Initialization" (ICLR 2024):
@@ -81,8 +84,9 @@ def plot(results, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run (few steps)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", "--small", action="store_true",
+                        help="a fast smoke run (few steps)")
     parser.add_argument("--out", default="matrix_sensing.png", help="output PNG path")
     parser.add_argument("--steps", type=int, default=None, help="gradient steps per run")
     args = parser.parse_args(argv)

@@ -1,4 +1,7 @@
-"""Factorized optimizer state: the same Flax NNX MLP trained on scikit-learn's digits with AdamW,
+"""Factorized optimizer state: AdamW, GaLore and SMMF
+==================================================
+
+Factorized optimizer state: the same Flax NNX MLP trained on scikit-learn's digits with AdamW,
 GaLore(AdamW) and SMMF, each through ``nnx.Optimizer``; prints the bytes each optimizer keeps
 and saves the loss curves.
 
@@ -72,8 +75,8 @@ def run(steps: int = 1500, hidden: int = 256, batch: int = 128, seed: int = 0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a fast smoke run (200 steps)")
+    p = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    p.add_argument("--quick", "--small", action="store_true", help="a fast smoke run (200 steps)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", default="optimizer_memory.png")
     args = p.parse_args(argv)
@@ -93,6 +96,7 @@ def main(argv=None):
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
+    plt.close(fig)
     print(f"saved {args.out}")
     return results
 

@@ -1,4 +1,7 @@
-"""PiSSA against LoRA: fine-tune a pre-trained MLP on a shifted task and compare loss curves.
+"""PiSSA against LoRA
+==================
+
+PiSSA against LoRA: fine-tune a pre-trained MLP on a shifted task and compare loss curves.
 
 LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022) freezes a
 kernel ``W`` and trains ``W + A B`` with ``A`` Gaussian and ``B = 0``. PiSSA (Meng, Wang &
@@ -52,7 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling example
+# the sibling example (sphinx-gallery runs the examples from examples/ without __file__)
+sys.path.insert(0, os.path.dirname(os.path.abspath(globals().get("__file__", "_"))))
 from digits_factorized import MLP, accuracy, cross_entropy, load_data, train  # noqa: E402
 
 from tensorfact.nn import LoRA, LoRAParam  # noqa: E402
@@ -167,8 +171,8 @@ def plot(runs, path, title):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", "--small", action="store_true",
                         help="a fast smoke run (one seed, fewer steps)")
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)

@@ -1,4 +1,7 @@
-"""Data- and model-parallel training of a factorized network with Flax NNX sharding.
+"""Data- and model-parallel training of a factorized network
+=========================================================
+
+Data- and model-parallel training of a factorized network with Flax NNX sharding.
 
 A small sequence classifier built from tensorfact's factorized layers,
 
@@ -69,7 +72,9 @@ from jax.sharding import PartitionSpec as P
 try:
     import tensorfact  # noqa: F401
 except ImportError:  # run from a checkout without installing it
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # (sphinx-gallery runs the examples from examples/ without __file__)
+    _here = os.path.abspath(globals().get("__file__", "_"))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from tensorfact.nn import FactorizedDense, TTEmbed  # noqa: E402
 from tensorfact.sharding import make_mesh  # noqa: E402
@@ -287,8 +292,9 @@ def plot(losses, mesh_shape, out):
 def main(argv=None):
     """Runs the example; returns ``(losses, layout)`` with ``layout = {"mesh": {axis: size},
     "params": {path: spec}}`` as the parameters were placed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run (few steps)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", "--small", action="store_true",
+                        help="a fast smoke run (few steps)")
     parser.add_argument("--steps", type=int, default=None, help="Adam steps (default 400)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="global batch (default 256; 64 with --quick)")

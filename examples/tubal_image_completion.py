@@ -1,4 +1,7 @@
-"""Colour image completion with tubal (t-SVD) models versus matrix completion per channel.
+"""Colour image completion with tubal (t-SVD) models
+=================================================
+
+Colour image completion with tubal (t-SVD) models versus matrix completion per channel.
 
 ``skimage.data.astronaut()`` is downscaled to 128 × 128 × 3 (values in [0, 1]) and 70 % of its
 *pixels* are removed at random (the same mask for the three channels: a pixel is either seen
@@ -151,8 +154,9 @@ def plot(result, out, title):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 64 × 64 image, fewer steps")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", "--small", action="store_true",
+                        help="a 64 × 64 image, fewer steps")
     parser.add_argument("--size", type=int, default=None, help="image side (default 128)")
     parser.add_argument("--missing", type=float, default=0.7, help="fraction of pixels removed")
     parser.add_argument("--block", type=int, default=2, help="block side of a tube (1: h×w×3)")

@@ -1,4 +1,7 @@
-"""Small initialisation makes gradient descent find low tubal rank.
+"""Small initialisation makes gradient descent find low tubal rank
+===============================================================
+
+Small initialisation makes gradient descent find low tubal rank.
 
 Reproduces the main finding of S. Karnik, A. Veselovska, M. Iwen, F. Krahmer, "Implicit
 Regularization for Tubal Tensor Factorizations via Gradient Descent" (ICML 2025,
@@ -102,8 +105,9 @@ def plot(results, out, true_rank):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run (fewer steps)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser.add_argument("--quick", "--small", action="store_true",
+                        help="a fast smoke run (fewer steps)")
     parser.add_argument("--out", default="tubal_implicit_regularization.png",
                         help="output PNG path")
     parser.add_argument("--steps", type=int, default=None, help="gradient steps per run")
