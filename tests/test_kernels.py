@@ -106,3 +106,42 @@ def test_auto_says_why_it_uses_xla(caplog, monkeypatch):
     with caplog.at_level("WARNING", logger="tensorfact.kernels"):
         spd_inverse(jnp.eye(3))
     assert "spd_inverse: impl='auto' uses the XLA path: the default backend is" in caplog.text
+
+
+# -- the TPU (Mosaic) launch of the same kernel: TPU interpret mode and the Mosaic lowering --
+
+@pytest.mark.parametrize("n", [3, 16, 31])
+def test_tpu_kernel_matches_numpy(n):
+    v = _spd(np.random.default_rng(n + 100), n, batch=(2,), cond=1e3)
+    inv = jax.jit(functools.partial(spd_inverse, impl="pallas", target="tpu"))(
+        jnp.asarray(v, jnp.float32))
+    expected = np.linalg.inv(v)
+    assert inv.shape == (2, n, n)
+    assert np.linalg.norm(np.asarray(inv, np.float64) - expected) < 1e-4 * np.linalg.norm(
+        expected)
+
+
+def test_tpu_kernel_gradient_is_the_closed_form():
+    v = jnp.asarray(_spd(np.random.default_rng(5), 5, cond=10.0), jnp.float32)
+    dv = jnp.asarray(_spd(np.random.default_rng(6), 5), jnp.float32)
+    _, tangent = jax.jvp(functools.partial(spd_inverse, impl="pallas", target="tpu"), (v,), (dv,))
+    inv = np.linalg.inv(np.asarray(v, np.float64))
+    np.testing.assert_allclose(tangent, -inv @ np.asarray(dv, np.float64) @ inv, rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_tpu_rejects_float64():
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match=r"v has dtype float64: float64 is not a TPU dtype"):
+            spd_inverse(jnp.eye(3), impl="pallas", target="tpu")
+        np.testing.assert_allclose(spd_inverse(jnp.eye(3) * 2, impl="xla"), np.eye(3) / 2)
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (3, 32, 32), (64, 64)])
+def test_tpu_lowering(shape):
+    """The kernel lowers through Mosaic for a TPU (exported from the CPU; not run)."""
+    exported = jax.export.export(
+        jax.jit(functools.partial(spd_inverse, impl="pallas", target="tpu", interpret=False)),
+        platforms=("tpu",))(jax.ShapeDtypeStruct(shape, jnp.float32))
+    assert "tpu_custom_call" in exported.mlir_module()
+    assert exported.out_avals[0].shape == shape

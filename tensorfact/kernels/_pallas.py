@@ -57,11 +57,13 @@ DEBUG_ENV = "TENSORFACT_DEBUG_DISPATCH"
 
 logger = logging.getLogger("tensorfact.kernels")
 
-# kernels whose GPU timings (benchmarks/bench_kernels.py, recorded in benchmarks/RESULTS.md) beat
-# the XLA path; "auto" takes only these. spd_inverse: one launch instead of a Cholesky and two
-# triangular solves took a CP-ALS sweep at 256³, R = 32 from 245 to 214 µs on an H100.
+#: The kernels ``impl="auto"`` takes on a GPU: those whose GPU timings
+#: (``benchmarks/bench_kernels.py``, recorded in ``benchmarks/RESULTS.md``) beat the XLA path.
+#: ``spd_inverse``: one launch instead of a Cholesky and two triangular solves took a CP-ALS
+#: sweep at 256³, R = 32 from 245 to 214 µs on an H100.
 MEASURED_ON_GPU: frozenset = frozenset({"spd_inverse"})
-# the same for a TPU: none has been timed on one (benchmarks/bench_kernels.py --tpu does it)
+#: The same for a TPU: empty, since no kernel has been timed on one
+#: (``benchmarks/bench_kernels.py --tpu`` does it); ``impl="auto"`` runs XLA on a TPU.
 MEASURED_ON_TPU: frozenset = frozenset()
 
 

@@ -9,6 +9,12 @@ the matrix held on chip.
 
 No pivoting is needed: Gaussian elimination on a symmetric positive definite matrix is backward
 stable (Wilkinson; it is Cholesky in disguise). Callers regularise ``V`` first.
+
+The same kernel body lowers for both targets: Triton on a GPU, Mosaic on a TPU (one program, the
+padded ``size × size`` matrix a whole-array block in VMEM: at most 64 × 128 lanes × 4 B × 3
+live copies ≈ 100 KiB, well within any TPU core's VMEM). It is measured to pay on an H100
+(``MEASURED_ON_GPU``); on a TPU it has never been timed, so ``impl="auto"`` keeps XLA's
+elimination there until ``benchmarks/bench_kernels.py --tpu`` says otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from tensorfact._arrays import as_tensor
 from tensorfact._checks import Impl
 from tensorfact.kernels import _pallas
 
-__all__ = ["spd_inverse", "MAX_SIZE"]
+__all__ = ["spd_inverse", "resolve_spd_inverse_impl", "MAX_SIZE"]
 
 #: The largest matrix size spd_inverse unrolls pivot by pivot; beyond it, use a Cholesky solve.
 MAX_SIZE = 64
@@ -36,13 +42,20 @@ def spd_inverse(v: jax.Array, *, impl: Impl = "auto", target=None,
 
     Args:
       v: array of shape ``(..., n, n)``, float32 or float64, symmetric positive definite.
-      impl: ``"pallas"`` (one kernel; interpret mode off GPUs), ``"xla"`` (unrolled
-        Gauss–Jordan in XLA ops: the reference), or ``"auto"`` (Pallas for float32 on a GPU,
-        XLA elsewhere; ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it chose XLA).
+      impl: ``"pallas"`` (one kernel; interpret mode off its target's hardware), ``"xla"``
+        (unrolled Gauss–Jordan in XLA ops: the reference), or ``"auto"`` (Pallas for float32 on
+        a GPU, where it is measured; XLA on a TPU, where it is not yet, and on a CPU;
+        ``TENSORFACT_DEBUG_DISPATCH=1`` logs why it chose XLA).
+      target: ``"gpu"`` (the Triton kernel) or ``"tpu"`` (the Mosaic kernel); None: the
+        backend's (``"gpu"`` on a CPU).
+      interpret: run the kernel in its target's interpret mode; None: compile on the target's
+        own hardware, interpret elsewhere.
 
-    Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``. ``target`` (``"gpu"``: Triton, ``"tpu"``: Mosaic)
-    and ``interpret`` choose the kernel's launch (``_pallas.resolve_launch``); by default they
-    follow the backend.
+    Raises:
+      ValueError: ``v`` is not square, larger than 64 × 64, or float64 with ``target="tpu"``
+        and ``impl="pallas"`` (a TPU has no float64).
+
+    Differentiable: ``d(V⁻¹) = −V⁻¹ dV V⁻¹``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -58,13 +71,32 @@ def spd_inverse(v: jax.Array, *, impl: Impl = "auto", target=None,
         raise ValueError(f"v must be at most {MAX_SIZE} × {MAX_SIZE} for spd_inverse, got "
                          f"{v.shape[-1]} × {v.shape[-1]}; use a Cholesky solve instead.")
 
+    impl = resolve_spd_inverse_impl(v, impl)
+    launch = _pallas.resolve_launch(target, interpret)
+    if impl == "pallas" and launch.target == "tpu" and v.dtype == jnp.float64:
+        raise ValueError(f"v has dtype {v.dtype}: float64 is not a TPU dtype; target='tpu' "
+                         f"takes float32 (or use impl='xla').")
+    if v.size == 0:  # an empty batch, or 0 × 0 matrices: nothing to invert
+        return v
+    return _inverse(v, impl, launch)
+
+
+def resolve_spd_inverse_impl(v, impl: Impl) -> str:
+    """``"pallas"`` or ``"xla"``: ``impl`` checked and ``"auto"`` resolved for ``v`` (anything
+    with a ``dtype``): the kernel for float32 on a backend where it is measured
+    (``MEASURED_ON_GPU`` / ``MEASURED_ON_TPU``), XLA otherwise, logging why under
+    ``TENSORFACT_DEBUG_DISPATCH=1``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from tensorfact.kernels import resolve_spd_inverse_impl
+      >>> resolve_spd_inverse_impl(jnp.eye(4), "auto")  # on a CPU
+      'xla'
+    """
     def dtype_reason(target):
         return None if v.dtype == jnp.float32 else f"v has dtype {v.dtype}, not float32"
 
-    impl = _pallas.resolve_impl("spd_inverse", impl, dtype_reason)
-    if v.size == 0:  # an empty batch, or 0 × 0 matrices: nothing to invert
-        return v
-    return _inverse(v, impl, _pallas.resolve_launch(target, interpret))
+    return _pallas.resolve_impl("spd_inverse", impl, dtype_reason)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
