@@ -32,6 +32,10 @@ PAGES = [
     ("coming_from_peft", "coming_from/peft.html", 2600),
     ("coming_from_tensorly", "coming_from/tensorly.html", 2600),
     ("benchmarks", "benchmarks.html", 2000),
+    ("guide_kernels", "guides/kernels.html", 3000),
+    ("guide_quickstart", "guides/quickstart.html", 3000),
+    ("gallery_pissa_vs_lora", "gallery/pissa_vs_lora.html", 2600),
+    ("api_kernels", "api/kernels.html", 1600),
 ]
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
