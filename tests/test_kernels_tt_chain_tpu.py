@@ -175,6 +175,45 @@ def test_tpu_kernel_lowers_to_mosaic(ms, ns, ranks, batch, dtype, monkeypatch):
         assert "tpu_custom_call" in text
 
 
+def _kernel_ops(jaxpr, inside=False):
+    """(primitive name, operand shapes) of every op inside the ``pallas_call`` kernels."""
+    from jax.extend import core as jcore
+    for eqn in jaxpr.eqns:
+        if inside:
+            yield eqn.primitive.name, [v.aval.shape for v in eqn.invars]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                sub = sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
+                if isinstance(sub, jcore.Jaxpr):
+                    yield from _kernel_ops(sub, inside or eqn.primitive.name == "pallas_call")
+
+
+@pytest.mark.parametrize("dtype,sub", [(jnp.float32, 8), (jnp.bfloat16, 16)])
+def test_tpu_kernel_uses_only_aligned_2d_dots_and_transposes(dtype, sub):
+    """What Mosaic's layout passes (not run by ``jax.export``) need: no reshapes in the kernel,
+    2-D transposes of 128-aligned slabs, 2-D dots whose operands' rows are multiples of the
+    sublane tile (16 for packed bfloat16), the batch on the 128 lanes."""
+    for ms, ns, ranks in [((4, 8, 4), (4, 8, 4), (8, 8)), ((3, 5), (2, 7), (3,)),
+                          ((5, 4, 3), (2, 3, 3), (5, 7))]:
+        rs = (1,) + ranks + (1,)
+        cores = [jax.ShapeDtypeStruct((rs[k], m, n, rs[k + 1]), dtype)
+                 for k, (m, n) in enumerate(zip(ms, ns))]
+        x = jax.ShapeDtypeStruct((300, math.prod(ms)), dtype)
+        jaxpr = jax.make_jaxpr(lambda x, cs: tt_chain_pallas(x, cs, target="tpu",
+                                                             interpret=False))(x, cores)
+        ops = list(_kernel_ops(jaxpr.jaxpr))
+        names = {name for name, _ in ops}
+        assert "reshape" not in names and "dot_general" in names, names
+        dots = [shapes for name, shapes in ops if name == "dot_general"]
+        assert len(dots) == len(ms), dots  # one matmul per core (in a loop over tiles)
+        for lhs, rhs in dots:
+            assert len(lhs) == len(rhs) == 2 and lhs[1] == rhs[0], (lhs, rhs)
+            assert lhs[0] % sub == 0 and rhs[0] % sub == 0 and rhs[1] % 128 == 0, (lhs, rhs)
+        for name, (shape, *_) in ops:
+            if name == "transpose":
+                assert len(shape) == 2 and shape[0] % 128 == 0 and shape[1] % 128 == 0, shape
+
+
 def test_kernel_inside_shard_map_equals_unsharded_xla():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu",

@@ -15,14 +15,17 @@ whose rows are then ``(n_k..n_d, m_1..m_{k−1}, r_{k−1})``: ``m_{k−1}`` is 
 the next core. ``V_d`` is ``xᵀ`` (rows ``m_1..m_d``) and ``V_0`` is ``yᵀ`` (rows ``n_1..n_d``).
 So the kernel does, per block of ``bB`` rows of ``x``: one 2-D transpose of the ``(bB, M)`` slab
 (XLU), ``d`` loops (``lax.fori_loop``) of 2-D dots whose operands are read and written at
-dynamic row offsets that are multiples of 8 (the float32 sublane tile) in two VMEM scratch
-buffers, and one transpose back; no reshape, no lane-dim slicing, no masked access.
+dynamic row offsets that are multiples of 8 (the float32 sublane tile) in two float32 VMEM
+scratch buffers, and one transpose back; no reshape, no lane-dim slicing, no masked access.
 
-Alignment (every row offset a multiple of 8): the interior ranks are zero-padded to multiples
-of 8 in the cores (by XLA, they are tiny). The first step (core ``d``, ``K_d = m_d``) reads
-``h = 8 / gcd(m_d, 8)`` tiles at once with ``kron(I_h, A_d)`` (``h``× its flops); if ``h`` does
-not divide ``M / m_d`` the columns of ``x`` are zero-padded so that ``m_d`` becomes a multiple
-of 8 (a copy of ``x``, odd shapes only). The last step (core 1, ``r_0 = 1``) computes 8 tiles
+Alignment: every row offset into the float32 scratch is a multiple of 8, and every matmul
+operand has a multiple of ``s`` rows, ``s = 8`` for float32 and 16 for bfloat16 (Mosaic's
+packed-type matmul rule). The interior ranks are zero-padded to multiples of ``s`` in the cores
+(by XLA, they are tiny), and each ``A`` gets zero rows up to a multiple of ``s``. The first step
+(core ``d``, ``K_d = m_d``) reads ``h = s / gcd(m_d, s)`` tiles at once with
+``kron(I_h, A_d)`` (``h``× its flops); if ``h`` does not divide ``M / m_d`` the columns of
+``x`` are zero-padded so that ``m_d`` becomes a multiple of ``s`` (a copy of ``x``, odd shapes
+only). The last step (core 1, ``r_0 = 1``) computes 8 tiles
 at once with the interleaved ``A_1 ⊗ I_8`` (8× the flops of that step) so that its output rows
 come in aligned groups of 8; ``N / n_1`` is rounded up to a multiple of 8 (and ``n_1`` times
 that to a multiple of 128 lanes), with the extra output columns sliced off by XLA (a copy of
@@ -32,13 +35,14 @@ to a multiple of 128 by XLA (no copy when aligned). A single core (``d = 1``) is
 VMEM per block (float32 state): two scratch buffers of ``bB × R`` float32 (``R`` the largest
 padded intermediate per row: ``max_k n_k T_k r_{k−1}``, plus ``xᵀ``), the double-buffered
 ``x``/``y`` blocks ``2 bB (M_p + N_p) × itemsize``, the cores, and the transposed slabs. For
-a 1024 × 1024 weight as cores ``(4, 8, 8, 4) × (4, 8, 8, 4)``, rank 8: ``R = 8192``, so at
-``bB = 128`` the scratch is 2 × 4 MiB, the blocks 2 MiB, the slabs 1 MiB: ≈ 11 MiB; rank 16
-doubles the scratch (≈ 19 MiB). :func:`plan` picks the largest ``bB ≤ 512`` (multiple of 128)
-under ``VMEM_BUDGET``; when even ``bB = 128`` does not fit, the kernel is not applicable
-(``ValueError``; ``impl="auto"`` falls back to XLA with that reason). Above 12 MiB it asks Mosaic
-for a 32 MiB scoped-VMEM limit (v5e's default is 16 MiB). Float64 is not a TPU dtype: the
-kernel raises ``ValueError`` for it; float16 runs through float32.
+a 1024 × 1024 weight as cores ``(4, 8, 8, 4) × (4, 8, 8, 4)``, rank 8, float32: ``R = 8192``,
+so at ``bB = 128`` the scratch is 2 × 4 MiB, the blocks 2 MiB, the slabs 1 MiB: ≈ 11 MiB;
+rank 16 (or rank 8 in bfloat16, padded to 16) doubles the scratch (≈ 19 MiB). The batch block
+``bB`` is the largest multiple of 128 up to 512 whose estimate stays under 12 MiB (v5e's
+default scoped VMEM is 16 MiB), else 128, for which Mosaic is asked for a 32 MiB scoped-VMEM
+limit. When even ``bB = 128`` needs more than ``VMEM_BUDGET`` (24 MiB), the kernel does not
+apply (``ValueError``; ``impl="auto"`` on a TPU falls back to XLA with that reason). Float64 is
+not a TPU dtype: the kernel raises ``ValueError`` for it; float16 runs through float32.
 
 Example (TPU interpret mode on a CPU):
   >>> import jax, jax.numpy as jnp
@@ -80,9 +84,10 @@ def _round_up(n, m):
 
 class Plan(NamedTuple):
     """Static layout of the kernel for one set of core shapes and dtypes."""
-    ms: tuple      # m_k (m_d possibly padded to a multiple of 8: ``m_pad``)
+    ms: tuple      # m_k (m_d possibly padded to a multiple of ``sub``: ``m_pad``)
     ns: tuple
-    ranks: tuple   # padded r_0..r_d (r_0 = r_d = 1, interior multiples of 8)
+    ranks: tuple   # padded r_0..r_d (r_0 = r_d = 1, interior multiples of ``sub``)
+    sub: int       # row alignment of the matmul operands: 8 (float32), 16 (bfloat16)
     m_pad: int     # m_d as laid out in the padded x (== ms[-1])
     group: int     # h: tiles of the first step per dot
     tiles_out: int  # T_1 rounded up to 8: the output columns are (n_1, tiles_out)
@@ -93,19 +98,21 @@ class Plan(NamedTuple):
 
 
 def tpu_plan(shapes, itemsize_in, itemsize_out) -> Plan:
-    """The :class:`Plan` for core ``shapes`` ``(r, m, n, r')`` and the in/out item sizes."""
+    """The :class:`Plan` for core ``shapes`` ``(r, m, n, r')`` and the in/out item sizes
+    (an input item size of 2 means bfloat16 matmuls, whose operands' rows come in 16s)."""
     d = len(shapes)
+    sub = 2 * SUBLANES if itemsize_in == 2 else SUBLANES
     ms = [s[1] for s in shapes]
     ns = [s[2] for s in shapes]
-    ranks = [1] + [_round_up(s[3], SUBLANES) for s in shapes[:-1]] + [1]
+    ranks = [1] + [_round_up(s[3], sub) for s in shapes[:-1]] + [1]
     if d == 1:
         m_cols, n_cols = _round_up(ms[0], LANES), _round_up(ns[0], LANES)
         per_row = 2 * (m_cols * itemsize_in + n_cols * itemsize_out) + 4 * (m_cols + n_cols)
-        return Plan(tuple(ms), tuple(ns), tuple(ranks), ms[0], 1, 1, m_cols, n_cols, 0,
+        return Plan(tuple(ms), tuple(ns), tuple(ranks), sub, ms[0], 1, 1, m_cols, n_cols, 0,
                     per_row)
-    group = SUBLANES // math.gcd(ms[-1], SUBLANES)
-    if (math.prod(ms) // ms[-1]) % group:   # pad m_d to a multiple of 8 (copy of x)
-        ms[-1], group = _round_up(ms[-1], SUBLANES), 1
+    group = sub // math.gcd(ms[-1], sub)
+    if (math.prod(ms) // ms[-1]) % group:   # pad m_d to a multiple of sub (copy of x)
+        ms[-1], group = _round_up(ms[-1], sub), 1
     m_cols = _round_up(math.prod(ms), LANES)
     tiles_out = _round_up(math.prod(ns[1:]), SUBLANES)
     n_cols = _round_up(ns[0] * tiles_out, LANES)
@@ -120,8 +127,8 @@ def tpu_plan(shapes, itemsize_in, itemsize_out) -> Plan:
     rows = max(sizes)
     per_row = (2 * 4 * rows + 2 * (m_cols * itemsize_in + n_cols * itemsize_out)
                + 4 * (m_cols + n_cols))
-    return Plan(tuple(ms), tuple(ns), tuple(ranks), ms[-1], group, tiles_out, m_cols, n_cols,
-                rows, per_row)
+    return Plan(tuple(ms), tuple(ns), tuple(ranks), sub, ms[-1], group, tiles_out, m_cols,
+                n_cols, rows, per_row)
 
 
 def tpu_shape_reason(shapes, dtype):
@@ -231,6 +238,8 @@ def _matrices(cores, plan, dot_dtype):
             n1, k1 = a.shape
             a = jnp.einsum("nc,ij->nijc", a, jnp.eye(SUBLANES, dtype=a.dtype))
             a = a.reshape(n1 * SUBLANES, SUBLANES * k1)
+        # zero rows up to a multiple of sub (bf16 matmul operands; the rows are not stored)
+        a = jnp.pad(a, ((0, _round_up(a.shape[0], plan.sub) - a.shape[0]), (0, 0)))
         mats.append(a.astype(dot_dtype))
     return mats
 
