@@ -127,6 +127,15 @@ def test_tpu_rejects_float64_bad_blocks_and_oversized_chains():
     with pytest.raises(ValueError, match=r"needs about 35\.0 MiB of VMEM.*32768 values per row"):
         jax.eval_shape(lambda x, cs: tt_chain_pallas(x, cs, target="tpu"),
                        jax.ShapeDtypeStruct((8, 1024), jnp.float32), big)
+    # rank 16 fits at 128 rows (about 19 MiB) but not at 256
+    mid = [jax.ShapeDtypeStruct(s, jnp.float32)
+           for s in [(1, 4, 4, 16), (16, 8, 8, 16), (16, 8, 8, 16), (16, 4, 4, 1)]]
+    x = jax.ShapeDtypeStruct((300, 1024), jnp.float32)
+    assert jax.eval_shape(lambda x, cs: tt_chain_pallas(x, cs, target="tpu", block_rows=128),
+                          x, mid).shape == (300, 1024)
+    with pytest.raises(ValueError, match=r"block_rows=256 needs about 38\.0 MiB"):
+        jax.eval_shape(lambda x, cs: tt_chain_pallas(x, cs, target="tpu", block_rows=256),
+                       x, mid)
 
 
 def test_auto_on_a_tpu_asks_the_vmem_rule(caplog, monkeypatch):

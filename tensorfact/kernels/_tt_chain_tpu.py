@@ -162,6 +162,13 @@ def tt_chain_tpu(x, cores, *, precision, block_rows, launch):
     reason = tpu_shape_reason([g.shape for g in cores], x.dtype)
     if reason is not None:
         raise ValueError(f"the TPU TT-chain kernel does not apply: {reason}.")
+    if block_rows is not None:
+        size = 2 if x.dtype == jnp.bfloat16 else 4
+        need = block_rows * tpu_plan(tuple(g.shape for g in cores), size,
+                                     jnp.dtype(jnp.result_type(x, *cores)).itemsize).bytes_per_row
+        if need > VMEM_BUDGET:
+            raise ValueError(f"block_rows={block_rows} needs about {need / 2**20:.1f} MiB of "
+                             f"VMEM > the {VMEM_BUDGET / 2**20:.0f} MiB budget; use fewer rows.")
     return _call(x, tuple(cores), precision=precision, block_rows=block_rows, launch=launch)
 
 
