@@ -28,7 +28,8 @@ why).
 The above is the ``"gpu"`` (Triton) kernel. ``target="tpu"`` launches the Mosaic kernel of
 ``tensorfact/kernels/_tt_chain_tpu.py`` instead (the batch on the 128 lanes, the chain as 2-D
 MXU matmuls at 8-aligned row offsets in VMEM scratch, the last core first; ranks padded to
-multiples of 8, the batch to blocks of 128 rows; float64 raises ``ValueError``). ``impl="auto"``
+multiples of 8 (16 in bfloat16), the batch to blocks of 128 rows; float64 raises
+``ValueError``). ``impl="auto"``
 on a TPU would ask its own VMEM rule (``_tt_chain_tpu.tpu_shape_reason``), once the kernel is
 listed in ``_pallas.MEASURED_ON_TPU`` (not yet).
 
@@ -69,9 +70,10 @@ def tt_chain_matmul(x, cores, *, impl: Impl = "auto",
     Args:
       x: 2-D array (float32, float64, bfloat16, float16).
       cores: sequence of 4-D cores with chained ranks, ``r_0 = r_d = 1``.
-      impl: ``"pallas"`` (the fused kernel; interpret mode off GPUs), ``"xla"`` (the einsum
-        chain, the reference) or ``"auto"`` (the kernel on a GPU when the dtype suits and the
-        padded intermediates fit on chip, XLA elsewhere).
+      impl: ``"pallas"`` (the fused kernel: Triton on a GPU, Mosaic on a TPU, the Triton
+        kernel in interpret mode elsewhere), ``"xla"`` (the einsum chain, the reference) or
+        ``"auto"`` (the kernel on a GPU when the dtype suits and the padded intermediates fit
+        on chip, XLA elsewhere).
       precision: of the float32 contractions; ``"highest"`` (the default) is full float32, ``None``
         JAX's default.
 
