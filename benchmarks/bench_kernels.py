@@ -26,7 +26,11 @@ that the script works, not a measurement): use ``--small``. Full float32 precisi
 
 ``--tpu`` runs the rows of ``TPU_BENCHES`` instead: MTTKRP at 256³ and 512³, ranks 16/32/64,
 float32 and bfloat16, the TPU kernel (``mttkrp_pallas(target="tpu")``) vs the XLA einsum vs a
-device copy of the tensor, with the bandwidth of reading the tensor once.
+device copy of the tensor, with the bandwidth of reading the tensor once; and the TT layer
+``y = x W`` (a 1024 × 1024 ``W`` as cores ``(4, 8, 8, 4) × (4, 8, 8, 4)``, TT ranks 8 and 16,
+batch 4096, float32 and bfloat16), forward and forward + backward, the TPU kernel
+(``tt_chain_pallas(target="tpu")``, whose backward is the XLA chain's) vs the XLA chain, with
+the forward's relative difference to the XLA chain.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from _harness import (check_positive, choices, fit_of, ints, median_ms, mttkrp_h
                       sync_jax, sync_torch, torch_device, write_json)
 
 import tensorfact as tfa
-from tensorfact.kernels import mttkrp_pallas, tt_chain_matmul
+from tensorfact.kernels import mttkrp_pallas, tt_chain_matmul, tt_chain_pallas, tt_chain_xla
 
 try:  # optional anchor
     import tensorly
@@ -61,8 +65,11 @@ PRESETS = {
                 tt_shape=((4, 8, 8, 4), (4, 8, 8, 4)), tt_rank=8, batch=4096, repeats=20),
 }
 WORKS = ("mttkrp", "cp", "tt")
-TPU_PRESETS = {"small": dict(sizes=(12,), ranks=(4,), repeats=1),
-               "tpu": dict(sizes=(256, 512), ranks=(16, 32, 64), repeats=20)}
+TPU_PRESETS = {"small": dict(sizes=(12,), ranks=(4,), repeats=1, tt_shape=((2, 4), (4, 2)),
+                             tt_ranks=(3,), batch=16),
+               "tpu": dict(sizes=(256, 512), ranks=(16, 32, 64), repeats=20,
+                           tt_shape=((4, 8, 8, 4), (4, 8, 8, 4)), tt_ranks=(8, 16),
+                           batch=4096)}
 
 
 def _row(table, **entry):
@@ -135,9 +142,40 @@ def bench_mttkrp_tpu(sizes, ranks, repeats, table):
                      impl=impl, ms=t, read_tbs=gb / t, compile_s=first, rel_to_pallas=err)
 
 
-# the --tpu rows: each entry is called as fn(preset, table); the TT-chain TPU rows go here
+def bench_tt_tpu(row_shape, col_shape, tt_ranks, batch, repeats, table):
+    """``--tpu``: the TT layer forward and forward + backward, the TPU kernel vs the XLA chain,
+    float32 and bfloat16."""
+    for tt_rank, dtype in itertools.product(tt_ranks, (jnp.float32, jnp.bfloat16)):
+        rs = [1] + [tt_rank] * (len(row_shape) - 1) + [1]
+        keys = jax.random.split(jax.random.key(tt_rank), len(row_shape) + 1)
+        cores = [(jax.random.normal(k, (rs[i], m, n, rs[i + 1])) / math.sqrt(rs[i] * m))
+                 .astype(dtype) for i, (k, m, n) in enumerate(zip(keys, row_shape, col_shape))]
+        x = jax.random.normal(keys[-1], (batch, math.prod(row_shape)), dtype)
+        chains = {"xla-chain": tt_chain_xla,
+                  "pallas-tpu": functools.partial(tt_chain_pallas, target="tpu")}
+        ref = None
+        for what, (impl, chain) in itertools.product(("forward", "fwd+bwd"), chains.items()):
+            if what == "forward":
+                fn = jax.jit(chain)
+            else:
+                fn = jax.jit(jax.grad(lambda x, cs, chain=chain: jnp.sum(
+                    chain(x, cs).astype(jnp.float32) ** 2), argnums=(0, 1)))
+            out, t, first = median_ms(lambda fn=fn: fn(x, cores), sync_jax, repeats)
+            err = float("nan")
+            if what == "forward":
+                out = out.astype(jnp.float32)
+                ref = out if ref is None else ref   # the XLA chain's, timed first
+                err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+            _row(table, bench="tt-tpu", shape=f"{row_shape}x{col_shape}", rank=tt_rank,
+                 batch=batch, dtype=jnp.dtype(dtype).name, pass_=what, impl=impl, ms=t,
+                 compile_s=first, rel_to_xla=err)
+
+
+# the --tpu rows: each entry is called as fn(preset, table)
 TPU_BENCHES = [lambda cfg, table: bench_mttkrp_tpu(cfg["sizes"], cfg["ranks"], cfg["repeats"],
-                                                   table)]
+                                                   table),
+               lambda cfg, table: bench_tt_tpu(*cfg["tt_shape"], cfg["tt_ranks"], cfg["batch"],
+                                               cfg["repeats"], table)]
 
 
 def _einsum_mttkrp(x, factors, mode):

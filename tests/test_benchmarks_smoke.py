@@ -130,17 +130,28 @@ def test_bench_kernels_smoke(monkeypatch, tmp_path):
     assert len(json.loads(path.read_text())["rows"]) == len(rows)
 
 
-@pytest.mark.slow  # ~5 s: TPU interpret mode at 12³
+@pytest.mark.slow  # ~10 s: TPU interpret mode at 12³ and a (2, 4) × (4, 2) TT layer
 def test_bench_kernels_tpu_smoke(monkeypatch):
-    """``--tpu --small`` runs the TPU MTTKRP rows in TPU interpret mode; the kernel agrees
-    with the XLA einsum in float32 and bfloat16, and every row has a time and a bandwidth."""
-    rows = _load_script("bench_kernels", monkeypatch).main(["--tpu", "--small"])
+    """``--tpu --small`` runs the TPU MTTKRP and TT-layer rows in TPU interpret mode; the
+    kernels agree with XLA in float32 and bfloat16, and every row has a time (and the MTTKRP
+    rows a bandwidth)."""
+    all_rows = _load_script("bench_kernels", monkeypatch).main(["--tpu", "--small"])
+    rows = [r for r in all_rows if r["bench"] == "mttkrp-tpu"]
     assert {(r["impl"], r["dtype"]) for r in rows} == {
         (i, d) for i in ("copy", "pallas-tpu", "xla-einsum") for d in ("float32", "bfloat16")}
     for r in rows:
         assert r["ms"] > 0 and r["read_tbs"] > 0, r
         if r["impl"] == "xla-einsum":
             assert r["rel_to_pallas"] < (2e-2 if r["dtype"] == "bfloat16" else 1e-5), r
+    tt = [r for r in all_rows if r["bench"] == "tt-tpu"]
+    assert len(tt) + len(rows) == len(all_rows)
+    assert {(r["impl"], r["dtype"], r["pass_"]) for r in tt} == {
+        (i, d, p) for i in ("xla-chain", "pallas-tpu") for d in ("float32", "bfloat16")
+        for p in ("forward", "fwd+bwd")}
+    for r in tt:
+        assert r["ms"] > 0, r
+        if r["pass_"] == "forward":
+            assert r["rel_to_xla"] < (2e-2 if r["dtype"] == "bfloat16" else 1e-5), r
 
 
 @pytest.mark.slow  # ~16 s: the script's whole --small preset

@@ -114,15 +114,17 @@ def unmeasured_reason(name: str, target: str = "gpu"):
 
 
 def call(kernel, *, launch: Launch, num_warps: int = 4, num_stages: int = 2,
-         dimension_semantics=None, **kwargs):
+         dimension_semantics=None, vmem_limit_bytes=None, **kwargs):
     """``pl.pallas_call`` with the launch settings of ``launch``: Triton compiler parameters
     (``num_warps``, ``num_stages``) for a compiled ``"gpu"`` kernel, Mosaic ones (the grid's
-    ``dimension_semantics``, ``"parallel"`` or ``"arbitrary"`` per axis) for a compiled
-    ``"tpu"`` kernel, the generic or the TPU interpret mode otherwise."""
+    ``dimension_semantics``, ``"parallel"`` or ``"arbitrary"`` per axis, and the scoped-VMEM
+    limit ``vmem_limit_bytes``, None: Mosaic's default) for a compiled ``"tpu"`` kernel, the
+    generic or the TPU interpret mode otherwise."""
     if launch.target == "tpu":
         if launch.interpret:
             return pl.pallas_call(kernel, interpret=pltpu.InterpretParams(), **kwargs)
-        params = pltpu.CompilerParams(dimension_semantics=dimension_semantics)
+        params = pltpu.CompilerParams(dimension_semantics=dimension_semantics,
+                                      vmem_limit_bytes=vmem_limit_bytes)
         return pl.pallas_call(kernel, compiler_params=params, **kwargs)
     if launch.interpret:
         return pl.pallas_call(kernel, interpret=True, **kwargs)

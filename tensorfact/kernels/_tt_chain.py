@@ -25,9 +25,17 @@ intermediate, ``bB × max_k ∏_{j>k} m_j ∏_{j≤k} n_j r_k`` values, must fit
 ``_pallas.MEASURED_ON_GPU``: not yet), and XLA otherwise (``TENSORFACT_DEBUG_DISPATCH=1`` logs
 why).
 
-Gradients: a ``jax.custom_vjp`` whose backward pass is the XLA chain's own (``jax.vjp`` of
-:func:`tt_chain_xla`, recomputing its forward), so training through the kernel is exact to
-float tolerance; only the forward is fused.
+The above is the ``"gpu"`` (Triton) kernel. ``target="tpu"`` launches the Mosaic kernel of
+``tensorfact/kernels/_tt_chain_tpu.py`` instead (the batch on the 128 lanes, the chain as 2-D
+MXU matmuls at 8-aligned row offsets in VMEM scratch, the last core first; ranks padded to
+multiples of 8 (16 in bfloat16), the batch to blocks of 128 rows; float64 raises
+``ValueError``). ``impl="auto"``
+on a TPU would ask its own VMEM rule (``_tt_chain_tpu.tpu_shape_reason``), once the kernel is
+listed in ``_pallas.MEASURED_ON_TPU`` (not yet).
+
+Gradients (both targets): a ``jax.custom_vjp`` whose backward pass is the XLA chain's own
+(``jax.vjp`` of :func:`tt_chain_xla`, recomputing its forward), so training through the kernel
+is exact to float tolerance; only the forward is fused.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from jax.experimental.pallas import triton as pltriton
 from tensorfact._checks import Impl, Precision
 from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
+from tensorfact.kernels._tt_chain_tpu import tpu_shape_reason, tt_chain_tpu
 
 __all__ = ["tt_chain_matmul", "tt_chain_pallas", "tt_chain_xla", "resolve_tt_chain_impl",
            "MAX_ONCHIP"]
@@ -61,9 +70,10 @@ def tt_chain_matmul(x, cores, *, impl: Impl = "auto",
     Args:
       x: 2-D array (float32, float64, bfloat16, float16).
       cores: sequence of 4-D cores with chained ranks, ``r_0 = r_d = 1``.
-      impl: ``"pallas"`` (the fused kernel; interpret mode off GPUs), ``"xla"`` (the einsum
-        chain, the reference) or ``"auto"`` (the kernel on a GPU when the dtype suits and the
-        padded intermediates fit on chip, XLA elsewhere).
+      impl: ``"pallas"`` (the fused kernel: Triton on a GPU, Mosaic on a TPU, the Triton
+        kernel in interpret mode elsewhere), ``"xla"`` (the einsum chain, the reference) or
+        ``"auto"`` (the kernel on a GPU when the dtype suits and the padded intermediates fit
+        on chip, XLA elsewhere).
       precision: of the float32 contractions; ``"highest"`` (the default) is full float32, ``None``
         JAX's default.
 
@@ -108,18 +118,22 @@ def resolve_tt_chain_impl(x, cores, impl: str) -> str:
     """``"pallas"`` or ``"xla"``: ``impl`` checked and ``"auto"`` resolved for ``x`` (anything
     with ``shape``/``dtype``) and the cores (logging why it chose XLA under
     ``TENSORFACT_DEBUG_DISPATCH=1``). ``tensorfact.tt_matmul`` decides through it."""
-    return _pallas.resolve_impl("tt_chain", impl, lambda target: _shape_reason(x, cores),
+    return _pallas.resolve_impl("tt_chain", impl,
+                                lambda target: _shape_reason(x, cores, target),
                                 label="tt_chain_matmul")
 
 
 def _auto_reason(x, cores):
     """Why ``impl="auto"`` should not take the kernel (None when it should)."""
-    return _pallas.auto_reason("tt_chain", lambda target: _shape_reason(x, cores))
+    return _pallas.auto_reason("tt_chain", lambda target: _shape_reason(x, cores, target))
 
 
-def _shape_reason(x, cores):
+def _shape_reason(x, cores, target="gpu"):
+    """Why the ``target`` kernel does not suit ``x`` and the cores (None when it does)."""
     if x.dtype not in _KERNEL_DTYPES:
         return f"x has dtype {x.dtype}; the kernel takes float32, bfloat16 and float16"
+    if target == "tpu":
+        return tpu_shape_reason([g.shape for g in cores], x.dtype)
     per_row = _plan(tuple(g.shape for g in cores))[-1]
     if _MIN_ROWS * per_row > MAX_ONCHIP:
         return (f"a {_MIN_ROWS}-row block's largest padded intermediate holds "
@@ -175,16 +189,31 @@ def _plan(shapes):
 def tt_chain_pallas(x, cores, *, precision: Precision = "highest", block_rows=None,
                     target=None, interpret=None) -> jax.Array:
     """The fused kernel (module docstring), differentiable through :func:`tt_chain_xla`'s VJP.
-    ``block_rows`` (a power of two ≥ 16) overrides the rows per program; ``target`` (``"gpu"``:
-    Triton, ``"tpu"``: Mosaic; default the backend's) and ``interpret`` (default: compile on the
-    target's hardware, interpret elsewhere) choose the launch (``_pallas.resolve_launch``)."""
+    ``block_rows`` (a power of two ≥ 16; for ``target="tpu"`` a multiple of 128) overrides the
+    rows per program; ``target`` (``"gpu"``: Triton, ``"tpu"``: Mosaic; default the backend's)
+    and ``interpret`` (default: compile on the target's hardware, interpret elsewhere) choose the
+    launch (``_pallas.resolve_launch``).
+
+    Raises:
+      ValueError: for a bad ``block_rows``; with ``target="tpu"``, for float64 ``x`` or cores,
+        or cores whose padded intermediates do not fit in VMEM (``_tt_chain_tpu``).
+    """
     x, cores = _check_args(x, cores)
+    launch = _pallas.resolve_launch(target, interpret)
     if block_rows is not None and (block_rows < _MIN_ROWS or block_rows & (block_rows - 1)):
         raise ValueError(f"block_rows must be a power of two >= 16, got {block_rows!r}.")
+    if launch.target == "tpu":
+        bad = [a.dtype for a in (x, *cores) if a.dtype == jnp.float64]
+        reason = tpu_shape_reason([g.shape for g in cores], bad[0] if bad else x.dtype)
+        if reason is not None:
+            raise ValueError(f"target='tpu': {reason}.")
+        if block_rows is not None and block_rows % 128:
+            raise ValueError(f"block_rows must be a multiple of 128 for target='tpu', got "
+                             f"{block_rows!r}.")
     precision = resolve_precision(precision)
     if x.shape[0] == 0:  # no rows: no program to launch (an empty grid); the empty result
         return _chain_xla(x, cores, precision)
-    return _fused(x, cores, precision, block_rows, _pallas.resolve_launch(target, interpret))
+    return _fused(x, cores, precision, block_rows, launch)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -207,6 +236,8 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 @functools.partial(jax.jit, static_argnames=("precision", "block_rows", "launch"))
 def _chain_call(x, cores, *, precision, block_rows, launch):
+    if launch.target == "tpu":  # the Mosaic kernel (tensorfact/kernels/_tt_chain_tpu.py)
+        return tt_chain_tpu(x, cores, precision=precision, block_rows=block_rows, launch=launch)
     shapes = tuple(g.shape for g in cores)
     ms, ns, rs, per_row = _plan(shapes)
     m_true, n_true = [s[1] for s in shapes], [s[2] for s in shapes]
