@@ -3,11 +3,11 @@
 ALS solves an ``R × R`` system (the Hadamard product of factor Gram matrices) per mode per
 sweep; 0.1 solved it with this kernel. (Since 0.2 CP-ALS uses a pseudo-inverse instead, which
 stays finite at over-estimated ranks: ``decomposition._common.solve_normal_equations``; the
-kernel remains for callers with well-conditioned small systems.) On a GPU the library route (Cholesky, then two triangular solves) costs three calls of
-~50 µs latency each, and the same elimination written in XLA ops becomes about 3 kernels per
-pivot; either way the small solves, not the MTTKRPs, dominated a CP-ALS sweep at 256³, R=32 on
-an H100. Here the whole Gauss–Jordan elimination of ``[V | I]`` runs in one Pallas program with
-the matrix held on chip.
+kernel remains for callers with well-conditioned small systems.) On a GPU the library route
+(Cholesky, then two triangular solves) costs three calls of ~50 µs latency each, and the same
+elimination written in XLA ops becomes about 3 kernels per pivot; either way the small solves,
+not the MTTKRPs, dominated a CP-ALS sweep at 256³, R=32 on an H100. Here the whole Gauss–Jordan
+elimination of ``[V | I]`` runs in one Pallas program with the matrix held on chip.
 
 No pivoting is needed: Gaussian elimination on a symmetric positive definite matrix is backward
 stable (Wilkinson; it is Cholesky in disguise). Callers regularise ``V`` first.
