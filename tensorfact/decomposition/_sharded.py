@@ -9,9 +9,11 @@ arrays through JAX's collectives:
 * **factor rows.** Factors (``I_n × R``) and cores are replicated. A device contracts its block
   with the rows of each factor that belong to its block (a slice at ``axis_index · I_n/s_n``).
 * **MTTKRPs and mode products** run on local blocks; a ``psum`` over the mesh axes of the
-  contracted modes completes them. A CP factor update is row-local (the normal equations and
-  HALS act row by row), so each device solves for the rows of its block and an ``all_gather``
-  of those ``I_n/s_n × R`` rows rebuilds the replicated factor.
+  contracted modes completes them. CP's MTTKRPs go through the dimension tree, or with
+  ``impl="pallas"`` through the MTTKRP kernel once per mode on each device's block. A CP
+  factor update is row-local (the normal equations and HALS act row by row), so each device
+  solves for the rows of its block and an ``all_gather`` of those ``I_n/s_n × R`` rows
+  rebuilds the replicated factor.
 * **Gram matrices of unfoldings** (the SVD initialisations and every TT-SVD step): when the mode
   is not split, ``X_(n) X_(n)ᵀ`` is a ``psum`` of local Grams. When it is, an ``all_to_all``
   trades column blocks for row blocks first, so each device holds complete rows of a subset of
