@@ -26,13 +26,14 @@ from tensorfact.decomposition import _sharded
 from tensorfact.kernels import _pallas, _varying
 
 MARKER = "SHARDED-KERNEL-CHECKS-JSON"
-SHAPE = (6, 24, 10)  # blocks (3, 6, 10) and (6, 3, 10): no side a multiple of a tile
 RANK, N_ITER = 3, 3
 
-# (name, mesh shape, mesh axis names, spec)
+# (name, tensor shape, mesh shape, mesh axis names, spec); blocks (3, 6, 10) and (5, 6, 2, 3):
+# no side a multiple of a tile. The 4-way tensor split on a middle mode makes the kernel group
+# the local rows of the modes on both sides into Khatri-Rao products
 LAYOUTS = [
-    ("2x4_modes01", (2, 4), ("a", "b"), ("a", "b")),
-    ("8_mode1", (8,), ("data",), (None, "data")),
+    ("2x4_modes01", (6, 24, 10), (2, 4), ("a", "b"), ("a", "b")),
+    ("8_mode2_4way", (5, 6, 16, 3), (8,), ("data",), (None, None, "data")),
 ]
 
 _RESOLVE_LAUNCH = _pallas.resolve_launch
@@ -72,9 +73,9 @@ def fit(x, impl, **kw):
     return tfa.cp(x, RANK, n_iter=N_ITER, tol=0, impl=impl, return_info=True, **kw)
 
 
-def data():
-    x = tfa.random_cp(jax.random.key(0), SHAPE, rank=RANK).to_dense()
-    return x + 0.05 * jax.random.normal(jax.random.key(1), SHAPE)
+def data(shape):
+    x = tfa.random_cp(jax.random.key(0), shape, rank=RANK).to_dense()
+    return x + 0.05 * jax.random.normal(jax.random.key(1), shape)
 
 
 def error_of(fn):
@@ -142,13 +143,14 @@ def auto_on_a_gpu():
 
 def main():
     out = {"devices": jax.device_count(), "fits": {}, "blocks": {}, "lowering": {}}
-    x = data()
-    for name, mesh_shape, axis_names, spec in LAYOUTS:
+    for name, shape, mesh_shape, axis_names, spec in LAYOUTS:
+        x = data(shape)
         xs = sharding.shard_tensor(x, sharding.make_mesh(mesh_shape, axis_names), spec)
         out["blocks"][name] = list(xs.addressable_shards[0].data.shape)
         ref = fit(xs, "xla")  # the sharded dimension tree (test_sharding: = one device's fit)
         if name == LAYOUTS[0][0]:
             out["auto"] = auto_choice(xs, ref)
+            first = xs
         # the default launch off a GPU/TPU ("gpu" kernel, generic interpret mode); the TPU
         # kernel's interpreter is slow on 8 devices: on the 2-D mesh only
         for target in ("gpu", "tpu") if name == LAYOUTS[0][0] else ("gpu",):
@@ -157,6 +159,7 @@ def main():
         default_target("gpu")
 
     out["auto_on_gpu"] = auto_on_a_gpu()
+    xs = first  # the 2-D mesh
     out["errors"] = {
         "bad_impl": error_of(lambda: tfa.cp(xs, RANK, impl="triton")),
         "bad_impl_type": error_of(lambda: tfa.cp(xs, RANK, impl=None)),

@@ -20,7 +20,7 @@ from tensorfact.kernels import _pallas, _varying, mttkrp_pallas, mttkrp_xla
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "_sharded_kernel_checks.py"
-FITS = ["2x4_modes01/pallas_gpu", "2x4_modes01/pallas_tpu", "8_mode1/pallas_gpu"]
+FITS = ["2x4_modes01/pallas_gpu", "2x4_modes01/pallas_tpu", "8_mode2_4way/pallas_gpu"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def checks():
 
 def test_eight_devices_and_blocks_off_the_tiles(checks):
     assert checks["devices"] == 8
-    assert checks["blocks"] == {"2x4_modes01": [3, 6, 10], "8_mode1": [6, 3, 10]}
+    assert checks["blocks"] == {"2x4_modes01": [3, 6, 10], "8_mode2_4way": [5, 6, 2, 3]}
 
 
 @pytest.mark.parametrize("case", FITS)
