@@ -1,7 +1,10 @@
 """Run by test_kernels_mttkrp_tpu.py in a subprocess with 8 forced host devices: the MTTKRP
 kernel (targets "tpu" and "gpu", interpret mode) per device inside ``jax.shard_map`` against
-the unsharded XLA MTTKRP. ``check_vma=False``: a ``pallas_call``'s ``out_shape`` carries no
-varying-mesh-axes annotation, which ``check_vma=True`` demands (JAX 0.10). Prints one JSON object of relative errors after a marker line."""
+the unsharded XLA MTTKRP. The kernels type their output's varying mesh axes
+(``tensorfact/kernels/_varying.py``), so the TPU kernel runs under shard_map's default
+``check_vma=True``; the "gpu" kernel in Pallas's generic interpret mode needs
+``check_vma=False`` (``_varying.checks_varying``). Prints one JSON object of relative errors
+after a marker line."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from tensorfact.kernels import mttkrp_pallas, mttkrp_xla
+from tensorfact.kernels import _pallas, _varying, mttkrp_pallas, mttkrp_xla
 
 MARKER = "MTTKRP-SHARD-JSON"
 
@@ -29,15 +32,17 @@ def main():
         jax.device_put(a, whole) for a in fs[1:]]
     out = {"devices": jax.device_count()}
     for target in ("tpu", "gpu"):
+        check = _varying.checks_varying(_pallas.resolve_launch(target))
+        out[f"{target}_check_vma"] = check
         # mode 0, x split over mode 0: each device owns its rows of the result
         f0 = jax.shard_map(lambda xb, b, c: mttkrp_pallas(xb, [None, b, c], 0, target=target),
                            mesh=mesh, in_specs=(P("d"), P(), P()), out_specs=P("d"),
-                           check_vma=False)
+                           check_vma=check)
         # mode 1, x split over mode 0: each device's partial sum, psum'd over the mesh
         f1 = jax.shard_map(
             lambda xb, a, c: jax.lax.psum(mttkrp_pallas(xb, [a, None, c], 1, target=target),
                                           "d"),
-            mesh=mesh, in_specs=(P("d"), P("d"), P()), out_specs=P(), check_vma=False)
+            mesh=mesh, in_specs=(P("d"), P("d"), P()), out_specs=P(), check_vma=check)
         for mode, got in ((0, jax.jit(f0)(x, fs[1], fs[2])), (1, jax.jit(f1)(x, fs[0], fs[2]))):
             ref = refs[mode]
             err = np.linalg.norm(np.asarray(got, np.float64) - ref) / np.linalg.norm(ref)

@@ -113,3 +113,6 @@ def test_kernel_inside_shard_map_equals_unsharded_xla():
     assert out["devices"] == 8
     for key in ("tpu_mode0", "tpu_mode1", "gpu_mode0", "gpu_mode1"):
         assert out[key] < 1e-5, (key, out)
+    # the TPU kernel's typed output runs under shard_map's varying-axes check; the generic
+    # interpreter of the "gpu" kernel cannot (kernels/_varying.py)
+    assert out["tpu_check_vma"] is True and out["gpu_check_vma"] is False

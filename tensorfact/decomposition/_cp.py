@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from tensorfact import algebra, kernels, sharding
-from tensorfact._checks import (Impl, Init, Precision, as_float_array, check_mask,
+from tensorfact._checks import (Impl, Init, Precision, as_float_array, check_choice, check_mask,
                                 check_nonneg_number, check_positive_int, count_nonfinite,
                                 report_nonfinite)
 from tensorfact._numerics import pow2_scale
@@ -121,7 +121,8 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
         memory bandwidth; interpret mode off GPUs); ``"auto"``: the kernel on a GPU where it
         suits ``x`` and ``rank`` and has been measured to pay (not yet: ``"auto"`` is XLA
         everywhere until a GPU benchmark lists it), else XLA. Results agree to float
-        tolerance.
+        tolerance. For a sharded ``x`` each device runs the chosen path on its own block
+        (``"auto"`` judged on the block's size) before the usual ``psum``.
       return_info: also return a :class:`CPInfo` (the four fields of ``FitInfo``, then the
         smallest component congruence and the component norms, which show a degenerate fit).
 
@@ -152,20 +153,24 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
     rank = check_positive_int(rank, "rank")
     n_iter, tol = check_iteration_args(n_iter, tol)
     check_nonneg_number(l2, "l2")
-    mttkrp_impl = kernels.resolve_mttkrp_impl(x, rank, impl)
+    sharded = sharding.is_mode_sharded(x)
+    # "auto" is decided for the tensor the kernel would read: x, or one device's block of a
+    # sharded x (by _sharded.cp)
+    impl = (check_choice(impl, Impl, "impl") if sharded
+            else kernels.resolve_mttkrp_impl(x, rank, impl))
     mask = check_mask(mask, x.shape)
     init_tensor, init_kind = resolve_init(init, CPTensor, key,
                                           lambda t: check_cp_init(t, x.shape, rank))
     fixed, tol = resolve_tol(tol)
-    if sharding.is_mode_sharded(x):  # split over a device mesh: keep it distributed
+    if sharded:  # split over a device mesh: keep it distributed
         return _sharded.cp(x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank,
                            n_iter=n_iter, fixed=fixed, init=init_kind, nonneg=bool(nonneg),
-                           normalize=bool(normalize), precision=precision,
+                           normalize=bool(normalize), precision=precision, impl=impl,
                            return_info=bool(return_info))
     result, n_nonfinite = _cp_fit(
         x, mask, key, init_tensor, concrete_or_traced(l2), tol, rank=rank, n_iter=n_iter,
         fixed=fixed, init=init_kind, nonneg=bool(nonneg), normalize=bool(normalize),
-        precision=precision, impl=mttkrp_impl, return_info=bool(return_info))
+        precision=precision, impl=impl, return_info=bool(return_info))
     report_nonfinite(n_nonfinite, "x", maskable=True)  # counted in the fit: no extra pass
     return result
 

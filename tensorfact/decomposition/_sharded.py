@@ -9,9 +9,11 @@ arrays through JAX's collectives:
 * **factor rows.** Factors (``I_n × R``) and cores are replicated. A device contracts its block
   with the rows of each factor that belong to its block (a slice at ``axis_index · I_n/s_n``).
 * **MTTKRPs and mode products** run on local blocks; a ``psum`` over the mesh axes of the
-  contracted modes completes them. A CP factor update is row-local (the normal equations and
-  HALS act row by row), so each device solves for the rows of its block and an ``all_gather``
-  of those ``I_n/s_n × R`` rows rebuilds the replicated factor.
+  contracted modes completes them. CP's MTTKRPs go through the dimension tree, or with
+  ``impl="pallas"`` through the MTTKRP kernel once per mode on each device's block. A CP
+  factor update is row-local (the normal equations and HALS act row by row), so each device
+  solves for the rows of its block and an ``all_gather`` of those ``I_n/s_n × R`` rows
+  rebuilds the replicated factor.
 * **Gram matrices of unfoldings** (the SVD initialisations and every TT-SVD step): when the mode
   is not split, ``X_(n) X_(n)ᵀ`` is a ``psum`` of local Grams. When it is, an ``all_to_all``
   trades column blocks for row blocks first, so each device holds complete rows of a subset of
@@ -47,7 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec
 
-from tensorfact import algebra, sharding
+from tensorfact import algebra, kernels, sharding
 from tensorfact._checks import count_nonfinite, report_nonfinite
 from tensorfact._numerics import pow2_scale
 from tensorfact.decomposition._common import leading_eigenvectors, random_orthonormal
@@ -57,9 +59,11 @@ from tensorfact.decomposition._sweeps import (SweepLayout, cp_initial_factors, c
                                               scaled_to_data,
                                               cp_scale_back, cp_sweep, hoqri_update,
                                               tucker_sweep_modes)
+from tensorfact.kernels import _pallas, _varying
 from tensorfact.tensors import CPTensor, TuckerTensor, TTTensor
 
-__all__ = ["cp", "tucker", "tt", "cp_program", "tucker_program", "tt_program"]
+__all__ = ["cp", "tucker", "tt", "resolve_cp_impl", "cp_program", "tucker_program",
+           "tt_program"]
 
 _REPLICATED = PartitionSpec()
 
@@ -163,11 +167,11 @@ def _exact_error(x, local_dense, norm_x_sq, every):
     return relative_from_squares(sq, norm_x_sq)
 
 
-def _shard_mapped(body, mesh, spec, n_replicated):
+def _shard_mapped(body, mesh, spec, n_replicated, check_vma=True):
     """``body`` as a shard_map over ``mesh``: ``x`` split by ``spec``, every other argument
     and every output replicated."""
     return jax.shard_map(body, mesh=mesh, in_specs=(spec,) + (_REPLICATED,) * n_replicated,
-                         out_specs=_REPLICATED)
+                         out_specs=_REPLICATED, check_vma=check_vma)
 
 
 def _unsupported(what, family):
@@ -181,7 +185,7 @@ def _unsupported(what, family):
 
 
 def cp(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, nonneg, normalize,
-       precision, return_info):
+       precision, return_info, impl="auto"):
     """Sharded CP-ALS / HALS (called by :func:`tensorfact.cp` on a mode-sharded input).
 
     Layouts: any ``NamedSharding`` whose spec splits modes over mesh axes (one or more modes,
@@ -191,34 +195,58 @@ def cp(x, mask, key, init_tensor, l2, tol, *, rank, n_iter, fixed, init, nonneg,
     ``I_n × R``), plus a few scalars for the error; the tensor blocks never move. The SVD
     initialisation moves each block once per split mode (``all_to_all``) and reduces
     ``I_n × I_n`` Gram matrices.
+
+    ``impl`` (``"auto" | "pallas" | "xla"``, as :func:`tensorfact.cp`) picks how each device
+    forms its partial MTTKRPs: ``"xla"`` the dimension tree on its block (two reads of it per
+    sweep), ``"pallas"`` the kernel of :func:`tensorfact.kernels.mttkrp` once per mode on its
+    block and factor rows (``N`` reads), then the same ``psum``; ``"auto"`` is decided once,
+    before tracing, for one device's block (:func:`tensorfact.kernels.resolve_mttkrp_impl`:
+    XLA on a CPU, and until the kernel is measured to pay on the hardware).
     """
     if mask is not None:
         _unsupported("mask", "tensorfact.cp")
+    impl = resolve_cp_impl(x, rank, impl)
     fn, args, static = cp_program(x, key, init_tensor, l2, tol, rank=rank, n_iter=n_iter,
                                   fixed=fixed, init=init, nonneg=nonneg, normalize=normalize,
-                                  precision=precision, return_info=return_info)
+                                  precision=precision, return_info=return_info, impl=impl)
     result, n_bad = fn(*args, **static)
     report_nonfinite(n_bad, "x")
     return result
 
 
-def cp_program(x, key, init_tensor, l2, tol, **static):
+def resolve_cp_impl(x, rank: int, impl) -> str:
+    """``"pallas"`` or ``"xla"`` for a sharded CP fit of ``x``: ``impl`` checked and ``"auto"``
+    resolved by :func:`tensorfact.kernels.resolve_mttkrp_impl` for one device's block, the
+    tensor each kernel launch reads (outside any trace: the choice is a static argument)."""
+    block = jax.ShapeDtypeStruct(x.sharding.shard_shape(x.shape), x.dtype)
+    return kernels.resolve_mttkrp_impl(block, rank, impl)
+
+
+def cp_program(x, key, init_tensor, l2, tol, *, impl="xla", **static):
     """The jitted sharded CP program, its arguments and static arguments: ``fn(*args,
-    **static)`` runs it, ``fn.lower(*args, **static)`` shows what it compiles to."""
-    return _cp_jit, (x, key, init_tensor, l2, tol), dict(static, layout=_layout(x))
+    **static)`` runs it, ``fn.lower(*args, **static)`` shows what it compiles to. ``impl`` is
+    ``"xla"`` or ``"pallas"`` (already resolved: :func:`cp` resolves ``"auto"``)."""
+    if impl not in ("xla", "pallas"):
+        raise ValueError(f"impl must be 'xla' or 'pallas' for the sharded CP program, got "
+                         f"{impl!r}.")
+    return _cp_jit, (x, key, init_tensor, l2, tol), dict(static, impl=impl, layout=_layout(x))
 
 
 @functools.partial(jax.jit, static_argnames=(
     "layout", "rank", "n_iter", "fixed", "init", "nonneg", "normalize", "precision",
-    "return_info"))
-def _cp_jit(x, key, init_tensor, l2, tol, *, layout, **static):
+    "return_info", "impl"))
+def _cp_jit(x, key, init_tensor, l2, tol, *, layout, impl, **static):
     mesh, spec, axes, shape = layout
-    body = functools.partial(_cp_body, mesh=mesh, axes=axes, shape=shape, **static)
-    return _shard_mapped(body, mesh, spec, 4)(x, key, init_tensor, l2, tol)
+    body = functools.partial(_cp_body, mesh=mesh, axes=axes, shape=shape, impl=impl, **static)
+    # the kernels type their outputs' varying mesh axes (kernels/_varying.py), except in
+    # Pallas's generic interpret mode (the "gpu" kernel off a GPU: JAX 0.10 drops the axes in
+    # its replay), which shard_map's varying-axes check then rejects: off only there
+    check_vma = impl != "pallas" or _varying.checks_varying(_pallas.resolve_launch())
+    return _shard_mapped(body, mesh, spec, 4, check_vma)(x, key, init_tensor, l2, tol)
 
 
 def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, fixed, init,
-             nonneg, normalize, precision, return_info):
+             nonneg, normalize, precision, return_info, impl):
     dtype = x.dtype
     every = _flat_axes(axes)
     prec = algebra.resolve_precision(precision)
@@ -248,7 +276,7 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
         weights, factors = state
         weights, factors, (inner, approx_sq) = _cp_sweep(
             x, weights, factors, l2=l2, nonneg=nonneg, normalize=normalize, precision=precision,
-            mesh=mesh, axes=axes)
+            mesh=mesh, axes=axes, impl=impl)
         err = refine_error(error_from_norms(norm_x_sq, inner, approx_sq), lambda: _exact_error(
             x, local_dense(weights, factors), norm_x_sq, every))
         return (weights, factors), err
@@ -263,17 +291,18 @@ def _cp_body(x, key, init_tensor, l2, tol, *, mesh, axes, shape, rank, n_iter, f
     return (result, cp_info(FitInfo(n_done, errors, rel, converged), weights, factors)), n_bad
 
 
-def _cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, mesh, axes):
-    """One ALS (HALS) sweep on local blocks: the single-device sweep (same dimension tree) with
-    partial MTTKRPs summed over the contracted modes' axes, and factor rows solved where their
-    block lives, then gathered."""
+def _cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, mesh, axes, impl):
+    """One ALS (HALS) sweep on local blocks: the single-device sweep (same dimension tree, or
+    with ``impl="pallas"`` one MTTKRP kernel per mode on the block and the local factor rows)
+    with partial MTTKRPs summed over the contracted modes' axes, and factor rows solved where
+    their block lives, then gathered."""
     layout = SweepLayout(
         rows=lambda a, n: _local_rows(a, mesh, axes[n]),
         reduce=lambda m, n: _psum(m, _flat_axes(axes[:n] + axes[n + 1:])),
         gather=lambda a, n: _gather(a, axes[n]),
         total=lambda v: _psum(v, axes[-1]))
     return cp_sweep(x, weights, factors, l2=l2, nonneg=nonneg, normalize=normalize,
-                  precision=precision, layout=layout)
+                    precision=precision, impl=impl, layout=layout)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,8 +147,9 @@ def cp_scale_back(weights, factors, scale, normalize: bool):
 def cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla",
            layout=ONE_DEVICE):
     """One ALS (or HALS) pass over all modes through a two-level dimension tree (``impl="xla"``)
-    or one MTTKRP kernel per mode (``impl="pallas"``, one device only). ``l2`` holds the ridge
-    of each mode (:func:`cp_penalties`).
+    or one MTTKRP kernel per mode (``impl="pallas"``). ``l2`` holds the ridge of each mode
+    (:func:`cp_penalties`). Under a sharded ``layout`` either path contracts the local block
+    with the local factor rows and ``layout.reduce`` sums the partial MTTKRPs over devices.
 
     Returns the new weights and factors and ``(⟨x, x̂⟩, ‖x̂‖²)`` for the error.
     """
@@ -162,7 +163,8 @@ def cp_sweep(x, weights, factors, *, l2, nonneg, normalize, precision, impl="xla
                                precision=precision)
     if impl == "pallas":  # the kernel reads x at full bandwidth: one read per mode is cheaper
         for n in modes:      # than the tree's two reads plus its HBM intermediates
-            m_n = kernels.mttkrp(x, factors, n, impl="pallas", precision=precision)
+            m_n = kernels.mttkrp(x, local, n, impl="pallas", precision=precision)
+            m_n = layout.reduce(m_n, n)
             weights = update(n, m_n, weights)
             mttkrp_last = m_n
         return cp_sweep_result(weights, factors, local, grams, mttkrp_last, layout, precision)

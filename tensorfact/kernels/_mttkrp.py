@@ -63,6 +63,7 @@ from tensorfact._checks import Impl, Precision, check_positive_int
 from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
 from tensorfact.kernels._mttkrp_tpu import mttkrp_view_tpu
+from tensorfact.kernels._varying import varying_out_shape
 
 __all__ = ["mttkrp", "mttkrp_pallas", "mttkrp_xla", "resolve_mttkrp_impl", "MAX_RANK",
            "MIN_ELEMENTS"]
@@ -342,8 +343,10 @@ def _mttkrp_call(x, loop_f, dot_f, *, out_axis, precision, block_out, block_dot,
         pltriton.store(o_ref.at[i32(pl.program_id(1)), pl.ds(o0, bo), pl.ds(zero, rp)], acc,
                        mask=o_ok[:, None] & r_ok[None, :])
 
+    # inside shard_map the output varies over its inputs' mesh axes (kernels/_varying.py)
+    out_shape, args = varying_out_shape((n_split, n_out, rank), acc_dtype, x, loop_f, dot_f)
     partial = _pallas.call(
         kernel, launch=launch, num_warps=4, num_stages=2, grid=(out_blocks, n_split),
-        out_shape=jax.ShapeDtypeStruct((n_split, n_out, rank), acc_dtype),
-    )(x, loop_f, dot_f)
+        out_shape=out_shape,
+    )(*args)
     return jnp.sum(partial, axis=0).astype(out_dtype)

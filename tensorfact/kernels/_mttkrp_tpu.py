@@ -49,6 +49,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from tensorfact.kernels import _pallas
+from tensorfact.kernels._varying import varying_out_shape
 
 __all__ = ["mttkrp_view_tpu", "BLOCKS"]
 
@@ -146,12 +147,14 @@ def _call(x, loop_f, dot_f, *, out_axis, precision, block_out, block_dot, launch
         def _():
             o_ref[...] = acc_ref[...]
 
+    # inside shard_map the output varies over its inputs' mesh axes (kernels/_varying.py)
+    out_shape, args = varying_out_shape((n_out, rp), f32, x, u, w)
     out = _pallas.call(
         kernel, launch=launch, dimension_semantics=("parallel", "arbitrary", "arbitrary"),
         grid=grid,
         in_specs=[pl.BlockSpec((bp, bq, bs), x_map), u_spec, w_spec],
         out_specs=pl.BlockSpec((b_out, rp), lambda a, b, c: (a, 0)),
-        out_shape=jax.ShapeDtypeStruct((n_out, rp), f32),
+        out_shape=out_shape,
         scratch_shapes=[pltpu.VMEM((b_out, rp), f32)],
-    )(x, u, w)
+    )(*args)
     return out[:n_true, :rank].astype(out_dtype)
