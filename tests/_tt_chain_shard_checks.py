@@ -1,10 +1,9 @@
 """Run by test_kernels_tt_chain_tpu.py in a subprocess with 8 forced host devices: the TT-chain
 kernel (target "tpu", TPU interpret mode) per device inside ``jax.shard_map``, the
 batch split over a 4-device mesh and the cores replicated, against the unsharded XLA chain,
-forward and gradients (the gradients of the cores psum'd over the mesh). ``check_vma=False``:
-a ``pallas_call``'s ``out_shape`` carries no varying-mesh-axes annotation, which
-``check_vma=True`` demands (JAX 0.10). Prints one JSON object of relative errors after a marker
-line."""
+forward (with ``check_vma=True``, the default: the kernel types its output's varying mesh
+axes, kernels/_varying.py) and gradients (``check_vma=False``, the cores' gradients psum'd over
+the mesh by hand). Prints one JSON object of relative errors after a marker line."""
 
 from __future__ import annotations
 
@@ -41,9 +40,8 @@ def main():
     xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("d")))
     out = {"devices": jax.device_count()}
     fwd = jax.jit(jax.shard_map(lambda xb, cs: tt_chain_pallas(xb, cs, target="tpu"),
-                                mesh=mesh, in_specs=(P("d"), P()), out_specs=P("d"),
-                                check_vma=False))
-    out["tpu_forward"] = _rel(ref, fwd(xs, cores))
+                                mesh=mesh, in_specs=(P("d"), P()), out_specs=P("d")))
+    out["tpu_forward"] = _rel(ref, fwd(xs, cores))  # with check_vma=True, the default
 
     def local_grads(xb, cb, cs):  # each device's batch rows; the cores' gradients summed
         gx, gc = jax.grad(lambda x, cs: jnp.vdot(cb, tt_chain_pallas(x, cs, target="tpu")),

@@ -68,6 +68,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from tensorfact.kernels import _pallas
+from tensorfact.kernels._varying import varying_out_shape
 
 __all__ = ["tt_chain_tpu", "tpu_plan", "tpu_shape_reason", "VMEM_BUDGET"]
 
@@ -202,14 +203,15 @@ def _call(x, cores, *, precision, block_rows, launch):
         scratch = [pltpu.VMEM((plan.rows, bb), jnp.float32)] * 2
     need = bb * plan.bytes_per_row
     params = {} if need <= DEFAULT_SCOPED else {"vmem_limit_bytes": RAISED_LIMIT}
+    # inside shard_map the output varies over its inputs' mesh axes (kernels/_varying.py)
+    out_shape, args = varying_out_shape((bp, plan.n_cols), out_dtype, x, *mats)
     out = _pallas.call(
         kernel, launch=launch, dimension_semantics=("parallel",), grid=(bp // bb,),
         in_specs=[pl.BlockSpec((bb, plan.m_cols), lambda i: (i, 0))]
         + [pl.BlockSpec(a.shape, lambda i: (0, 0)) for a in mats],
         out_specs=pl.BlockSpec((bb, plan.n_cols), lambda i: (i, 0)),
-        out_shape=jax.ShapeDtypeStruct((bp, plan.n_cols), out_dtype),
-        scratch_shapes=scratch, **params,
-    )(x, *mats)
+        out_shape=out_shape, scratch_shapes=scratch, **params,
+    )(*args)
     n_true = math.prod(s[2] for s in shapes)
     out = out[:batch]
     if d > 1 and plan.tiles_out * plan.ns[0] != n_true:  # odd shapes: drop the padded tiles
