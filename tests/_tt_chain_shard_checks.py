@@ -3,7 +3,8 @@ kernel (target "tpu", TPU interpret mode) per device inside ``jax.shard_map``, t
 batch split over a 4-device mesh and the cores replicated, against the unsharded XLA chain,
 forward (with ``check_vma=True``, the default: the kernel types its output's varying mesh
 axes, kernels/_varying.py) and gradients (``check_vma=False``, the cores' gradients psum'd over
-the mesh by hand). Prints one JSON object of relative errors after a marker line."""
+the mesh by hand); and the SPD-inverse kernel's TPU launch on a split batch of matrices.
+Prints one JSON object of relative errors after a marker line."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from tensorfact.kernels import tt_chain_pallas, tt_chain_xla
+from tensorfact.kernels import spd_inverse, tt_chain_pallas, tt_chain_xla
 
 MARKER = "TT-CHAIN-SHARD-JSON"
 
@@ -53,6 +54,15 @@ def main():
     gx, gc = grads(xs, jax.device_put(cot, xs.sharding), cores)
     out["tpu_grad_x"] = _rel(ref_gx, gx)
     out["tpu_grad_cores"] = max(_rel(a, b) for a, b in zip(ref_gc, gc))
+
+    # the SPD-inverse kernel (TPU launch) on a batch of matrices split over the mesh, under
+    # check_vma=True: one inverse per device's matrices, against NumPy's
+    a = rng.standard_normal((8, 6, 6))
+    spd = a @ np.swapaxes(a, 1, 2) + 6 * np.eye(6)
+    inv = jax.jit(jax.shard_map(lambda v: spd_inverse(v, impl="pallas", target="tpu"),
+                                mesh=mesh, in_specs=P("d"), out_specs=P("d")))(
+        jax.device_put(jnp.asarray(spd, jnp.float32), jax.sharding.NamedSharding(mesh, P("d"))))
+    out["tpu_spd_inverse"] = _rel(np.linalg.inv(spd), inv)
     print(MARKER + json.dumps(out))
 
 

@@ -31,6 +31,7 @@ from jax.experimental import pallas as pl
 from tensorfact._arrays import as_tensor
 from tensorfact._checks import Impl
 from tensorfact.kernels import _pallas
+from tensorfact.kernels._varying import varying_out_shape
 
 __all__ = ["spd_inverse", "resolve_spd_inverse_impl", "MAX_SIZE"]
 
@@ -135,10 +136,11 @@ def _gauss_jordan_pallas(v, launch):
     n = v.shape[-1]
     size = max(16, pl.next_power_of_2(n))
     padded = jnp.eye(size, dtype=v.dtype).at[:n, :n].set(v)
+    # inside shard_map the output varies over the input's mesh axes (kernels/_varying.py)
+    out_shape, args = varying_out_shape((size, size), v.dtype, padded)
     inverse = _pallas.call(
-        _gauss_jordan_kernel, launch=launch, num_warps=4, num_stages=1,
-        out_shape=jax.ShapeDtypeStruct((size, size), v.dtype),
-    )(padded)[:n, :n]
+        _gauss_jordan_kernel, launch=launch, num_warps=4, num_stages=1, out_shape=out_shape,
+    )(*args)[:n, :n]
     return (inverse + inverse.T) / 2
 
 

@@ -52,6 +52,7 @@ from jax.experimental.pallas import triton as pltriton
 from tensorfact._checks import Impl, Precision
 from tensorfact._numerics import resolve_precision
 from tensorfact.kernels import _pallas
+from tensorfact.kernels._varying import varying_out_shape
 from tensorfact.kernels._tt_chain_tpu import tpu_shape_reason, tt_chain_tpu
 
 __all__ = ["tt_chain_matmul", "tt_chain_pallas", "tt_chain_xla", "resolve_tt_chain_impl",
@@ -287,8 +288,11 @@ def _chain_call(x, cores, *, precision, block_rows, launch):
         pltriton.store(o_ref.at[(pl.ds(b0, bb),) + tuple(pl.ds(i32(0), n) for n in ns)],
                        y.astype(out_dtype), mask=block_mask(out_block, n_true))
 
+    # inside shard_map the output varies over its inputs' mesh axes (kernels/_varying.py)
+    out_shape, args = varying_out_shape((batch,) + tuple(n_true), out_dtype,
+                                        x.reshape((batch,) + tuple(m_true)), *mats)
     out = _pallas.call(
         kernel, launch=launch, num_warps=4, num_stages=1, grid=(pl.cdiv(batch, bb),),
-        out_shape=jax.ShapeDtypeStruct((batch,) + tuple(n_true), out_dtype),
-    )(x.reshape((batch,) + tuple(m_true)), *mats)
+        out_shape=out_shape,
+    )(*args)
     return out.reshape(batch, -1)
