@@ -85,11 +85,10 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
       x: array with at least 2 dimensions, none of size zero (float32 or float64; other real
         dtypes are cast to float32). A ``jax.Array`` split over a device mesh (see
         :mod:`tensorfact.sharding`) is fitted where it lies, never gathered; the result is
-        replicated on the mesh (what moves between devices:
-        :func:`tensorfact.decomposition._sharded.cp`). A sparse tensor (a
-        ``jax.experimental.sparse.BCOO``, e.g. from :func:`tensorfact.sparse_tensor`) is
-        fitted over its stored entries, never densified (``mask`` does not apply; see
-        :mod:`tensorfact.decomposition._sparse_cp`).
+        replicated on the mesh (what moves between devices: the design notes, "Sharding"). A
+        sparse tensor (a ``jax.experimental.sparse.BCOO``, e.g. from
+        :func:`tensorfact.sparse_tensor`) is fitted over its stored entries, never densified
+        (``mask`` does not apply).
       rank: number of rank-one components ``R`` (a positive int; may exceed the mode sizes:
         the redundant directions then get the minimum-norm share).
       key: ``jax.random`` key; needed for ``init="random"`` only.
@@ -118,9 +117,11 @@ def cp(x, rank: int, *, key=None, init: Union[Init, CPTensor] = "svd", n_iter: i
       impl: MTTKRP implementation. ``"xla"``: the dimension tree (two reads of ``x`` per
         sweep); ``"pallas"``: one MTTKRP per mode with the kernel of
         :func:`tensorfact.kernels.mttkrp` (``N`` reads of ``x`` per sweep, each at close to the
-        memory bandwidth; interpret mode off GPUs); ``"auto"``: the kernel on a GPU where it
-        suits ``x`` and ``rank`` and has been measured to pay (not yet: ``"auto"`` is XLA
-        everywhere until a GPU benchmark lists it), else XLA. Results agree to float
+        memory bandwidth; the Triton kernel on a GPU, the Mosaic kernel on a TPU, interpret
+        mode on a CPU); ``"auto"``: the kernel on a GPU or TPU where it suits ``x`` and
+        ``rank`` and has been measured to pay there (not yet: ``"auto"`` is XLA everywhere
+        until a benchmark lists it in ``kernels.MEASURED_ON_GPU`` / ``MEASURED_ON_TPU``), else
+        XLA. Results agree to float
         tolerance. For a sharded ``x`` each device runs the chosen path on its own block
         (``"auto"`` judged on the block's size) before the usual ``psum``.
       return_info: also return a :class:`CPInfo` (the four fields of ``FitInfo``, then the

@@ -65,8 +65,8 @@ def tt(x, ranks=None, *, eps=None, max_rank=None,
       x: array with at least one dimension, none of size zero, shape ``(n_1, ..., n_d)``
         (integers and booleans are cast to float32). A ``jax.Array`` split
         over a device mesh (see :mod:`tensorfact.sharding`) is decomposed where it lies, with
-        fixed ``ranks``; the cores are replicated on the mesh (details:
-        :func:`tensorfact.decomposition._sharded.tt`).
+        fixed ``ranks``; the cores are replicated on the mesh (details: the design notes,
+        "Sharding").
       ranks: the TT ranks, a full list ``(1, r_1, ..., r_{d-1}, 1)`` or the ``d − 1`` inner
         ones ``(r_1, ..., r_{d-1})`` (each ``r_k`` at most ``r_{k-1} n_k`` and
         ``n_{k+1} r_{k+1}``), or an int: the largest rank, clipped per bond by the sizes of the

@@ -71,8 +71,8 @@ def tucker(x, ranks, *, key=None, method: Method = "hooi",
     Args:
       x: array with at least 2 dimensions, none of size zero. A ``jax.Array`` split over a
         device mesh (see :mod:`tensorfact.sharding`) is fitted where it lies (HOOI or HOSVD,
-        all modes), never gathered; the result is replicated on the mesh (details:
-        :func:`tensorfact.decomposition._sharded.tucker`).
+        all modes), never gathered; the result is replicated on the mesh (details: the design
+        notes, "Sharding").
       ranks: the multilinear ranks, one per decomposed mode (``ranks[i]`` for ``modes[i]``; an
         int means the same for all); each at most the size of its mode.
       key: ``jax.random`` key; needed for ``init="random"`` only.
