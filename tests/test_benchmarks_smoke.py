@@ -148,10 +148,9 @@ def test_bench_kernels_tpu_smoke(monkeypatch):
     assert {(r["impl"], r["dtype"], r["pass_"]) for r in tt} == {
         (i, d, p) for i in ("xla-chain", "pallas-tpu") for d in ("float32", "bfloat16")
         for p in ("forward", "fwd+bwd")}
-    for r in tt:
+    for r in tt:  # forward: the outputs; fwd+bwd: the gradients in x and the cores
         assert r["ms"] > 0, r
-        if r["pass_"] == "forward":
-            assert r["rel_to_xla"] < (2e-2 if r["dtype"] == "bfloat16" else 1e-5), r
+        assert r["rel_to_xla"] < (3e-2 if r["dtype"] == "bfloat16" else 1e-5), r
 
 
 @pytest.mark.slow  # ~16 s: the script's whole --small preset
