@@ -269,6 +269,18 @@ def _run(fit, data, **kw):
     return fit.call(*data, **{**_key_kw(fit), **kw})
 
 
+_JITTED = {}
+
+
+def _jitted(fit):
+    """``dense(fit(*data))`` under ``jax.jit``, one per fit: the contracts that compile the fit
+    under jit (jit against eager, NaN and Inf under jit) share its compiled program, where a new
+    lambda per test would trace and compile the whole fit again each time."""
+    if fit.name not in _JITTED:
+        _JITTED[fit.name] = jax.jit(lambda *d: fit.dense(_run(fit, d)))
+    return _JITTED[fit.name]
+
+
 #: Public names of tensorfact.decomposition and tensorfact.tubal that are not fits (types,
 #: info types, measurement helpers, operations on a result, the algebra).
 NOT_FITS = {"FitInfo", "measure", "gaussian_measurements", "tt_round", "loss", "product",
@@ -307,7 +319,7 @@ def test_result_alone_by_default_and_info_on_request(fit):
 def test_jit_matches_eager(fit):
     data = fit.make()
     eager = _dense(fit, _run(fit, data))
-    jitted = _dense(fit, jax.jit(lambda *d: _run(fit, d))(*data))
+    jitted = np.asarray(_jitted(fit)(*data), dtype=np.float64)
     np.testing.assert_allclose(jitted, eager, rtol=fit.rtol, atol=fit.rtol * np.abs(eager).max())
 
 
@@ -316,8 +328,8 @@ def test_vmap_matches_a_loop(fit):
     a, b = fit.make(), tuple(2 * d if d.dtype != bool else d for d in fit.make())
     stacked = tuple(jnp.stack([p, q]) for p, q in zip(a, b))
     batched = jax.vmap(lambda *d: fit.dense(_run(fit, d)))(*stacked)
-    for i, data in enumerate((a, b)):
-        single = _dense(fit, _run(fit, data))
+    for i, data in enumerate((a, b)):  # the loop runs the jitted fit (compiled once per fit)
+        single = np.asarray(_jitted(fit)(*data), dtype=np.float64)
         np.testing.assert_allclose(np.asarray(batched[i]), single, rtol=1e-3,
                                    atol=1e-3 * np.abs(single).max())
 
@@ -335,7 +347,9 @@ def test_grad_is_finite(fit):
     def loss(x):
         return jnp.sum(fit.dense(_run(fit, (x,) + tuple(data[1:]))) ** 2)
 
-    g = jax.grad(loss)(data[0])
+    # under jit: one program for the forward and reverse passes (eager jax.grad compiles the
+    # linearized fit and its transpose separately, about twice the compile time)
+    g = jax.jit(jax.grad(loss))(data[0])
     assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -407,5 +421,5 @@ def test_nonfinite_under_jit_gives_nan_not_an_answer(fit, bad):
     if "mask" in fit.names:
         m = fit.names.index("mask")
         data[m] = data[m].at[(0,) * data[m].ndim].set(True)
-    out = np.asarray(jax.jit(lambda *d: fit.dense(_run(fit, d)))(*data))
+    out = np.asarray(_jitted(fit)(*data))
     assert np.isnan(out).all(), f"{fit.name}: {np.isfinite(out).mean():.0%} of the result finite"
