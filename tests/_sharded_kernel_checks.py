@@ -25,6 +25,8 @@ from tensorfact import sharding
 from tensorfact.decomposition import _sharded
 from tensorfact.kernels import _pallas, _varying
 
+from _helpers import error_of
+
 MARKER = "SHARDED-KERNEL-CHECKS-JSON"
 RANK, N_ITER = 3, 3
 
@@ -76,14 +78,6 @@ def fit(x, impl, **kw):
 def data(shape):
     x = tfa.random_cp(jax.random.key(0), shape, rank=RANK).to_dense()
     return x + 0.05 * jax.random.normal(jax.random.key(1), shape)
-
-
-def error_of(fn):
-    try:
-        fn()
-    except Exception as err:  # noqa: BLE001 - the test asserts on type and message
-        return [type(err).__name__, str(err)]
-    return None
 
 
 def lowering(xs, target):

@@ -22,6 +22,8 @@ import tensorfact as tfa
 from tensorfact import sharding
 from tensorfact.decomposition import _sharded
 
+from _helpers import error_of
+
 MARKER = "SHARDING-CHECKS-JSON"
 SHAPE = (16, 12, 8)
 
@@ -86,14 +88,6 @@ def programs(xs):
                                           precision=None, return_info=False),
         "tt": _sharded.tt_program(xs, caps=(3, 3), precision=None),
     }
-
-
-def error_of(fn):
-    try:
-        fn()
-    except Exception as err:  # noqa: BLE001 - the test asserts on type and message
-        return [type(err).__name__, str(err)]
-    return None
 
 
 def data():

@@ -3,11 +3,6 @@ the XLA reference; its gradient; its Pallas → Mosaic lowering (exported for th
 CPU); and the kernel per device inside ``jax.shard_map`` (8 forced host devices, a
 subprocess)."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +13,8 @@ from hypothesis import strategies as st
 
 from tensorfact.kernels import mttkrp_pallas, mttkrp_xla
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from _helpers import run_on_host_devices
+
 
 
 def _numpy_mttkrp(x, factors, mode):
@@ -103,13 +99,7 @@ def test_tpu_kernel_lowers_to_mosaic(shape, rank, dtype):
 
 
 def test_kernel_inside_shard_map_equals_unsharded_xla():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, str(ROOT / "tests" / "_mttkrp_shard_checks.py")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.split("MTTKRP-SHARD-JSON", 1)[1])
+    out = run_on_host_devices("_mttkrp_shard_checks.py", "MTTKRP-SHARD-JSON")
     assert out["devices"] == 8
     for key in ("tpu_mode0", "tpu_mode1", "gpu_mode0", "gpu_mode1"):
         assert out[key] < 1e-5, (key, out)

@@ -17,22 +17,10 @@ import tensorfact as tfa
 from tensorfact.kernels import _pallas, tt_chain_matmul, tt_chain_pallas, tt_chain_xla
 
 from _helpers import rel
+from _helpers import tt_cores as _cores
+from _helpers import tt_dense as _dense
 
 
-def _cores(rng, ms, ns, ranks, dtype=jnp.float32):
-    rs = (1,) + tuple(ranks) + (1,)
-    return [jnp.asarray(rng.standard_normal((rs[k], m, n, rs[k + 1])) / math.sqrt(rs[k] * m),
-                        dtype) for k, (m, n) in enumerate(zip(ms, ns))]
-
-
-def _dense(cores):
-    """The dense ``M × N`` matrix of TT-matrix cores, in float64 NumPy (from the definition)."""
-    w = np.ones((1, 1, 1))
-    for g in cores:
-        g = np.asarray(g, np.float64)
-        w = np.einsum("ija,amnb->imjnb", w, g)
-        w = w.reshape(w.shape[0] * w.shape[1], w.shape[2] * w.shape[3], w.shape[4])
-    return w[..., 0]
 
 
 @settings(max_examples=8, deadline=None)

@@ -4,13 +4,8 @@ the TPU from the CPU); its VMEM rule and the dispatcher's use of it; and the ker
 inside ``jax.shard_map`` (8 forced host devices, a subprocess)."""
 
 import importlib
-import json
 import logging
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,23 +16,13 @@ from hypothesis import strategies as st
 
 from tensorfact.kernels import _pallas, tt_chain_matmul, tt_chain_pallas, tt_chain_xla
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from _helpers import run_on_host_devices
+from _helpers import tt_cores as _cores
+from _helpers import tt_dense as _dense
+
 TOL = {jnp.float32: 2e-6, jnp.bfloat16: 4e-2}  # bf16: intermediates rounded to 8 bits per core
 
 
-def _cores(rng, ms, ns, ranks, dtype=jnp.float32):
-    rs = (1,) + tuple(ranks) + (1,)
-    return [jnp.asarray(rng.standard_normal((rs[k], m, n, rs[k + 1])) / math.sqrt(rs[k] * m),
-                        dtype) for k, (m, n) in enumerate(zip(ms, ns))]
-
-
-def _dense(cores):
-    """The dense ``M × N`` matrix of TT-matrix cores, in float64 NumPy (from the definition)."""
-    w = np.ones((1, 1, 1))
-    for g in cores:
-        w = np.einsum("ija,amnb->imjnb", w, np.asarray(g, np.float64))
-        w = w.reshape(w.shape[0] * w.shape[1], w.shape[2] * w.shape[3], w.shape[4])
-    return w[..., 0]
 
 
 def _err(expected, out):
@@ -224,13 +209,7 @@ def test_tpu_kernel_uses_only_aligned_2d_dots_and_transposes(dtype, sub):
 
 
 def test_kernel_inside_shard_map_equals_unsharded_xla():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, str(ROOT / "tests" / "_tt_chain_shard_checks.py")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.split("TT-CHAIN-SHARD-JSON", 1)[1])
+    out = run_on_host_devices("_tt_chain_shard_checks.py", "TT-CHAIN-SHARD-JSON")
     assert out["devices"] == 8
     for key in ("tpu_forward", "tpu_grad_x", "tpu_grad_cores", "tpu_spd_inverse"):
         assert out[key] < 1e-5, (key, out)

@@ -4,11 +4,6 @@ The multi-device checks run once, in a subprocess with 8 forced host devices
 (``tests/_sharded_kernel_checks.py``); the kernels run in interpret mode there. In-process:
 the varying-axes typing of kernel outputs (``tensorfact/kernels/_varying.py``)."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,21 +13,15 @@ from jax.sharding import PartitionSpec as P
 
 from tensorfact.kernels import _pallas, _varying, mttkrp_pallas, mttkrp_xla
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "_sharded_kernel_checks.py"
+from _helpers import run_on_host_devices
+
 FITS = ["2x4_modes01/pallas_gpu", "2x4_modes01/pallas_tpu", "8_mode2_4way/pallas_gpu"]
 
 
 @pytest.fixture(scope="module")
 def checks():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    env.pop("TENSORFACT_DEBUG_DISPATCH", None)
-    run = subprocess.run([sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.split("SHARDED-KERNEL-CHECKS-JSON", 1)[1])
+    return run_on_host_devices("_sharded_kernel_checks.py", "SHARDED-KERNEL-CHECKS-JSON",
+                               timeout=600, unset=("TENSORFACT_DEBUG_DISPATCH",))
 
 
 def test_eight_devices_and_blocks_off_the_tiles(checks):
